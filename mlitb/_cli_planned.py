@@ -1,0 +1,43 @@
+"""Commands that are planned but not built yet: each says so plainly and exits non-zero."""
+
+from __future__ import annotations
+
+import typer
+
+from . import __version__
+from ._cli_common import cli_errors
+from .errors import NotBuiltError
+
+# (command, help, the issue that builds it)
+PLANNED: list[tuple[str, str, str]] = [
+    ("master", "Run the master server: projects, workers and the event loop.", "training loop"),
+    ("data-server", "Run a data server alone, on another machine.", "training loop"),
+    ("node", "Join a master with headless Python workers (node join URL).", "training loop"),
+    ("project", "Create, list and steer projects on a master.", "training loop"),
+    ("data", "Upload datasets (zips of labelled image folders) to a project.", "training loop"),
+    ("model", "Download a project's model.", "training loop"),
+    ("console", "Open the Textual operator console.", "operator console"),
+    ("closure", "Inspect, verify, predict with and resume research closures.", "research closures"),
+    ("zoo", "List and add closures in the model zoo.", "research closures"),
+]
+
+
+def _planned_command(name: str, issue: str) -> typer.models.CommandFunctionType:
+    @cli_errors
+    def command(ctx: typer.Context) -> None:
+        raise NotBuiltError(
+            f"'mlitb {name}' is not built yet in mlitb {__version__} (it arrives with the "
+            f"{issue} work)"
+        )
+
+    return command
+
+
+def register_planned(app: typer.Typer) -> None:
+    for name, help_text, issue in PLANNED:
+        app.command(
+            name=name,
+            help=f"{help_text} [dim](not built yet)[/]",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+            rich_help_panel="Coming next",
+        )(_planned_command(name, issue))

@@ -1,0 +1,50 @@
+"""The ``mlitb`` command: a typer app of sub-apps, one module per command group.
+
+Errors of the ``MlitbError`` tree become one clear line on stderr and exit code 1 (see
+``_cli_common.cli_errors``); usage errors are typer's (exit code 2).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from ._cli_bench import bench_app
+from ._cli_demo import register_demo
+from ._cli_planned import register_planned
+
+app = typer.Typer(
+    name="mlitb",
+    help="Machine Learning in the Browser, in Python: train neural networks on every device that "
+    "reaches a master server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlitb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Machine Learning in the Browser, in Python."""
+
+
+register_demo(app)
+app.add_typer(bench_app, name="bench")
+register_planned(app)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()

@@ -1,0 +1,284 @@
+"""The layers: each a small class with ``forward`` and ``backward`` over a batch.
+
+Activations travel channel-major, shape ``(C, N, H, W)``: a convolution's GEMM then produces the next
+layer's input directly, with no transposes (see ``_conv.py``). A layer with parameters holds views
+into the net's one flat parameter vector and one flat gradient vector, bound by ``bind``; ``backward``
+*adds* into its gradient views, so gradients sum over samples and over calls until the net zeroes them.
+
+Semantics follow ConvNetJS 0.3, with two documented corrections (docs/formats.md): dropout scales by
+``1 - drop_prob`` at test time, and LRN's backward pass is the true derivative.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Shape = tuple[int, int, int]  # (depth, sy, sx) == (C, H, W)
+F32 = np.float32
+
+
+class Layer:
+    """Base class. Subclasses set ``out_shape`` in ``__init__`` and override what they need."""
+
+    type: str = ""
+
+    def __init__(self, definition: dict[str, Any], in_shape: Shape) -> None:
+        self.definition = definition
+        self.in_shape = in_shape
+        self.out_shape = in_shape
+
+    # -- parameters -------------------------------------------------------------------------
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of this layer's parameter arrays, in their order in the flat vector."""
+        return []
+
+    def decay_muls(self) -> list[tuple[float, float]]:
+        """(l1, l2) decay multipliers of each parameter array."""
+        return []
+
+    def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        """Take views into the net's flat parameter and gradient vectors."""
+        self.params, self.grads = params, grads
+
+    def init_params(self, rng: np.random.Generator) -> None:
+        """Fill this layer's parameters with ConvNetJS's initial values."""
+
+    # -- computation ------------------------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class InputLayer(Layer):
+    type = "input"
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy
+
+
+def _flatten_cn(x: np.ndarray) -> np.ndarray:
+    """(C, N, H, W) -> (C*H*W, N), rows in C, H, W order (the fc input order)."""
+    c, n, h, w = x.shape
+    if h * w == 1:
+        return x.reshape(c, n)
+    return x.reshape(c, n, h * w).transpose(0, 2, 1).reshape(c * h * w, n)
+
+
+class FullyConnectedLayer(Layer):
+    """``y = W x + b`` with W of shape (num_neurons, C*H*W) over inputs in (C, H, W) order."""
+
+    type = "fc"
+
+    def __init__(self, definition: dict[str, Any], in_shape: Shape) -> None:
+        super().__init__(definition, in_shape)
+        self.num_inputs = int(np.prod(in_shape))
+        self.out_shape = (definition["num_neurons"], 1, 1)
+
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        return [(self.out_shape[0], self.num_inputs), (self.out_shape[0],)]
+
+    def decay_muls(self) -> list[tuple[float, float]]:
+        d = self.definition
+        return [(d["l1_decay_mul"], d["l2_decay_mul"]), (0.0, 0.0)]
+
+    def init_params(self, rng: np.random.Generator) -> None:
+        w, b = self.params
+        w[...] = rng.standard_normal(w.shape) * np.sqrt(1.0 / self.num_inputs)
+        b[...] = self.definition["bias_pref"]
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self.x_shape = x.shape
+        self.x2 = _flatten_cn(x)
+        w, b = self.params
+        y = w @ self.x2
+        y += b[:, None]
+        return y.reshape(self.out_shape[0], x.shape[1], 1, 1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        w, _ = self.params
+        dw, db = self.grads
+        dy2 = dy.reshape(dy.shape[0], dy.shape[1])
+        dw += dy2 @ self.x2.T
+        db += dy2.sum(axis=1)
+        dx2 = w.T @ dy2
+        c, n, h, ww = self.x_shape
+        if h * ww == 1:
+            return dx2.reshape(c, n, 1, 1)
+        return dx2.reshape(c, h * ww, n).transpose(0, 2, 1).reshape(c, n, h, ww)
+
+
+class ReluLayer(Layer):
+    type = "relu"
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self.y = np.maximum(x, 0)
+        return self.y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy * (self.y > 0)  # ConvNetJS: no gradient where the output is <= 0
+
+
+class SigmoidLayer(Layer):
+    type = "sigmoid"
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self.y = (1.0 / (1.0 + np.exp(-x))).astype(F32, copy=False)
+        return self.y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy * self.y * (1 - self.y)
+
+
+class TanhLayer(Layer):
+    type = "tanh"
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self.y = np.tanh(x)
+        return self.y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy * (1 - self.y * self.y)
+
+
+class MaxoutLayer(Layer):
+    """Max over consecutive groups of ``group_size`` channels; leftover channels are dropped."""
+
+    type = "maxout"
+
+    def __init__(self, definition: dict[str, Any], in_shape: Shape) -> None:
+        super().__init__(definition, in_shape)
+        self.group = definition["group_size"]
+        self.out_shape = (in_shape[0] // self.group, in_shape[1], in_shape[2])
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        c_out, g = self.out_shape[0], self.group
+        self.x_shape = x.shape
+        groups = x[: c_out * g].reshape(c_out, g, *x.shape[1:])
+        self.switch = groups.argmax(axis=1)  # first maximum, as ConvNetJS
+        return np.take_along_axis(groups, self.switch[:, None], axis=1)[:, 0]
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        c_out, g = self.out_shape[0], self.group
+        dx = np.zeros(self.x_shape, dtype=F32)
+        dgroups = dx[: c_out * g].reshape(c_out, g, *self.x_shape[1:])
+        np.put_along_axis(dgroups, self.switch[:, None], dy[:, None], axis=1)
+        return dx
+
+
+class DropoutLayer(Layer):
+    """Zeroes each input with probability ``drop_prob`` while training; scales by
+    ``1 - drop_prob`` otherwise, so the expected activation is the same in both modes."""
+
+    type = "dropout"
+
+    def __init__(self, definition: dict[str, Any], in_shape: Shape) -> None:
+        super().__init__(definition, in_shape)
+        self.p = definition["drop_prob"]
+        self.rng = np.random.default_rng()
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        if not training:
+            self.keep = None
+            return (x * F32(1.0 - self.p)).astype(F32, copy=False)
+        self.keep = (self.rng.random(x.shape, dtype=F32) >= self.p).astype(F32)
+        return x * self.keep
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self.keep is None:
+            return dy * F32(1.0 - self.p)
+        return dy * self.keep
+
+
+def _window_sum(a: np.ndarray, half: int) -> np.ndarray:
+    """Sum over channels j in [i - half, i + half] (clipped to the edges) for each channel i."""
+    c = a.shape[0]
+    csum = np.zeros((c + 1,) + a.shape[1:], dtype=np.float64)
+    np.cumsum(a, axis=0, dtype=np.float64, out=csum[1:])
+    hi = np.minimum(np.arange(c) + half + 1, c)
+    lo = np.maximum(np.arange(c) - half, 0)
+    return (csum[hi] - csum[lo]).astype(F32)
+
+
+class LocalResponseNormalizationLayer(Layer):
+    """``y_i = x_i / (k + alpha/n * sum_{j near i} x_j^2) ** beta`` across channels."""
+
+    type = "lrn"
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        d = self.definition
+        self.x = x
+        self.s = F32(d["k"]) + F32(d["alpha"] / d["n"]) * _window_sum(x * x, d["n"] // 2)
+        self.s_pow = self.s ** F32(d["beta"])
+        return x / self.s_pow
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        d = self.definition
+        t = dy * self.x / (self.s_pow * self.s)  # dy_i * x_i * S_i^(-beta-1)
+        coeff = F32(2.0 * d["alpha"] * d["beta"] / d["n"])
+        return dy / self.s_pow - coeff * self.x * _window_sum(t, d["n"] // 2)
+
+
+class LossLayer(Layer):
+    """A loss layer's input is (K, N, 1, 1); its outputs and targets are per sample, (N, K)."""
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self.x = x.reshape(x.shape[0], x.shape[1])
+        return self.x
+
+    def loss(self, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Summed loss of the last forward batch against targets ``y``, and its input gradient."""
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:  # gradients come from ``loss`` instead
+        raise TypeError("a loss layer starts the backward pass through loss(y)")
+
+
+class SoftmaxLayer(LossLayer):
+    type = "softmax"
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        z = x.reshape(x.shape[0], x.shape[1])
+        e = np.exp(z - z.max(axis=0, keepdims=True))
+        self.p = e / e.sum(axis=0, keepdims=True)
+        return self.p
+
+    def loss(self, y: np.ndarray) -> tuple[float, np.ndarray]:
+        n = self.p.shape[1]
+        cols = np.arange(n)
+        loss = -np.log(np.maximum(self.p[y, cols], np.finfo(F32).tiny), dtype=np.float64).sum()
+        dx = self.p.copy()
+        dx[y, cols] -= 1
+        return float(loss), dx
+
+
+class SVMLayer(LossLayer):
+    """Multiclass hinge loss with margin 1 (Weston-Watkins), as ConvNetJS."""
+
+    type = "svm"
+
+    def loss(self, y: np.ndarray) -> tuple[float, np.ndarray]:
+        n = self.x.shape[1]
+        cols = np.arange(n)
+        margins = self.x - self.x[y, cols] + 1
+        margins[y, cols] = 0
+        violated = (margins > 0).astype(F32)
+        dx = violated.copy()
+        dx[y, cols] -= violated.sum(axis=0)
+        return float(margins[margins > 0].sum(dtype=np.float64)), dx
+
+
+class RegressionLayer(LossLayer):
+    """``0.5 * (x - y)^2`` summed over outputs."""
+
+    type = "regression"
+
+    def loss(self, y: np.ndarray) -> tuple[float, np.ndarray]:
+        dx = (self.x - y.T).astype(F32, copy=False)
+        return float(0.5 * np.square(dx, dtype=np.float64).sum()), dx

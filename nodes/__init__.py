@@ -1,0 +1,1 @@
+"""Headless Python nodes: worker processes that train, track and evaluate."""
