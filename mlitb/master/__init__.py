@@ -1,0 +1,1 @@
+"""The trio master server: connections, projects, the event loop, allocation, budgets."""

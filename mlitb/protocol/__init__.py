@@ -1,0 +1,1 @@
+"""Every message on the wire: definitions, encoding and validation, without I/O."""
