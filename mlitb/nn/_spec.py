@@ -1,9 +1,9 @@
 """Layer definitions: ConvNetJS's ``makeLayers`` form, desugared and validated.
 
 A network is described by a list of JSON objects such as ``{"type": "conv", "sx": 5, "filters": 16,
-"activation": "relu"}``. ``desugar`` expands the shorthands exactly as ConvNetJS 0.3 does (an fc layer
-before softmax/svm/regression, activation and dropout layers after conv/fc, ``bias_pref`` 0.1 before a
-relu); ``normalize`` then checks every field and fills in every default, so the result is the full,
+"activation": "relu"}``. ``desugar`` expands the shorthands as ConvNetJS 0.3 does (an fc layer
+before softmax/svm/regression unless one of that size is there already, activation and dropout
+layers after conv/fc, ``bias_pref`` 0.1 before a relu); ``normalize`` then checks every field and fills in every default, so the result is the full,
 explicit definition of each layer. Errors name the layer by index and type and the field at fault.
 """
 
@@ -62,10 +62,14 @@ def desugar(defs: Sequence[Mapping[str, Any]]) -> list[LayerDef]:
             raise ModelFormatError(
                 f"{_where(i, kind)}: field 'type' must be one of {', '.join(LAYER_TYPES)}"
             )
-        if kind in ("softmax", "svm"):
-            out.append({"type": "fc", "num_neurons": d.get("num_classes")})
-        elif kind == "regression":
-            out.append({"type": "fc", "num_neurons": d.get("num_neurons")})
+        if kind in LOSS_TYPES:
+            size = d.get("num_neurons" if kind == "regression" else "num_classes")
+            # One deviation from makeLayers: a loss layer that already follows an fc layer of its
+            # size gets no second one (fc after fc is a redundant linear map), which makes
+            # desugaring idempotent, so explicit specs such as Net.spec() rebuild the same net.
+            previous = out[-1] if out else {}
+            if not (previous.get("type") == "fc" and previous.get("num_neurons") == size):
+                out.append({"type": "fc", "num_neurons": size})
         activation = d.pop("activation", None) if kind in ("conv", "fc") else None
         if kind in ("conv", "fc") and "bias_pref" not in d:
             d["bias_pref"] = 0.1 if activation == "relu" else 0.0
@@ -170,7 +174,8 @@ def normalize(defs: Sequence[Mapping[str, Any]]) -> list[LayerDef]:
     """
     full = [_normalize_one(i, d) for i, d in enumerate(desugar(defs))]
     if not full or full[0]["type"] != "input":
-        raise ModelFormatError("layer 0: the first layer must be of type 'input'")
+        where = _where(0, full[0]["type"]) if full else "layer 0"
+        raise ModelFormatError(f"{where}: the first layer must be of type 'input'")
     if full[-1]["type"] not in LOSS_TYPES:
         raise ModelFormatError(
             f"{_where(len(full) - 1, full[-1]['type'])}: the last layer must be a loss layer "
