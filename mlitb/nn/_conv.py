@@ -1,8 +1,18 @@
-"""Convolution and max-pooling over channel-major activations ``(C, N, H, W)``.
+"""Convolution and max-pooling.
 
-Convolution is im2col + one GEMM: the columns matrix has rows ``(c, ky, kx)`` and columns
-``(n, oy, ox)``, so ``W (F, C*ky*kx) @ cols`` is already the next layer's ``(F, N, H', W')``.
-im2col is one copy out of a strided view; col2im is one strided add per kernel offset.
+Layers pass activations of shape ``(C, N, H, W)`` (see ``_layers.py``), but a convolution keeps its
+data *channels last* in memory, ``(N, H, W, C)``, and returns its output as a transposed view of
+that. Measured on the CIFAR-10 demo net (docs/performance.md), channels last wins twice:
+
+- im2col copies runs of ``kx * C`` contiguous floats instead of runs of one image row, and the
+  GEMMs take the orientation OpenBLAS runs fastest for these skinny products: ``cols (N*H'*W', K)``
+  times the small weight matrix, rather than the weights times ``cols`` transposed.
+- the input gradient of a stride-1 convolution is itself a convolution (of the padded output
+  gradient with the flipped kernels), so it is one more im2col and GEMM; col2im's 25 strided adds
+  over runs of ``C`` floats cost more than that.
+
+Whatever order the input arrives in, copying it into the zero-padded channels-last buffer puts it
+right; the next layers (relu, pool) keep the memory order of what they are given.
 """
 
 from __future__ import annotations
@@ -20,20 +30,47 @@ def _out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def _pad(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
-    if pad == 0:
-        return x
-    c, n, h, w = x.shape
-    xp = np.full((c, n, h + 2 * pad, w + 2 * pad), value, dtype=x.dtype)
-    xp[:, :, pad:pad + h, pad:pad + w] = x
-    return xp
+class _Buffers:
+    """Scratch arrays reused from one chunk to the next (fresh large arrays cost page faults).
+
+    Only a layer's private working arrays live here, never what it returns: a caller may keep an
+    output while the next chunk runs.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
+        a = self._arrays.get(name)
+        if a is None or a.shape != shape:
+            a = self._arrays[name] = (np.zeros if zero else np.empty)(shape, dtype=F32)
+        return a
+
+    def padded(self, name: str, x_nhwc: np.ndarray, pad_y: int, pad_x: int) -> np.ndarray:
+        """``x_nhwc`` (N, H, W, C), any strides, copied into the middle of a zero-bordered buffer.
+
+        The border is zeroed once, when the buffer is made; later copies only write the middle.
+        """
+        n, h, w, c = x_nhwc.shape
+        xp = self.get(name, (n, h + 2 * pad_y, w + 2 * pad_x, c), zero=True)
+        xp[:, pad_y:pad_y + h, pad_x:pad_x + w] = x_nhwc
+        return xp
 
 
-def _windows(xp: np.ndarray, ky: int, kx: int, stride: int, oh: int, ow: int) -> np.ndarray:
-    """View of shape (C, ky, kx, N, oh, ow) over padded input ``xp`` (C, N, Hp, Wp)."""
-    sc, sn, sh, sw = xp.strides
-    return as_strided(xp, shape=(xp.shape[0], ky, kx, xp.shape[1], oh, ow),
-                      strides=(sc, sh, sw, sn, sh * stride, sw * stride), writeable=False)
+def _im2col(xp: np.ndarray, ky: int, kx: int, stride: int, oh: int, ow: int,
+            out: np.ndarray) -> np.ndarray:
+    """Rows ``(n, oy, ox)``, columns ``(ky, kx, c)`` of the padded channels-last input ``xp``.
+
+    One copy out of a strided view ``(N, oh, ow, ky, kx, C)``: for each window, ``kx * C`` floats
+    lie side by side in ``xp``, so numpy copies long contiguous runs.
+    """
+    n, _, _, c = xp.shape
+    sn, sh, sw, sc = xp.strides
+    windows = as_strided(xp, shape=(n, oh, ow, ky, kx, c),
+                         strides=(sn, sh * stride, sw * stride, sh, sw, sc), writeable=False)
+    cols = out.reshape(n, oh, ow, ky, kx, c)
+    np.copyto(cols, windows)
+    return out
 
 
 class ConvLayer(Layer):
@@ -50,6 +87,10 @@ class ConvLayer(Layer):
             raise ValueError(f"a {self.kx}x{self.ky} filter does not fit an input of {w}x{h} "
                              f"with pad {self.pad}")
         self.out_shape = (d["filters"], oh, ow)
+        # The input gradient as a convolution of the output gradient needs stride 1 and a
+        # padding of k - 1 - pad >= 0 on each side; otherwise col2im scatters it back.
+        self.dx_by_conv = self.stride == 1 and self.pad <= min(self.ky, self.kx) - 1
+        self.buffers = _Buffers()
 
     def param_shapes(self) -> list[tuple[int, ...]]:
         f = self.out_shape[0]
@@ -64,34 +105,67 @@ class ConvLayer(Layer):
         w[...] = rng.standard_normal(w.shape) * np.sqrt(1.0 / (self.ky * self.kx * self.in_shape[0]))
         b[...] = self.definition["bias_pref"]
 
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        c, n = x.shape[:2]
-        f, oh, ow = self.out_shape
-        self.x_shape = x.shape
-        xp = _pad(x, self.pad)
-        cols = np.empty((c, self.ky, self.kx, n, oh, ow), dtype=F32)
-        np.copyto(cols, _windows(xp, self.ky, self.kx, self.stride, oh, ow))
-        self.cols = cols.reshape(c * self.ky * self.kx, n * oh * ow)
-        w, b = self.params
-        y = w.reshape(f, -1) @ self.cols
-        y += b[:, None]
-        return y.reshape(f, n, oh, ow)
+    def _weights_last(self) -> np.ndarray:
+        """The weights (F, C, ky, kx) as (F, ky*kx*C), the column order of ``_im2col``."""
+        w = self.params[0]
+        return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)  # a small copy
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        c, n, h, w_ = self.x_shape
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        c, n, h, w_ = x.shape
         f, oh, ow = self.out_shape
-        w, _ = self.params
+        self.n = n
+        xp = self.buffers.padded("x", x.transpose(1, 2, 3, 0), self.pad, self.pad)
+        self.cols = _im2col(xp, self.ky, self.kx, self.stride, oh, ow,
+                            self.buffers.get("cols", (n * oh * ow, self.ky * self.kx * c)))
+        # (N*oh*ow, K) @ (K, F): the fast orientation for a tall, skinny product.
+        y = self.cols @ self._weights_last().T
+        y += self.params[1]
+        return y.reshape(n, oh, ow, f).transpose(3, 0, 1, 2)
+
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        f, oh, ow = self.out_shape
         dw, db = self.grads
-        dy2 = dy.reshape(f, n * oh * ow)
-        dw.reshape(f, -1)[...] += dy2 @ self.cols.T
-        db += dy2.sum(axis=1)
-        dcols = (w.reshape(f, -1).T @ dy2).reshape(c, self.ky, self.kx, n, oh, ow)
-        p, s = self.pad, self.stride
-        dxp = np.zeros((c, n, h + 2 * p, w_ + 2 * p), dtype=F32)
+        dy_nhwc = dy.transpose(1, 2, 3, 0)  # a view; channels last if our output came back so
+        dy2 = dy_nhwc.reshape(-1, f)
+        # (F, N*oh*ow) @ (N*oh*ow, K), then back to the (F, C, ky, kx) layout of the flat vector.
+        dw += (dy2.T @ self.cols).reshape(f, self.ky, self.kx, -1).transpose(0, 3, 1, 2)
+        db += dy2.sum(axis=0)
+        if not input_grad:
+            return None
+        if self.dx_by_conv:
+            return self._input_grad_by_conv(dy_nhwc)
+        return self._input_grad_by_col2im(dy2)
+
+    def _input_grad_by_conv(self, dy_nhwc: np.ndarray) -> np.ndarray:
+        # dx[n, y, x, c] = sum over (i, j, f) of dyp[n, y + i, x + j, f] * w[f, c, ky-1-i, kx-1-j]
+        # with dy zero-padded by k - 1 - pad: a stride-1 convolution with the flipped kernels.
+        c, h, w_ = self.in_shape
+        f = self.out_shape[0]
+        n = self.n
+        dyp = self.buffers.padded("dy", dy_nhwc, self.ky - 1 - self.pad, self.kx - 1 - self.pad)
+        dcols = _im2col(dyp, self.ky, self.kx, 1, h, w_,
+                        self.buffers.get("dcols", (n * h * w_, self.ky * self.kx * f)))
+        w_flipped = self.params[0][:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)
+        dx = dcols @ w_flipped  # (N*H*W, ky*kx*F) @ (ky*kx*F, C)
+        return dx.reshape(n, h, w_, c).transpose(3, 0, 1, 2)
+
+    def _input_grad_by_col2im(self, dy2: np.ndarray) -> np.ndarray:
+        c, h, w_ = self.in_shape
+        _, oh, ow = self.out_shape
+        n, p, s = self.n, self.pad, self.stride
+        dcols = (dy2 @ self._weights_last()).reshape(n, oh, ow, self.ky, self.kx, c)
+        dxp = np.zeros((n, h + 2 * p, w_ + 2 * p, c), dtype=F32)
         for i in range(self.ky):
             for j in range(self.kx):
-                dxp[:, :, i:i + s * oh:s, j:j + s * ow:s] += dcols[:, i, j]
-        return dxp[:, :, p:p + h, p:p + w_] if p else dxp
+                dxp[:, i:i + s * oh:s, j:j + s * ow:s] += dcols[:, :, :, i, j]
+        return dxp[:, p:p + h, p:p + w_].transpose(3, 0, 1, 2)
+
+
+def _pool_windows(xp: np.ndarray, ky: int, kx: int, stride: int, oh: int, ow: int) -> np.ndarray:
+    """View of shape (C, ky, kx, N, oh, ow) over padded input ``xp`` (C, N, Hp, Wp)."""
+    sc, sn, sh, sw = xp.strides
+    return as_strided(xp, shape=(xp.shape[0], ky, kx, xp.shape[1], oh, ow),
+                      strides=(sc, sh, sw, sn, sh * stride, sw * stride), writeable=False)
 
 
 class PoolLayer(Layer):
@@ -119,10 +193,12 @@ class PoolLayer(Layer):
         self.x_shape = x.shape
         if self.pairwise:
             return self._forward_pairwise(x)
-        c, n = x.shape[:2]
+        c, n, h, w = x.shape
         _, oh, ow = self.out_shape
-        xp = _pad(x, self.pad, value=-np.inf)
-        win = _windows(xp, self.ky, self.kx, self.stride, oh, ow)  # (C, ky, kx, N, oh, ow)
+        p = self.pad
+        xp = np.full((c, n, h + 2 * p, w + 2 * p), -np.inf, dtype=F32)
+        xp[:, :, p:p + h, p:p + w] = x
+        win = _pool_windows(xp, self.ky, self.kx, self.stride, oh, ow)  # (C, ky, kx, N, oh, ow)
         # Scan order x outer, y inner, as ConvNetJS: flatten (kx, ky).
         flat = win.transpose(0, 3, 4, 5, 2, 1).reshape(c, n, oh, ow, self.kx * self.ky)
         self.arg = flat.argmax(axis=-1)
@@ -151,14 +227,15 @@ class PoolLayer(Layer):
         colmax = np.maximum(top, bottom)
         left, right = colmax[..., 0::2], colmax[..., 1::2]
         self.take_left = left >= right
+        # Kept for their memory order (channels last after a conv), which the gradients copy.
+        self.x, self.colmax = x, colmax
         return np.maximum(left, right)
 
     def _backward_pairwise(self, dy: np.ndarray) -> np.ndarray:
-        c, n, h, w = self.x_shape
-        dcol = np.empty((c, n, h // 2, w), dtype=F32)
+        dcol = np.empty_like(self.colmax)
         dcol[..., 0::2] = dy * self.take_left
         dcol[..., 1::2] = dy * ~self.take_left
-        dx = np.empty(self.x_shape, dtype=F32)
+        dx = np.empty_like(self.x)
         dx[:, :, 0::2] = dcol * self.take_top
         dx[:, :, 1::2] = dcol * ~self.take_top
         return dx

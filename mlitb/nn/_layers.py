@@ -1,7 +1,8 @@
 """The layers: each a small class with ``forward`` and ``backward`` over a batch.
 
-Activations travel channel-major, shape ``(C, N, H, W)``: a convolution's GEMM then produces the next
-layer's input directly, with no transposes (see ``_conv.py``). A layer with parameters holds views
+Activations travel as arrays of shape ``(C, N, H, W)``, in whatever memory order the layer that made
+them found fastest: a convolution's output is channels last in memory (see ``_conv.py``), and the
+elementwise layers keep the order they are given. A layer with parameters holds views
 into the net's one flat parameter vector and one flat gradient vector, bound by ``bind``; ``backward``
 *adds* into its gradient views, so gradients sum over samples and over calls until the net zeroes them.
 
@@ -50,6 +51,11 @@ class Layer:
         raise NotImplementedError
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        """The input gradient, given the output gradient; adds parameter gradients into ``grads``.
+
+        Layers with parameters also take ``input_grad=False``: the net passes it to its first such
+        layer, whose input gradient nobody reads, and gets ``None`` back.
+        """
         raise NotImplementedError
 
 
@@ -61,14 +67,6 @@ class InputLayer(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy
-
-
-def _flatten_cn(x: np.ndarray) -> np.ndarray:
-    """(C, N, H, W) -> (C*H*W, N), rows in C, H, W order (the fc input order)."""
-    c, n, h, w = x.shape
-    if h * w == 1:
-        return x.reshape(c, n)
-    return x.reshape(c, n, h * w).transpose(0, 2, 1).reshape(c * h * w, n)
 
 
 class FullyConnectedLayer(Layer):
@@ -94,24 +92,24 @@ class FullyConnectedLayer(Layer):
         b[...] = self.definition["bias_pref"]
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        self.x_shape = x.shape
-        self.x2 = _flatten_cn(x)
-        w, b = self.params
-        y = w @ self.x2
-        y += b[:, None]
-        return y.reshape(self.out_shape[0], x.shape[1], 1, 1)
+        c, n, h, w = self.x_shape = x.shape
+        # Sample-major (N, C*H*W), so the product is (N, in) @ (in, out) like a conv's.
+        self.x2 = x.transpose(1, 0, 2, 3).reshape(n, c * h * w)
+        wt, b = self.params
+        y = self.x2 @ wt.T
+        y += b
+        return y.T.reshape(self.out_shape[0], n, 1, 1)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         w, _ = self.params
         dw, db = self.grads
         dy2 = dy.reshape(dy.shape[0], dy.shape[1])
-        dw += dy2 @ self.x2.T
+        dw += dy2 @ self.x2
         db += dy2.sum(axis=1)
-        dx2 = w.T @ dy2
+        if not input_grad:
+            return None
         c, n, h, ww = self.x_shape
-        if h * ww == 1:
-            return dx2.reshape(c, n, 1, 1)
-        return dx2.reshape(c, h * ww, n).transpose(0, 2, 1).reshape(c, n, h, ww)
+        return (dy2.T @ w).reshape(n, c, h, ww).transpose(1, 0, 2, 3)
 
 
 class ReluLayer(Layer):

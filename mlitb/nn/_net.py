@@ -234,6 +234,10 @@ class Net:
         x = self._check_input(x)
         y = self._check_targets(y, x.shape[0])
         loss, correct = 0.0, 0
+        # The backward pass runs from the loss layer down to the first layer with parameters
+        # (there is one: desugaring puts an fc layer before every loss layer).
+        first = next(i for i, layer in enumerate(self.layers) if layer.param_shapes())
+        trained = self.layers[first:-1]
         for i in range(0, x.shape[0], chunk):
             xs, ys = x[i:i + chunk], y[i:i + chunk]
             out = self._forward_cn(xs, training)
@@ -242,8 +246,10 @@ class Net:
             if self.is_classifier:
                 correct += int((out.argmax(axis=0) == ys).sum())
             d = d.reshape(d.shape[0], d.shape[1], 1, 1)
-            for layer in reversed(self.layers[1:-1]):
+            for layer in reversed(trained[1:]):
                 d = layer.backward(d)
+            # The first layer with parameters: nobody needs the gradient of its input.
+            trained[0].backward(d, input_grad=False)  # type: ignore[call-arg]
         return BatchStats(loss=loss, correct=correct, count=int(x.shape[0]))
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, chunk: int = 256) -> BatchStats:
