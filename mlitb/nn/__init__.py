@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._convnetjs import from_convnetjs, to_convnetjs
+from ._format import load_any, load_model, model_from_dict, model_to_dict, save_model
 from ._net import DEFAULT_CHUNK, NEW_CLASS_BIAS, BatchStats, Net
 from ._spec import LAYER_TYPES, LOSS_TYPES, desugar, normalize
 
@@ -13,5 +15,12 @@ __all__ = [
     "BatchStats",
     "Net",
     "desugar",
+    "from_convnetjs",
+    "load_any",
+    "load_model",
+    "model_from_dict",
+    "model_to_dict",
     "normalize",
+    "save_model",
+    "to_convnetjs",
 ]
