@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 
 from . import __version__
@@ -22,7 +24,7 @@ PLANNED: list[tuple[str, str, str]] = [
 ]
 
 
-def _planned_command(name: str, issue: str) -> typer.models.CommandFunctionType:
+def _planned_command(name: str, issue: str) -> Callable[[typer.Context], None]:
     @cli_errors
     def command(ctx: typer.Context) -> None:
         raise NotBuiltError(

@@ -236,3 +236,16 @@ def test_labels_are_checked():
         Net(SMALL, labels=["a", "b"])
     with pytest.raises(ModelFormatError, match="distinct"):
         Net(SMALL, labels=["a", "a", "b"])
+
+
+def test_activation_shorthand_works_on_any_layer_as_in_convnetjs():
+    full = normalize([{"type": "input", "out_sx": 4, "out_sy": 4},
+                      {"type": "pool", "sx": 2, "activation": "tanh"},
+                      {"type": "softmax", "num_classes": 2}])
+    assert [d["type"] for d in full] == ["input", "pool", "tanh", "fc", "softmax"]
+
+
+def test_pool_padding_must_be_smaller_than_the_window():
+    with pytest.raises(ModelFormatError, match=r"layer 1 \(pool\): field 'pad' must be smaller"):
+        normalize([{"type": "input", "out_sx": 4, "out_sy": 4},
+                   {"type": "pool", "sx": 2, "pad": 2}, {"type": "softmax", "num_classes": 2}])

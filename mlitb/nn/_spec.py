@@ -70,7 +70,7 @@ def desugar(defs: Sequence[Mapping[str, Any]]) -> list[LayerDef]:
             previous = out[-1] if out else {}
             if not (previous.get("type") == "fc" and previous.get("num_neurons") == size):
                 out.append({"type": "fc", "num_neurons": size})
-        activation = d.pop("activation", None) if kind in ("conv", "fc") else None
+        activation = d.pop("activation", None)  # ConvNetJS honours it on any layer type
         if kind in ("conv", "fc") and "bias_pref" not in d:
             d["bias_pref"] = 0.1 if activation == "relu" else 0.0
         group_size = d.pop("group_size", None) if kind != "maxout" else None
@@ -142,6 +142,9 @@ def _normalize_one(i: int, d: Mapping[str, Any]) -> LayerDef:
         n["sy"] = _int(d, "sy", where, default=n["sx"])
         n["stride"] = _int(d, "stride", where, default=2)
         n["pad"] = _int(d, "pad", where, default=0, minimum=0)
+        if n["pad"] >= min(n["sx"], n["sy"]):  # else a window can lie wholly in the padding
+            raise ModelFormatError(f"{where}: field 'pad' must be smaller than the window "
+                                   f"({n['sx']}x{n['sy']}), got {n['pad']}")
     elif kind == "fc":
         n["num_neurons"] = _int(d, "num_neurons", where)
     elif kind == "maxout":

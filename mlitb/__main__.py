@@ -1,0 +1,5 @@
+"""``python -m mlitb``: the same as the ``mlitb`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""Datasets that ship with the installed packages, for the demo and tests (no network)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# A small conv net for the 8x8 digits: conv 3x3x8 relu, pool 2, fc 32 relu, softmax 10.
+DIGITS_SPEC: list[dict[str, object]] = [
+    {"type": "input", "out_sx": 8, "out_sy": 8, "out_depth": 1},
+    {"type": "conv", "sx": 3, "filters": 8, "stride": 1, "pad": 1, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "fc", "num_neurons": 32, "activation": "relu"},
+    {"type": "softmax", "num_classes": 10},
+]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as uint8 ``(N, H, W, C)`` (the data server's storage form) and class indices."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split, list[str]]:
+    """scikit-learn's handwritten digits (1,797 8x8 images, bundled in its wheel), split per class
+    into train and test with a fixed seed. Pixel values 0..16 are scaled to 0..255."""
+    from sklearn.datasets import load_digits  # imported late: scikit-learn is slow to import
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255 / 16)).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    test_mask = np.zeros(len(labels), dtype=bool)
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        test_mask[idx[: int(round(len(idx) * test_fraction))]] = True
+    names = [str(k) for k in range(10)]
+    return (Split(images[~test_mask], labels[~test_mask]),
+            Split(images[test_mask], labels[test_mask]), names)
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` images -> float32 ``(N, C, H, W)`` in [-0.5, 0.5], as ConvNetJS's
+    demos scale pixels."""
+    return (images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0) - 0.5

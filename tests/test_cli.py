@@ -1,0 +1,84 @@
+"""The ``mlitb`` command line, driven with typer's CliRunner and, once, as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mlitb import __version__
+from mlitb._cli_planned import PLANNED
+from mlitb.cli import app
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"mlitb {__version__}"
+
+
+def test_help_lists_every_command_to_come():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    for name in ("master", "data-server", "node", "console", "project", "data", "closure",
+                 "demo", "bench"):
+        assert f" {name} " in result.output, name
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in PLANNED])
+def test_planned_commands_say_so_and_fail(name):
+    result = runner.invoke(app, [name, "join", "ws://localhost:8000"])
+    assert result.exit_code == 1
+    assert f"'mlitb {name}' is not built yet" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_option_is_a_usage_error():
+    result = runner.invoke(app, ["demo", "--minutes", "-3"])
+    assert result.exit_code == 2
+
+
+def test_console_script_runs_as_a_process():
+    proc = subprocess.run([sys.executable, "-m", "mlitb", "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"mlitb {__version__}"
+
+
+def test_demo_trains_and_saves_a_model_that_loads(tmp_path):
+    from mlitb.datasets import digits, to_input
+    from mlitb.nn import load_model
+
+    out = tmp_path / "model.json"
+    result = runner.invoke(app, ["demo", "--minutes", "1", "--target", "0.9", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "reached the target 90%" in result.output
+    assert f"model saved to {out}" in result.output.replace("\n", "")
+    net = load_model(out)
+    _, test, labels = digits(seed=0)
+    assert net.labels == labels
+    accuracy = (net.predict(to_input(test.images)).argmax(axis=1) == test.labels).mean()
+    assert accuracy >= 0.9
+
+
+def test_demo_reports_an_unwritable_output(tmp_path):
+    out = tmp_path / "missing-dir" / "model.json"
+    result = runner.invoke(app, ["demo", "--minutes", "0.05", "--target", "0.0", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "cannot save the model" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_digits_split_is_stratified_and_fixed():
+    from mlitb.datasets import digits
+
+    train, test, labels = digits(seed=0)
+    assert len(train.labels) + len(test.labels) == 1797
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (8, 8, 1)
+    assert set(np.unique(test.labels)) == set(range(10))
+    again = digits(seed=0)[1]
+    assert np.array_equal(again.labels, test.labels)
