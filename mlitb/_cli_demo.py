@@ -22,9 +22,9 @@ from .errors import MlitbError
 
 
 def _status(rows: list[tuple[str, str]]) -> Table:
-    table = Table(title="mlitb demo — digits, trained in this process", title_justify="left")
-    table.add_column("")
-    table.add_column("", justify="right")
+    table = Table(title="mlitb demo: digits", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right", min_width=10)
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -87,6 +87,7 @@ def register_demo(app: typer.Typer) -> None:
                     ("test accuracy", f"{accuracy:.1%}"),
                     ("elapsed", f"{time.monotonic() - start:.1f} s"),
                 ]))
+        out.print()
         try:
             save_model(net, output)
         except OSError as exc:
