@@ -1,0 +1,567 @@
+"""Every control message: one frozen dataclass per JSON ``type``, its fields typed and bounded.
+
+Field annotations are the specification: ``_schema`` reads them to decode and encode, and
+docs/protocol.md describes the same fields. Fields with a default may be omitted on the wire (the
+encoder always writes them). ``FROM`` says who may send a message: roles, or ``"master"``;
+``TOKEN`` marks operator actions that need the operator token; ``LARGE`` marks the types allowed up
+to ``MAX_LARGE_TEXT_FRAME``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+from ._limits import (
+    MAX_EVENTS_PER_STATUS,
+    MAX_HISTORY_POINTS,
+    MAX_HOST_LENGTH,
+    MAX_HYPERPARAMETERS,
+    MAX_IDS_PER_MESSAGE,
+    MAX_ITERATION_TIME,
+    MAX_LABEL_LENGTH,
+    MAX_LABELS,
+    MAX_LAYERS,
+    MAX_NAME_LENGTH,
+    MAX_PARAMETERS,
+    MAX_PROJECTS,
+    MAX_STATUS_INTERVAL,
+    MAX_TEXT_LENGTH,
+    MAX_TOKEN_LENGTH,
+    MAX_U32,
+    MAX_URL_LENGTH,
+    MAX_WORKERS_PER_STATUS,
+    MIN_ITERATION_TIME,
+    MIN_STATUS_INTERVAL,
+    PROTOCOL_VERSION,
+    ROLES,
+    ByeReason,
+    ClientKind,
+    ErrorCode,
+    EventKind,
+    ModelFormat,
+    ProjectState,
+    Role,
+    Split,
+    WorkerState,
+)
+from ._schema import Check, Invalid, Length, Pattern, Printable, Range, Unique
+
+# -- field types -----------------------------------------------------------------------------------
+U32 = Annotated[int, Range(0, MAX_U32)]
+Positive = Annotated[int, Range(1, MAX_U32)]
+Ids = Annotated[tuple[U32, ...], Length(0, MAX_IDS_PER_MESSAGE), Unique()]
+NonNegative = Annotated[float, Range(0.0, math.inf)]
+Fraction = Annotated[float, Range(0.0, 1.0)]
+IterationTime = Annotated[float, Range(MIN_ITERATION_TIME, MAX_ITERATION_TIME)]
+Name = Annotated[str, Pattern(
+    rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_LENGTH - 1}}}",
+    f"1-{MAX_NAME_LENGTH} characters from A-Z a-z 0-9 _ . - starting with a letter or digit",
+)]
+Identifier = Annotated[str, Pattern(r"[a-z][a-z0-9_]{0,31}", "a lower-case identifier (a-z 0-9 _)")]
+Label = Annotated[str, Length(1, MAX_LABEL_LENGTH), Printable()]
+Labels = Annotated[tuple[Label, ...], Length(0, MAX_LABELS), Unique()]
+Host = Annotated[str, Length(1, MAX_HOST_LENGTH), Printable()]
+Token = Annotated[str, Length(1, MAX_TOKEN_LENGTH), Printable()]
+RequestId = Annotated[str, Pattern(r"[!-~]{1,64}", "1-64 printable ASCII characters, no spaces")]
+Text = Annotated[str, Length(0, MAX_TEXT_LENGTH)]
+Url = Annotated[str, Length(1, MAX_URL_LENGTH), Pattern(r"https?://\S+", "an http(s):// URL")]
+Hyperparameters = Annotated[dict[Identifier, float], Length(0, MAX_HYPERPARAMETERS)]
+Layer = Annotated[dict[str, Any], Check(
+    lambda layer: isinstance(layer.get("type"), str), "each layer needs a string field 'type'"
+)]
+Spec = Annotated[tuple[Layer, ...], Length(1, MAX_LAYERS)]
+JsonObject = dict[str, Any]
+WorkerRole = Literal["trainer", "tracker", "stats"]
+
+
+class MessageBase:
+    """Base of every control message class (``Message`` is the union of them all)."""
+
+    TYPE: ClassVar[str]
+    FROM: ClassVar[frozenset[str]] = frozenset({"master"})
+    TOKEN: ClassVar[bool] = False
+    LARGE: ClassVar[bool] = False
+
+
+_ANYONE = frozenset(ROLES)
+_OPERATOR = frozenset({"operator"})
+
+
+def _disjoint(a: tuple[int, ...], b: tuple[int, ...], name_a: str, name_b: str) -> None:
+    if len(a) + len(b) > MAX_IDS_PER_MESSAGE:
+        raise Invalid(f"{name_a} and {name_b} together must have at most "
+                      f"{MAX_IDS_PER_MESSAGE} ids, got {len(a) + len(b)}", name_b)
+    if b and not set(a).isdisjoint(b):
+        raise Invalid(f"must not share ids with '{name_a}'", name_b)
+
+
+# == client -> master ==============================================================================
+@dataclass(frozen=True, kw_only=True)
+class Hello(MessageBase):
+    """The first message on every connection. ``project`` null lets the master choose."""
+
+    TYPE = "hello"
+    FROM = _ANYONE
+    protocol: Annotated[int, Range(0, 255)] = PROTOCOL_VERSION
+    role: Role
+    client: ClientKind
+    host: Host
+    project: Name | None = None
+    token: Token | None = None
+
+    def _check(self) -> None:
+        if self.role == "operator" and self.project is not None:
+            raise Invalid("must be null for role 'operator'", "project")
+        if self.role != "operator" and self.token is not None:
+            raise Invalid("is only sent by role 'operator'", "token")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheReport(MessageBase):
+    """Ids the worker cached, and ids it dropped, since its last report."""
+
+    TYPE = "cache_report"
+    FROM = frozenset({"trainer", "stats"})
+    cached: Ids = ()
+    evicted: Ids = ()
+
+    def _check(self) -> None:
+        _disjoint(self.cached, self.evicted, "cached", "evicted")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsReport(MessageBase):
+    """A stats worker's evaluation of one parameter version on the project's test set."""
+
+    TYPE = "stats_report"
+    FROM = frozenset({"stats"})
+    parameter_version: U32
+    iteration: U32
+    samples: Positive
+    error: Fraction
+    loss: NonNegative | None = None
+
+
+# == operator -> master (requests: the master answers with ack, a reply, or error) =================
+@dataclass(frozen=True, kw_only=True)
+class CreateProject(MessageBase):
+    """A new project from a layer spec, or from a research closure (exactly one of the two).
+
+    ``iteration_time`` / ``optimizer`` null mean the closure's, else 2 s / ``adagrad``;
+    ``hyperparameters`` override the optimizer's defaults (or the closure's values).
+    """
+
+    TYPE = "create_project"
+    FROM = _OPERATOR
+    TOKEN = True
+    LARGE = True
+    request_id: RequestId
+    name: Name
+    spec: Spec | None = None
+    closure: JsonObject | None = None
+    iteration_time: IterationTime | None = None
+    optimizer: Identifier | None = None
+    hyperparameters: Hyperparameters = field(default_factory=dict)
+    labels: Labels = ()
+    samples_per_iteration: Positive | None = None
+
+    def _check(self) -> None:
+        if (self.spec is None) == (self.closure is None):
+            raise Invalid("exactly one of 'spec' and 'closure' must be given", "spec")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteProject(MessageBase):
+    TYPE = "delete_project"
+    FROM = _OPERATOR
+    TOKEN = True
+    request_id: RequestId
+    project: Name
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pause(MessageBase):
+    TYPE = "pause"
+    FROM = _OPERATOR
+    TOKEN = True
+    request_id: RequestId
+    project: Name
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resume(MessageBase):
+    TYPE = "resume"
+    FROM = _OPERATOR
+    TOKEN = True
+    request_id: RequestId
+    project: Name
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetHyperparameters(MessageBase):
+    """Change hyperparameters (only those named) and/or T; applied from the next iteration."""
+
+    TYPE = "set_hyperparameters"
+    FROM = _OPERATOR
+    TOKEN = True
+    request_id: RequestId
+    project: Name
+    hyperparameters: Hyperparameters = field(default_factory=dict)
+    iteration_time: IterationTime | None = None
+
+    def _check(self) -> None:
+        if not self.hyperparameters and self.iteration_time is None:
+            raise Invalid("must change something: give hyperparameters or iteration_time",
+                          "hyperparameters")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoveWorker(MessageBase):
+    TYPE = "remove_worker"
+    FROM = _OPERATOR
+    TOKEN = True
+    request_id: RequestId
+    worker_id: U32
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterData(MessageBase):
+    """Sent by the data server after storing an upload: ``labels[i]`` indexes ``label_names`` and
+    belongs to ``ids[i]``. The master answers ``data_registered`` with the project's label list."""
+
+    TYPE = "register_data"
+    FROM = _OPERATOR
+    TOKEN = True
+    LARGE = True
+    request_id: RequestId
+    project: Name
+    split: Split = "train"
+    ids: Ids
+    label_names: Labels
+    labels: Annotated[tuple[Annotated[int, Range(0, MAX_LABELS - 1)], ...],
+                      Length(0, MAX_IDS_PER_MESSAGE)]
+
+    def _check(self) -> None:
+        if len(self.labels) != len(self.ids):
+            raise Invalid(f"must have one label per id ({len(self.ids)}), got {len(self.labels)}",
+                          "labels")
+        if self.labels and max(self.labels) >= len(self.label_names):
+            raise Invalid(f"must index label_names (0-{len(self.label_names) - 1}), "
+                          f"got {max(self.labels)}", "labels")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subscribe(MessageBase):
+    """Ask for ``status`` snapshots of one project (or all: null) at most every ``interval`` s."""
+
+    TYPE = "subscribe"
+    FROM = _ANYONE
+    request_id: RequestId
+    project: Name | None = None
+    interval: Annotated[float, Range(MIN_STATUS_INTERVAL, MAX_STATUS_INTERVAL)] = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unsubscribe(MessageBase):
+    TYPE = "unsubscribe"
+    FROM = _ANYONE
+    request_id: RequestId
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListProjects(MessageBase):
+    TYPE = "list_projects"
+    FROM = _ANYONE
+    request_id: RequestId
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetModel(MessageBase):
+    TYPE = "get_model"
+    FROM = _ANYONE
+    request_id: RequestId
+    project: Name
+    format: ModelFormat = "closure"
+
+
+# == master -> client ==============================================================================
+@dataclass(frozen=True, kw_only=True)
+class ProjectInfo:
+    """What a worker needs to know about its project."""
+
+    name: Name
+    state: ProjectState
+    spec: Spec
+    labels: Labels
+    iteration_time: IterationTime
+    iteration: U32
+    parameter_version: U32
+    parameter_count: Annotated[int, Range(1, MAX_PARAMETERS)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Welcome(MessageBase):
+    """The answer to a hello. ``authorized``: the operator token was accepted (operators only)."""
+
+    TYPE = "welcome"
+    worker_id: U32
+    role: Role
+    authorized: bool = False
+    data_url: Url
+    server_version: Annotated[str, Length(1, 64), Printable()]
+    project: ProjectInfo | None = None
+
+    def _check(self) -> None:
+        if (self.role == "operator") != (self.project is None):
+            raise Invalid("must be null for operators and set for every other role", "project")
+        if self.authorized and self.role != "operator":
+            raise Invalid("is only true for role 'operator'", "authorized")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectChanged(MessageBase):
+    """The project's spec, labels, state or T changed (e.g. a new label grew the output layer)."""
+
+    TYPE = "project_changed"
+    project: ProjectInfo
+
+
+@dataclass(frozen=True, kw_only=True)
+class Allocation(MessageBase):
+    """Data ids added to / removed from this worker; ``total``: its allocation afterwards."""
+
+    TYPE = "allocation"
+    added: Ids = ()
+    removed: Ids = ()
+    total: U32
+
+    def _check(self) -> None:
+        _disjoint(self.added, self.removed, "added", "removed")
+        if self.total < len(self.added):
+            raise Invalid(f"must count at least the {len(self.added)} ids added", "total")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Work(MessageBase):
+    """A budget: compute on ``parameter_version`` for ``seconds``, or over ``samples`` samples in
+    deterministic mode (exactly one is set), then send a result frame."""
+
+    TYPE = "work"
+    iteration: U32
+    parameter_version: U32
+    seconds: Annotated[float, Range(0.001, MAX_ITERATION_TIME)] | None = None
+    samples: Positive | None = None
+
+    def _check(self) -> None:
+        if (self.seconds is None) == (self.samples is None):
+            raise Invalid("exactly one of 'seconds' and 'samples' must be set", "seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error(MessageBase):
+    """Something the client sent was refused; ``request_id`` echoes the request's, if any."""
+
+    TYPE = "error"
+    code: ErrorCode
+    message: Text
+    request_id: RequestId | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bye(MessageBase):
+    """The master is about to close this connection with ``BYE_CLOSE_CODES[reason]``."""
+
+    TYPE = "bye"
+    reason: ByeReason
+    message: Text = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack(MessageBase):
+    """The request ``request_id`` succeeded."""
+
+    TYPE = "ack"
+    request_id: RequestId
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataRegistered(MessageBase):
+    """The answer to ``register_data``: the project's labels (indices used in data batches) and
+    its id counts afterwards."""
+
+    TYPE = "data_registered"
+    request_id: RequestId
+    project: Name
+    labels: Labels
+    train: U32
+    test: U32
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    """Seconds of the last iteration spent in each phase."""
+
+    compute: NonNegative = 0.0
+    wait: NonNegative = 0.0
+    reduce: NonNegative = 0.0
+    broadcast: NonNegative = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryPoint:
+    """Training loss (mean per sample) and accuracy (null for regression) of one iteration."""
+
+    iteration: U32
+    samples: U32
+    loss: NonNegative
+    accuracy: Fraction | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsPoint:
+    """A stats worker's test error for one parameter version."""
+
+    iteration: U32
+    parameter_version: U32
+    samples: Positive
+    error: Fraction
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataCounts:
+    """Training ids: ``allocated`` to a live trainer + ``unallocated`` = ``total``; ``cached`` by
+    at least one worker; ``test``: held-out ids."""
+
+    total: U32
+    allocated: U32
+    cached: U32
+    unallocated: U32
+    test: U32 = 0
+
+    def _check(self) -> None:
+        if self.allocated + self.unallocated != self.total:
+            raise Invalid(f"allocated ({self.allocated}) + unallocated ({self.unallocated}) "
+                          f"must equal total ({self.total})", "unallocated")
+        if self.cached > self.total:
+            raise Invalid(f"must not exceed total ({self.total})", "cached")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerStatus:
+    worker_id: U32
+    role: WorkerRole
+    client: ClientKind
+    host: Host
+    state: WorkerState
+    latency_ms: NonNegative | None = None
+    samples_per_s: NonNegative | None = None
+    budget_s: NonNegative | None = None
+    allocated: U32 = 0
+    cached: U32 = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One line of the master's event log; ``time`` in seconds on the master's clock."""
+
+    time: NonNegative
+    kind: EventKind
+    message: Text
+    project: Name | None = None
+    worker_id: U32 | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectStatus:
+    name: Name
+    state: ProjectState
+    iteration: U32
+    parameter_version: U32
+    iteration_time: IterationTime
+    optimizer: Identifier
+    hyperparameters: Hyperparameters = field(default_factory=dict)
+    timing: Timing = field(default_factory=Timing)
+    history: Annotated[tuple[HistoryPoint, ...], Length(0, MAX_HISTORY_POINTS)] = ()
+    test_error: Annotated[tuple[StatsPoint, ...], Length(0, MAX_HISTORY_POINTS)] = ()
+    data: DataCounts
+    workers: Annotated[tuple[WorkerStatus, ...], Length(0, MAX_WORKERS_PER_STATUS)] = ()
+
+    def _check(self) -> None:
+        ids = [w.worker_id for w in self.workers]
+        if len(set(ids)) != len(ids):
+            raise Invalid("must not list a worker_id twice", "workers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Status(MessageBase):
+    """A snapshot for subscribers: the projects asked for, and the events since the last one."""
+
+    TYPE = "status"
+    LARGE = True
+    time: NonNegative
+    projects: Annotated[tuple[ProjectStatus, ...], Length(0, MAX_PROJECTS)] = ()
+    events: Annotated[tuple[Event, ...], Length(0, MAX_EVENTS_PER_STATUS)] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectSummary:
+    """One row of the project list. ``input_shape`` is ``[depth, height, width]``."""
+
+    name: Name
+    state: ProjectState
+    iteration: U32
+    iteration_time: IterationTime
+    optimizer: Identifier
+    input_shape: Annotated[tuple[Annotated[int, Range(1, 65_535)], ...], Length(3, 3)]
+    labels: Labels
+    workers: U32
+    data: DataCounts
+    loss: NonNegative | None = None
+    test_error: Fraction | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectList(MessageBase):
+    TYPE = "projects"
+    LARGE = True
+    request_id: RequestId
+    projects: Annotated[tuple[ProjectSummary, ...], Length(0, MAX_PROJECTS)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Model(MessageBase):
+    """The answer to ``get_model``: a research closure or a ConvNetJS ``Net.toJSON()`` object."""
+
+    TYPE = "model"
+    LARGE = True
+    request_id: RequestId
+    project: Name
+    format: ModelFormat
+    model: JsonObject
+
+
+ClientMessage = (
+    Hello | CacheReport | StatsReport | CreateProject | DeleteProject | Pause | Resume
+    | SetHyperparameters | RemoveWorker | RegisterData | Subscribe | Unsubscribe | ListProjects
+    | GetModel
+)
+ServerMessage = (
+    Welcome | ProjectChanged | Allocation | Work | Error | Bye | Ack | DataRegistered | Status
+    | ProjectList | Model
+)
+Message = ClientMessage | ServerMessage
+
+CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
+    Hello, CacheReport, StatsReport, CreateProject, DeleteProject, Pause, Resume,
+    SetHyperparameters, RemoveWorker, RegisterData, Subscribe, Unsubscribe, ListProjects, GetModel,
+)
+SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
+    Welcome, ProjectChanged, Allocation, Work, Error, Bye, Ack, DataRegistered, Status,
+    ProjectList, Model,
+)
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (*CLIENT_MESSAGES, *SERVER_MESSAGES)
+}
+"""Every control message class by its JSON ``type``."""
