@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from mlitb.bench.engine import DEMO_NET, torch_loss, torch_model
+
 from mlitb.nn import Net
 
 torch = pytest.importorskip("torch", reason="PyTorch is the reference; pip install torch==2.13.0")
