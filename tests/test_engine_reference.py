@@ -131,3 +131,25 @@ def test_hot_path_stays_float32() -> None:
         layer.forward, layer.backward = forward, backward  # type: ignore[method-assign]
     net.accumulate_gradient(x, np.array([0, 1, 2]))
     assert seen and all(s.endswith("float32") for s in seen), seen
+
+
+def test_copies_and_pickles_compute_like_the_original() -> None:
+    """Layers keep scratch buffers and strided views of them between calls; a deep copy or a
+    pickle of a used net must not share or freeze them."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(3)
+    net = Net(DEMO_NET, seed=2)
+    x = rng.standard_normal((5, 3, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, 5)
+    net.accumulate_gradient(x, y)  # fills the buffers
+    x2 = rng.standard_normal((5, 3, 32, 32), dtype=np.float32)
+    expected = net.forward(x2)
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        np.testing.assert_array_equal(twin.forward(x2), expected)
+        twin.zero_grads()
+        net.zero_grads()
+        twin.accumulate_gradient(x2, y)
+        net.accumulate_gradient(x2, y)
+        np.testing.assert_array_equal(twin.grads, net.grads)

@@ -30,20 +30,55 @@ def _out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def _im2col(xp: np.ndarray, ky: int, kx: int, stride: int, oh: int, ow: int,
-            out: np.ndarray) -> np.ndarray:
-    """Rows ``(n, oy, ox)``, columns ``(ky, kx, c)`` of the padded channels-last input ``xp``.
+class _Im2col:
+    """im2col for one input size: rows ``(n, oy, ox)``, columns ``(ky, kx, c)``.
 
-    One copy out of a strided view ``(N, oh, ow, ky, kx, C)``: for each window, ``kx * C`` floats
-    lie side by side in ``xp``, so numpy copies long contiguous runs.
+    The input is copied into the middle of a zero-bordered channels-last buffer ``(N, Hp, Wp, C)``,
+    then the columns matrix is one copy out of a strided view ``(N, oh, ow, ky, kx, C)`` of it:
+    for each window row, ``kx * C`` floats lie side by side, so numpy copies long runs. The
+    buffers and the views are made once per chunk size (the border stays zero, and making the
+    strided view costs more than a small copy).
     """
-    n, _, _, c = xp.shape
-    sn, sh, sw, sc = xp.strides
-    windows = as_strided(xp, shape=(n, oh, ow, ky, kx, c),
-                         strides=(sn, sh * stride, sw * stride, sh, sw, sc), writeable=False)
-    cols = out.reshape(n, oh, ow, ky, kx, c)
-    np.copyto(cols, windows)
-    return out
+
+    def __init__(self, n: int, h: int, w: int, c: int, ky: int, kx: int, stride: int,
+                 pad_y: int, pad_x: int) -> None:
+        oh = _out_size(h, ky, stride, pad_y)
+        ow = _out_size(w, kx, stride, pad_x)
+        self.xp = np.zeros((n, h + 2 * pad_y, w + 2 * pad_x, c), dtype=F32)
+        self.middle = self.xp[:, pad_y:pad_y + h, pad_x:pad_x + w]
+        sn, sh, sw, sc = self.xp.strides
+        self.windows = as_strided(self.xp, shape=(n, oh, ow, ky, kx, c),
+                                  strides=(sn, sh * stride, sw * stride, sh, sw, sc),
+                                  writeable=False)
+        self.cols = np.empty((n * oh * ow, ky * kx * c), dtype=F32)
+        self.cols6 = self.cols.reshape(n, oh, ow, ky, kx, c)
+
+    def __call__(self, x_nhwc: np.ndarray) -> np.ndarray:
+        self.middle[...] = x_nhwc
+        np.copyto(self.cols6, self.windows)
+        return self.cols
+
+
+class _Im2colCache:
+    """The ``_Im2col`` of each recent chunk size (a batch's last chunk is often smaller)."""
+
+    def __init__(self, **geometry: Any) -> None:
+        self.geometry = geometry
+        self.made: dict[tuple[int, ...], _Im2col] = {}
+
+    def __call__(self, x_nhwc: np.ndarray) -> np.ndarray:
+        shape = x_nhwc.shape
+        im2col = self.made.get(shape)
+        if im2col is None:
+            if len(self.made) >= 4:
+                self.made.pop(next(iter(self.made)))
+            n, h, w, c = shape
+            im2col = self.made[shape] = _Im2col(n, h, w, c, **self.geometry)
+        return im2col(x_nhwc)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy or pickle would turn the views into separate arrays: make them afresh instead.
+        return {"geometry": self.geometry, "made": {}}
 
 
 class ConvLayer(Layer):
@@ -63,6 +98,10 @@ class ConvLayer(Layer):
         # The input gradient as a convolution of the output gradient needs stride 1 and a
         # padding of k - 1 - pad >= 0 on each side; otherwise col2im scatters it back.
         self.dx_by_conv = self.stride == 1 and self.pad <= min(self.ky, self.kx) - 1
+        self.im2col = _Im2colCache(ky=self.ky, kx=self.kx, stride=self.stride, pad_y=self.pad,
+                                   pad_x=self.pad)
+        self.im2col_dy = _Im2colCache(ky=self.ky, kx=self.kx, stride=1,
+                                      pad_y=self.ky - 1 - self.pad, pad_x=self.kx - 1 - self.pad)
         
     def param_shapes(self) -> list[tuple[int, ...]]:
         f = self.out_shape[0]
@@ -78,17 +117,15 @@ class ConvLayer(Layer):
         b[...] = self.definition["bias_pref"]
 
     def _weights_last(self) -> np.ndarray:
-        """The weights (F, C, ky, kx) as (F, ky*kx*C), the column order of ``_im2col``."""
+        """The weights (F, C, ky, kx) as (F, ky*kx*C), the column order of ``_Im2col``."""
         w = self.params[0]
         return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)  # a small copy
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        c, n, h, w_ = x.shape
+        n = x.shape[1]
         f, oh, ow = self.out_shape
         self.n = n
-        xp = self.buffers.padded("x", x.transpose(1, 2, 3, 0), self.pad, self.pad)
-        self.cols = _im2col(xp, self.ky, self.kx, self.stride, oh, ow,
-                            self.buffers.get("cols", (n * oh * ow, self.ky * self.kx * c)))
+        self.cols = self.im2col(x.transpose(1, 2, 3, 0))
         # (N*oh*ow, K) @ (K, F): the fast orientation for a tall, skinny product.
         y = self.buffers.get("y", (n * oh * ow, f))
         np.matmul(self.cols, self._weights_last().T, out=y)
@@ -115,11 +152,8 @@ class ConvLayer(Layer):
         # dx[n, y, x, c] = sum over (i, j, f) of dyp[n, y + i, x + j, f] * w[f, c, ky-1-i, kx-1-j]
         # with dy zero-padded by k - 1 - pad: a stride-1 convolution with the flipped kernels.
         c, h, w_ = self.in_shape
-        f = self.out_shape[0]
         n = self.n
-        dyp = self.buffers.padded("dy", dy_nhwc, self.ky - 1 - self.pad, self.kx - 1 - self.pad)
-        dcols = _im2col(dyp, self.ky, self.kx, 1, h, w_,
-                        self.buffers.get("dcols", (n * h * w_, self.ky * self.kx * f)))
+        dcols = self.im2col_dy(dy_nhwc)
         w_flipped = self.params[0][:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)
         # (N*H*W, ky*kx*F) @ (ky*kx*F, C)
         dx = np.matmul(dcols, w_flipped, out=self.buffers.get("dx", (n * h * w_, c)))

@@ -32,22 +32,18 @@ class Buffers:
     def __init__(self) -> None:
         self._arrays: dict[str, tuple[object, np.ndarray]] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], like: np.ndarray | None = None,
-            zero: bool = False) -> np.ndarray:
-        """A float32 array of ``shape``; with ``like``, laid out in memory as ``like`` is.
-
-        ``zero`` zeroes it when it is made, not when it is reused.
-        """
+    def get(self, name: str, shape: tuple[int, ...], like: np.ndarray | None = None) -> np.ndarray:
+        """A float32 array of ``shape``; with ``like``, laid out in memory as ``like`` is."""
         key = (shape, None if like is None else like.strides)
         made = self._arrays.get(name)
         if made is not None and made[0] == key:
             return made[1]
-        if like is not None:
-            a = np.empty_like(like, dtype=F32)
-        else:
-            a = (np.zeros if zero else np.empty)(shape, dtype=F32)
+        a = np.empty(shape, dtype=F32) if like is None else np.empty_like(like, dtype=F32)
         self._arrays[name] = (key, a)
         return a
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_arrays": {}}  # scratch: not worth copying or pickling
 
     def ones(self, n: int) -> np.ndarray:
         made = self._arrays.get("ones")
@@ -56,16 +52,6 @@ class Buffers:
         a = np.ones(n, dtype=F32)
         self._arrays["ones"] = (n, a)
         return a
-
-    def padded(self, name: str, x_nhwc: np.ndarray, pad_y: int, pad_x: int) -> np.ndarray:
-        """``x_nhwc`` (N, H, W, C), any strides, copied into the middle of a zero-bordered buffer.
-
-        The border is zeroed once, when the buffer is made; later copies only write the middle.
-        """
-        n, h, w, c = x_nhwc.shape
-        xp = self.get(name, (n, h + 2 * pad_y, w + 2 * pad_x, c), zero=True)
-        xp[:, pad_y:pad_y + h, pad_x:pad_x + w] = x_nhwc
-        return xp
 
 
 class Layer:

@@ -126,6 +126,11 @@ class Net:
                 order[i], order[i + 1] = pool, relu
         return order
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A deep copy or pickle turns the layers' views of the flat vectors into separate arrays.
+        self.__dict__.update(state)
+        self._bind()
+
     def _bind(self) -> None:
         offset = 0
         per_layer: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
