@@ -59,7 +59,7 @@ ClientKind = Literal["python", "browser"]
 ProjectState = Literal["running", "paused", "waiting"]
 WorkerState = Literal["caching", "training", "late", "idle", "tracking"]
 Split = Literal["train", "test"]
-ModelFormat = Literal["closure", "convnetjs"]
+ModelFormat = Literal["model", "closure", "convnetjs"]
 ErrorCode = Literal[
     "bad_message",       # a text frame failed validation (the message says which field)
     "bad_frame",         # a binary frame failed validation

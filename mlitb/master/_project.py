@@ -1,0 +1,295 @@
+"""One project's state, without I/O: the net and optimizer, who works on what, and the history.
+
+The trio shell (``_server.py``) owns the sockets and the clock; it calls these methods at the
+points of the event loop (DESIGN.md) and sends what they return. Times are numbers it passes in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import MlitbError
+from ..nn import Net
+from ..optim import Optimizer
+from ..protocol import (
+    MAX_HISTORY_POINTS,
+    DataCounts,
+    HistoryPoint,
+    ProjectInfo,
+    ProjectStatus,
+    ProjectSummary,
+    ResultFrame,
+    StatsPoint,
+    Timing,
+    WorkerStatus,
+)
+from ._allocator import Allocator
+from ._budget import BudgetPolicy
+from ._reduce import ReduceSummary, reduce_gradient_sums
+
+Reducer = Callable[[Sequence[ResultFrame], np.ndarray, Optimizer], ReduceSummary]
+
+
+class LabelConflictError(MlitbError):
+    """Registered data names its labels in an order that contradicts the project's labels."""
+
+
+@dataclass
+class Member:
+    """A worker of the project, as the project sees it."""
+
+    worker_id: int
+    role: str  # trainer | tracker | stats
+    client: str
+    host: str
+    state: str = "caching"
+    budget_s: float | None = None
+
+
+@dataclass
+class WorkOrder:
+    """What one trainer is told at the start of an iteration."""
+
+    worker_id: int
+    seconds: float | None
+    samples: int | None
+
+
+@dataclass
+class Iteration:
+    """The map step in flight: the orders sent and the results received so far."""
+
+    number: int
+    parameter_version: int
+    started_at: float
+    deadline: float
+    orders: dict[int, WorkOrder]
+    sent_at: float = 0.0
+    results: dict[int, tuple[ResultFrame, float]] = field(default_factory=dict)
+
+    def complete(self) -> bool:
+        return set(self.results) >= set(self.orders)
+
+
+class Project:
+    """The state of one project between and during iterations."""
+
+    def __init__(self, name: str, net: Net, optimizer: Optimizer, optimizer_name: str,
+                 iteration_time: float, *, samples_per_iteration: int | None = None,
+                 reducer: Reducer = reduce_gradient_sums) -> None:
+        self.name = name
+        self.net = net
+        self.optimizer = optimizer
+        self.optimizer_name = optimizer_name
+        self.iteration_time = iteration_time
+        self.samples_per_iteration = samples_per_iteration
+        self.reducer = reducer
+        self.paused = False
+        self.iteration = 0
+        self.parameter_version = 0
+        self.allocator: Allocator[int] = Allocator()
+        self.budgets: BudgetPolicy[int] = BudgetPolicy()
+        self.members: dict[int, Member] = {}
+        self.pending_joins: list[int] = []
+        self.test_ids: list[int] = []
+        self.labels_registered = False
+        self.current: Iteration | None = None
+        self.history: deque[HistoryPoint] = deque(maxlen=MAX_HISTORY_POINTS)
+        self.test_error: deque[StatsPoint] = deque(maxlen=MAX_HISTORY_POINTS)
+        self.timing = Timing()
+
+    # -- membership -----------------------------------------------------------------------------
+    def add_member(self, member: Member) -> None:
+        self.members[member.worker_id] = member
+        if member.role == "trainer":
+            self.pending_joins.append(member.worker_id)  # joins at the next iteration boundary
+        else:
+            member.state = "tracking"
+
+    def remove_member(self, worker_id: int) -> Member | None:
+        member = self.members.pop(worker_id, None)
+        if member is None:
+            return None
+        if worker_id in self.pending_joins:
+            self.pending_joins.remove(worker_id)
+        if worker_id in self.allocator:
+            self.allocator.leave(worker_id)
+        self.budgets.forget(worker_id)
+        if self.current is not None:
+            self.current.orders.pop(worker_id, None)
+            self.current.results.pop(worker_id, None)
+        return member
+
+    def trainers(self) -> list[int]:
+        return [w for w in self.allocator.workers() if w in self.members]
+
+    def of_role(self, role: str) -> list[int]:
+        return [w for w, m in self.members.items() if m.role == role]
+
+    @property
+    def state(self) -> str:
+        if self.paused:
+            return "paused"
+        return "running" if self.trainers() or self.pending_joins else "waiting"
+
+    # -- data -------------------------------------------------------------------------------------
+    def register_labels(self, names: Sequence[str]) -> list[int]:
+        """Adopt the data server's label list (append-only, so index i is the same everywhere).
+
+        Returns the parameter index map of each class the output layer had to grow by (empty if
+        it did not grow); the optimizer follows.
+        """
+        names = list(names)
+        old = self.net.labels
+        if self.labels_registered and names[:len(old)] != old[:len(names)]:
+            raise LabelConflictError(f"project {self.name}: the data's labels {names[:8]} do not "
+                                     f"extend the project's labels {old[:8]}")
+        grown = []
+        if not self.labels_registered:
+            # The first data names the classes it brings; outputs beyond keep their names.
+            renamed = names[:len(old)] + [x for x in old[len(names):] if x not in names]
+            if len(set(renamed)) == len(renamed) and len(renamed) == len(old):
+                self.net.labels = renamed
+            self.labels_registered = True
+        for name in names[len(self.net.labels):]:
+            index_map = self.net.add_class(name)
+            l1, l2 = self.net.decay_multipliers()
+            self.optimizer.grow(index_map, self.net.num_params, l1_mul=l1, l2_mul=l2)
+            grown.append(len(self.net.labels) - 1)
+        return grown
+
+    def add_data(self, split: str, ids: Sequence[int]) -> list[int]:
+        """Register ids; returns the test ids that were new (they go to stats workers)."""
+        if split == "train":
+            self.allocator.add_data(ids)
+            return []
+        known = set(self.test_ids)
+        new = [i for i in ids if i not in known]
+        self.test_ids.extend(new)
+        return new
+
+    # -- the event loop ---------------------------------------------------------------------------
+    def admit_pending(self) -> list[int]:
+        """Step 2: trainers that arrived during the last iteration join the allocation."""
+        joined = [w for w in self.pending_joins if w in self.members]
+        for w in joined:
+            self.allocator.join(w)
+        self.pending_joins.clear()
+        return joined
+
+    def plan_iteration(self, now: float) -> Iteration:
+        """Steps 4-5: a work order for every trainer, budgeted to return by the deadline."""
+        t = self.iteration_time
+        orders: dict[int, WorkOrder] = {}
+        trainers = self.trainers()
+        for w in trainers:
+            if self.samples_per_iteration is not None:
+                share = -(-self.samples_per_iteration // len(trainers))
+                orders[w] = WorkOrder(w, None, max(1, share))
+            else:
+                seconds = max(0.001, self.budgets.budget(w, t))
+                orders[w] = WorkOrder(w, seconds, None)
+                self.members[w].budget_s = seconds
+        self.current = Iteration(self.iteration, self.parameter_version, now, now + t, orders)
+        return self.current
+
+    def accept_result(self, worker_id: int, frame: ResultFrame, now: float) -> str | None:
+        """Record a trainer's result; returns why it was refused, or None."""
+        it = self.current
+        if it is None or frame.parameter_version != it.parameter_version:
+            return (f"result for parameter version {frame.parameter_version} is stale "
+                    f"(current: {self.parameter_version})")
+        if worker_id not in it.orders:
+            return "no work order is open for this worker"
+        if worker_id in it.results:
+            return "a result for this work order was already received"
+        it.results[worker_id] = (frame, now)
+        return None
+
+    def finish_iteration(self, now: float) -> ReduceSummary:
+        """Step 3: reduce what arrived, in worker order; late workers get smaller budgets."""
+        it = self.current
+        assert it is not None, "finish_iteration without plan_iteration"
+        for w in it.orders:
+            member = self.members.get(w)
+            if member is None:
+                continue
+            if w in it.results:
+                frame, received = it.results[w]
+                self.budgets.observe(w, it.sent_at, received, min(frame.compute_seconds,
+                                     max(received - it.sent_at, 0.0)), frame.samples)
+                member.state = "training" if frame.samples > 0 else "caching"
+            else:
+                self.budgets.missed_deadline(w)
+                member.state = "late"
+        ordered = [it.results[w][0] for w in sorted(it.results)]
+        summary = self.reducer(ordered, self.net.params, self.optimizer)
+        if summary.stepped:
+            self.parameter_version += 1
+            accuracy = summary.correct / summary.samples if self.net.is_classifier else None
+            self.history.append(HistoryPoint(iteration=self.iteration, samples=summary.samples,
+                                             loss=summary.loss_sum / summary.samples,
+                                             accuracy=accuracy))
+        self.iteration += 1
+        computes = [f.compute_seconds for f, _ in it.results.values()]
+        self.timing = Timing(compute=max(computes, default=0.0),
+                             wait=max(0.0, now - it.sent_at - max(computes, default=0.0)),
+                             reduce=0.0, broadcast=max(0.0, it.sent_at - it.started_at))
+        self.current = None
+        return summary
+
+    def record_stats(self, point: StatsPoint) -> None:
+        self.test_error.append(point)
+
+    # -- what the wire shows ----------------------------------------------------------------------
+    def info(self) -> ProjectInfo:
+        return ProjectInfo(name=self.name, state=self.state,  # type: ignore[arg-type]
+                           spec=tuple(self.net.spec()), labels=tuple(self.net.labels),
+                           iteration_time=self.iteration_time, iteration=self.iteration,
+                           parameter_version=self.parameter_version,
+                           parameter_count=self.net.num_params)
+
+    def data_counts(self) -> DataCounts:
+        stats = self.allocator.statistics()
+        # Ids cached by the trainer they are allocated to: what can be trained on right now.
+        cached = sum(share.cached for share in stats.workers.values())
+        return DataCounts(total=stats.total, allocated=stats.total - stats.unallocated,
+                          cached=min(cached, stats.total), unallocated=stats.unallocated,
+                          test=len(self.test_ids))
+
+    def status(self) -> ProjectStatus:
+        shares = self.allocator.statistics().workers
+        timings = self.budgets.statistics()
+        workers = []
+        for w, m in sorted(self.members.items()):
+            share, timing = shares.get(w), timings.get(w)
+            workers.append(WorkerStatus(
+                worker_id=w, role=m.role, client=m.client, host=m.host,  # type: ignore[arg-type]
+                state=m.state,  # type: ignore[arg-type]
+                latency_ms=timing.latency_ms if timing else None,
+                samples_per_s=timing.samples_per_s if timing else None,
+                budget_s=m.budget_s,
+                allocated=share.allocated if share else 0,
+                cached=share.cached if share else 0))
+        hp = {k: float(v) for k, v in self.optimizer.hyperparameters().items()}
+        return ProjectStatus(name=self.name, state=self.state,  # type: ignore[arg-type]
+                             iteration=self.iteration, parameter_version=self.parameter_version,
+                             iteration_time=self.iteration_time,
+                             optimizer=self.optimizer_name, hyperparameters=hp,
+                             timing=self.timing, history=tuple(self.history),
+                             test_error=tuple(self.test_error), data=self.data_counts(),
+                             workers=tuple(workers))
+
+    def summary(self) -> ProjectSummary:
+        c, h, w = self.net.input_shape
+        return ProjectSummary(
+            name=self.name, state=self.state,  # type: ignore[arg-type]
+            iteration=self.iteration,
+            iteration_time=self.iteration_time, optimizer=self.optimizer_name,
+            input_shape=(c, h, w), labels=tuple(self.net.labels), workers=len(self.members),
+            data=self.data_counts(), loss=self.history[-1].loss if self.history else None,
+            test_error=self.test_error[-1].error if self.test_error else None)

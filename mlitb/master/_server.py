@@ -1,0 +1,609 @@
+"""The master: trio + trio-websocket wiring around the pure project state.
+
+One nursery owns everything: the WebSocket server, one task per connection (with its own sender
+task, so a client that stops reading never blocks a broadcast), and one event-loop task per
+project. Time comes from trio's clock, so tests can run iterations under a MockClock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from .. import __version__
+from ..errors import MlitbError, ModelFormatError, OptimizerError
+from ..nn import Net, model_to_dict, to_convnetjs
+from ..optim import make_optimizer
+from ..protocol import (
+    BYE_CLOSE_CODES,
+    MAX_IDS_PER_MESSAGE,
+    MAX_LARGE_TEXT_FRAME,
+    MAX_TEXT_FRAME,
+    Ack,
+    Allocation,
+    Bye,
+    ByeReason,
+    CacheReport,
+    CloseCode,
+    CreateProject,
+    DataRegistered,
+    DeleteProject,
+    Error,
+    Event,
+    GetModel,
+    Hello,
+    ListProjects,
+    Message,
+    Model,
+    Pause,
+    ProjectChanged,
+    ProjectList,
+    RegisterData,
+    RemoveWorker,
+    ResultFrame,
+    Resume,
+    SetHyperparameters,
+    StatsPoint,
+    StatsReport,
+    Status,
+    Subscribe,
+    Unsubscribe,
+    Welcome,
+    WireError,
+    Work,
+    check_sender,
+    decode_frame,
+    decode_text,
+    encode_parameters,
+    encode_text,
+)
+from ._project import LabelConflictError, Member, Project
+
+log = logging.getLogger("mlitb.master")
+
+HELLO_TIMEOUT = 10.0
+PING_INTERVAL = 2.0
+PING_TIMEOUT = 3.0
+MAX_ERRORS = 20
+OUTBOX_SIZE = 64
+MAX_EVENTS = 1_000
+
+
+class RequestError(MlitbError):
+    """An operator request was well-formed but refused; ``code`` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Connection:
+    """One client: its WebSocket, who it is, and a bounded outbox drained by its sender task."""
+
+    ws: WebSocketConnection
+    worker_id: int
+    role: str
+    client: str
+    host: str
+    authorized: bool
+    project: str | None
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    last_heard: float = 0.0
+    subscription: tuple[str | None, float] | None = None
+    events_seen: int = 0
+    close_code: int = CloseCode.NORMAL
+    close_reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.outbox_send, self.outbox_receive = trio.open_memory_channel[str | bytes](OUTBOX_SIZE)
+
+    def send(self, message: Message | bytes) -> None:
+        """Queue without waiting; a client that falls this far behind is dropped."""
+        data = message if isinstance(message, bytes) else encode_text(message)
+        try:
+            self.outbox_send.send_nowait(data)
+        except trio.WouldBlock:
+            self.drop(CloseCode.INTERNAL_ERROR, "too slow: outbox full")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def say_bye(self, reason: ByeReason, message: str = "") -> None:
+        self.send(Bye(reason=reason, message=message))
+        self.drop(BYE_CLOSE_CODES[reason], message or reason)
+
+    def drop(self, code: int, reason: str) -> None:
+        """End this connection: flush what is queued (briefly), then close with ``code``."""
+        self.close_code, self.close_reason = code, reason[:120]
+        self.outbox_send.close()
+
+
+class Master:
+    """The master server. ``serve`` runs it; everything else is callable from the same trio run.
+
+    ``operator_token``: the secret operators send in their hello (generated when None).
+    ``data_url``: the data server's base URL, announced to workers in the welcome.
+    """
+
+    def __init__(self, *, operator_token: str | None = None,
+                 data_url: str = "http://127.0.0.1:8001") -> None:
+        self.operator_token = operator_token or secrets.token_urlsafe(16)
+        self.data_url = data_url
+        self.projects: dict[str, Project] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._wakeups: dict[str, trio.Event] = {}
+        self.connections: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._event_count = 0
+        self._nursery: trio.Nursery | None = None
+        self._started_at: float | None = None
+        self.port: int | None = None
+
+    # -- running --------------------------------------------------------------------------------
+    async def serve(self, host: str = "127.0.0.1", port: int = 8000, *,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen for WebSocket clients; reports the bound port once listening."""
+        self._started_at = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for name in self.projects:
+                self._start_loop(name)
+            server = await nursery.start(lambda task_status: serve_websocket(
+                self._handle, host, port, None, handler_nursery=nursery,
+                max_message_size=MAX_LARGE_TEXT_FRAME, receive_buffer_size=256 * 1024,
+                message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
+            self.port = server.port
+            log.info("master listening on ws://%s:%d", host, server.port)
+            task_status.started(server.port)
+
+    def _now(self) -> float:
+        return trio.current_time()
+
+    def _uptime(self) -> float:
+        """Seconds since ``serve`` started: the time base of events and status snapshots."""
+        if self._started_at is None:
+            return 0.0
+        return max(0.0, trio.current_time() - self._started_at)
+
+    def _event(self, kind: str, message: str, project: str | None = None,
+               worker_id: int | None = None) -> None:
+        self._events.append(Event(time=self._uptime(), kind=kind,  # type: ignore[arg-type]
+                                  message=message[:2048], project=project, worker_id=worker_id))
+        self._event_count += 1
+        log.info("%s: %s", kind, message)
+
+    # -- projects ---------------------------------------------------------------------------------
+    def create_project(self, name: str, spec: Sequence[dict[str, Any]], *,
+                       iteration_time: float = 2.0, optimizer: str = "adagrad",
+                       hyperparameters: dict[str, float] | None = None,
+                       labels: Sequence[str] = (), seed: int | None = None,
+                       samples_per_iteration: int | None = None) -> Project:
+        """Create and start a project. Raises RequestError for a name in use or a bad spec."""
+        if name in self.projects:
+            raise RequestError("project_exists", f"project {name!r} exists already")
+        try:
+            net = Net(spec, seed=seed, labels=list(labels) or None)
+            l1, l2 = net.decay_multipliers()
+            opt = make_optimizer(optimizer, net.num_params, **(hyperparameters or {}),
+                                 l1_mul=l1, l2_mul=l2)
+        except (ModelFormatError, OptimizerError) as exc:
+            raise RequestError("invalid_value", str(exc)) from None
+        project = Project(name, net, opt, optimizer, iteration_time,
+                          samples_per_iteration=samples_per_iteration)
+        self.projects[name] = project
+        self._event("created", f"project {name} created ({net.num_params} parameters, "
+                    f"{optimizer}, T={iteration_time:g} s)", name)
+        if self._nursery is not None:
+            self._start_loop(name)
+        return project
+
+    def delete_project(self, name: str) -> None:
+        self._project(name)
+        for conn in list(self.connections.values()):
+            if conn.project == name:
+                conn.say_bye("project_deleted", f"project {name} was deleted")
+        self._scopes.pop(name).cancel()
+        del self.projects[name]
+        self._event("deleted", f"project {name} deleted", name)
+
+    def _project(self, name: str) -> Project:
+        project = self.projects.get(name)
+        if project is None:
+            raise RequestError("unknown_project", f"no project named {name!r}")
+        return project
+
+    def register_data(self, name: str, split: str, ids: Sequence[int],
+                      label_names: Sequence[str]) -> Project:
+        """Called (directly, or through ``register_data`` messages) by the data server."""
+        project = self._project(name)
+        try:
+            grown = project.register_labels(label_names)
+        except LabelConflictError as exc:
+            raise RequestError("invalid_value", str(exc)) from None
+        new_test = project.add_data(split, ids)
+        if grown:
+            self._event("configured", f"project {name}: output layer grew to "
+                        f"{len(project.net.labels)} classes", name)
+            self._broadcast_project_changed(project)
+        if new_test:
+            for w in project.of_role("stats"):
+                self._send_ids(self.connections[w], new_test, [], len(project.test_ids))
+        self._event("data", f"project {name}: {len(ids)} {split} ids registered", name)
+        self._wake(name)
+        return project
+
+    def _broadcast_project_changed(self, project: Project) -> None:
+        msg = ProjectChanged(project=project.info())
+        for w in project.members:
+            self.connections[w].send(msg)
+
+    def _wake(self, name: str) -> None:
+        event = self._wakeups.get(name)
+        if event is not None:
+            event.set()
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot of the master's state (the same content as the status messages)."""
+        return {name: p.status() for name, p in self.projects.items()}
+
+    # -- the event loop of one project ----------------------------------------------------------
+    def _start_loop(self, name: str) -> None:
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._scopes[name] = scope
+        self._nursery.start_soon(self._run_loop, name, scope)
+
+    async def _run_loop(self, name: str, scope: trio.CancelScope) -> None:
+        with scope:
+            project = self.projects[name]
+            while True:
+                self._wakeups[name] = trio.Event()
+                start = self._now()
+                joined = project.admit_pending()
+                for w in joined:
+                    self._event("joined", f"worker {w} joined project {name}", name, w)
+                self._flush_allocations(project)
+                if project.paused or not project.trainers():
+                    with trio.move_on_after(project.iteration_time):
+                        await self._wakeups[name].wait()
+                    continue
+                it = project.plan_iteration(start)
+                frame = encode_parameters(project.net.params,
+                                          parameter_version=project.parameter_version,
+                                          iteration=project.iteration)
+                for w, order in it.orders.items():
+                    conn = self.connections[w]
+                    conn.send(frame)
+                    conn.send(Work(iteration=project.iteration,
+                                   parameter_version=project.parameter_version,
+                                   seconds=order.seconds, samples=order.samples))
+                for w in project.of_role("tracker") + project.of_role("stats"):
+                    self.connections[w].send(frame)
+                it.sent_at = self._now()
+                with trio.move_on_at(it.deadline):
+                    while not it.complete():
+                        await self._wakeups[name].wait()
+                        self._wakeups[name] = trio.Event()
+                reduce_start = self._now()
+                summary = project.finish_iteration(reduce_start)
+                project.timing = type(project.timing)(
+                    compute=project.timing.compute, wait=project.timing.wait,
+                    reduce=self._now() - reduce_start, broadcast=project.timing.broadcast)
+                if summary.workers < len(it.orders):
+                    log.info("%s: %d of %d results by the deadline", name, summary.workers,
+                             len(it.orders))
+                await trio.sleep_until(start + project.iteration_time)
+
+    def _flush_allocations(self, project: Project) -> None:
+        for w, change in project.allocator.take_changes().items():
+            conn = self.connections.get(w)
+            if conn is not None:
+                total = len(project.allocator.allocation_of(w))
+                self._send_ids(conn, sorted(change.added), sorted(change.removed), total)
+
+    def _send_ids(self, conn: Connection, added: list[int], removed: list[int],
+                  total: int) -> None:
+        step = MAX_IDS_PER_MESSAGE
+        for i in range(0, max(len(added), len(removed), 1), step // 2):
+            conn.send(Allocation(added=tuple(added[i:i + step // 2]),
+                                 removed=tuple(removed[i:i + step // 2]), total=total))
+
+    # -- connections --------------------------------------------------------------------------------
+    async def _handle(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        conn: Connection | None = None
+        try:
+            conn = await self._greet(ws)
+            if conn is None:
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender, conn)
+                keepalive = trio.CancelScope()
+                nursery.start_soon(self._keepalive, conn, keepalive)
+                with conn.cancel:
+                    await self._reader(conn)
+                keepalive.cancel()
+                conn.outbox_send.close()  # the sender flushes what is queued (a bye), then ends
+                nursery.cancel_scope.deadline = self._now() + 2.0
+        except ConnectionClosed:
+            pass
+        finally:
+            if conn is not None:
+                self._forget(conn)
+            with trio.move_on_after(2.0) as cleanup:
+                cleanup.shield = True
+                code = conn.close_code if conn is not None else CloseCode.NORMAL
+                await ws.aclose(code, conn.close_reason if conn is not None else None)
+
+    async def _greet(self, ws: WebSocketConnection) -> Connection | None:
+        """Read the hello; answer welcome, or error + close. Returns the connection or None."""
+        with trio.move_on_after(HELLO_TIMEOUT):
+            text = await ws.get_message()
+            break_reason = None
+            try:
+                if not isinstance(text, str):
+                    raise WireError("the first message must be a hello text frame",
+                                    code="hello_required", close_code=CloseCode.HELLO_REQUIRED)
+                hello = decode_text(text)
+                if not isinstance(hello, Hello):
+                    raise WireError(f"the first message must be a hello, got {hello.TYPE}",
+                                    code="hello_required", close_code=CloseCode.HELLO_REQUIRED)
+                return await self._welcome(ws, hello)
+            except WireError as exc:
+                break_reason = exc
+            await ws.send_message(encode_text(Error(code=break_reason.code,
+                                                    message=str(break_reason)[:2048])))
+            await ws.aclose(break_reason.close_code or CloseCode.HELLO_REQUIRED)
+            return None
+        await ws.aclose(CloseCode.HELLO_REQUIRED, "no hello in time")
+        return None
+
+    async def _welcome(self, ws: WebSocketConnection, hello: Hello) -> Connection:
+        authorized = False
+        project: Project | None = None
+        if hello.role == "operator":
+            if hello.token is not None:
+                if not secrets.compare_digest(hello.token, self.operator_token):
+                    raise WireError("hello.token: wrong operator token", code="bad_token",
+                                    close_code=CloseCode.POLICY_VIOLATION)
+                authorized = True
+        else:
+            name = hello.project
+            if name is None and len(self.projects) == 1:
+                name = next(iter(self.projects))
+            if name is None or name not in self.projects:
+                what = f"no project named {name!r}" if name else (
+                    "hello.project: name a project (the master has "
+                    f"{len(self.projects)} projects)")
+                raise WireError(what, code="unknown_project", close_code=CloseCode.NO_PROJECT)
+            project = self.projects[name]
+        worker_id = next(self._ids)
+        conn = Connection(ws=ws, worker_id=worker_id, role=hello.role, client=hello.client,
+                          host=hello.host, authorized=authorized,
+                          project=project.name if project else None,
+                          last_heard=self._now())
+        self.connections[worker_id] = conn
+        conn.send(Welcome(worker_id=worker_id, role=hello.role, authorized=authorized,
+                          data_url=self.data_url, server_version=__version__,
+                          project=project.info() if project else None))
+        if project is not None:
+            project.add_member(Member(worker_id, hello.role, hello.client, hello.host))
+            if hello.role == "stats" and project.test_ids:
+                self._send_ids(conn, list(project.test_ids), [], len(project.test_ids))
+            if hello.role in ("tracker", "stats"):
+                conn.send(encode_parameters(project.net.params,
+                                            parameter_version=project.parameter_version,
+                                            iteration=project.iteration))
+            self._event("joined", f"{hello.client} {hello.role} {worker_id} from {hello.host} "
+                        f"connected to {project.name}", project.name, worker_id)
+            self._wake(project.name)
+        return conn
+
+    def _forget(self, conn: Connection, *, log_event: bool = True) -> None:
+        self.connections.pop(conn.worker_id, None)
+        if conn.project is not None and conn.project in self.projects:
+            project = self.projects[conn.project]
+            if project.remove_member(conn.worker_id) is not None and log_event:
+                kind = "left" if conn.close_code == CloseCode.NORMAL else "lost"
+                self._event(kind, f"worker {conn.worker_id} {kind} project {conn.project}"
+                            + (f" ({conn.close_reason})" if conn.close_reason else ""),
+                            conn.project, conn.worker_id)
+                self._wake(conn.project)
+
+    async def _sender(self, conn: Connection) -> None:
+        try:
+            async for data in conn.outbox_receive:
+                await conn.ws.send_message(data)
+        except ConnectionClosed:
+            pass
+        conn.cancel.cancel()  # the outbox was closed or the peer went away: the reader stops
+
+    async def _keepalive(self, conn: Connection, scope: trio.CancelScope) -> None:
+        """Ping clients we have not heard from lately; close those that do not answer."""
+        with scope:
+            while True:
+                await trio.sleep(PING_INTERVAL)
+                if self._now() - conn.last_heard < PING_INTERVAL:
+                    continue
+                with trio.move_on_after(PING_TIMEOUT):
+                    try:
+                        await conn.ws.ping()
+                    except ConnectionClosed:
+                        conn.cancel.cancel()
+                        return
+                    conn.last_heard = self._now()
+                    continue
+                conn.close_code, conn.close_reason = CloseCode.TIMED_OUT, "no answer to ping"
+                self._forget(conn)
+                conn.cancel.cancel()
+                return
+
+    async def _reader(self, conn: Connection) -> None:
+        errors = 0
+        while True:
+            try:
+                data = await conn.ws.get_message()
+            except ConnectionClosed:
+                return
+            conn.last_heard = self._now()
+            request_id: str | None = None
+            try:
+                if isinstance(data, bytes):
+                    self._on_frame(conn, data)
+                else:
+                    limit = MAX_LARGE_TEXT_FRAME if conn.authorized else MAX_TEXT_FRAME
+                    message = decode_text(data, max_size=limit)
+                    request_id = getattr(message, "request_id", None)
+                    check_sender(message, conn.role, authorized=conn.authorized)  # type: ignore[arg-type]
+                    self._on_message(conn, message)
+            except WireError as exc:
+                errors += 1
+                log.warning("worker %d (%s): %s", conn.worker_id, conn.host, exc)
+                conn.send(Error(code=exc.code, message=str(exc)[:2048],
+                                request_id=exc.request_id))
+                if exc.close_code is not None:
+                    conn.drop(exc.close_code, str(exc))
+                    return
+                if errors >= MAX_ERRORS:
+                    conn.say_bye("too_many_errors", f"{errors} invalid messages")
+                    return
+            except RequestError as exc:
+                conn.send(Error(code=exc.code, message=str(exc)[:2048],  # type: ignore[arg-type]
+                                request_id=request_id))
+
+    def _on_frame(self, conn: Connection, data: bytes) -> None:
+        if conn.role != "trainer":
+            raise WireError("only trainers send binary frames", code="forbidden",
+                            close_code=CloseCode.UNSUPPORTED_DATA)
+        project = self.projects.get(conn.project or "")
+        if project is None:
+            return
+        frame = decode_frame(data, expected_length=project.net.num_params)
+        if not isinstance(frame, ResultFrame):
+            raise WireError("workers send result frames only", code="bad_frame")
+        refused = project.accept_result(conn.worker_id, frame, self._now())
+        if refused is not None:
+            conn.send(Error(code="stale_result", message=refused))
+        else:
+            self._wake(project.name)
+
+    # -- control messages -------------------------------------------------------------------------
+    def _on_message(self, conn: Connection, msg: Message) -> None:
+        if isinstance(msg, Hello):
+            raise WireError("hello: already said", code="bad_message")
+        if isinstance(msg, CacheReport):
+            project = self.projects.get(conn.project or "")
+            if project is not None and conn.role == "trainer" and conn.worker_id in project.allocator:
+                project.allocator.mark_cached(conn.worker_id, msg.cached)
+                project.allocator.mark_uncached(conn.worker_id, msg.evicted)
+            return
+        if isinstance(msg, StatsReport):
+            project = self._project(conn.project or "")
+            project.record_stats(StatsPoint(iteration=msg.iteration,
+                                            parameter_version=msg.parameter_version,
+                                            samples=msg.samples, error=msg.error))
+            return
+        reply = self._operator_request(conn, msg)
+        conn.send(reply)
+
+    def _operator_request(self, conn: Connection, msg: Message) -> Message:
+        request_id: str = getattr(msg, "request_id")
+        if isinstance(msg, CreateProject):
+            if msg.closure is not None:
+                raise RequestError("invalid_value",
+                                   "create_project.closure: research closures are not "
+                                   "supported by this master yet; send a spec")
+            self.create_project(msg.name, [dict(d) for d in msg.spec or ()],
+                                iteration_time=msg.iteration_time or 2.0,
+                                optimizer=msg.optimizer or "adagrad",
+                                hyperparameters=dict(msg.hyperparameters),
+                                labels=msg.labels,
+                                samples_per_iteration=msg.samples_per_iteration)
+        elif isinstance(msg, DeleteProject):
+            self.delete_project(msg.project)
+        elif isinstance(msg, (Pause, Resume)):
+            project = self._project(msg.project)
+            project.paused = isinstance(msg, Pause)
+            self._event("paused" if project.paused else "resumed",
+                        f"project {project.name} {'paused' if project.paused else 'resumed'}",
+                        project.name)
+            self._wake(project.name)
+        elif isinstance(msg, SetHyperparameters):
+            project = self._project(msg.project)
+            try:
+                if msg.hyperparameters:
+                    project.optimizer.set_hyperparameters(**msg.hyperparameters)
+            except OptimizerError as exc:
+                raise RequestError("invalid_value", str(exc)) from None
+            if msg.iteration_time is not None:
+                project.iteration_time = msg.iteration_time
+                self._broadcast_project_changed(project)
+            self._event("configured", f"project {project.name}: "
+                        + ", ".join(f"{k}={v:g}" for k, v in msg.hyperparameters.items())
+                        + (f" T={msg.iteration_time:g} s" if msg.iteration_time else ""),
+                        project.name)
+        elif isinstance(msg, RemoveWorker):
+            target = self.connections.get(msg.worker_id)
+            if target is None or target.role == "operator":
+                raise RequestError("unknown_worker", f"no worker with id {msg.worker_id}")
+            target.say_bye("removed", "removed by an operator")
+            self._forget(target, log_event=False)
+            self._event("removed", f"worker {msg.worker_id} removed by an operator",
+                        target.project, msg.worker_id)
+        elif isinstance(msg, RegisterData):
+            names = list(msg.label_names)
+            project = self.register_data(msg.project, msg.split, msg.ids, names)
+            return DataRegistered(request_id=request_id, project=project.name,
+                                  labels=tuple(project.net.labels), train=project.allocator.total,
+                                  test=len(project.test_ids))
+        elif isinstance(msg, Subscribe):
+            if msg.project is not None:
+                self._project(msg.project)
+            first = conn.subscription is None
+            conn.subscription = (msg.project, msg.interval)
+            conn.events_seen = max(0, self._event_count - len(self._events))
+            if first and self._nursery is not None:
+                self._nursery.start_soon(self._publish, conn)
+        elif isinstance(msg, Unsubscribe):
+            conn.subscription = None
+        elif isinstance(msg, ListProjects):
+            return ProjectList(request_id=request_id,
+                               projects=tuple(p.summary() for p in self.projects.values()))
+        elif isinstance(msg, GetModel):
+            project = self._project(msg.project)
+            if msg.format == "closure":
+                raise RequestError("invalid_value", "get_model.format: research closures are "
+                                   "not built yet; ask for 'model' or 'convnetjs'")
+            model = (to_convnetjs(project.net) if msg.format == "convnetjs"
+                     else model_to_dict(project.net))
+            return Model(request_id=request_id, project=project.name, format=msg.format,
+                         model=model)
+        return Ack(request_id=request_id)
+
+    def status(self, project: str | None) -> Status:
+        names = [project] if project is not None else list(self.projects)
+        return Status(time=self._uptime(),
+                      projects=tuple(self.projects[n].status() for n in names
+                                     if n in self.projects))
+
+    async def _publish(self, conn: Connection) -> None:
+        """Send status snapshots to a subscriber until it unsubscribes or leaves."""
+        while conn.subscription is not None and conn.worker_id in self.connections:
+            name, interval = conn.subscription
+            snapshot = self.status(name)
+            missed = self._event_count - conn.events_seen
+            events = list(self._events)[-min(missed, len(self._events)):] if missed else []
+            conn.events_seen = self._event_count
+            snapshot = Status(time=snapshot.time, projects=snapshot.projects,
+                              events=tuple(events[-256:]))
+            conn.send(snapshot)
+            await trio.sleep(interval)

@@ -1,0 +1,283 @@
+"""The master over real WebSockets on loopback, with clients written here from docs/protocol.md."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import numpy as np
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from mlitb.master import Master
+from mlitb.protocol import (
+    Ack,
+    Allocation,
+    CacheReport,
+    CloseCode,
+    CreateProject,
+    DataRegistered,
+    Error,
+    GetModel,
+    Hello,
+    ListProjects,
+    Model,
+    Pause,
+    ProjectList,
+    RegisterData,
+    RemoveWorker,
+    Resume,
+    SetHyperparameters,
+    Status,
+    Subscribe,
+    Welcome,
+    Work,
+    decode_frame,
+    decode_text,
+    encode_result,
+    encode_text,
+    MAX_LARGE_TEXT_FRAME,
+    ParametersFrame,
+)
+
+TOKEN = "test-token"
+SPEC = [
+    {"type": "input", "out_sx": 1, "out_sy": 1, "out_depth": 4},
+    {"type": "fc", "num_neurons": 5, "activation": "relu"},
+    {"type": "softmax", "num_classes": 3},
+]
+N_PARAMS = 4 * 5 + 5 + 5 * 3 + 3
+
+
+class Client:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def send(self, message: Any) -> None:
+        await self.ws.send_message(message if isinstance(message, (bytes, str))
+                                   else encode_text(message))
+
+    async def receive(self) -> Any:
+        data = await self.ws.get_message()
+        if isinstance(data, bytes):
+            return decode_frame(data)
+        return decode_text(data, max_size=MAX_LARGE_TEXT_FRAME)
+
+    async def expect(self, kind: type, skip: tuple[type, ...] = (Status,)) -> Any:
+        while True:
+            message = await self.receive()
+            if isinstance(message, kind):
+                return message
+            if not isinstance(message, skip):
+                raise AssertionError(f"expected {kind.__name__}, got {message!r}")
+
+    async def request(self, message: Any) -> Any:
+        await self.send(message)
+        while True:
+            reply = await self.receive()
+            if getattr(reply, "request_id", None) == message.request_id:
+                return reply
+
+
+@asynccontextmanager
+async def client(port: int, **hello: Any) -> AsyncIterator[Client]:
+    async with open_websocket_url(f"ws://127.0.0.1:{port}/",
+                                  max_message_size=MAX_LARGE_TEXT_FRAME) as ws:
+        c = Client(ws)
+        await c.send(Hello(client="python", host="test", **hello))
+        yield c
+
+
+@asynccontextmanager
+async def running_master(**kwargs: Any) -> AsyncIterator[tuple[Master, int]]:
+    master = Master(operator_token=TOKEN, **kwargs)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(master.serve, "127.0.0.1", 0)
+        yield master, port
+        nursery.cancel_scope.cancel()
+
+
+async def make_project(port: int, name: str = "p", t: float = 1.0, **kw: Any) -> None:
+    async with client(port, role="operator", token=TOKEN) as op:
+        welcome = await op.expect(Welcome)
+        assert welcome.authorized
+        reply = await op.request(CreateProject(request_id="c", name=name, spec=tuple(SPEC),
+                                               iteration_time=t, **kw))
+        assert isinstance(reply, Ack), reply
+        reply = await op.request(RegisterData(request_id="d", project=name, ids=tuple(range(10)),
+                                              label_names=("a", "b", "c"),
+                                              labels=tuple(i % 3 for i in range(10))))
+        assert isinstance(reply, DataRegistered)
+        assert reply.labels == ("a", "b", "c") and reply.train == 10
+
+
+@pytest.mark.trio
+async def test_trainer_gets_data_parameters_and_work_and_its_result_steps_the_model():
+    with trio.fail_after(20):
+        async with running_master() as (master, port):
+            await make_project(port)
+            async with client(port, role="trainer", project="p") as tr:
+                welcome = await tr.expect(Welcome)
+                assert welcome.project.parameter_count == N_PARAMS
+                assert welcome.project.labels == ("a", "b", "c")
+                alloc = await tr.expect(Allocation)
+                assert sorted(alloc.added) == list(range(10)) and alloc.total == 10
+                await tr.send(CacheReport(cached=alloc.added))
+                params = await tr.expect(ParametersFrame)
+                work = await tr.expect(Work)
+                assert work.parameter_version == params.parameter_version == 0
+                assert 0 < work.seconds <= 1.0
+                grad = np.full(N_PARAMS, 2.0, np.float32)
+                await tr.send(encode_result(grad, parameter_version=0, samples=4, loss_sum=4.0,
+                                            correct=2, compute_seconds=0.1))
+                next_params = await tr.expect(ParametersFrame, skip=(Work, Error))
+                assert next_params.parameter_version == 1
+                # AdaGrad's first step moves every parameter by lr * sign(mean gradient).
+                np.testing.assert_allclose(next_params.vector, params.vector - 0.01, atol=1e-6)
+                project = master.projects["p"]
+                assert project.history[-1].loss == pytest.approx(1.0)
+                assert project.history[-1].accuracy == pytest.approx(0.5)
+                assert project.status().data.cached == 10
+
+
+@pytest.mark.trio
+async def test_operator_requests_and_status():
+    with trio.fail_after(20):
+        async with running_master() as (master, port):
+            await make_project(port)
+            async with client(port, role="operator", token=TOKEN) as op:
+                await op.expect(Welcome)
+                listing = await op.request(ListProjects(request_id="l"))
+                assert isinstance(listing, ProjectList)
+                (summary,) = listing.projects
+                assert summary.name == "p" and summary.input_shape == (4, 1, 1)
+                assert summary.data.total == 10
+                assert isinstance(await op.request(Pause(request_id="1", project="p")), Ack)
+                assert master.projects["p"].paused
+                assert isinstance(await op.request(Resume(request_id="2", project="p")), Ack)
+                reply = await op.request(SetHyperparameters(
+                    request_id="3", project="p", hyperparameters={"learning_rate": 0.5},
+                    iteration_time=3.0))
+                assert isinstance(reply, Ack)
+                assert master.projects["p"].optimizer.learning_rate == 0.5
+                assert master.projects["p"].iteration_time == 3.0
+                bad = await op.request(SetHyperparameters(
+                    request_id="4", project="p", hyperparameters={"momentum": 0.5}))
+                assert isinstance(bad, Error) and bad.code == "invalid_value"
+                assert "momentum" in bad.message
+                model = await op.request(GetModel(request_id="5", project="p", format="model"))
+                assert isinstance(model, Model) and model.model["format"] == "mlitb-model"
+                cnj = await op.request(GetModel(request_id="6", project="p", format="convnetjs"))
+                assert cnj.model["layers"][0]["layer_type"] == "input"
+                await op.send(Subscribe(request_id="7", project="p", interval=0.1))
+                status = await op.expect(Status, skip=(Ack,))
+                assert status.projects[0].name == "p"
+                assert any(e.kind == "created" for e in status.events)
+                missing = await op.request(Pause(request_id="8", project="nope"))
+                assert isinstance(missing, Error) and missing.code == "unknown_project"
+
+
+@pytest.mark.trio
+async def test_operator_actions_need_the_token():
+    with trio.fail_after(20):
+        async with running_master() as (master, port):
+            async with client(port, role="operator") as op:
+                welcome = await op.expect(Welcome)
+                assert not welcome.authorized
+                reply = await op.request(CreateProject(request_id="c", name="x",
+                                                       spec=tuple(SPEC)))
+                assert isinstance(reply, Error) and reply.code == "forbidden"
+                assert "x" not in master.projects
+                assert isinstance(await op.request(ListProjects(request_id="l")), ProjectList)
+            async with client(port, role="operator", token="wrong") as op:
+                error = await op.expect(Error)
+                assert error.code == "bad_token"
+                with pytest.raises(ConnectionClosed) as info:
+                    await op.receive()
+                assert info.value.reason.code == CloseCode.POLICY_VIOLATION
+
+
+@pytest.mark.trio
+async def test_bad_frames_get_errors_and_the_master_keeps_serving():
+    with trio.fail_after(30):
+        async with running_master() as (master, port):
+            await make_project(port)
+            async with client(port, role="trainer", project="p") as bad, \
+                    client(port, role="trainer", project="p") as good:
+                await bad.expect(Welcome)
+                await good.expect(Welcome)
+                for junk in (b"\x00\x01garbage", "{not json", '{"type": "launch_missiles"}',
+                             encode_result(np.zeros(3, np.float32), parameter_version=0,
+                                           samples=1, loss_sum=0.0)):
+                    await bad.send(junk)
+                    error = await bad.expect(Error, skip=(Allocation, Work, ParametersFrame))
+                    assert error.code in ("bad_frame", "bad_message")
+                nan = np.zeros(N_PARAMS, np.float32)
+                nan[7] = np.nan
+                await bad.send(encode_result(nan, parameter_version=0, samples=1, loss_sum=0.0))
+                error = await bad.expect(Error, skip=(Allocation, Work, ParametersFrame))
+                assert "value 7" in error.message
+                # A trainer may not act as an operator.
+                reply = await bad.request(Pause(request_id="x", project="p"))
+                assert isinstance(reply, Error) and reply.code == "forbidden"
+                assert not master.projects["p"].paused
+                # The other trainer still gets work.
+                work = await good.expect(Work, skip=(Allocation, ParametersFrame))
+                assert work.parameter_version == 0
+
+
+@pytest.mark.trio
+async def test_oversize_frames_close_with_1009():
+    with trio.fail_after(20):
+        async with running_master() as (master, port):
+            await make_project(port)
+            async with client(port, role="trainer", project="p") as tr:
+                await tr.expect(Welcome)
+                await tr.send("x" * (2 << 20))
+                with pytest.raises(ConnectionClosed) as info:
+                    while True:
+                        await tr.receive()
+                assert info.value.reason.code == CloseCode.MESSAGE_TOO_BIG
+            assert all(c.role != "trainer" for c in master.connections.values())
+
+
+@pytest.mark.trio
+async def test_unknown_project_and_missing_hello_are_refused():
+    with trio.fail_after(20):
+        async with running_master() as (master, port):
+            async with client(port, role="trainer", project="nope") as tr:
+                error = await tr.expect(Error)
+                assert error.code == "unknown_project"
+                with pytest.raises(ConnectionClosed) as info:
+                    await tr.receive()
+                assert info.value.reason.code == CloseCode.NO_PROJECT
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+                await ws.send_message(encode_text(ListProjects(request_id="l")))
+                assert decode_text(await ws.get_message()).code == "hello_required"
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.get_message()
+                assert info.value.reason.code == CloseCode.HELLO_REQUIRED
+
+
+@pytest.mark.trio
+async def test_removed_worker_gets_bye_and_its_data_is_reallocated():
+    with trio.fail_after(20):
+        async with running_master() as (master, port):
+            await make_project(port)
+            async with client(port, role="trainer", project="p") as a, \
+                    client(port, role="trainer", project="p") as b:
+                wa, wb = await a.expect(Welcome), await b.expect(Welcome)
+                await a.expect(Allocation)
+                await b.expect(Allocation)
+                async with client(port, role="operator", token=TOKEN) as op:
+                    await op.expect(Welcome)
+                    reply = await op.request(RemoveWorker(request_id="r", worker_id=wa.worker_id))
+                    assert isinstance(reply, Ack)
+                with pytest.raises(ConnectionClosed) as info:
+                    while True:
+                        await a.receive()
+                assert info.value.reason.code == CloseCode.REMOVED
+                alloc = await b.expect(Allocation, skip=(Work, ParametersFrame))
+                assert alloc.total == 10
+                assert master.projects["p"].allocator.allocation_of(wb.worker_id) == set(range(10))
