@@ -14,6 +14,7 @@ from . import __version__
 from ._cli_bench import bench_app
 from ._cli_demo import register_demo
 from ._cli_planned import register_planned
+from ._cli_project import model_app, project_app
 
 app = typer.Typer(
     name="mlitb",
@@ -41,6 +42,8 @@ def _root(
 
 
 register_demo(app)
+app.add_typer(project_app, name="project")
+app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 register_planned(app)
 

@@ -1,0 +1,179 @@
+"""``mlitb project ...`` and ``mlitb model download``: operator requests from the shell."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._cli_common import cli_errors
+from .client import OperatorClient, open_operator
+from .errors import MlitbError
+from .optim import OPTIMIZERS
+from .protocol import CreateProject, DeleteProject, Pause, Resume, SetHyperparameters
+
+MasterOption = Annotated[str, typer.Option("--master", "-m", envvar="MLITB_MASTER",
+                                           help="The master's WebSocket URL.")]
+TokenOption = Annotated[str | None, typer.Option("--token", envvar="MLITB_OPERATOR_TOKEN",
+                                                 help="The master's operator token.")]
+DEFAULT_MASTER = "ws://127.0.0.1:8000"
+
+project_app = typer.Typer(help="Create, list and steer projects on a master.",
+                          no_args_is_help=True)
+model_app = typer.Typer(help="Download a project's model.", no_args_is_help=True)
+out = Console()
+
+
+def _run(url: str, token: str | None, need_token: bool, action: Any) -> Any:
+    async def main() -> Any:
+        async with open_operator(url, token, need_token=need_token) as op:
+            return await action(op)
+
+    return trio.run(main)
+
+
+def _hyperparameters(pairs: list[str]) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            result[key.strip()] = float(value)
+        except ValueError:
+            raise MlitbError(f"--set takes NAME=NUMBER, got {pair!r}") from None
+    return result
+
+
+def _read_spec(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise MlitbError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise MlitbError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and "layers" in data:  # a model file: take its layers
+        data = data["layers"]
+    if not isinstance(data, list):
+        raise MlitbError(f"{path}: a model spec is a JSON list of layer definitions")
+    return data
+
+
+@project_app.command("create")
+@cli_errors
+def create(
+    name: Annotated[str, typer.Argument(help="Project name.")],
+    model: Annotated[Path, typer.Option("--model", help="Layer spec (JSON list, makeLayers "
+                                        "form) or a model file.", exists=True, dir_okay=False)],
+    iteration_time: Annotated[float, typer.Option(min=1.0, max=30.0,
+                                                  help="T, seconds per iteration.")] = 2.0,
+    optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(OPTIMIZERS)}.")]
+    = "adagrad",
+    learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter NAME=VALUE "
+                                                   "(repeatable).")] = None,
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+) -> None:
+    """Create a project from a model spec."""
+    spec = _read_spec(model)
+    hp = _hyperparameters(set_ or [])
+    if learning_rate is not None:
+        hp["learning_rate"] = learning_rate
+
+    async def action(op: OperatorClient) -> None:
+        await op.request(CreateProject(request_id="-", name=name, spec=tuple(spec),
+                                       iteration_time=iteration_time, optimizer=optimizer,
+                                       hyperparameters=hp))
+
+    _run(master, token, True, action)
+    out.print(f"created project {name}")
+
+
+@project_app.command("list")
+@cli_errors
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+) -> None:
+    """List the master's projects."""
+    projects = _run(master, token, False, lambda op: op.list_projects())
+    if as_json:
+        typer.echo(json.dumps([asdict(p) for p in projects], indent=2))
+        return
+    table = Table("project", "state", "iteration", "T (s)", "optimizer", "workers", "data",
+                  "loss", "test error")
+    for p in projects:
+        table.add_row(p.name, p.state, str(p.iteration), f"{p.iteration_time:g}", p.optimizer,
+                      str(p.workers), f"{p.data.total} + {p.data.test} test",
+                      "-" if p.loss is None else f"{p.loss:.4f}",
+                      "-" if p.test_error is None else f"{p.test_error:.1%}")
+    out.print(table if projects else "no projects")
+
+
+def _simple(kind: Any, verb: str) -> Any:
+    @cli_errors
+    def command(name: Annotated[str, typer.Argument(help="Project name.")],
+                master: MasterOption = DEFAULT_MASTER, token: TokenOption = None) -> None:
+        _run(master, token, True, lambda op: op.request(kind(request_id="-", project=name)))
+        out.print(f"{verb} project {name}")
+
+    return command
+
+
+project_app.command("pause", help="Pause a project's training.")(_simple(Pause, "paused"))
+project_app.command("resume", help="Resume a paused project.")(_simple(Resume, "resumed"))
+project_app.command("delete", help="Delete a project; its workers are told to leave.")(
+    _simple(DeleteProject, "deleted"))
+
+
+@project_app.command("set")
+@cli_errors
+def set_hyperparameters(
+    name: Annotated[str, typer.Argument(help="Project name.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="NAME=VALUE (repeatable).")]
+    = None,
+    iteration_time: Annotated[float | None, typer.Option(min=1.0, max=30.0)] = None,
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+) -> None:
+    """Change hyperparameters or T of a running project."""
+    hp = _hyperparameters(set_ or [])
+    if not hp and iteration_time is None:
+        raise MlitbError("nothing to change: give --set NAME=VALUE or --iteration-time")
+    _run(master, token, True, lambda op: op.request(SetHyperparameters(
+        request_id="-", project=name, hyperparameters=hp, iteration_time=iteration_time)))
+    out.print(f"updated project {name}")
+
+
+@model_app.command("download")
+@cli_errors
+def download(
+    name: Annotated[str, typer.Argument(help="Project name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    convnetjs: Annotated[bool, typer.Option("--convnetjs", help="ConvNetJS Net.toJSON() "
+                                            "format instead of mlitb's.")] = False,
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+) -> None:
+    """Save a project's current model (spec, parameters, labels) to a JSON file."""
+    from .nn import load_any, save_model
+
+    model = _run(master, token, False,
+                 lambda op: op.get_model(name, "convnetjs" if convnetjs else "model"))
+    net = load_any(model)  # validates what came over the wire before writing it
+    try:
+        if convnetjs:
+            output.write_text(json.dumps(model))
+        else:
+            save_model(net, output)
+    except OSError as exc:
+        raise MlitbError(f"cannot write {output}: {exc.strerror}") from None
+    out.print(f"saved {name} ({net.num_params} parameters) to {output}")

@@ -1,0 +1,46 @@
+"""Shared fixtures: servers started for sync tests (CLI, console) in a thread of their own."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass
+class ThreadedMaster:
+    master: object
+    url: str
+    token: str
+    token_run: trio.lowlevel.TrioToken
+
+
+@pytest.fixture
+def master_in_thread() -> Iterator[ThreadedMaster]:
+    """A real master on a loopback port, run by ``trio.run`` in a daemon thread."""
+    from mlitb.master import Master
+
+    master = Master(operator_token="thread-token")
+    ready = threading.Event()
+    box: dict[str, object] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            box["port"] = await nursery.start(master.serve, "127.0.0.1", 0)
+            box["token"] = trio.lowlevel.current_trio_token()
+            box["stop"] = nursery.cancel_scope
+            ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the master did not start"
+    token: trio.lowlevel.TrioToken = box["token"]  # type: ignore[assignment]
+    yield ThreadedMaster(master, f"ws://127.0.0.1:{box['port']}", "thread-token", token)
+    token.run_sync_soon(box["stop"].cancel)  # type: ignore[attr-defined]
+    thread.join(10)

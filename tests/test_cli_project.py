@@ -1,0 +1,81 @@
+"""``mlitb project`` and ``mlitb model`` against a real master on loopback."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mlitb.cli import app
+from mlitb.nn import load_model
+
+runner = CliRunner()
+SPEC = [{"type": "input", "out_sx": 2, "out_sy": 2, "out_depth": 1},
+        {"type": "fc", "num_neurons": 3, "activation": "tanh"},
+        {"type": "softmax", "num_classes": 2}]
+
+
+def invoke(args, m):
+    return runner.invoke(app, [*args, "--master", m.url, "--token", m.token],
+                         env={"COLUMNS": "150"})
+
+
+def test_create_list_steer_download_delete(master_in_thread, tmp_path):
+    m = master_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    result = invoke(["project", "create", "demo", "--model", str(spec), "--iteration-time", "3",
+                     "--optimizer", "adam", "--set", "beta1=0.8"], m)
+    assert result.exit_code == 0, result.output
+    project = m.master.projects["demo"]
+    assert project.iteration_time == 3 and project.optimizer_name == "adam"
+    assert project.optimizer.hyperparameters()["beta1"] == 0.8
+
+    result = invoke(["project", "list", "--json"], m)
+    assert result.exit_code == 0, result.output
+    (listed,) = json.loads(result.output)
+    assert listed["name"] == "demo" and listed["input_shape"] == [1, 2, 2]
+    result = invoke(["project", "list"], m)
+    assert "demo" in result.output and "adam" in result.output
+
+    assert invoke(["project", "pause", "demo"], m).exit_code == 0
+    assert project.paused
+    assert invoke(["project", "resume", "demo"], m).exit_code == 0
+    assert not project.paused
+    result = invoke(["project", "set", "demo", "--set", "learning_rate=0.1"], m)
+    assert result.exit_code == 0 and project.optimizer.learning_rate == 0.1
+    result = invoke(["project", "set", "demo", "--set", "beta1=2"], m)
+    assert result.exit_code == 1 and "beta1" in result.output
+
+    out = tmp_path / "model.json"
+    result = invoke(["model", "download", "demo", "-o", str(out)], m)
+    assert result.exit_code == 0, result.output
+    assert (load_model(out).params == project.net.params).all()
+    out2 = tmp_path / "convnetjs.json"
+    assert invoke(["model", "download", "demo", "-o", str(out2), "--convnetjs"], m).exit_code == 0
+    assert json.loads(out2.read_text())["layers"][0]["layer_type"] == "input"
+
+    assert invoke(["project", "delete", "demo"], m).exit_code == 0
+    assert "demo" not in m.master.projects
+
+
+def test_errors_are_one_clear_line(master_in_thread, tmp_path):
+    m = master_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps([{"type": "input"}, {"type": "conv", "filters": 2},
+                                {"type": "softmax", "num_classes": 2}]))
+    result = invoke(["project", "create", "bad", "--model", str(spec)], m)
+    assert result.exit_code == 1
+    assert "layer 1 (conv): field 'sx' is required" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["project", "create", "x", "--model", str(spec), "--master",
+                                 m.url, "--token", "wrong"])
+    assert result.exit_code == 1 and "refused the operator token" in result.output
+    result = runner.invoke(app, ["project", "pause", "x", "--master", m.url])
+    assert result.exit_code == 1 and "needs the operator token" in result.output
+    result = invoke(["project", "pause", "nope"], m)
+    assert result.exit_code == 1 and "no project named 'nope'" in result.output
+    result = runner.invoke(app, ["project", "list", "--master", "ws://127.0.0.1:9"])
+    assert result.exit_code == 1 and "cannot reach the master" in result.output
+    result = runner.invoke(app, ["project", "list", "--master", "http://x"])
+    assert result.exit_code == 1 and "ws://" in result.output
