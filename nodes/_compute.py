@@ -1,0 +1,218 @@
+"""What a worker computes, without I/O: budgeted gradient sums and test-set evaluation.
+
+``compute_gradient`` answers one ``work`` order. With a time budget it loops
+``accumulate_gradient`` over small random batches of the cache, checking the clock between batches
+and sizing the last ones from the measured rate so the budget is respected; in deterministic mode
+it processes exactly ``samples`` samples in an order fixed by a seed and the iteration. The clock
+is injected (``time.perf_counter`` in production), so tests run budgets of any length instantly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from mlitb.nn import BatchStats
+
+from ._cache import CacheView
+
+Clock = Callable[[], float]
+
+MAX_BATCH = 32
+"""The largest batch: big enough for the engine's GEMMs, small enough to keep to a budget."""
+FIRST_BATCH = 8
+"""The first batch while the worker's speed is unknown."""
+
+
+class Trainable(Protocol):
+    """What computation needs of ``mlitb.nn.Net``."""
+
+    @property
+    def num_params(self) -> int: ...
+    @property
+    def grads(self) -> npt.NDArray[np.float32]: ...
+    def zero_grads(self) -> None: ...
+    def accumulate_gradient(self, x: np.ndarray, y: np.ndarray) -> BatchStats: ...
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> BatchStats: ...
+
+
+@dataclass(frozen=True, eq=False)
+class ComputeResult:
+    """The content of one RESULT frame (the caller adds the parameter version)."""
+
+    samples: int
+    correct: int
+    loss_sum: float
+    compute_seconds: float
+    vector: npt.NDArray[np.float32]
+
+    @property
+    def loss(self) -> float | None:
+        """Mean loss per sample, or None when nothing was computed."""
+        return self.loss_sum / self.samples if self.samples else None
+
+
+@dataclass
+class Pacer:
+    """The worker's measured speed (samples per second), kept across work orders to size batches.
+
+    An exponential moving average over batches; ``None`` until the first batch is measured."""
+
+    rate: float | None = None
+    smoothing: float = 0.3
+    history: list[float] = field(default_factory=list, repr=False)
+
+    def update(self, samples: int, seconds: float) -> None:
+        if samples <= 0 or seconds <= 0:
+            return
+        measured = samples / seconds
+        self.rate = measured if self.rate is None else \
+            (1 - self.smoothing) * self.rate + self.smoothing * measured
+
+    def batch_for(self, remaining: float, max_batch: int = MAX_BATCH) -> int:
+        """How many samples fit into ``remaining`` seconds (0: stop), at most ``max_batch``."""
+        if remaining <= 0:
+            return 0
+        if self.rate is None:
+            return min(FIRST_BATCH, max_batch)
+        return max(0, min(max_batch, int(remaining * self.rate)))
+
+
+def empty_result(num_params: int, compute_seconds: float = 0.0) -> ComputeResult:
+    """The answer when nothing could be computed: 0 samples and a zero vector."""
+    return ComputeResult(samples=0, correct=0, loss_sum=0.0, compute_seconds=compute_seconds,
+                         vector=np.zeros(num_params, dtype=np.float32))
+
+
+def deterministic_order(view: CacheView, samples: int, seed: int, iteration: int
+                        ) -> npt.NDArray[np.intp]:
+    """Exactly ``samples`` rows of ``view``: passes over the usable ids, each pass in an order
+    drawn from ``seed`` and ``iteration``. Depends only on which ids are usable, not on when they
+    arrived, so two workers (or two runs) with the same cache compute the same thing."""
+    base = view.sorted_rows()
+    if base.size == 0 or samples <= 0:
+        return np.empty(0, dtype=np.intp)
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, iteration & 0xFFFFFFFF])
+    passes = math.ceil(samples / base.size)
+    order = np.concatenate([base[rng.permutation(base.size)] for _ in range(passes)])
+    return order[:samples]
+
+
+def _finish(net: Trainable, samples: int, correct: int, loss_sum: float,
+            seconds: float) -> ComputeResult:
+    vector = net.grads.copy()
+    if samples and not (math.isfinite(loss_sum) and bool(np.isfinite(vector).all())):
+        # A diverged net: the master would refuse the frame; say "nothing computed" instead.
+        return empty_result(net.num_params, seconds)
+    return ComputeResult(samples=samples, correct=correct, loss_sum=max(loss_sum, 0.0),
+                         compute_seconds=seconds, vector=vector)
+
+
+def compute_gradient(
+    net: Trainable,
+    view: CacheView,
+    *,
+    seconds: float | None = None,
+    samples: int | None = None,
+    rng: np.random.Generator | None = None,
+    seed: int = 0,
+    iteration: int = 0,
+    clock: Clock = time.perf_counter,
+    pacer: Pacer | None = None,
+    max_batch: int = MAX_BATCH,
+    should_stop: Callable[[], bool] | None = None,
+) -> ComputeResult:
+    """The gradient sum over as many cached samples as the budget allows.
+
+    Exactly one of ``seconds`` (time budget: random batches drawn with ``rng``) and ``samples``
+    (deterministic mode: ``deterministic_order(view, samples, seed, iteration)``, in batches of
+    ``max_batch``) must be given. With a time budget at least one sample is computed, and the
+    last batches shrink to what the measured rate says still fits. ``net`` must already hold the parameters of the work order; its
+    gradients are zeroed first. ``should_stop`` is polled between batches (the worker is
+    leaving). An empty view gives ``samples == 0`` and a zero vector.
+    """
+    if (seconds is None) == (samples is None):
+        raise ValueError("give exactly one of seconds and samples")
+    start = clock()
+    net.zero_grads()
+    if len(view) == 0:
+        return empty_result(net.num_params, max(clock() - start, 0.0))
+    total, correct, loss_sum = 0, 0, 0.0
+    if samples is not None:
+        order = deterministic_order(view, samples, seed, iteration)
+        for i in range(0, order.size, max_batch):
+            if should_stop is not None and should_stop():
+                break
+            x, y = view.batch(order[i:i + max_batch])
+            stats = net.accumulate_gradient(x, y)
+            total, correct, loss_sum = (total + stats.count, correct + stats.correct,
+                                        loss_sum + stats.loss)
+        return _finish(net, total, correct, loss_sum, max(clock() - start, 0.0))
+
+    assert seconds is not None
+    pacer = pacer if pacer is not None else Pacer()
+    rng = rng if rng is not None else np.random.default_rng()
+    order = view.rows[rng.permutation(len(view))]
+    cursor = 0
+    while True:
+        if should_stop is not None and should_stop():
+            break
+        now = clock()
+        n = pacer.batch_for(seconds - (now - start), max_batch)
+        if n == 0:
+            if total:
+                break
+            n = 1  # at least one sample, so the master always learns this worker's speed
+        if cursor + n > order.size:  # a new pass over the cache, in a new order
+            order = np.concatenate([order[cursor:], view.rows[rng.permutation(len(view))]])
+            cursor = 0
+        x, y = view.batch(order[cursor:cursor + n])
+        cursor += n
+        stats = net.accumulate_gradient(x, y)
+        after = clock()
+        pacer.update(stats.count, after - now)
+        total, correct, loss_sum = (total + stats.count, correct + stats.correct,
+                                    loss_sum + stats.loss)
+    return _finish(net, total, correct, loss_sum, max(clock() - start, 0.0))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A stats worker's pass over its test cache."""
+
+    samples: int
+    correct: int
+    loss_sum: float
+    compute_seconds: float
+
+    @property
+    def error(self) -> float:
+        return 1.0 - self.correct / self.samples if self.samples else 1.0
+
+    @property
+    def loss(self) -> float | None:
+        return self.loss_sum / self.samples if self.samples else None
+
+
+def evaluate(net: Trainable, view: CacheView, *, chunk: int = 256,
+             clock: Clock = time.perf_counter,
+             should_stop: Callable[[], bool] | None = None) -> Evaluation:
+    """Loss and correct count of ``net`` on every usable row of ``view`` (test mode)."""
+    start = clock()
+    rows = view.sorted_rows()
+    samples, correct, loss_sum = 0, 0, 0.0
+    for i in range(0, rows.size, chunk):
+        if should_stop is not None and should_stop():
+            break
+        x, y = view.batch(rows[i:i + chunk])
+        stats = net.evaluate(x, y)
+        samples, correct, loss_sum = (samples + stats.count, correct + stats.correct,
+                                      loss_sum + stats.loss)
+    return Evaluation(samples=samples, correct=correct, loss_sum=loss_sum,
+                      compute_seconds=max(clock() - start, 0.0))
