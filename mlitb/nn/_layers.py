@@ -233,13 +233,16 @@ class DropoutLayer(Layer):
 
 
 def _window_sum(a: np.ndarray, half: int) -> np.ndarray:
-    """Sum over channels j in [i - half, i + half] (clipped to the edges) for each channel i."""
-    c = a.shape[0]
-    csum = np.zeros((c + 1,) + a.shape[1:], dtype=np.float64)
-    np.cumsum(a, axis=0, dtype=np.float64, out=csum[1:])
-    hi = np.minimum(np.arange(c) + half + 1, c)
-    lo = np.maximum(np.arange(c) - half, 0)
-    return (csum[hi] - csum[lo]).astype(F32)
+    """Sum over channels j in [i - half, i + half] (clipped to the edges) for each channel i.
+
+    One shifted add per neighbour, in float32 as ConvNetJS's loop: a running sum and differences
+    of it would need float64 to stay accurate.
+    """
+    out = a.copy()
+    for shift in range(1, half + 1):
+        out[shift:] += a[:-shift]
+        out[:-shift] += a[shift:]
+    return out
 
 
 class LocalResponseNormalizationLayer(Layer):
