@@ -87,7 +87,7 @@ class ConvLayer(Layer):
     def __init__(self, definition: dict[str, Any], in_shape: Shape) -> None:
         super().__init__(definition, in_shape)
         d = definition
-        c, h, w = in_shape
+        _, h, w = in_shape
         self.ky, self.kx, self.stride, self.pad = d["sy"], d["sx"], d["stride"], d["pad"]
         oh = _out_size(h, self.ky, self.stride, self.pad)
         ow = _out_size(w, self.kx, self.stride, self.pad)
@@ -102,7 +102,7 @@ class ConvLayer(Layer):
                                    pad_x=self.pad)
         self.im2col_dy = _Im2colCache(ky=self.ky, kx=self.kx, stride=1,
                                       pad_y=self.ky - 1 - self.pad, pad_x=self.kx - 1 - self.pad)
-        
+
     def param_shapes(self) -> list[tuple[int, ...]]:
         f = self.out_shape[0]
         return [(f, self.in_shape[0], self.ky, self.kx), (f,)]
