@@ -264,6 +264,7 @@ class Worker:
         return int(code)
 
     async def _run_sessions(self) -> _SessionEnd:
+        last_reason = ""
         while True:
             self._update(phase="connecting")
             try:
@@ -283,7 +284,10 @@ class Worker:
                 self._log(level, end.reason)
                 return end
             delay = self.backoff.next()
-            self._log(logging.WARNING, f"{end.reason}; reconnecting in {delay:.2g} s")
+            # The same failure again (the master is still away) is a debug line only.
+            level = logging.DEBUG if end.reason == last_reason else logging.WARNING
+            last_reason = end.reason
+            self._log(level, f"{end.reason}; reconnecting in {delay:.2g} s")
             self._update(phase="waiting", worker_id=None)
             await trio.sleep(delay)
 

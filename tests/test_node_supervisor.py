@@ -1,0 +1,105 @@
+"""The node as a real process tree (``python -m mlitb.nodes join ...``) against the fake master:
+worker processes connect and answer work orders, SIGINT makes every worker close with 1000 and
+the node exit 0, and a node whose workers are all refused exits non-zero with a clear message."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+from test_node_worker import PROJECT, Conn, fake_master, greet, parameters
+
+from mlitb.protocol import CloseCode, Error, Hello, ResultFrame, Work
+
+
+class NodeProcess:
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.output = bytearray()
+
+    async def read_output(self) -> None:
+        assert self.process.stdout is not None
+        async for chunk in self.process.stdout:
+            self.output += chunk
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+
+async def open_node(nursery: trio.Nursery, port: int, *args: str) -> NodeProcess:
+    command = [sys.executable, "-m", "mlitb.nodes", "join", f"ws://127.0.0.1:{port}",
+               "--project", PROJECT, *args]
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT)
+    node = NodeProcess(process)
+    nursery.start_soon(node.read_output)
+    return node
+
+
+@pytest.mark.trio
+async def test_workers_train_and_sigint_leaves_cleanly() -> None:
+    with trio.fail_after(60):
+        async with fake_master() as master, trio.open_nursery() as nursery:
+            node = await open_node(nursery, master.port, "--workers", "2")
+            try:
+                conns: list[Conn] = []
+                hosts = set()
+                for worker_id in (11, 12):
+                    conn, hello = await greet(master, worker_id=worker_id)
+                    assert (hello.role, hello.client, hello.project) == \
+                        ("trainer", "python", PROJECT)
+                    hosts.add(hello.host)
+                    conns.append(conn)
+                assert len(hosts) == 1
+                for conn in conns:  # no data allocated: an empty but valid result each
+                    await conn.send(parameters(1))
+                    await conn.send(Work(iteration=1, parameter_version=1, seconds=0.1))
+                    result = await conn.expect(ResultFrame)
+                    assert (result.parameter_version, result.samples) == (1, 0)
+
+                started = time.monotonic()
+                node.process.send_signal(signal.SIGINT)
+                for conn in conns:
+                    with pytest.raises(ConnectionClosed) as closed:
+                        while True:
+                            await conn.receive()
+                    assert closed.value.reason.code == CloseCode.NORMAL
+                    conn.done.set()
+                code = await node.process.wait()
+                assert time.monotonic() - started < 4.0
+            finally:
+                if node.process.returncode is None:
+                    node.process.kill()
+            nursery.cancel_scope.deadline = trio.current_time() + 2
+        assert code == 0, node.text
+        assert "left the master: 2 of 2 workers closed cleanly" in node.text
+        assert "Traceback" not in node.text
+
+
+@pytest.mark.trio
+async def test_all_workers_refused_exits_2_with_the_reason() -> None:
+    with trio.fail_after(60):
+        async with fake_master() as master, trio.open_nursery() as nursery:
+            node = await open_node(nursery, master.port, "--task", "stats")
+            try:
+                conn = await master.accept()
+                hello = await conn.expect(Hello)
+                assert hello.role == "stats"
+                await conn.send(Error(code="unknown_project",
+                                      message=f"no project named {PROJECT!r}"))
+                await conn.close(CloseCode.NO_PROJECT)
+                code = await node.process.wait()
+            finally:
+                if node.process.returncode is None:
+                    node.process.kill()
+            nursery.cancel_scope.deadline = trio.current_time() + 2
+        assert code == 2, node.text
+        assert "the worker stopped" in node.text  # --task stats: one worker by default
+        assert "no project named 'digits'" in node.text
+        assert "Traceback" not in node.text
