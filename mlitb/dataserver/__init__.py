@@ -1,1 +1,91 @@
-"""The data server: uploads, the embedded store, and batches of data vectors over HTTP."""
+"""The data server: uploads, the embedded store, and batches of data vectors over HTTP.
+
+``serve_data_server`` runs the HTTP API (docs/dataserver.md) with hypercorn on trio; start it with
+``port = await nursery.start(serve_data_server, store, host, port)`` (keyword options through
+``functools.partial``). The master embeds it by passing ``on_registered``, called after every
+committed upload, and may read the ``Store`` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from importlib.resources.abc import Traversable
+from typing import cast
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
+
+from ._app import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_IDS,
+    CheckUpload,
+    DataServer,
+    OnRegistered,
+    TooLargeError,
+)
+from ._archive import write_archive
+from ._client import DataClient, Progress
+from ._errors import (
+    DataServerError,
+    ShapeMismatchError,
+    StoreError,
+    UnknownIdsError,
+    UnknownProjectError,
+)
+from ._ids import format_ids, parse_ids
+from ._ingest import (
+    DEFAULT_LIMITS,
+    IMAGE_FORMATS,
+    JUNK_NAMES,
+    Decoded,
+    InputShape,
+    UploadLimits,
+    decode_archive,
+)
+from ._store import DatasetInfo, Registration, Split, Store
+
+__all__ = [
+    "DEFAULT_LIMITS", "DEFAULT_PORT", "IMAGE_FORMATS", "JUNK_NAMES", "MAX_BATCH_BYTES",
+    "MAX_BATCH_IDS",
+    "CheckUpload", "DataClient", "DataServer", "DataServerError", "DatasetInfo", "Decoded",
+    "InputShape", "OnRegistered", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
+    "StoreError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
+    "decode_archive", "format_ids", "parse_ids", "serve_data_server", "write_archive",
+]
+DEFAULT_PORT = 8001
+
+
+async def serve_data_server(
+    store: Store,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    on_registered: OnRegistered | None = None,
+    check_upload: CheckUpload | None = None,
+    upload_token: str | None = None,
+    limits: UploadLimits = DEFAULT_LIMITS,
+    max_batch_ids: int = MAX_BATCH_IDS,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
+    static: Traversable | None = None,
+) -> None:
+    """Serve ``store`` over HTTP until cancelled; report the bound port (useful with port 0).
+
+    ``on_registered``, ``check_upload``: the master's seams (see ``OnRegistered``, ``CheckUpload``).
+    ``upload_token``: when set, uploads and deletes need ``Authorization: Bearer <token>``.
+    ``static``: the browser client's folder (default: the package ``mlitb.browser``).
+    """
+    server = DataServer(store, on_registered=on_registered, check_upload=check_upload,
+                        upload_token=upload_token, limits=limits, max_batch_ids=max_batch_ids,
+                        max_batch_bytes=max_batch_bytes, static=static)
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("mlitb.dataserver.http")
+    app = cast(ASGIFramework, server.app)  # Starlette's ASGI types are looser than hypercorn's
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(partial(serve, app, config))
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))

@@ -1,0 +1,296 @@
+"""The data server's HTTP API: a Starlette app over a ``Store`` (docs/dataserver.md documents it).
+
+Handlers run on trio (hypercorn's trio worker); everything that blocks — spooling writes, zip
+decoding, store commits and reads — runs in ``trio.to_thread``. Errors leave as JSON
+``{"error": message}`` with a status chosen by ``_status``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.resources
+import inspect
+import logging
+import mimetypes
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from functools import partial
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlitb.errors import AuthError, MlitbError, UploadError
+from mlitb.protocol import MAX_DATA_FRAME, MAX_IDS_PER_MESSAGE, encode_data_batch
+
+from ._errors import ShapeMismatchError, StoreError, UnknownIdsError, UnknownProjectError
+from ._ids import parse_ids
+from ._ingest import DEFAULT_LIMITS, InputShape, UploadLimits, decode_archive
+from ._store import SPLITS, Registration, Split, Store, check_project_name
+
+OnRegistered = Callable[[Registration], Awaitable[None] | None]
+"""Called (sync, or awaited when it returns an awaitable) after each upload is committed."""
+CheckUpload = Callable[[str, str], InputShape | None]
+"""Called with (project, split) before an upload is read: raise ``UploadError`` (400) or
+``UnknownProjectError`` (404) to refuse it; return the project's input shape, if known, so the
+upload may omit width/height/channels (given ones must match)."""
+MAX_BATCH_IDS = 16_384
+MAX_BATCH_BYTES = 64 << 20
+MAX_ID_LIST_BYTES = 1 << 20
+_SPOOL_CHUNK = 1 << 20
+log = logging.getLogger(__name__)
+
+
+class TooLargeError(MlitbError):
+    """A request body was over its limit (answered 413)."""
+
+
+def _status(error: Exception) -> int:
+    if isinstance(error, TooLargeError):
+        return 413
+    if isinstance(error, AuthError):
+        return 401
+    if isinstance(error, (UnknownProjectError, UnknownIdsError)):
+        return 404
+    if isinstance(error, ShapeMismatchError):
+        return 409
+    if isinstance(error, StoreError) and isinstance(error.__cause__, OSError):
+        return 500
+    return 400
+
+
+async def _error_response(request: Request, error: Exception) -> Response:
+    if isinstance(error, HTTPException):
+        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+    status = _status(error)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, error)
+    return JSONResponse({"error": str(error)}, status_code=status, headers=headers)
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdecimal() or len(value) > 6:
+        raise UploadError(f"{name} must be a positive integer, got {value[:20]!r}")
+    return int(value)
+
+
+class DataServer:
+    """The request handlers and their configuration; ``app`` is the ASGI application."""
+
+    def __init__(self, store: Store, *, on_registered: OnRegistered | None = None,
+                 check_upload: CheckUpload | None = None, upload_token: str | None = None, limits: UploadLimits = DEFAULT_LIMITS,
+                 max_batch_ids: int = MAX_BATCH_IDS, max_batch_bytes: int = MAX_BATCH_BYTES,
+                 static: Traversable | None = None) -> None:
+        self.store = store
+        self.static_root = static or importlib.resources.files("mlitb.browser")
+        self.on_registered = on_registered
+        self.check_upload = check_upload
+        self.upload_token = upload_token
+        self.limits = limits
+        self.max_batch_ids = min(max_batch_ids, MAX_IDS_PER_MESSAGE)
+        self.max_batch_bytes = min(max_batch_bytes, MAX_DATA_FRAME)
+        self._upload_lock = trio.Lock()  # one decode at a time: CPU and memory stay bounded
+        routes = [
+            Route("/healthz", self.healthz),
+            Route("/projects", self.list_projects),
+            Route("/projects/{project}", self.project_info),
+            Route("/projects/{project}", self.delete_project, methods=["DELETE"]),
+            Route("/projects/{project}/manifest", self.manifest),
+            Route("/projects/{project}/uploads", self.upload, methods=["POST"]),
+            Route("/projects/{project}/batch", self.batch, methods=["GET", "POST"]),
+            Route("/", self.static),
+            Route("/{path:path}", self.static),
+        ]
+        self.app = Starlette(routes=routes, exception_handlers={
+            HTTPException: _error_response, MlitbError: _error_response})
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _authorize(self, request: Request) -> None:
+        if self.upload_token is None:
+            return
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {self.upload_token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise AuthError("this data server needs 'Authorization: Bearer <upload token>' "
+                            "for uploads and deletes; the token was missing or wrong")
+
+    def max_ids(self, shape: InputShape) -> int:
+        """Most ids one batch request may name for a project of this shape."""
+        per_id = int(np.prod(shape.array_shape)) + 8
+        return max(1, min(self.max_batch_ids, (self.max_batch_bytes - 64) // per_id))
+
+    def _project(self, request: Request) -> str:
+        project: str = request.path_params["project"]
+        check_project_name(project)
+        return project
+
+    def _upload_shape(self, request: Request, project: str, split: str) -> InputShape:
+        given = {k: _int_param(request, k) for k in ("width", "height", "channels")}
+        stored = self.store.shape(project)
+        if self.check_upload is not None:
+            expected = self.check_upload(project, split)
+            if expected is not None and stored is not None and expected != stored:
+                raise ShapeMismatchError(f"project {project!r} expects {_shape(expected)} "
+                                         f"images but stores {_shape(stored)} ones")
+            stored = stored or expected
+        if stored is None and None in given.values():
+            raise UploadError(f"project {project!r} has no data yet: its first upload needs "
+                              "width, height and channels query parameters")
+        stored_values = vars(stored) if stored is not None else {}
+        shape = InputShape(**{k: stored_values[k] if v is None else v for k, v in given.items()})
+        if stored is not None and shape != stored:
+            raise ShapeMismatchError(f"project {project!r} takes {_shape(stored)} images; the "
+                                     f"upload asked for {_shape(shape)}")
+        return shape
+
+    async def _spool(self, request: Request) -> Path:
+        """Stream the body into a temp file in the store's .tmp/, stopping past the size limit."""
+        limit = self.limits.max_archive_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdecimal() and int(declared) > limit:
+            raise TooLargeError(f"the upload is {declared} bytes, over the limit of {limit}")
+        fd, name = await trio.to_thread.run_sync(
+            partial(tempfile.mkstemp, suffix=".zip", dir=self.store.tmp_dir))
+        path = Path(name)
+        try:
+            async with trio.wrap_file(os.fdopen(fd, "wb")) as file:
+                size, pending = 0, bytearray()
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLargeError(f"the upload is over the limit of {limit} bytes")
+                    pending += chunk
+                    if len(pending) >= _SPOOL_CHUNK:
+                        await file.write(bytes(pending))
+                        pending.clear()
+                await file.write(bytes(pending))
+        except BaseException as error:
+            path.unlink(missing_ok=True)
+            if isinstance(error, ClientDisconnect):
+                raise UploadError("the client disconnected before the upload was complete") \
+                    from None
+            raise
+        return path
+
+    async def _register(self, registration: Registration) -> None:
+        if self.on_registered is not None:
+            result = self.on_registered(registration)
+            if inspect.isawaitable(result):
+                await result
+
+    def _batch_body(self, project: str, ids: npt.NDArray[np.int64]) -> bytes:
+        images, labels = self.store.get(project, ids)
+        return encode_data_batch(ids.astype(np.uint32), labels, images)
+
+    # -- endpoints ------------------------------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "projects": len(self.store.projects())})
+
+    async def list_projects(self, request: Request) -> Response:
+        return JSONResponse({"projects": self.store.projects()})
+
+    async def project_info(self, request: Request) -> Response:
+        info = self.store.info(self._project(request))
+        return JSONResponse({**info.to_json(), "max_batch_ids": self.max_ids(info.shape)})
+
+    async def manifest(self, request: Request) -> Response:
+        project = self._project(request)
+        return JSONResponse(await trio.to_thread.run_sync(self.store.manifest, project))
+
+    async def delete_project(self, request: Request) -> Response:
+        self._authorize(request)
+        project = self._project(request)
+        await trio.to_thread.run_sync(self.store.delete, project)
+        return JSONResponse({"deleted": project})
+
+    async def upload(self, request: Request) -> Response:
+        self._authorize(request)
+        project = self._project(request)
+        split = request.query_params.get("split", "train")
+        if split not in SPLITS:
+            raise UploadError(f"split must be 'train' or 'test', got {split[:20]!r}")
+        shape = self._upload_shape(request, project, split)
+        path = await self._spool(request)
+        try:
+            async with self._upload_lock:
+                decoded = await trio.to_thread.run_sync(
+                    decode_archive, path, shape, self.limits, abandon_on_cancel=True)
+                registration = await trio.to_thread.run_sync(
+                    self.store.add, project, decoded, _split(split))
+        finally:
+            await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+        ids = registration.ids
+        body: dict[str, Any] = {
+            "project": project, "split": split, "ids": [ids[0], ids[-1]], "count": len(ids),
+            "labels": list(registration.label_names), "counts": decoded.label_counts()}
+        try:
+            await self._register(registration)
+        except Exception as error:  # the data is stored; say so, and that the master missed it
+            log.exception("registering ids %d-%d of %r failed", ids[0], ids[-1], project)
+            body["error"] = (f"stored as ids {ids[0]}-{ids[-1]}, but registering them with the "
+                             f"master failed: {error}")
+            return JSONResponse(body, status_code=502)
+        return JSONResponse(body, status_code=201)
+
+    async def batch(self, request: Request) -> Response:
+        project = self._project(request)
+        shape = self.store.shape(project)
+        if shape is None:
+            raise UnknownProjectError(f"project {project!r}: no data has been uploaded")
+        if request.method == "POST":
+            text = (await _read_small_body(request, MAX_ID_LIST_BYTES)).decode("ascii", "replace")
+        else:
+            text = request.query_params.get("ids", "")
+        max_count = self.max_ids(shape)
+        try:
+            ids = parse_ids(text, max_count=max_count)
+        except ValueError as error:
+            raise UploadError(f"{error} (this project allows {max_count} ids per request)") \
+                from None
+        body = await trio.to_thread.run_sync(self._batch_body, project, ids)
+        return Response(body, media_type="application/octet-stream")
+
+    async def static(self, request: Request) -> Response:
+        """The browser client: files of ``static_root`` (the package ``mlitb.browser`` unless
+        given); ``/`` is index.html. Hidden, ``_private`` and Python files are never served."""
+        path = request.path_params.get("path", "") or "index.html"
+        parts = path.split("/")
+        if any(p in ("", "..") or p.startswith((".", "_")) for p in parts) or \
+                path.endswith((".py", ".pyc")):
+            raise HTTPException(404, f"not found: /{path}")
+        resource = self.static_root.joinpath(*parts)
+        if not await trio.to_thread.run_sync(resource.is_file):
+            raise HTTPException(404, f"not found: /{path}")
+        data = await trio.to_thread.run_sync(resource.read_bytes)
+        media_type = mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
+        return Response(data, media_type=media_type)
+
+
+def _shape(shape: InputShape) -> str:
+    return f"{shape.width}x{shape.height}x{shape.channels} (width x height x channels)"
+
+
+def _split(value: str) -> Split:
+    return "test" if value == "test" else "train"
+
+
+async def _read_small_body(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLargeError(f"the id list is over {limit} bytes; split the request")
+    return bytes(body)
