@@ -1,0 +1,106 @@
+// Runs the numpy engine's test vectors (tests/vectors/engine.json, made by
+// `python -m mlitb.nn._vectors`) through this engine and reports, per case and quantity, the
+// max abs difference relative to scale (the max abs of the expected values).
+
+import { Net } from "./index.js";
+
+export function decodeFloat32(text) {
+  const bytes = Uint8Array.from(atob(text), (ch) => ch.charCodeAt(0));
+  return new Float32Array(bytes.buffer);
+}
+
+/** max |expected - actual| / max |expected| (0 when both are all zero). */
+export function relativeError(expected, actual) {
+  if (expected.length !== actual.length) return Infinity;
+  let diff = 0, scale = 0;
+  for (let i = 0; i < expected.length; i++) {
+    diff = Math.max(diff, Math.abs(expected[i] - actual[i]));
+    scale = Math.max(scale, Math.abs(expected[i]));
+  }
+  if (Number.isNaN(diff)) return Infinity;
+  return diff === 0 ? 0 : diff / (scale || Number.MIN_VALUE);
+}
+
+const canonical = (v) => JSON.stringify(v, (_, x) => (x && typeof x === "object" && !Array.isArray(x)
+  ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x));
+
+/** Make each dropout layer replay the masks numpy drew, in the engine's (n, y, x, c) order. */
+function replayMasks(net, masks, n) {
+  const [, H, W] = net.inputShape;
+  for (const [index, text] of Object.entries(masks)) {
+    const layer = net.layers[Number(index)], keep = decodeFloat32(text);
+    const [C, h, w] = layer.inShape;
+    const order = new Float32Array(n * C * h * w);
+    for (let s = 0, o = 0; s < n; s++) {
+      for (let p = 0; p < h * w; p++) for (let c = 0; c < C; c++, o++) order[o] = keep[(s * C + c) * h * w + p];
+    }
+    let next = 0;
+    layer.random = () => (order[next++] ? 1 - 1e-7 : 0);
+    void H; void W;
+  }
+}
+
+function runCase(c, chunk) {
+  const net = new Net(c.spec, { params: decodeFloat32(c.params), chunk });
+  const x = decodeFloat32(c.x);
+  const targets = Array.isArray(c.targets) ? Int32Array.from(c.targets) : decodeFloat32(c.targets);
+  replayMasks(net, c.masks, c.n);
+  const inputGrad = new Float32Array(x.length);
+  net.zeroGrads();
+  const stats = net.accumulateGradient(x, targets, { training: c.training, inputGrad });
+  replayMasks(net, c.masks, c.n);
+  const out = net.forward(x, c.training);
+  return {
+    spec: canonical(net.spec()) === canonical(c.normalized) ? 0 : Infinity,
+    num_params: net.numParams === c.num_params ? 0 : Infinity,
+    out: relativeError(decodeFloat32(c.out), out),
+    predict: relativeError(decodeFloat32(c.predict), net.predict(x)),
+    loss: relativeError([c.loss], [stats.loss]),
+    correct: stats.correct === c.correct && stats.count === c.n ? 0 : Infinity,
+    grads: relativeError(decodeFloat32(c.grads), net.grads),
+    dx: relativeError(decodeFloat32(c.dx), inputGrad),
+  };
+}
+
+function runBadSpec(b) {
+  try {
+    new Net(b.spec);
+  } catch (err) {
+    return { error: err.message === b.error ? 0 : Infinity, message: err.message };
+  }
+  return { error: Infinity, message: "accepted" };
+}
+
+function runAddClass(a) {
+  const net = new Net(a.spec, { params: decodeFloat32(a.params), labels: a.labels });
+  const x = decodeFloat32(a.x);
+  const predict = relativeError(decodeFloat32(a.predict), net.predict(x));
+  const map = net.addClass(a.label);
+  return {
+    predict,
+    index_map: map.length === a.index_map.length && map.every((v, i) => v === a.index_map[i]) ? 0 : Infinity,
+    params_after: relativeError(decodeFloat32(a.params_after), net.params),
+    predict_after: relativeError(decodeFloat32(a.predict_after), net.predict(x)),
+    spec: canonical(net.spec()) === canonical(a.normalized_after) ? 0 : Infinity,
+    labels: net.labels.join() === [...a.labels, a.label].join() ? 0 : Infinity,
+  };
+}
+
+/** Every check: [{name, errors: {quantity: relative error}, ok, message?}]. */
+export function runVectors(vectors, { chunks = [8, 3] } = {}) {
+  const tol = vectors.tolerance, rows = [];
+  const row = (name, fn) => {
+    let errors, message;
+    try {
+      ({ message, ...errors } = fn());
+    } catch (err) {
+      errors = { exception: Infinity };
+      message = `${err.name}: ${err.message}`;
+    }
+    rows.push({ name, errors, ok: Object.values(errors).every((e) => e <= tol), message });
+  };
+  for (const c of vectors.cases) for (const chunk of chunks) row(`${c.name} [chunk ${chunk}]`, () => runCase(c, chunk));
+  vectors.bad_specs.forEach((b, i) => row(`bad spec ${i}: ${b.error}`, () => runBadSpec(b)));
+  row("add_class", () => runAddClass(vectors.add_class));
+  return rows;
+}

@@ -1,0 +1,314 @@
+"""Test vectors from the numpy engine, for the browser's JavaScript engine (design principle 5).
+
+``python -m mlitb.nn._vectors [PATH]`` writes them (default ``tests/vectors/engine.json``). The
+file is committed; ``tests/test_browser_engine.py`` regenerates the vectors and fails when the
+committed file no longer matches the numpy engine, and runs every case in headless Chromium
+through ``browser/engine/test.html``.
+
+One JSON object: ``cases`` (a small net per layer type and setting, and the CIFAR-10 demo net),
+each with the spec as written, the normalised spec, parameters, inputs ``x`` (N, C, H, W),
+targets, the dropout masks drawn (training mode), the outputs of that pass, the summed loss, the
+correct count, the gradient SUMS and the gradient by the input; ``predict`` (test-mode outputs);
+``bad_specs`` with Python's error message for each; ``add_class`` before and after. Float arrays
+are base64 of little-endian float32. Everything comes from fixed seeds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFormatError
+from ._layers import F32, DropoutLayer
+from ._net import Net
+
+FORMAT = "mlitb-engine-vectors"
+VERSION = 1
+# Max abs difference relative to scale (max abs of the expected array) that a reimplementation
+# must meet, and that the committed file must meet against the current numpy engine.
+TOLERANCE = 1e-5
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "tests" / "vectors" / "engine.json"
+
+DEMO_NET: list[dict[str, Any]] = [
+    {"type": "input", "out_sx": 32, "out_sy": 32, "out_depth": 3},
+    {"type": "conv", "sx": 5, "filters": 16, "stride": 1, "pad": 2, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "softmax", "num_classes": 10},
+]
+
+
+def _inp(c: int, h: int, w: int) -> dict[str, Any]:
+    return {"type": "input", "out_sx": w, "out_sy": h, "out_depth": c}
+
+
+def _softmax(k: int = 3) -> dict[str, Any]:
+    return {"type": "softmax", "num_classes": k}
+
+
+# (name, spec, batch size, input kind, training). Input kinds: "normal" (standard normal) or
+# "ties" (small integers, so max pooling and maxout see many ties). Every case records the input
+# gradient, so a layer right after the input is checked through it even without parameters.
+CASES: list[tuple[str, list[dict[str, Any]], int, str, bool]] = [
+    ("conv 3x3 s1 p1 (input grad by convolution)",
+     [_inp(3, 6, 5), {"type": "conv", "sx": 3, "filters": 4, "pad": 1}, _softmax()], 5, "normal", True),
+    ("conv 3x2 s2 p1 (input grad by col2im)",
+     [_inp(2, 7, 6), {"type": "conv", "sx": 3, "sy": 2, "filters": 5, "stride": 2, "pad": 1},
+      _softmax()], 5, "normal", True),
+    ("conv 1x1", [_inp(4, 3, 3), {"type": "conv", "sx": 1, "filters": 6}, _softmax(4)], 5,
+     "normal", True),
+    ("conv 2x2 pad 3 (pad > k-1: col2im)",
+     [_inp(2, 4, 4), {"type": "conv", "sx": 2, "filters": 3, "pad": 3}, _softmax()], 5, "normal",
+     True),
+    ("conv 5x5 s1 p2 relu, then conv 3x3 s3",
+     [_inp(3, 9, 9), {"type": "conv", "sx": 5, "filters": 6, "pad": 2, "activation": "relu"},
+      {"type": "conv", "sx": 3, "filters": 4, "stride": 3}, _softmax()], 5, "normal", True),
+    ("pool 2x2 s2 after conv",
+     [_inp(2, 6, 8), {"type": "conv", "sx": 3, "filters": 4, "pad": 1}, {"type": "pool", "sx": 2},
+      _softmax()], 5, "normal", True),
+    ("pool 2x2 s2 ties (first maximum, x outer y inner)",
+     [_inp(3, 6, 6), {"type": "pool", "sx": 2, "stride": 2}, _softmax()], 5, "ties", True),
+    ("pool 3x3 s2 p1 ties (overlap, padding never wins)",
+     [_inp(2, 7, 6), {"type": "pool", "sx": 3, "stride": 2, "pad": 1}, _softmax()], 5, "ties",
+     True),
+    ("pool 3x2 s1 p1 on odd sizes",
+     [_inp(2, 5, 7), {"type": "pool", "sx": 3, "sy": 2, "stride": 1, "pad": 1}, _softmax()], 5,
+     "normal", True),
+    ("pool 2x2 s2 on odd sizes, after conv relu",
+     [_inp(2, 7, 5), {"type": "conv", "sx": 3, "filters": 3, "pad": 1, "activation": "relu"},
+      {"type": "pool", "sx": 2}, _softmax()], 5, "normal", True),
+    ("fc on a spatial input (C, H, W order)",
+     [_inp(3, 4, 2), {"type": "fc", "num_neurons": 6}, _softmax()], 5, "normal", True),
+    ("fc relu, fc sigmoid, fc tanh",
+     [_inp(5, 1, 1), {"type": "fc", "num_neurons": 7, "activation": "relu"},
+      {"type": "fc", "num_neurons": 6, "activation": "sigmoid"},
+      {"type": "fc", "num_neurons": 5, "activation": "tanh"}, _softmax(4)], 5, "normal", True),
+    ("relu right after the input", [_inp(3, 3, 3), {"type": "relu"}, _softmax()], 5, "normal",
+     True),
+    ("sigmoid after conv",
+     [_inp(2, 4, 4), {"type": "conv", "sx": 3, "filters": 3, "pad": 1}, {"type": "sigmoid"},
+      _softmax()], 5, "normal", True),
+    ("tanh after conv",
+     [_inp(2, 4, 4), {"type": "conv", "sx": 3, "filters": 3, "pad": 1}, {"type": "tanh"},
+      _softmax()], 5, "normal", True),
+    ("maxout group 2",
+     [_inp(2, 3, 3), {"type": "conv", "sx": 3, "filters": 6, "pad": 1, "activation": "maxout"},
+      _softmax()], 5, "normal", True),
+    ("maxout group 3, leftover channel, ties",
+     [_inp(7, 2, 3), {"type": "maxout", "group_size": 3}, _softmax()], 5, "ties", True),
+    ("maxout shorthand with group_size on fc",
+     [_inp(4, 1, 1), {"type": "fc", "num_neurons": 9, "activation": "maxout", "group_size": 3},
+      _softmax()], 5, "normal", True),
+    ("dropout test mode (scale 1 - p)",
+     [_inp(3, 2, 2), {"type": "fc", "num_neurons": 8}, {"type": "dropout", "drop_prob": 0.3},
+      _softmax()], 5, "normal", False),
+    ("dropout training mode (masks replayed)",
+     [_inp(3, 2, 2), {"type": "fc", "num_neurons": 8, "drop_prob": 0.4},
+      {"type": "conv", "sx": 1, "filters": 4}, _softmax()], 5, "normal", True),
+    ("dropout training mode after the input",
+     [_inp(2, 3, 3), {"type": "dropout", "drop_prob": 0.5}, _softmax()], 5, "normal", True),
+    ("lrn n=3 after conv",
+     [_inp(2, 3, 3), {"type": "conv", "sx": 3, "filters": 5, "pad": 1},
+      {"type": "lrn", "k": 1.0, "n": 3, "alpha": 0.5, "beta": 0.75}, _softmax()], 5, "normal",
+     True),
+    ("lrn n=5 right after the input",
+     [_inp(7, 2, 2), {"type": "lrn", "k": 2.0, "n": 5, "alpha": 1e-1, "beta": 0.6}, _softmax()],
+     5, "normal", True),
+    ("svm", [_inp(3, 2, 2), {"type": "fc", "num_neurons": 6, "activation": "relu"},
+             {"type": "svm", "num_classes": 4}], 5, "normal", True),
+    ("regression", [_inp(2, 3, 2), {"type": "conv", "sx": 2, "filters": 3, "activation": "tanh"},
+                    {"type": "regression", "num_neurons": 3}], 5, "normal", True),
+    ("softmax after an explicit fc of its size (no second fc)",
+     [_inp(4, 1, 1), {"type": "fc", "num_neurons": 3}, _softmax()], 5, "normal", True),
+    ("decay and bias_pref fields",
+     [_inp(2, 3, 3), {"type": "conv", "sx": 3, "filters": 2, "bias_pref": 0.3,
+                      "l1_decay_mul": 0.5, "l2_decay_mul": 2.0},
+      {"type": "fc", "num_neurons": 4, "activation": "relu"}, _softmax()], 5, "normal", True),
+    ("batch of 11 (several chunks)",
+     [_inp(3, 5, 5), {"type": "conv", "sx": 3, "filters": 4, "pad": 1, "activation": "relu"},
+      {"type": "pool", "sx": 2}, _softmax(5)], 11, "normal", True),
+    ("CIFAR-10 demo net", DEMO_NET, 4, "normal", True),
+]
+
+# Common mistakes: Python's messages must be the JavaScript engine's too.
+BAD_SPECS: list[Any] = [
+    {"type": "input"},
+    [],
+    [_inp(1, 2, 2), "relu", _softmax()],
+    [_inp(1, 2, 2), {"type": "convolution", "sx": 3}, _softmax()],
+    [_inp(1, 2, 2), {"filters": 3}, _softmax()],
+    [{"type": "conv", "sx": 3, "filters": 2}, _softmax()],
+    [_inp(1, 4, 4), {"type": "conv", "filters": 2}, _softmax()],
+    [_inp(1, 4, 4), {"type": "conv", "sx": 3, "filters": 2.5}, _softmax()],
+    [_inp(1, 4, 4), {"type": "conv", "sx": 3, "filters": "2"}, _softmax()],
+    [_inp(1, 4, 4), {"type": "conv", "sx": 3, "filters": 0}, _softmax()],
+    [_inp(1, 4, 4), {"type": "conv", "sx": 3, "filters": 2, "pad": -1}, _softmax()],
+    [_inp(1, 4, 4), {"type": "conv", "sx": 3, "filters": 2, "sxx": 3}, _softmax()],
+    [_inp(1, 4, 4), {"type": "conv", "sx": 3, "filters": 2, "activation": "softplus"},
+     _softmax()],
+    [_inp(1, 4, 4), {"type": "conv", "sx": 5, "filters": 2}, _softmax()],
+    [_inp(1, 4, 4), {"type": "pool", "sx": 2, "pad": 2}, _softmax()],
+    [_inp(1, 4, 4), {"type": "dropout", "drop_prob": 1.5}, _softmax()],
+    [_inp(1, 4, 4), {"type": "dropout", "drop_prob": -0.5}, _softmax()],
+    [_inp(1, 4, 4), {"type": "lrn", "k": 1, "n": 4, "alpha": 1, "beta": 1}, _softmax()],
+    [_inp(1, 4, 4), {"type": "lrn", "k": 0, "n": 3, "alpha": 1, "beta": 1}, _softmax()],
+    [_inp(1, 4, 4), {"type": "lrn", "n": 3, "alpha": 1, "beta": 1}, _softmax()],
+    [_inp(1, 4, 4), {"type": "maxout", "group_size": 2}, _softmax()],
+    [_inp(1, 4, 4), {"type": "fc", "num_neurons": 3}],
+    [_inp(1, 4, 4), _softmax(1)],
+    [_inp(1, 4, 4), {"type": "softmax"}],
+    [_inp(1, 4, 4), _softmax(), {"type": "fc", "num_neurons": 2}, _softmax()],
+    [_inp(1, 4, 4), _inp(1, 4, 4), _softmax()],
+    [_inp(1, 4, 4), {"type": "fc", "num_neurons": 3}, {"type": "svm", "num_classes": 3},
+     {"type": "regression", "num_neurons": 2}],
+    [{"type": "input", "out_sx": 0}, _softmax()],
+    [{"type": "input", "out_sx": True}, _softmax()],
+    [_inp(1, 4, 4), {"type": "fc", "num_neurons": None}, _softmax()],
+]
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode(text: str) -> np.ndarray:
+    """A base64 float32 array of the vectors file, as a float32 vector."""
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(F32)
+
+
+def _inputs(rng: np.random.Generator, n: int, shape: tuple[int, int, int], kind: str) -> np.ndarray:
+    if kind == "ties":
+        return rng.integers(-2, 3, size=(n, *shape)).astype(F32)
+    return rng.standard_normal((n, *shape)).astype(F32)
+
+
+def _targets(rng: np.random.Generator, net: Net, n: int) -> np.ndarray:
+    if net.is_classifier:
+        return rng.integers(0, net.num_outputs, size=n)
+    return rng.standard_normal((n, net.num_outputs)).astype(F32)
+
+
+def run_case(net: Net, x: np.ndarray, y: np.ndarray, training: bool) -> dict[str, Any]:
+    """One pass over the whole batch, backward down to the input: outputs, loss, correct count,
+    gradient sums, input gradient and the dropout masks drawn (as (N, C, H, W) 1/0 arrays)."""
+    net.zero_grads()
+    a = x.transpose(1, 0, 2, 3)
+    for layer in net._plan:
+        a = layer.forward(a, training)
+    out = np.array(a.T, dtype=F32, order="C")
+    yy = y.astype(np.intp) if net.is_classifier else y
+    loss, d = net.loss_layer.loss(yy)
+    correct = int((out.argmax(axis=1) == y).sum()) if net.is_classifier else 0
+    d = d.reshape(d.shape[0], d.shape[1], 1, 1)
+    for layer in reversed(net._plan[:-1]):
+        d = layer.backward(d)
+    masks = {}
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, DropoutLayer) and training:
+            masks[i] = np.array(layer.keep.transpose(1, 0, 2, 3), dtype=F32)
+    return {"out": out, "loss": float(loss), "correct": correct, "grads": net.grads.copy(),
+            "dx": np.array(d.transpose(1, 0, 2, 3), dtype=F32), "masks": masks}
+
+
+def make_case(index: int, name: str, spec: list[dict[str, Any]], n: int, kind: str,
+              training: bool) -> dict[str, Any]:
+    seed = 1000 + index
+    net = Net(spec, seed=seed)
+    rng = np.random.default_rng(seed)
+    # Biases away from their initial bias_pref, so a mix-up of biases shows.
+    for layer in net.layers:
+        if layer.param_shapes():
+            bias = layer.params[1]
+            bias += F32(0.1) * rng.standard_normal(bias.shape).astype(F32)
+    x = _inputs(rng, n, net.input_shape, kind)
+    y = _targets(rng, net, n)
+    r = run_case(net, x, y, training)
+    return {
+        "name": name,
+        "spec": spec,
+        "normalized": net.spec(),
+        "num_params": net.num_params,
+        "params": _b64(net.params),
+        "n": n,
+        "x": _b64(x),
+        "targets": [int(t) for t in y] if net.is_classifier else _b64(y),
+        "training": training,
+        "masks": {str(i): _b64(m) for i, m in r["masks"].items()},
+        "out": _b64(r["out"]),
+        "loss": r["loss"],
+        "correct": r["correct"],
+        "grads": _b64(r["grads"]),
+        "dx": _b64(r["dx"]),
+        "predict": _b64(net.predict(x)),
+    }
+
+
+def _bad_spec(spec: Any) -> dict[str, Any]:
+    try:
+        Net(spec)
+    except ModelFormatError as exc:
+        return {"spec": spec, "error": str(exc)}
+    raise AssertionError(f"spec {spec!r} was accepted")
+
+
+def _add_class() -> dict[str, Any]:
+    spec = [_inp(2, 4, 4), {"type": "conv", "sx": 3, "filters": 2, "activation": "relu"},
+            {"type": "pool", "sx": 2, "stride": 1}, _softmax(3)]
+    net = Net(spec, seed=7, labels=["cat", "dog", "owl"])
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, *net.input_shape)).astype(F32)
+    before, predict_before = net.params.copy(), net.predict(x)
+    index_map = net.add_class("emu")
+    return {"spec": spec, "labels": ["cat", "dog", "owl"], "label": "emu",
+            "params": _b64(before), "x": _b64(x), "predict": _b64(predict_before),
+            "params_after": _b64(net.params), "index_map": [int(i) for i in index_map],
+            "predict_after": _b64(net.predict(x)), "normalized_after": net.spec()}
+
+
+def generate() -> dict[str, Any]:
+    """The vectors, as the JSON object that is written to the file."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "generator": "python -m mlitb.nn._vectors",
+        "tolerance": TOLERANCE,
+        "cases": [make_case(i, *case) for i, case in enumerate(CASES)],
+        "bad_specs": [_bad_spec(s) for s in BAD_SPECS],
+        "add_class": _add_class(),
+    }
+
+
+def dumps(vectors: Mapping[str, Any]) -> str:
+    """The file's text: one case per line, so diffs stay readable."""
+    head = {k: v for k, v in vectors.items() if k not in ("cases", "bad_specs")}
+    lines = [json.dumps(head)[:-1] + ","]
+    for key in ("cases", "bad_specs"):
+        items: Sequence[Any] = vectors[key]
+        lines.append(f' "{key}": [')
+        lines += ["  " + json.dumps(item) + ("," if i < len(items) - 1 else "")
+                  for i, item in enumerate(items)]
+        lines.append(" ]" + ("," if key == "cases" else ""))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = Path(args[0]) if args else DEFAULT_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(generate()), encoding="utf-8")
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

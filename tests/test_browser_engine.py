@@ -1,0 +1,227 @@
+"""The browser's JavaScript engine computes what the numpy engine computes (design principle 5).
+
+tests/vectors/engine.json holds test vectors made by the numpy engine (``python -m
+mlitb.nn._vectors``). Here (a) Python checks that the committed file still matches the numpy
+engine, so a change of the engine's math that is not carried into the vectors fails; (b) headless
+Chromium runs every vector through browser/engine (browser/engine/test.html) and each output,
+loss, gradient and input gradient must agree within the file's tolerance (1e-5 relative to
+scale), and every bad spec must fail with Python's message.
+
+The browser half needs ``pip install playwright`` and Debian's Chromium at /usr/bin/chromium
+(``apt-get install -y chromium``); without them it skips and says why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlitb.bench.browser import browser_unavailable, open_chromium, serve_static
+from mlitb.nn import LAYER_TYPES, Net
+from mlitb.nn._vectors import DEFAULT_PATH, TOLERANCE, decode, generate
+
+REGENERATE = "the numpy engine changed: run `python -m mlitb.nn._vectors` and commit the file"
+
+
+def _rel(expected: np.ndarray, actual: np.ndarray) -> float:
+    expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    if expected.shape != actual.shape:
+        return float("inf")
+    diff = float(np.abs(expected - actual).max(initial=0.0))
+    scale = float(np.abs(expected).max(initial=0.0))
+    return 0.0 if diff == 0 else diff / (scale or np.finfo(float).tiny)
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict[str, Any]:
+    return json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
+
+
+# -- (a) the file against the numpy engine ------------------------------------------------------
+def test_vectors_file_is_small_and_covers_every_layer_type(committed: dict[str, Any]) -> None:
+    assert DEFAULT_PATH.stat().st_size < 1_000_000
+    types = {d["type"] for case in committed["cases"] for d in case["normalized"]}
+    assert types == set(LAYER_TYPES)
+    names = [case["name"] for case in committed["cases"]]
+    assert "CIFAR-10 demo net" in names and len(set(names)) == len(names)
+    assert committed["tolerance"] == TOLERANCE
+
+
+def test_committed_vectors_match_a_fresh_generation(committed: dict[str, Any]) -> None:
+    fresh = generate()
+    assert [c["name"] for c in committed["cases"]] == [c["name"] for c in fresh["cases"]], REGENERATE
+    exact = ("spec", "normalized", "num_params", "n", "params", "x", "targets", "training",
+             "masks", "correct")
+    close = ("out", "grads", "dx", "predict")
+    for old, new in zip(committed["cases"], fresh["cases"]):
+        for key in exact:
+            assert old[key] == new[key], f"{old['name']}: {key} differs; {REGENERATE}"
+        for key in close:
+            err = _rel(decode(new[key]), decode(old[key]))
+            assert err <= TOLERANCE, f"{old['name']}: {key} off by {err:.2e}; {REGENERATE}"
+        assert _rel(np.array([new["loss"]]), np.array([old["loss"]])) <= TOLERANCE, old["name"]
+    assert committed["bad_specs"] == fresh["bad_specs"], REGENERATE
+    old_a, new_a = committed["add_class"], fresh["add_class"]
+    for key in ("spec", "labels", "label", "params", "x", "index_map", "normalized_after",
+                "params_after"):
+        assert old_a[key] == new_a[key], f"add_class: {key} differs; {REGENERATE}"
+    for key in ("predict", "predict_after"):
+        assert _rel(decode(new_a[key]), decode(old_a[key])) <= TOLERANCE
+
+
+def test_vectors_agree_with_the_public_api(committed: dict[str, Any]) -> None:
+    """The generator's single whole-batch pass equals Net's chunked public calls."""
+    for case in committed["cases"]:
+        if case["masks"]:  # dropout masks drawn in training mode: not reproducible from outside
+            continue
+        net = Net(case["spec"], params=decode(case["params"]))
+        x = decode(case["x"]).reshape(case["n"], *net.input_shape)
+        y = (np.array(case["targets"]) if net.is_classifier
+             else decode(case["targets"]).reshape(case["n"], -1))
+        stats = net.accumulate_gradient(x, y, training=case["training"], chunk=3)
+        assert _rel(decode(case["grads"]), net.grads) <= TOLERANCE, case["name"]
+        assert _rel(np.array([case["loss"]]), np.array([stats.loss])) <= TOLERANCE, case["name"]
+        assert stats.correct == case["correct"], case["name"]
+        assert _rel(decode(case["predict"]), net.predict(x).ravel()) <= TOLERANCE, case["name"]
+        if not case["training"]:
+            assert _rel(decode(case["out"]), net.forward(x).ravel()) <= TOLERANCE, case["name"]
+
+
+# -- (b) the JavaScript engine in Chromium ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def page() -> Iterator[Any]:
+    reason = browser_unavailable()
+    if reason:
+        pytest.skip(f"no headless browser: {reason}")
+    with serve_static() as base, open_chromium() as browser:
+        pg = browser.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.goto(base + "/engine/test.html")
+        pg.wait_for_function("window.__done === true", timeout=120_000)
+        assert pg.evaluate("window.__error") is None, pg.evaluate("window.__error")
+        pg.errors = errors
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def results(page: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = page.evaluate("window.__results")
+    assert page.errors == []
+    return rows
+
+
+def _failures(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{r['name']}: {r['errors']} {r.get('message') or ''}"
+                     for r in rows if not r["ok"])
+
+
+def test_every_vector_case_passes_in_the_browser(results: list[dict[str, Any]],
+                                                 committed: dict[str, Any]) -> None:
+    rows = [r for r in results if "[chunk" in r["name"]]
+    assert len(rows) == 2 * len(committed["cases"])  # each at chunk 8 and chunk 3
+    assert all(r["ok"] for r in rows), _failures(rows)
+    for r in rows:
+        assert set(r["errors"]) == {"spec", "num_params", "out", "predict", "loss", "correct",
+                                    "grads", "dx"}
+        assert max(r["errors"].values()) <= TOLERANCE
+
+
+def test_bad_specs_fail_with_pythons_messages(results: list[dict[str, Any]],
+                                              committed: dict[str, Any]) -> None:
+    rows = [r for r in results if r["name"].startswith("bad spec")]
+    assert len(rows) == len(committed["bad_specs"])
+    assert all(r["ok"] for r in rows), _failures(rows)
+
+
+def test_add_class_matches(results: list[dict[str, Any]]) -> None:
+    rows = [r for r in results if r["name"] == "add_class"]
+    assert len(rows) == 1 and rows[0]["ok"], _failures(rows)
+
+
+def _js(page: Any, body: str) -> Any:
+    """Run an async function body with the engine imported as E."""
+    return page.evaluate(f"async () => {{ const E = await import('/engine/index.js'); {body} }}")
+
+
+def test_gradients_sum_over_calls_and_chunks(page: Any) -> None:
+    got = _js(page, """
+        const spec = [{type: 'input', out_sx: 6, out_sy: 5, out_depth: 2},
+                      {type: 'conv', sx: 3, filters: 4, pad: 1, activation: 'relu'},
+                      {type: 'pool', sx: 2}, {type: 'softmax', num_classes: 3}];
+        const a = new E.Net(spec, {seed: 1, chunk: 8}), b = new E.Net(spec, {params: a.params, chunk: 2});
+        const x = new Float32Array(7 * a.inputSize).map((_, i) => Math.sin(i));
+        const y = [0, 1, 2, 0, 1, 2, 0];
+        const s1 = a.accumulateGradient(x, y), s2 = a.accumulateGradient(x, y);
+        b.accumulateGradient(x, y);
+        let worst = 0, scale = 0;
+        for (let i = 0; i < a.numParams; i++) {
+          worst = Math.max(worst, Math.abs(a.grads[i] - 2 * b.grads[i]));
+          scale = Math.max(scale, Math.abs(a.grads[i]));
+        }
+        const ev = a.evaluate(x, y);
+        a.zeroGrads();
+        return {rel: worst / scale, same: s1.loss === s2.loss, count: s1.count,
+                evalLoss: ev.loss, loss: s1.loss, zero: a.grads.every((g) => g === 0)};
+    """)
+    assert got["rel"] < 1e-6 and got["same"] and got["count"] == 7 and got["zero"]
+    assert abs(got["evalLoss"] - got["loss"]) <= 1e-6 * got["loss"]
+
+
+def test_decay_multipliers_and_layout_match_python(page: Any) -> None:
+    spec = [{"type": "input", "out_sx": 4, "out_sy": 4, "out_depth": 2},
+            {"type": "conv", "sx": 3, "filters": 2, "l1_decay_mul": 0.5, "l2_decay_mul": 2.0},
+            {"type": "fc", "num_neurons": 3, "activation": "tanh"},
+            {"type": "svm", "num_classes": 2}]
+    net = Net(spec)
+    l1, l2 = net.decay_multipliers()
+    got = _js(page, f"""
+        const net = new E.Net({json.dumps(spec)});
+        const [l1, l2] = net.decayMultipliers();
+        return {{n: net.numParams, l1: Array.from(l1), l2: Array.from(l2),
+                 shapes: net.layout.map((e) => e.shape)}};
+    """)
+    assert got["n"] == net.num_params
+    assert got["l1"] == l1.tolist() and got["l2"] == l2.tolist()
+    assert [tuple(s) for s in got["shapes"]] == [s for _, s in net._layout]
+
+
+def test_initial_parameters_follow_convnetjs_distribution(page: Any) -> None:
+    got = _js(page, """
+        const net = new E.Net([{type: 'input', out_sx: 8, out_sy: 8, out_depth: 16},
+                               {type: 'conv', sx: 5, filters: 50, activation: 'relu'},
+                               {type: 'softmax', num_classes: 2}], {seed: 3});
+        const again = new E.Net(net.spec(), {seed: 3});
+        const [w, b] = net.layers[1].params;
+        let m = 0, v = 0;
+        for (const x of w) { m += x; v += x * x; }
+        m /= w.length; v = v / w.length - m * m;
+        return {std: Math.sqrt(v), mean: m, bias: Array.from(new Set(b)),
+                same: net.params.every((p, i) => p === again.params[i])};
+    """)
+    assert abs(got["std"] - (1 / 400) ** 0.5) < 0.003 and abs(got["mean"]) < 0.003
+    assert got["bias"] == [pytest.approx(0.1)] and got["same"]
+
+
+def test_input_and_target_errors(page: Any) -> None:
+    got = _js(page, """
+        const net = new E.Net([{type: 'input', out_sx: 2, out_sy: 2, out_depth: 1},
+                               {type: 'softmax', num_classes: 3}]);
+        const msgs = [];
+        for (const f of [() => net.forward(new Float32Array(5)),
+                         () => net.accumulateGradient(new Float32Array(8), [0]),
+                         () => net.accumulateGradient(new Float32Array(4), [3]),
+                         () => net.addClass('0')]) {
+          try { f(); msgs.push('no error'); } catch (e) { msgs.push(e.name + ': ' + e.message); }
+        }
+        return msgs;
+    """)
+    assert got[0].startswith("RangeError: input must hold whole samples")
+    assert got[1].startswith("RangeError: targets must be 2 class indices")
+    assert got[2].startswith("RangeError: class indices must lie in [0, 3)")
+    assert got[3] == "ModelFormatError: add_class: label '0' exists already"
