@@ -239,7 +239,7 @@ def _summary(ended: dict[int, WorkerEnded], processes: list[BaseProcess]) -> tup
     codes: list[int] = []
     for index, process in enumerate(processes):
         end = ended.get(index)
-        code = end.code if end is not None else (process.exitcode or int(ExitCode.ERROR))
+        code = end.code if end is not None else int(ExitCode.ERROR)
         reason = end.reason if end is not None else \
             f"the process died (exit code {process.exitcode})"
         codes.append(code)
@@ -281,10 +281,20 @@ def run_node(config: NodeConfig, console: Console | None = None) -> int:
                                       name=f"mlitb-worker-{index}", daemon=True)
             process.start()
             processes.append(process)
+        announced: set[int] = set()
         with display:
             while not stop:
                 _drain(events, display, timeout=0.1)
                 display.refresh()
+                dead = [i for i, p in enumerate(processes)
+                        if i not in announced and p.exitcode is not None]
+                if dead:
+                    _drain(events, display, timeout=0.05)  # its last words may be in flight
+                for index in dead:
+                    announced.add(index)
+                    if index not in display.ended:  # killed: it could not say why
+                        display.print(Text(f"worker {index} died (exit code "
+                                           f"{processes[index].exitcode})", style="red"))
                 if not any(p.is_alive() for p in processes):
                     _drain(events, display, timeout=0.2)
                     break

@@ -118,6 +118,8 @@ class WorkerOptions:
     connect_timeout: float = 10.0
     hello_timeout: float = 10.0
     close_timeout: float = 2.0
+    download_retry: float = 1.0
+    """First pause before retrying a failed data download (doubling up to 10 s)."""
     max_batch: int = 32
     keep_inactive: int = 1_000_000
     """Ids no longer allocated stay cached (re-allocation prefers workers that cached an id) up to
@@ -592,7 +594,7 @@ class Worker:
                     continue
                 self._want = {**dict.fromkeys(batch), **self._want}  # first, after a pause
                 failures += 1
-                delay = min(10.0, 0.5 * 2 ** min(failures, 5))
+                delay = min(10.0, self.options.download_retry * 2.0 ** min(failures - 1, 5))
                 self._log(logging.WARNING, f"{exc}; retrying in {delay:.1f} s")
                 await trio.sleep(delay)
                 continue

@@ -103,3 +103,42 @@ async def test_all_workers_refused_exits_2_with_the_reason() -> None:
         assert "the worker stopped" in node.text  # --task stats: one worker by default
         assert "no project named 'digits'" in node.text
         assert "Traceback" not in node.text
+
+
+def children_of(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        with open(path) as file:
+            return [int(p) for p in file.read().split()]
+    except OSError:
+        pytest.skip("needs Linux's /proc/PID/task/PID/children")
+
+
+@pytest.mark.trio
+async def test_killed_workers_are_reported_and_the_node_ends_when_all_died() -> None:
+    with trio.fail_after(60):
+        async with fake_master() as master, trio.open_nursery() as nursery:
+            node = await open_node(nursery, master.port, "--workers", "2")
+            try:
+                conns = [(await greet(master, worker_id=i))[0] for i in (1, 2)]
+                workers = children_of(node.process.pid)
+                workers = [pid for pid in workers
+                           if "resource_tracker" not in open(f"/proc/{pid}/cmdline").read()]
+                assert len(workers) == 2
+                import os
+
+                os.kill(workers[0], signal.SIGKILL)
+                while "died (exit code -9)" not in node.text:
+                    await trio.sleep(0.05)
+                assert node.process.returncode is None  # the other worker goes on
+                os.kill(workers[1], signal.SIGKILL)
+                code = await node.process.wait()
+                for conn in conns:
+                    conn.done.set()
+            finally:
+                if node.process.returncode is None:
+                    node.process.kill()
+            nursery.cancel_scope.deadline = trio.current_time() + 2
+        assert code == 1, node.text
+        assert "all 2 workers stopped: the process died (exit code -9) (x2)" in node.text
+        assert "Traceback" not in node.text

@@ -180,7 +180,8 @@ async def running_worker(port: int, role: str = "trainer", source: FakeSource | 
                          **options: Any) -> AsyncIterator[Running]:
     opts = WorkerOptions(url=f"ws://127.0.0.1:{port}/", role=role,  # type: ignore[arg-type]
                          project=PROJECT, host="test-host", backoff_initial=0.05,
-                         backoff_max=0.2, hello_timeout=5.0, seed=1, **options)
+                         backoff_max=0.2, hello_timeout=5.0, seed=1, download_retry=0.05,
+                         **options)
     events: list[WorkerEvent] = []
     src = source or FakeSource()
     worker = Worker(opts, report=events.append, data_source=lambda url, project, shape: src)
