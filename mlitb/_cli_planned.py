@@ -12,10 +12,7 @@ from .errors import NotBuiltError
 
 # (command, help, the issue that builds it)
 PLANNED: list[tuple[str, str, str]] = [
-    ("master", "Run the master server: projects, workers and the event loop.", "training loop"),
-    ("data-server", "Run a data server alone, on another machine.", "training loop"),
     ("node", "Join a master with headless Python workers (node join URL).", "training loop"),
-    ("data", "Upload datasets (zips of labelled image folders) to a project.", "training loop"),
     ("console", "Open the Textual operator console.", "operator console"),
     ("closure", "Inspect, verify, predict with and resume research closures.", "research closures"),
     ("zoo", "List and add closures in the model zoo.", "research closures"),

@@ -44,3 +44,42 @@ def master_in_thread() -> Iterator[ThreadedMaster]:
     yield ThreadedMaster(master, f"ws://127.0.0.1:{box['port']}", "thread-token", token)
     token.run_sync_soon(box["stop"].cancel)  # type: ignore[attr-defined]
     thread.join(10)
+
+
+@dataclass
+class ThreadedCluster:
+    master: object
+    store: object
+    url: str
+    data_url: str
+    token: str
+
+
+@pytest.fixture
+def cluster_in_thread(tmp_path: Path) -> Iterator[ThreadedCluster]:
+    """A master with its embedded data server (store in tmp_path), in a daemon thread."""
+    from mlitb.cluster import open_store, serve_cluster
+    from mlitb.master import Master
+
+    master = Master(operator_token="thread-token")
+    store = open_store(tmp_path / "data")
+    ready = threading.Event()
+    box: dict[str, object] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            box["address"] = await nursery.start(
+                lambda task_status: serve_cluster(master, store, "127.0.0.1", 0, 0,
+                                                  task_status=task_status))
+            box["token"] = trio.lowlevel.current_trio_token()
+            box["stop"] = nursery.cancel_scope
+            ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the cluster did not start"
+    address = box["address"]
+    yield ThreadedCluster(master, store, address.master_url,  # type: ignore[attr-defined]
+                          address.data_url, "thread-token")  # type: ignore[attr-defined]
+    box["token"].run_sync_soon(box["stop"].cancel)  # type: ignore[attr-defined]
+    thread.join(10)

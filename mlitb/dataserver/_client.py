@@ -79,7 +79,7 @@ class DataClient:
             except (ValueError, KeyError, TypeError):
                 message = data[:200].decode("utf-8", "replace")
             raise DataServerError(f"{method} {path}: {response.status}: {message}",
-                                  response.status)
+                                  response.status, message)
         return response.status, data
 
     def _json(self, method: str, path: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ class DataServerError(MlitbError):
     """``DataClient``: the data server answered with an error status; ``status`` is the HTTP status
     and the message is the server's own (``{"error": ...}``)."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail if detail is not None else message
+        """The server's own words, without the request line."""

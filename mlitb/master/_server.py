@@ -11,7 +11,7 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +146,8 @@ class Master:
         self._event_count = 0
         self._nursery: trio.Nursery | None = None
         self._started_at: float | None = None
+        # Called with each new project's name (the embedded data server registers stored data).
+        self.on_project_created: list[Callable[[str], None]] = []
         self.port: int | None = None
 
     # -- running --------------------------------------------------------------------------------
@@ -204,6 +206,8 @@ class Master:
                     f"{optimizer}, T={iteration_time:g} s)", name)
         if self._nursery is not None:
             self._start_loop(name)
+        for hook in self.on_project_created:
+            hook(name)
         return project
 
     def delete_project(self, name: str) -> None:

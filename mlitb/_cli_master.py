@@ -1,0 +1,181 @@
+"""``mlitb master``, ``mlitb data-server`` and ``mlitb data upload``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from ._cli_common import cli_errors
+from ._cli_project import DEFAULT_MASTER, MasterOption, TokenOption
+from .errors import MlitbError
+
+out = Console(stderr=True, highlight=False)
+data_app = typer.Typer(help="Upload datasets (zips of labelled image folders) to a project.",
+                       no_args_is_help=True)
+
+HostOption = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every one).")]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="MLITB_DATA_DIR",
+                                             help="Where the embedded store keeps datasets.")]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+
+
+def register_master(app: typer.Typer) -> None:
+    @app.command("master")
+    @cli_errors
+    def master(
+        host: HostOption = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=0, max=65535, help="WebSocket port.")] = 8000,
+        data_port: Annotated[int, typer.Option(min=0, max=65535,
+                                               help="Data server (HTTP) port.")] = 8001,
+        data_dir: DataDirOption = Path("mlitb-data"),
+        operator_token: Annotated[str | None, typer.Option(
+            "--operator-token", envvar="MLITB_OPERATOR_TOKEN",
+            help="Secret operators must present; generated and printed when absent.")] = None,
+        public_host: Annotated[str | None, typer.Option(
+            help="Host name workers should use to reach this machine.")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log events.")] = False,
+    ) -> None:
+        """Run the master server with its data server (projects, workers, the event loop)."""
+        from .cluster import open_store, serve_cluster
+        from .master import Master
+
+        _logging(verbose)
+        store = open_store(data_dir)
+        m = Master(operator_token=operator_token)
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                address = await nursery.start(lambda task_status: serve_cluster(
+                    m, store, host, port, data_port, public_host=public_host,
+                    task_status=task_status))
+                out.print(f"master      {address.master_url}")
+                out.print(f"data server {address.data_url}  (store: {data_dir})")
+                if operator_token is None:
+                    out.print(f"operator token: [bold]{m.operator_token}[/] "
+                              "(export MLITB_OPERATOR_TOKEN=... for the CLI and console)")
+                out.print("join with: mlitb node join " + address.master_url + "  (Ctrl-C stops)")
+
+        try:
+            trio.run(main)
+        except KeyboardInterrupt:
+            out.print("master stopped")
+        except OSError as exc:
+            raise MlitbError(f"cannot listen on {host}: {exc.strerror or exc}") from None
+
+    @app.command("data-server")
+    @cli_errors
+    def data_server(
+        master: MasterOption = DEFAULT_MASTER,
+        token: TokenOption = None,
+        host: HostOption = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port.")] = 8001,
+        data_dir: DataDirOption = Path("mlitb-data"),
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ) -> None:
+        """Run a data server alone (on another machine), registering uploads with a master."""
+        from .cluster import open_store
+
+        _logging(verbose)
+        store = open_store(data_dir)
+        try:
+            trio.run(_standalone_data_server, store, master, token, host, port)
+        except KeyboardInterrupt:
+            out.print("data server stopped")
+
+
+async def _standalone_data_server(store: Any, url: str, token: str | None, host: str,
+                                  port: int) -> None:
+    from .client import open_operator
+    from .dataserver import InputShape, Registration, serve_data_server
+    from .errors import UploadError
+    from .protocol import MAX_IDS_PER_MESSAGE, DataRegistered, RegisterData
+
+    shapes: dict[str, InputShape] = {}
+    async with open_operator(url, token, need_token=True) as op, trio.open_nursery() as nursery:
+        async def refresh() -> None:
+            while True:
+                for p in await op.list_projects():
+                    c, h, w = p.input_shape
+                    shapes[p.name] = InputShape(width=w, height=h, channels=c)
+                await trio.sleep(2.0)
+
+        def check_upload(project: str, split: str) -> InputShape:
+            if project not in shapes:
+                raise UploadError(f"no project named {project!r} on the master")
+            return shapes[project]
+
+        async def on_registered(r: Registration) -> None:
+            ids = list(r.ids)
+            for i in range(0, max(len(ids), 1), MAX_IDS_PER_MESSAGE):
+                await op.request(RegisterData(
+                    request_id="-", project=r.project, split=r.split,  # type: ignore[arg-type]
+                    ids=tuple(ids[i:i + MAX_IDS_PER_MESSAGE]),
+                    label_names=tuple(r.label_names),
+                    labels=tuple(int(x) for x in r.labels[i:i + MAX_IDS_PER_MESSAGE])),
+                    DataRegistered)
+
+        nursery.start_soon(refresh)
+        bound = await nursery.start(lambda task_status: serve_data_server(
+            store, host, port, task_status=task_status, on_registered=on_registered,
+            check_upload=check_upload))
+        out.print(f"data server http://{host}:{bound}, registering with {url}")
+
+
+@data_app.command("upload")
+@cli_errors
+def upload(
+    archive: Annotated[Path, typer.Argument(help="A zip whose folder names are the labels.",
+                                            exists=True, dir_okay=False)],
+    project: Annotated[str, typer.Option("--project", "-p", envvar="MLITB_PROJECT",
+                                         help="The project to add the data to.")],
+    test: Annotated[bool, typer.Option("--test", help="Held-out data for the test-error "
+                                       "curve (stats workers), not for training.")] = False,
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+    data_url: Annotated[str | None, typer.Option(help="The data server's URL (default: the one "
+                                                 "the master announces).")] = None,
+) -> None:
+    """Upload a dataset zip to a project's data server, with a progress bar."""
+    from .client import open_operator
+    from .dataserver import DataClient, DataServerError, InputShape
+    from .errors import UploadError
+
+    async def lookup() -> tuple[str, InputShape]:
+        async with open_operator(master, token) as op:
+            for p in await op.list_projects():
+                if p.name == project:
+                    c, h, w = p.input_shape
+                    return op.welcome.data_url, InputShape(width=w, height=h, channels=c)
+        raise MlitbError(f"no project named {project!r} on the master at {master}")
+
+    announced, shape = trio.run(lookup)
+    client = DataClient(data_url or announced, token=token)
+    size = os.path.getsize(archive)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=out, transient=True) as bar:
+        task = bar.add_task(f"uploading {archive.name}", total=size)
+        try:
+            result = client.upload(project, archive, split="test" if test else "train",
+                                   shape=shape,
+                                   progress=lambda done, total: bar.update(task, completed=done))
+        except DataServerError as exc:
+            if exc.status == 502:  # stored, but the master did not take the registration
+                raise UploadError(f"{archive.name} was stored but not registered with the "
+                                  f"master: {exc.detail}") from None
+            what = f"HTTP {exc.status}" if exc.status else "no answer"
+            raise UploadError(f"{archive.name} was refused ({what}), nothing was stored: "
+                              f"{exc.detail}") from None
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.get("counts", {}).items()))
+    typer.echo(f"stored {result['count']} {'test' if test else 'training'} images in project "
+               f"{project} ({counts})")

@@ -1,0 +1,87 @@
+"""A master with its data server embedded: what ``mlitb master`` and ``mlitb demo`` run.
+
+The data server registers every committed upload with the master directly (no socket between
+them), and asks the master for a project's input shape before it reads an upload, so uploads to
+unknown projects are refused before a byte is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .dataserver import InputShape, Registration, Store, serve_data_server
+from .errors import UploadError
+from .master import Master, RequestError
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """Where a running cluster listens."""
+
+    master_url: str
+    data_url: str
+
+
+def _glue(master: Master) -> tuple[object, object]:
+    def on_registered(registration: Registration) -> None:
+        try:
+            master.register_data(registration.project, registration.split,
+                                 list(registration.ids), list(registration.label_names))
+        except RequestError as exc:
+            raise UploadError(str(exc)) from None
+
+    def check_upload(project: str, split: str) -> InputShape:
+        found = master.projects.get(project)
+        if found is None:
+            raise UploadError(f"no project named {project!r} on this master: create it first")
+        c, h, w = found.net.input_shape
+        return InputShape(width=w, height=h, channels=c)
+
+    return on_registered, check_upload
+
+
+async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
+                        port: int = 8000, data_port: int = 8001, *,
+                        public_host: str | None = None,
+                        task_status: trio.TaskStatus[ClusterAddress] = trio.TASK_STATUS_IGNORED,
+                        ) -> None:
+    """Run ``master`` and a data server over ``store`` until cancelled; reports the URLs.
+
+    Data already in the store (from an earlier run) is registered again for projects the master
+    knows. ``public_host``: the host name workers should use (default: ``host``).
+    """
+    on_registered, check_upload = _glue(master)
+    shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+    async with trio.open_nursery() as nursery:
+        bound_data = await nursery.start(lambda task_status: serve_data_server(
+            store, host, data_port, task_status=task_status,
+            on_registered=on_registered, check_upload=check_upload))  # type: ignore[arg-type]
+        master.data_url = f"http://{shown}:{bound_data}"
+
+        def register_stored(project: str) -> None:
+            if project in store.projects():
+                _reregister(master, store, project)
+
+        for project in list(master.projects):
+            register_stored(project)
+        master.on_project_created.append(register_stored)
+        bound = await nursery.start(master.serve, host, port)
+        task_status.started(ClusterAddress(f"ws://{shown}:{bound}", master.data_url))
+
+
+def _reregister(master: Master, store: Store, project: str) -> None:
+    labels = list(store.info(project).labels)
+    for split in ("train", "test"):
+        ids = [int(i) for i in store.ids(project, split)]
+        if ids:
+            master.register_data(project, split, ids, labels)
+
+
+def open_store(data_dir: Path) -> Store:
+    """The embedded store under ``data_dir`` (created if needed)."""
+    root = data_dir / "store"
+    root.mkdir(parents=True, exist_ok=True)
+    return Store(root)
