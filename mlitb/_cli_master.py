@@ -119,7 +119,7 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
             ids = list(r.ids)
             for i in range(0, max(len(ids), 1), MAX_IDS_PER_MESSAGE):
                 await op.request(RegisterData(
-                    request_id="-", project=r.project, split=r.split,  # type: ignore[arg-type]
+                    request_id="-", project=r.project, split=r.split,
                     ids=tuple(ids[i:i + MAX_IDS_PER_MESSAGE]),
                     label_names=tuple(r.label_names),
                     labels=tuple(int(x) for x in r.labels[i:i + MAX_IDS_PER_MESSAGE])),
