@@ -48,6 +48,7 @@ class Member:
     host: str
     state: str = "caching"
     budget_s: float | None = None
+    cached: int = 0  # stats workers' cache (trainers' caches live in the allocator)
 
 
 @dataclass
@@ -273,8 +274,9 @@ class Project:
                 latency_ms=timing.latency_ms if timing else None,
                 samples_per_s=timing.samples_per_s if timing else None,
                 budget_s=m.budget_s,
-                allocated=share.allocated if share else 0,
-                cached=share.cached if share else 0))
+                allocated=share.allocated if share else (
+                    len(self.test_ids) if m.role == "stats" else 0),
+                cached=share.cached if share else min(m.cached, len(self.test_ids))))
         hp = {k: float(v) for k, v in self.optimizer.hyperparameters().items()}
         return ProjectStatus(name=self.name, state=self.state,  # type: ignore[arg-type]
                              iteration=self.iteration, parameter_version=self.parameter_version,

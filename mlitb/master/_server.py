@@ -506,9 +506,14 @@ class Master:
             raise WireError("hello: already said", code="bad_message")
         if isinstance(msg, CacheReport):
             project = self.projects.get(conn.project or "")
-            if project is not None and conn.role == "trainer" and conn.worker_id in project.allocator:
+            if project is None:
+                return
+            if conn.role == "trainer" and conn.worker_id in project.allocator:
                 project.allocator.mark_cached(conn.worker_id, msg.cached)
                 project.allocator.mark_uncached(conn.worker_id, msg.evicted)
+            elif conn.role == "stats" and conn.worker_id in project.members:
+                member = project.members[conn.worker_id]
+                member.cached = max(0, member.cached + len(msg.cached) - len(msg.evicted))
             return
         if isinstance(msg, StatsReport):
             project = self._project(conn.project or "")
