@@ -6,6 +6,10 @@ import { Layer } from "./layers.js";
 // ConvNetJS: Math.floor((in + 2 * pad - k) / stride + 1)
 export const outSize = (size, k, stride, pad) => Math.floor((size + 2 * pad - k) / stride) + 1;
 
+// Rows of im2col matrices are padded with zero columns to a multiple of 8 floats, which the
+// SIMD products need (kernels.js): for the demo net, 75 -> 80 columns in the first layer.
+const padded = (k) => Math.ceil(k / 8) * 8;
+
 /** Weights (F, C, ky, kx) in the flat vector, as in Python. Forward is im2col and one product
  * with the weights in the columns' (ky, kx, C) order; the input gradient of a stride-1
  * convolution is itself a convolution of the output gradient with the flipped kernels (one more
@@ -23,6 +27,8 @@ export class ConvLayer extends Layer {
     }
     this.outShape = [def.filters, oh, ow];
     this.K = this.ky * this.kx * inShape[0];
+    this.Kp = padded(this.K); // row length of cols and wl
+    this.K2p = padded(this.ky * this.kx * def.filters); // of dcols and wf (input gradient by conv)
     this.dxByConv = this.stride === 1 && this.pad <= Math.min(this.ky, this.kx) - 1;
   }
 
@@ -37,11 +43,11 @@ export class ConvLayer extends Layer {
 
   buffers(n, withDx) {
     const [F, OH, OW] = this.outShape, [C, H, W] = this.inShape;
-    const sizes = { y: n * OH * OW * F, cols: n * OH * OW * this.K, wl: F * this.K, dwl: F * this.K };
+    const sizes = { y: n * OH * OW * F, cols: n * OH * OW * this.Kp, wl: F * this.Kp, dwl: F * this.Kp };
     if (withDx) {
       sizes.dx = n * H * W * C;
-      sizes.dcols = this.dxByConv ? n * H * W * this.ky * this.kx * F : n * OH * OW * this.K;
-      if (this.dxByConv) sizes.wf = C * this.ky * this.kx * F;
+      sizes.dcols = this.dxByConv ? n * H * W * this.K2p : n * OH * OW * this.Kp;
+      if (this.dxByConv) sizes.wf = C * this.K2p;
     }
     return sizes;
   }
@@ -54,8 +60,8 @@ export class ConvLayer extends Layer {
       for (let c = 0; c < C; c++) {
         for (let i = 0; i < ky; i++) {
           for (let j = 0; j < kx; j++, src++) {
-            wl[f * this.K + (i * kx + j) * C + c] = w[src];
-            if (wf) wf[c * ky * kx * F + ((ky - 1 - i) * kx + (kx - 1 - j)) * F + f] = w[src];
+            wl[f * this.Kp + (i * kx + j) * C + c] = w[src];
+            if (wf) wf[c * this.K2p + ((ky - 1 - i) * kx + (kx - 1 - j)) * F + f] = w[src];
           }
         }
       }
@@ -66,8 +72,8 @@ export class ConvLayer extends Layer {
     const [F, OH, OW] = this.outShape, [C, H, W] = this.inShape, P = n * OH * OW;
     const { cols, y, wl } = this.buf, b = this.params[1];
     this.n = n;
-    im2col(x, n, H, W, C, this.ky, this.kx, this.stride, this.pad, this.pad, OH, OW, cols);
-    gemmNT(P, F, this.K, cols, wl, y);
+    im2col(x, n, H, W, C, this.ky, this.kx, this.stride, this.pad, this.pad, OH, OW, cols, this.Kp);
+    gemmNT(P, F, this.Kp, cols, wl, y);
     for (let p = 0, o = 0; p < P; p++) for (let f = 0; f < F; f++, o++) y[o] += b[f];
     return y;
   }
@@ -77,11 +83,11 @@ export class ConvLayer extends Layer {
     const { cols, dwl } = this.buf, [dw, db] = this.grads, ky = this.ky, kx = this.kx;
     for (let p = 0, o = 0; p < P; p++) for (let f = 0; f < F; f++, o++) db[f] += dy[o];
     dwl.fill(0);
-    gemmTN(F, this.K, P, dy, cols, dwl);
+    gemmTN(F, this.Kp, P, dy, cols, dwl);
     for (let f = 0, dst = 0; f < F; f++) {
       for (let c = 0; c < C; c++) {
         for (let i = 0; i < ky; i++) {
-          for (let j = 0; j < kx; j++, dst++) dw[dst] += dwl[f * this.K + (i * kx + j) * C + c];
+          for (let j = 0; j < kx; j++, dst++) dw[dst] += dwl[f * this.Kp + (i * kx + j) * C + c];
         }
       }
     }
@@ -89,12 +95,12 @@ export class ConvLayer extends Layer {
     const { dx, dcols } = this.buf;
     if (this.dxByConv) {
       // dx[y, x, c] = sum over (i, j, f) of dy padded by k-1-pad at (y+i, x+j, f) * w[f, c, ky-1-i, kx-1-j]
-      im2col(dy, n, OH, OW, F, ky, kx, 1, ky - 1 - this.pad, kx - 1 - this.pad, H, W, dcols);
-      gemmNT(n * H * W, C, ky * kx * F, dcols, this.buf.wf, dx);
+      im2col(dy, n, OH, OW, F, ky, kx, 1, ky - 1 - this.pad, kx - 1 - this.pad, H, W, dcols, this.K2p);
+      gemmNT(n * H * W, C, this.K2p, dcols, this.buf.wf, dx);
     } else {
-      gemmNN(P, this.K, F, dy, this.buf.wl, dcols);
+      gemmNN(P, this.Kp, F, dy, this.buf.wl, dcols);
       dx.fill(0, 0, n * H * W * C);
-      col2imAdd(dcols, n, H, W, C, ky, kx, this.stride, this.pad, this.pad, OH, OW, dx);
+      col2imAdd(dcols, n, H, W, C, ky, kx, this.stride, this.pad, this.pad, OH, OW, dx, this.Kp);
     }
     return dx;
   }
@@ -114,11 +120,14 @@ export class PoolLayer extends Layer {
       throw new RangeError(`a ${this.kx}x${this.ky} pool does not fit an input of ${W}x${H} with pad ${this.pad}`);
     }
     this.outShape = [C, oh, ow];
+    // The common 2x2 window, stride 2, no padding: four cells compared in scan order, unrolled.
+    this.pairs = this.ky === 2 && this.kx === 2 && this.stride === 2 && this.pad === 0;
   }
 
   buffers(n, withDx) { return { ...super.buffers(n, withDx), i32switch: n * this.outSize }; }
 
   forward(x, n) {
+    if (this.pairs) return this.forwardPairs(x, n);
     const [C, H, W] = this.inShape, [, OH, OW] = this.outShape, s = this.stride, p = this.pad;
     const y = this.buf.y, sw = this.buf.i32switch;
     for (let b = 0, o = 0; b < n; b++) {
@@ -137,6 +146,30 @@ export class PoolLayer extends Layer {
                 if (v > y[o + c]) { y[o + c] = v; sw[o + c] = at + c; }
               }
             }
+          }
+        }
+      }
+    }
+    return y;
+  }
+
+  forwardPairs(x, n) {
+    const [C, H, W] = this.inShape, [, OH, OW] = this.outShape, y = this.buf.y, sw = this.buf.i32switch;
+    const down = W * C; // the cell below
+    for (let b = 0, o = 0; b < n; b++) {
+      for (let oy = 0; oy < OH; oy++) {
+        for (let ox = 0; ox < OW; ox++) {
+          const at = ((b * H + 2 * oy) * W + 2 * ox) * C;
+          for (let c = 0; c < C; c++, o++) {
+            // scan order x outer, y inner: (x0, y0), (x0, y1), (x1, y0), (x1, y1); first max wins
+            let best = x[at + c], arg = at + c, q = at + down + c;
+            if (x[q] > best) { best = x[q]; arg = q; }
+            q = at + C + c;
+            if (x[q] > best) { best = x[q]; arg = q; }
+            q = at + down + C + c;
+            if (x[q] > best) { best = x[q]; arg = q; }
+            y[o] = best;
+            sw[o] = arg;
           }
         }
       }

@@ -7,7 +7,9 @@ import {
   ReluLayer, SigmoidLayer, TanhLayer,
 } from "./layers.js";
 import { RegressionLayer, SoftmaxLayer, SVMLayer } from "./loss.js";
+import { useSimd } from "./kernels.js";
 import { Random } from "./random.js";
+import { instantiate } from "./simd.js";
 import { ModelFormatError, normalize, pyRepr } from "./spec.js";
 
 export const LAYER_CLASSES = Object.fromEntries([
@@ -47,14 +49,33 @@ function buildLayers(defs) {
   return layers;
 }
 
+/**
+ * The layers in the order they run: a relu just before a max pool runs just after it (as in
+ * Python's Net). The two commute: the max of relus is the relu of the max, and the cell that
+ * wins the max gets the gradient in both orders (or, if it is <= 0, none does). Pooling first
+ * leaves the relu a quarter of the values. The relu that runs is made for the pooled shape.
+ */
+function executionOrder(layers) {
+  const plan = [...layers];
+  for (let i = 0; i + 1 < plan.length; i++) {
+    const [relu, pool] = [plan[i], plan[i + 1]];
+    if (relu instanceof ReluLayer && pool instanceof PoolLayer && pool.pad < Math.min(pool.kx, pool.ky)) {
+      plan[i] = pool;
+      plan[i + 1] = new ReluLayer(relu.def, pool.outShape);
+    }
+  }
+  return plan;
+}
+
 export class Net {
   /**
    * @param spec makeLayers-style layer definitions (desugared and checked here)
    * @param options.params initial flat parameters (copied); else drawn from `seed`
    * @param options.labels class labels (default "0", "1", ...)
    * @param options.chunk samples per pass through the layers
+   * @param options.simd use WebAssembly SIMD products where the browser has them
    */
-  constructor(spec, { params = null, seed = null, labels = null, chunk = DEFAULT_CHUNK } = {}) {
+  constructor(spec, { params = null, seed = null, labels = null, chunk = DEFAULT_CHUNK, simd = true } = {}) {
     this.definitions = normalize(spec);
     this.layers = buildLayers(this.definitions);
     this.lossLayer = this.layers[this.layers.length - 1];
@@ -68,8 +89,10 @@ export class Net {
     }
     this.numParams = offset;
     // Desugaring puts an fc layer before every loss layer, so there is a first trained layer.
-    this.firstTrained = this.layers.findIndex((l) => l.paramShapes().length > 0);
+    this.plan = executionOrder(this.layers);
+    this.firstTrained = this.plan.findIndex((l) => l.paramShapes().length > 0);
     this.chunk = chunk;
+    this.wantSimd = simd;
     this.rng = new Random(seed);
     for (const layer of this.layers) if (layer instanceof DropoutLayer) layer.random = this.rng.random;
     this._allocate(false);
@@ -79,25 +102,29 @@ export class Net {
   }
 
   // -- memory ------------------------------------------------------------------------------
-  /** One ArrayBuffer holds the parameters, the gradients and every layer's scratch for a chunk;
-   * views into it are made here once, never in the hot path. */
+  /** One buffer holds the parameters, the gradients and every layer's scratch for a chunk: a
+   * WebAssembly.Memory's when SIMD kernels run over it. Views into it are made here once, never
+   * in the hot path. */
   _allocate(withInputGrad) {
     const n = this.chunk, old = this.arena ? { p: this._params, g: this._grads } : null;
     const plan = [["params", this.numParams], ["grads", this.numParams], ["x", n * this.inputSize]];
     if (withInputGrad) plan.push(["dx", n * this.inputSize]);
-    this.layers.forEach((layer, i) => {
+    this.plan.forEach((layer, i) => {
       const withDx = i > this.firstTrained || (withInputGrad && i > 0);
       for (const [name, size] of Object.entries(layer.buffers(n, withDx))) plan.push([[i, name], size]);
     });
     const floats = plan.reduce((sum, [, size]) => sum + Math.ceil(size / 4) * 4, 0); // 16-byte aligned
-    this.arena = new ArrayBuffer(floats * 4);
-    for (const layer of this.layers) layer.buf = {};
+    const kernels = this.wantSimd ? instantiate(floats * 4) : null;
+    this.arena = kernels ? kernels.memory.buffer : new ArrayBuffer(floats * 4);
+    if (kernels) useSimd(this.arena, kernels);
+    this.simd = kernels !== null;
+    for (const layer of this.plan) layer.buf = {};
     let at = 0;
     for (const [name, size] of plan) {
       const isInt = Array.isArray(name) && name[1].startsWith("i32");
       const view = new (isInt ? Int32Array : Float32Array)(this.arena, at * 4, size);
       at += Math.ceil(size / 4) * 4;
-      if (Array.isArray(name)) this.layers[name[0]].buf[name[1]] = view;
+      if (Array.isArray(name)) this.plan[name[0]].buf[name[1]] = view;
       else this["_" + name] = view;
     }
     this.withInputGrad = withInputGrad;
@@ -189,11 +216,11 @@ export class Net {
   _forwardChunk(x, start, n, training) {
     this._load(x, start, n);
     let a = this._x;
-    for (const layer of this.layers) a = layer.forward(a, n, training);
+    for (const layer of this.plan) a = layer.forward(a, n, training);
     return a; // (n, K)
   }
 
-  _prepare() { for (const layer of this.layers) layer.prepare(); }
+  _prepare() { for (const layer of this.plan) layer.prepare(); }
 
   /** Outputs (N*K): class probabilities (softmax), scores (svm) or values (regression). */
   forward(x, training = false) {
@@ -232,7 +259,7 @@ export class Net {
     this._checkTargets(targets, n);
     if (inputGrad !== null && !this.withInputGrad) this._allocate(true);
     this._prepare();
-    const last = this.layers.length - 1, stop = inputGrad !== null ? 1 : this.firstTrained;
+    const last = this.plan.length - 1, stop = inputGrad !== null ? 1 : this.firstTrained;
     let loss = 0, correct = 0;
     for (let i = 0; i < n; i += this.chunk) {
       const m = Math.min(this.chunk, n - i);
@@ -240,7 +267,7 @@ export class Net {
       loss += this.lossLayer.loss(targets, i);
       correct += this._correct(out, targets, i, m);
       let d = this.lossLayer.buf.dx;
-      for (let l = last - 1; l >= stop; l--) d = this.layers[l].backward(d, m, l > this.firstTrained || inputGrad !== null);
+      for (let l = last - 1; l >= stop; l--) d = this.plan[l].backward(d, m, l > this.firstTrained || inputGrad !== null);
       if (inputGrad !== null) this._store(d, inputGrad, i, m);
     }
     return { loss, correct, count: n };
@@ -283,7 +310,7 @@ export class Net {
     const fcIndex = this.definitions.length - 2, defs = this.spec();
     defs[fcIndex].num_neurons += 1;
     defs[defs.length - 1].num_classes += 1;
-    const grown = new Net(defs, { labels: [...this.labels, label], chunk: this.chunk, params: null });
+    const grown = new Net(defs, { labels: [...this.labels, label], chunk: this.chunk, simd: this.wantSimd });
     const indexMap = new Int32Array(this.numParams);
     this.layout.forEach((old, k) => {
       const now = grown.layout[k];
