@@ -1,0 +1,81 @@
+"""Research closures: one JSON file holding everything needed to use and retrain a model.
+
+A closure holds the network (spec, labels, parameters), the optimizer with its hyperparameters and
+state, the event loop's settings, a manifest of the training and test data (content hashes, not
+the data), the metric history, seeds and the software version, all checked by hashes. The format
+is described in docs/closure.md and by the JSON Schema ``closure.schema.json`` shipped in this
+package (``schema()`` returns it).
+
+    closure = closure_from_project(project, store.manifest(project.name))
+    save_closure(closure, "run.closure.json")
+    closure = load_closure("run.closure.json")      # every field checked; ClosureError if not
+    net, opt = closure.net(), closure.optimizer()   # resume bit-exactly
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ._canonical import canonical_json
+from ._format import (
+    FORMAT,
+    VERSION,
+    Closure,
+    LoopSettings,
+    closure_from_dict,
+    closure_from_project,
+    closure_to_dict,
+    load_closure,
+    parse_closure_json,
+    save_closure,
+)
+from ._manifest import (
+    DataManifest,
+    ManifestMatch,
+    SplitManifest,
+    compare_split,
+    manifest_from_store,
+    manifest_from_zip,
+    match_manifest,
+    split_from_zip,
+)
+from ._predict import ImageError, Prediction, load_images, predict_images
+from ._schema import SCHEMA_FILE, load_schema
+from ._summary import summary
+from ._verify import verify_manifest
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_FILE",
+    "VERSION",
+    "Closure",
+    "DataManifest",
+    "ImageError",
+    "LoopSettings",
+    "ManifestMatch",
+    "Prediction",
+    "SplitManifest",
+    "canonical_json",
+    "closure_from_dict",
+    "closure_from_project",
+    "closure_to_dict",
+    "compare_split",
+    "load_closure",
+    "load_images",
+    "manifest_from_store",
+    "manifest_from_zip",
+    "match_manifest",
+    "parse_closure_json",
+    "predict_images",
+    "save_closure",
+    "schema",
+    "split_from_zip",
+    "summary",
+    "verify_manifest",
+]
+
+
+def schema() -> dict[str, Any]:
+    """The closure's JSON Schema (draft 2020-12), as shipped in the package."""
+    return copy.deepcopy(load_schema())
