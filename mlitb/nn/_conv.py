@@ -25,6 +25,46 @@ from numpy.lib.stride_tricks import as_strided
 from ._layers import F32, Layer, Shape
 
 
+# OpenBLAS's AVX-512 kernels (numpy's BLAS on this machine) multiply small matrices, m*n*k <= 1e6,
+# without first copying ("packing") them into blocks. In these tall, skinny products the packing
+# costs nearly as much as the arithmetic, so a stack of small products, which np.matmul loops over
+# in C, is 12-30% faster than one big product (docs/performance.md).
+_SMALL_GEMM = 1_000_000
+
+
+def _rows_per_piece(k: int, n: int) -> int:
+    """Rows of each piece of an (M, k) @ (k, n) product: a power of two, at most 128, small enough
+    for the small-matrix kernels."""
+    rows = 128
+    while rows > 8 and rows * k * n > _SMALL_GEMM:
+        rows //= 2
+    return rows
+
+
+def _matmul_tall(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = a @ b`` for a tall, C-contiguous ``a`` (M, K) and a small ``b`` (K, N)."""
+    (m, k), n = a.shape, b.shape[1]
+    rows = _rows_per_piece(k, n)
+    full = m - m % rows
+    np.matmul(a[:full].reshape(-1, rows, k), b, out=out[:full].reshape(-1, rows, n))
+    if full < m:
+        np.matmul(a[full:], b, out=out[full:])
+    return out
+
+
+def _matmul_tall_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a.T @ b`` for tall, C-contiguous ``a`` (M, F) and ``b`` (M, K): a sum of small products."""
+    (m, f), k = a.shape, b.shape[1]
+    rows = _rows_per_piece(k, f)
+    full = m - m % rows
+    pieces = np.matmul(a[:full].reshape(-1, rows, f).transpose(0, 2, 1),
+                       b[:full].reshape(-1, rows, k))
+    total: np.ndarray = pieces.sum(axis=0)
+    if full < m:
+        total += a[full:].T @ b[full:]
+    return total
+
+
 def _out_size(size: int, k: int, stride: int, pad: int) -> int:
     # ConvNetJS: Math.floor((in + 2 * pad - k) / stride + 1)
     return (size + 2 * pad - k) // stride + 1
@@ -116,10 +156,10 @@ class ConvLayer(Layer):
         w[...] = rng.standard_normal(w.shape) * np.sqrt(1.0 / (self.ky * self.kx * self.in_shape[0]))
         b[...] = self.definition["bias_pref"]
 
-    def _weights_last(self) -> np.ndarray:
-        """The weights (F, C, ky, kx) as (F, ky*kx*C), the column order of ``_Im2col``."""
+    def _weights_kf(self) -> np.ndarray:
+        """The weights (F, C, ky, kx) as (ky*kx*C, F): rows in the column order of ``_Im2col``."""
         w = self.params[0]
-        return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)  # a small copy
+        return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])  # a small copy
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         n = x.shape[1]
@@ -127,8 +167,7 @@ class ConvLayer(Layer):
         self.n = n
         self.cols = self.im2col(x.transpose(1, 2, 3, 0))
         # (N*oh*ow, K) @ (K, F): the fast orientation for a tall, skinny product.
-        y = self.buffers.get("y", (n * oh * ow, f))
-        np.matmul(self.cols, self._weights_last().T, out=y)
+        y = _matmul_tall(self.cols, self._weights_kf(), out=self.buffers.get("y", (n * oh * ow, f)))
         y += self.params[1]
         return y.reshape(n, oh, ow, f).transpose(3, 0, 1, 2)
 
@@ -137,7 +176,7 @@ class ConvLayer(Layer):
         dw, db = self.grads
         dy2 = dy.transpose(1, 2, 3, 0).reshape(-1, f)  # a view if dy is channels last
         # (F, N*oh*ow) @ (N*oh*ow, K), then back to the (F, C, ky, kx) layout of the flat vector.
-        dw += (dy2.T @ self.cols).reshape(f, self.ky, self.kx, -1).transpose(0, 3, 1, 2)
+        dw += _matmul_tall_t(dy2, self.cols).reshape(f, self.ky, self.kx, -1).transpose(0, 3, 1, 2)
         # The column sums as a product with ones: numpy's sum down the rows of a narrow matrix
         # was 17x slower than this GEMV (0.13 ms vs 8 us for conv 1 of the demo net).
         db += self.buffers.ones(dy2.shape[0]) @ dy2
@@ -156,14 +195,14 @@ class ConvLayer(Layer):
         dcols = self.im2col_dy(dy_nhwc)
         w_flipped = self.params[0][:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)
         # (N*H*W, ky*kx*F) @ (ky*kx*F, C)
-        dx = np.matmul(dcols, w_flipped, out=self.buffers.get("dx", (n * h * w_, c)))
+        dx = _matmul_tall(dcols, w_flipped, out=self.buffers.get("dx", (n * h * w_, c)))
         return dx.reshape(n, h, w_, c).transpose(3, 0, 1, 2)
 
     def _input_grad_by_col2im(self, dy2: np.ndarray) -> np.ndarray:
         c, h, w_ = self.in_shape
         _, oh, ow = self.out_shape
         n, p, s = self.n, self.pad, self.stride
-        dcols = (dy2 @ self._weights_last()).reshape(n, oh, ow, self.ky, self.kx, c)
+        dcols = (dy2 @ self._weights_kf().T).reshape(n, oh, ow, self.ky, self.kx, c)
         dxp = np.zeros((n, h + 2 * p, w_ + 2 * p, c), dtype=F32)
         for i in range(self.ky):
             for j in range(self.kx):
