@@ -160,20 +160,31 @@ def download(
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
     convnetjs: Annotated[bool, typer.Option("--convnetjs", help="ConvNetJS Net.toJSON() "
                                             "format instead of mlitb's.")] = False,
+    closure: Annotated[bool, typer.Option("--closure", help="The whole research closure "
+                                          "(optimizer state, data manifest, history).")]
+    = False,
     master: MasterOption = DEFAULT_MASTER,
     token: TokenOption = None,
 ) -> None:
     """Save a project's current model (spec, parameters, labels) to a JSON file."""
+    from .closure import closure_from_dict, save_closure
     from .nn import load_any, save_model
 
-    model = _run(master, token, False,
-                 lambda op: op.get_model(name, "convnetjs" if convnetjs else "model"))
-    net = load_any(model)  # validates what came over the wire before writing it
-    try:
-        if convnetjs:
-            output.write_text(json.dumps(model))
+    if convnetjs and closure:
+        raise MlitbError("choose one of --convnetjs and --closure")
+    kind = "convnetjs" if convnetjs else "closure" if closure else "model"
+    model = _run(master, token, False, lambda op: op.get_model(name, kind))
+    try:  # validate what came over the wire before writing it
+        if closure:
+            checked = closure_from_dict(model)
+            save_closure(checked, output)
+            net = checked.net()
         else:
-            save_model(net, output)
+            net = load_any(model)
+            if convnetjs:
+                output.write_text(json.dumps(model))
+            else:
+                save_model(net, output)
     except OSError as exc:
         raise MlitbError(f"cannot write {output}: {exc.strerror}") from None
     out.print(f"saved {name} ({net.num_params} parameters) to {output}")

@@ -13,6 +13,7 @@ import typer
 from . import __version__
 from ._cli_bench import bench_app
 from ._cli_demo import register_demo
+from ._cli_closure import closure_app
 from ._cli_master import data_app, register_master
 from ._cli_node import node_app
 from ._cli_planned import register_planned
@@ -47,6 +48,7 @@ register_master(app)
 register_demo(app)
 app.add_typer(data_app, name="data")
 app.add_typer(node_app, name="node")
+app.add_typer(closure_app, name="closure")
 app.add_typer(project_app, name="project")
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")

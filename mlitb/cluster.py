@@ -68,6 +68,7 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
         for project in list(master.projects):
             register_stored(project)
         master.on_project_created.append(register_stored)
+        master.manifest_provider = store.manifest
         bound = await nursery.start(master.serve, host, port)
         task_status.started(ClusterAddress(f"ws://{shown}:{bound}", master.data_url))
 

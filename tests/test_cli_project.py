@@ -55,6 +55,14 @@ def test_create_list_steer_download_delete(master_in_thread, tmp_path):
     assert invoke(["model", "download", "demo", "-o", str(out2), "--convnetjs"], m).exit_code == 0
     assert json.loads(out2.read_text())["layers"][0]["layer_type"] == "input"
 
+    out3 = tmp_path / "run.closure.json"
+    result = invoke(["model", "download", "demo", "-o", str(out3), "--closure"], m)
+    assert result.exit_code == 0, result.output
+    from mlitb.closure import load_closure
+    closure = load_closure(out3)
+    assert closure.optimizer().hyperparameters()["beta1"] == 0.8
+    assert (closure.net().params == project.net.params).all()
+
     assert invoke(["project", "delete", "demo"], m).exit_code == 0
     assert "demo" not in m.master.projects
 

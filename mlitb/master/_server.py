@@ -148,6 +148,8 @@ class Master:
         self._started_at: float | None = None
         # Called with each new project's name (the embedded data server registers stored data).
         self.on_project_created: list[Callable[[str], None]] = []
+        # The data manifest of a project (hashes of its samples) for research closures.
+        self.manifest_provider: Callable[[str], Any] | None = None
         self.port: int | None = None
 
     # -- running --------------------------------------------------------------------------------
@@ -590,13 +592,27 @@ class Master:
         elif isinstance(msg, GetModel):
             project = self._project(msg.project)
             if msg.format == "closure":
-                raise RequestError("invalid_value", "get_model.format: research closures are "
-                                   "not built yet; ask for 'model' or 'convnetjs'")
-            model = (to_convnetjs(project.net) if msg.format == "convnetjs"
-                     else model_to_dict(project.net))
+                model = self.closure_of(project.name)
+            elif msg.format == "convnetjs":
+                model = to_convnetjs(project.net)
+            else:
+                model = model_to_dict(project.net)
             return Model(request_id=request_id, project=project.name, format=msg.format,
                          model=model)
         return Ack(request_id=request_id)
+
+    def closure_of(self, name: str) -> dict[str, Any]:
+        """The research closure of a project as it is now (docs/closure.md)."""
+        from ..closure import closure_from_project, closure_to_dict  # closure imports master
+
+        project = self._project(name)
+        manifest = None
+        if self.manifest_provider is not None:
+            try:
+                manifest = self.manifest_provider(name)
+            except MlitbError:  # no data stored yet
+                manifest = None
+        return closure_to_dict(closure_from_project(project, manifest))
 
     def status(self, project: str | None) -> Status:
         names = [project] if project is not None else list(self.projects)
