@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlitb.bench.engine import DEMO_NET, torch_loss, torch_model
 
-from mlitb.nn import Net
+from mlitb.nn import Net, _conv
 
 torch = pytest.importorskip("torch", reason="PyTorch is the reference; pip install torch==2.13.0")
 
@@ -67,9 +67,13 @@ def _close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * scale, err_msg=what)
 
 
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked-gemm", "plain-gemm"])
 @pytest.mark.parametrize("batch", [1, 3, 17])
 @pytest.mark.parametrize("name", sorted(NETS))
-def test_matches_pytorch(name: str, batch: int) -> None:
+def test_matches_pytorch(name: str, batch: int, stacked: bool,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both ways of multiplying, whichever this machine's BLAS would pick.
+    monkeypatch.setattr(_conv, "_blas_has_small_gemm", lambda: stacked)
     rng = np.random.default_rng(batch)
     net = Net(NETS[name], seed=7)
     # Non-zero biases, so a bias that is dropped or misplaced shows.
@@ -153,3 +157,17 @@ def test_copies_and_pickles_compute_like_the_original() -> None:
         twin.accumulate_gradient(x2, y)
         net.accumulate_gradient(x2, y)
         np.testing.assert_array_equal(twin.grads, net.grads)
+
+
+def test_bench_engine_runs_and_reports_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench/engine.py`` end to end, with measurements too short to mean anything."""
+    import json
+
+    from mlitb.bench import engine as bench_engine
+
+    rows = bench_engine.run([1, 3], seconds=0.01, rounds=2, as_json=True)
+    report = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in report["rows"]] == [1, 3]
+    assert all(r.ours > 0 and r.torch and r.ratio for r in rows)
+    assert report["env"]["torch"] == torch.__version__
+    assert report["env"]["blas_threads"] == 1 or report["env"]["pinned_by"] != "threadpoolctl"

@@ -17,6 +17,7 @@ right; the next layers (relu, pool) keep the memory order of what they are given
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,26 @@ from numpy.lib.stride_tricks import as_strided
 
 from ._layers import F32, Layer, Shape
 
-
 # OpenBLAS's AVX-512 kernels (numpy's BLAS on this machine) multiply small matrices, m*n*k <= 1e6,
 # without first copying ("packing") them into blocks. In these tall, skinny products the packing
 # costs nearly as much as the arithmetic, so a stack of small products, which np.matmul loops over
-# in C, is 12-30% faster than one big product (docs/performance.md).
+# in C, is 12-30% faster than one big product (docs/performance.md). Other kernels have no such
+# path, and there the stack is up to 20% slower: so stack only where it pays.
 _SMALL_GEMM = 1_000_000
+_SMALL_GEMM_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
+
+
+@functools.cache
+def _blas_has_small_gemm() -> bool:
+    """Whether numpy's BLAS is OpenBLAS running AVX-512 kernels, as threadpoolctl (which
+    scikit-learn brings) tells; without threadpoolctl, assume not."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return False
+    return any(info.get("internal_api") == "openblas"
+               and str(info.get("architecture", "")).lower() in _SMALL_GEMM_CORES
+               for info in threadpool_info())
 
 
 def _rows_per_piece(k: int, n: int) -> int:
@@ -44,6 +59,8 @@ def _rows_per_piece(k: int, n: int) -> int:
 def _matmul_tall(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = a @ b`` for a tall, C-contiguous ``a`` (M, K) and a small ``b`` (K, N)."""
     (m, k), n = a.shape, b.shape[1]
+    if not _blas_has_small_gemm():
+        return np.matmul(a, b, out=out)
     rows = _rows_per_piece(k, n)
     full = m - m % rows
     np.matmul(a[:full].reshape(-1, rows, k), b, out=out[:full].reshape(-1, rows, n))
@@ -55,6 +72,8 @@ def _matmul_tall(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 def _matmul_tall_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a.T @ b`` for tall, C-contiguous ``a`` (M, F) and ``b`` (M, K): a sum of small products."""
     (m, f), k = a.shape, b.shape[1]
+    if not _blas_has_small_gemm():
+        return a.T @ b
     rows = _rows_per_piece(k, f)
     full = m - m % rows
     pieces = np.matmul(a[:full].reshape(-1, rows, f).transpose(0, 2, 1),
