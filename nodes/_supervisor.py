@@ -44,6 +44,8 @@ from ._events import (
 )
 from ._worker import WorkerOptions, _host_name
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 # One BLAS thread per worker process: N processes already use the N cores.
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                      "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -71,7 +73,22 @@ class NodeConfig:
 # -- the worker process ---------------------------------------------------------------------------
 def worker_process(options: WorkerOptions, events: Any) -> None:
     """Entry point of one worker process (importable, so "spawn" can find it)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until trio listens for it
+    # The parent starts us with SIGINT and SIGTERM blocked (so a Ctrl-C while this interpreter
+    # imports cannot kill it with a traceback). Until trio listens for them, and after, a signal
+    # only sets a flag: a late second one (on Ctrl-C the terminal's SIGINT and the parent's
+    # SIGTERM both arrive) must not kill a worker that is leaving cleanly.
+    early: list[int] = []
+
+    def remember(signum: int, frame: FrameType | None) -> None:
+        early.append(signum)
+
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, remember)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # debugging a stuck worker
     logging.getLogger().addHandler(logging.NullHandler())  # the parent prints our LogLines
 
     def report(event: WorkerEvent) -> None:
@@ -90,7 +107,7 @@ def worker_process(options: WorkerOptions, events: Any) -> None:
         code = int(ExitCode.ERROR)
         async with trio.open_nursery() as nursery:
             async def on_signals() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
                     async for _ in signals:
                         worker.request_stop()
 
@@ -101,6 +118,8 @@ def worker_process(options: WorkerOptions, events: Any) -> None:
 
             nursery.start_soon(on_signals)
             nursery.start_soon(watch_parent)
+            if early:
+                worker.request_stop()
             code = await worker.run()
             nursery.cancel_scope.cancel()
         return code
@@ -265,7 +284,7 @@ def run_node(config: NodeConfig, console: Console | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.append(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in _STOP_SIGNALS}
     display = NodeDisplay(config, console)
     processes: list[BaseProcess] = []
     try:
@@ -275,12 +294,20 @@ def run_node(config: NodeConfig, console: Console | None = None) -> int:
                       + f" with {config.workers} {role} worker"
                       + ("s" if config.workers != 1 else "") + " (Ctrl-C to leave)",
                       soft_wrap=True)
-        for index in range(config.workers):
-            process: BaseProcess = context.Process(target=worker_process,
-                                      args=(config.worker_options(index), events),
-                                      name=f"mlitb-worker-{index}", daemon=True)
-            process.start()
-            processes.append(process)
+        # Children inherit the blocked mask through fork and exec; worker_process unblocks it
+        # once it handles the signals. Ours are delivered (to on_signal) right after.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) \
+            if hasattr(signal, "pthread_sigmask") else None
+        try:
+            for index in range(config.workers):
+                process: BaseProcess = context.Process(
+                    target=worker_process, args=(config.worker_options(index), events),
+                    name=f"mlitb-worker-{index}", daemon=True)
+                process.start()
+                processes.append(process)
+        finally:
+            if blocked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         announced: set[int] = set()
         with display:
             while not stop:
@@ -299,7 +326,7 @@ def run_node(config: NodeConfig, console: Console | None = None) -> int:
                     _drain(events, display, timeout=0.2)
                     break
             if stop:
-                _shutdown(processes, events, display, config.grace)
+                _shutdown(processes, events, display, config.grace, config.verbose)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -328,7 +355,7 @@ def _drain(events: Any, display: NodeDisplay, timeout: float) -> None:
 
 
 def _shutdown(processes: list[BaseProcess], events: Any, display: NodeDisplay,
-              grace: float) -> None:
+              grace: float, verbose: bool = False) -> None:
     """SIGTERM every worker, keep reading their events, kill what is left after ``grace``."""
     for process in processes:
         if process.is_alive():
@@ -336,7 +363,13 @@ def _shutdown(processes: list[BaseProcess], events: Any, display: NodeDisplay,
     deadline = time.monotonic() + grace
     while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
         _drain(events, display, timeout=0.05)
-    for process in processes:
+    stuck = [p for p in processes if p.is_alive()]
+    if stuck and verbose and hasattr(signal, "SIGUSR1"):
+        for process in stuck:  # each prints its threads' stacks (faulthandler) to stderr
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGUSR1)
+        time.sleep(0.3)
+    for process in stuck:
         if process.is_alive():
             display.print(Text(f"{process.name} did not leave in {grace:g} s: killed",
                                style="yellow"))

@@ -538,6 +538,9 @@ class Worker:
         if self._want:
             self._wake_download.set()
         self._wake_eval.set()
+        self._log(logging.DEBUG, f"allocation +{len(message.added)} -{len(message.removed)}: "
+                  f"{cache.allocated} ids (the master says {message.total}), "
+                  f"{need.size} to download")
         self._update(phase=self._phase())
 
     def _on_project_changed(self, info: ProjectInfo) -> None:
