@@ -120,3 +120,188 @@ def open_chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+# -- measurement in the page -----------------------------------------------------------------------
+# Installs window.__bench: make(engine, batch) builds a net and a batch of random data; rate(s)
+# trains on it back to back for about s seconds and returns samples/s. Engines: "mlitb" (SIMD
+# products where the browser has them), "mlitb-js" (plain JavaScript), "convnetjs".
+_PAGE_SETUP = """async ([spec, chunk]) => {
+  const E = await import('/engine/index.js');
+  const random = new E.Random(1);
+  let step = null, batch = 0;
+  window.__bench = {
+    simd: (await import('/engine/simd.js')).supported,
+    make(engine, n) {
+      batch = n;
+      const x = new Float32Array(n * 3072).map(() => random.random() - 0.5);
+      const y = Int32Array.from({length: n}, (_, i) => i % 10);
+      if (engine === 'convnetjs') {
+        const net = new convnetjs.Net();
+        net.makeLayers(JSON.parse(JSON.stringify(spec)));  // it writes into the definitions
+        const vols = [];
+        for (let s = 0; s < n; s++) {  // ConvNetJS's Vol is (x, y, depth): HWC
+          const v = new convnetjs.Vol(32, 32, 3, 0.0);
+          for (let c = 0; c < 3; c++) for (let p = 0; p < 1024; p++) v.w[p * 3 + c] = x[s * 3072 + c * 1024 + p];
+          vols.push(v);
+        }
+        step = () => { for (let s = 0; s < n; s++) { net.forward(vols[s], true); net.backward(y[s]); } };
+      } else {
+        const net = new E.Net(JSON.parse(JSON.stringify(spec)), {seed: 1, chunk, simd: engine === 'mlitb'});
+        step = () => net.accumulateGradient(x, y);
+      }
+      step();  // compile and warm
+    },
+    rate(seconds) {
+      let samples = 0;
+      const t0 = performance.now();
+      let t = t0;
+      while (t - t0 < seconds * 1000) { step(); samples += batch; t = performance.now(); }
+      return samples / ((t - t0) / 1000);
+    },
+  };
+  return {simd: window.__bench.simd, userAgent: navigator.userAgent};
+}"""
+
+ENGINES = ("mlitb", "mlitb-js", "convnetjs")
+
+
+@dataclass
+class Row:
+    batch: int
+    rates: dict[str, float] = field(default_factory=dict)  # engine -> best samples/s
+    rounds: dict[str, list[float]] = field(default_factory=dict)
+
+    def ratio(self, a: str, b: str) -> float | None:
+        return self.rates[a] / self.rates[b] if self.rates.get(a) and self.rates.get(b) else None
+
+    def median_ratio(self, a: str, b: str) -> float | None:
+        """Median over rounds of a/b measured back to back: a check on the best-of ratio."""
+        if not self.rounds.get(a) or not self.rounds.get(b):
+            return None
+        return statistics.median(x / y for x, y in zip(self.rounds[a], self.rounds[b]))
+
+
+def measure(batch_sizes: Sequence[int], seconds: float, rounds: int, engines: Sequence[str],
+            chunk: int, with_numpy: bool) -> tuple[list[Row], dict[str, Any]]:
+    env: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "chunk": chunk}
+    rows = [Row(batch=b) for b in batch_sizes]
+    mounts = dict(DEFAULT_MOUNTS)
+    with serve_static(mounts) as base, open_chromium() as browser:
+        env["chromium"] = browser.version
+        page = browser.new_page()
+        page.goto(base + "/engine/test.html?vectors=none")  # any page of the origin will do
+        if "convnetjs" in engines:
+            page.add_script_tag(url=base + "/convnetjs/convnet.js")
+        env.update(page.evaluate(_PAGE_SETUP, [DEMO_NET, chunk]))
+        for row in rows:
+            for r in range(rounds):
+                # Alternate the order so a slow spell of the machine hurts every engine alike.
+                order = list(engines) if r % 2 == 0 else list(reversed(engines))
+                for engine in order:
+                    page.evaluate("([e, n]) => window.__bench.make(e, n)", [engine, row.batch])
+                    rate = page.evaluate("(s) => window.__bench.rate(s)", seconds)
+                    row.rounds.setdefault(engine, []).append(rate)
+            row.rates = {e: max(v) for e, v in row.rounds.items()}
+    if with_numpy:
+        _measure_numpy(rows, seconds, rounds, env)
+    return rows, env
+
+
+def _measure_numpy(rows: list[Row], seconds: float, rounds: int, env: dict[str, Any]) -> None:
+    """The numpy engine on one BLAS thread, as bench/engine.py measures it (no PyTorch)."""
+    from mlitb.bench.engine import blas_info, make_steps, one_thread, rate
+
+    with one_thread() as how:
+        env["numpy"] = {**blas_info(), "pinned_by": how}
+        for row in rows:
+            step, _ = make_steps(row.batch, with_torch=False)
+            rate(step, row.batch, min(0.5, seconds))
+            row.rounds["numpy"] = [rate(step, row.batch, seconds) for _ in range(rounds)]
+            row.rates["numpy"] = max(row.rounds["numpy"])
+
+
+# -- reporting -------------------------------------------------------------------------------------
+LABELS = {"mlitb": "mlitb JS (SIMD)", "mlitb-js": "mlitb JS (no SIMD)", "convnetjs": "ConvNetJS 0.3",
+          "numpy": "mlitb.nn (numpy)"}
+
+
+def report(rows: list[Row], env: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"env": env, "rows": [
+            {**asdict(r), "ratio_vs_convnetjs": r.ratio("mlitb", "convnetjs"),
+             "median_ratio_vs_convnetjs": r.median_ratio("mlitb", "convnetjs"),
+             "ratio_vs_numpy": r.ratio("mlitb", "numpy")} for r in rows]}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    engines = [e for e in (*ENGINES, "numpy") if any(e in r.rates for r in rows)]
+    table = Table(title="Training samples/s, CIFAR-10 demo net, headless Chromium, one thread "
+                        f"(best of {env['rounds']} rounds of {env['seconds']:g} s)")
+    table.add_column("batch", justify="right")
+    for e in engines:
+        table.add_column(LABELS[e], justify="right")
+    table.add_column("SIMD / ConvNetJS", justify="right")
+    table.add_column("median round ratio", justify="right")
+    table.add_column("SIMD / numpy", justify="right")
+
+    def fmt(v: float | None, spec: str = ",.0f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    for r in rows:
+        table.add_row(str(r.batch), *(fmt(r.rates.get(e)) for e in engines),
+                      fmt(r.ratio("mlitb", "convnetjs"), ".1f"),
+                      fmt(r.median_ratio("mlitb", "convnetjs"), ".1f"),
+                      fmt(r.ratio("mlitb", "numpy"), ".2f"))
+    console = Console()
+    console.print(table)
+    console.print(f"Chromium {env['chromium']}, wasm SIMD {'yes' if env['simd'] else 'NO'}, "
+                  f"engine chunk {env['chunk']}", highlight=False)
+    if "numpy" in env:
+        n = env["numpy"]
+        console.print(f"numpy {n['numpy']} with {n.get('blas', '?')} ({n.get('core_type', '?')}), "
+                      f"{n.get('blas_threads', '?')} BLAS thread(s)", highlight=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from mlitb.bench.engine import parse_batch_sizes
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--batch-sizes", default="1,32", help="comma-separated (default 1,32)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="per measurement (default 1)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per engine and batch size; best counts (default 3)")
+    parser.add_argument("--chunk", type=int, default=8, help="the JS engine's chunk (default 8)")
+    parser.add_argument("--no-convnetjs", action="store_true", help="skip ConvNetJS")
+    parser.add_argument("--no-plain-js", action="store_true", help="skip the engine without SIMD")
+    parser.add_argument("--no-numpy", action="store_true", help="skip the numpy engine")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    try:
+        sizes = parse_batch_sizes(args.batch_sizes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    reason = browser_unavailable()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    engines = ["mlitb"]
+    if not args.no_plain_js:
+        engines.append("mlitb-js")
+    if not args.no_convnetjs:
+        if not (CONVNETJS_DIR / "convnet.js").exists():
+            print("ConvNetJS is missing: npm ci --prefix tests/js (or pass --no-convnetjs)",
+                  file=sys.stderr)
+            return 2
+        engines.append("convnetjs")
+    rows, env = measure(sizes, args.seconds, args.rounds, engines, args.chunk,
+                        with_numpy=not args.no_numpy)
+    report(rows, env, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

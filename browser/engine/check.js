@@ -3,6 +3,13 @@
 // max abs difference relative to scale (the max abs of the expected values).
 
 import { Net } from "./index.js";
+import { supported as simdSupported } from "./simd.js";
+
+// Chunks of 8 and 3 samples (so batches split unevenly), with and without SIMD products.
+export const DEFAULT_MODES = [
+  ...(simdSupported ? [{ chunk: 8, simd: true }, { chunk: 3, simd: true }] : []),
+  { chunk: 8, simd: false }, { chunk: 3, simd: false },
+];
 
 export function decodeFloat32(text) {
   const bytes = Uint8Array.from(atob(text), (ch) => ch.charCodeAt(0));
@@ -40,8 +47,8 @@ function replayMasks(net, masks, n) {
   }
 }
 
-function runCase(c, chunk) {
-  const net = new Net(c.spec, { params: decodeFloat32(c.params), chunk });
+function runCase(c, chunk, simd) {
+  const net = new Net(c.spec, { params: decodeFloat32(c.params), chunk, simd });
   const x = decodeFloat32(c.x);
   const targets = Array.isArray(c.targets) ? Int32Array.from(c.targets) : decodeFloat32(c.targets);
   replayMasks(net, c.masks, c.n);
@@ -59,6 +66,7 @@ function runCase(c, chunk) {
     correct: stats.correct === c.correct && stats.count === c.n ? 0 : Infinity,
     grads: relativeError(decodeFloat32(c.grads), net.grads),
     dx: relativeError(decodeFloat32(c.dx), inputGrad),
+    simd: net.simd === simd ? 0 : Infinity, // SIMD asked for and not there: the check fails
   };
 }
 
@@ -86,8 +94,9 @@ function runAddClass(a) {
   };
 }
 
-/** Every check: [{name, errors: {quantity: relative error}, ok, message?}]. */
-export function runVectors(vectors, { chunks = [8, 3] } = {}) {
+/** Every check: [{name, errors: {quantity: relative error}, ok, message?}]. Each case runs in
+ * each of `modes` ({chunk, simd}); `simd: true` fails where the browser lacks wasm SIMD. */
+export function runVectors(vectors, { modes = DEFAULT_MODES } = {}) {
   const tol = vectors.tolerance, rows = [];
   const row = (name, fn) => {
     let errors, message;
@@ -99,7 +108,11 @@ export function runVectors(vectors, { chunks = [8, 3] } = {}) {
     }
     rows.push({ name, errors, ok: Object.values(errors).every((e) => e <= tol), message });
   };
-  for (const c of vectors.cases) for (const chunk of chunks) row(`${c.name} [chunk ${chunk}]`, () => runCase(c, chunk));
+  for (const c of vectors.cases) {
+    for (const { chunk, simd } of modes) {
+      row(`${c.name} [chunk ${chunk}, ${simd ? "simd" : "js"}]`, () => runCase(c, chunk, simd));
+    }
+  }
   vectors.bad_specs.forEach((b, i) => row(`bad spec ${i}: ${b.error}`, () => runBadSpec(b)));
   row("add_class", () => runAddClass(vectors.add_class));
   return rows;

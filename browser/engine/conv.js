@@ -43,11 +43,18 @@ export class ConvLayer extends Layer {
 
   buffers(n, withDx) {
     const [F, OH, OW] = this.outShape, [C, H, W] = this.inShape;
-    const sizes = { y: n * OH * OW * F, cols: n * OH * OW * this.Kp, wl: F * this.Kp, dwl: F * this.Kp };
+    const p = this.pad, qy = this.ky - 1 - p, qx = this.kx - 1 - p;
+    const sizes = {
+      y: n * OH * OW * F, cols: n * OH * OW * this.Kp, wl: F * this.Kp, dwl: F * this.Kp,
+      xp: n * (H + 2 * p) * (W + 2 * p) * C, // zero-bordered copies for the SIMD im2col
+    };
     if (withDx) {
       sizes.dx = n * H * W * C;
       sizes.dcols = this.dxByConv ? n * H * W * this.K2p : n * OH * OW * this.Kp;
-      if (this.dxByConv) sizes.wf = C * this.K2p;
+      if (this.dxByConv) {
+        sizes.wf = C * this.K2p;
+        sizes.dyp = n * (OH + 2 * qy) * (OW + 2 * qx) * F;
+      }
     }
     return sizes;
   }
@@ -72,7 +79,7 @@ export class ConvLayer extends Layer {
     const [F, OH, OW] = this.outShape, [C, H, W] = this.inShape, P = n * OH * OW;
     const { cols, y, wl } = this.buf, b = this.params[1];
     this.n = n;
-    im2col(x, n, H, W, C, this.ky, this.kx, this.stride, this.pad, this.pad, OH, OW, cols, this.Kp);
+    im2col(x, n, H, W, C, this.ky, this.kx, this.stride, this.pad, this.pad, OH, OW, cols, this.Kp, this.buf.xp);
     gemmNT(P, F, this.Kp, cols, wl, y);
     for (let p = 0, o = 0; p < P; p++) for (let f = 0; f < F; f++, o++) y[o] += b[f];
     return y;
@@ -95,7 +102,7 @@ export class ConvLayer extends Layer {
     const { dx, dcols } = this.buf;
     if (this.dxByConv) {
       // dx[y, x, c] = sum over (i, j, f) of dy padded by k-1-pad at (y+i, x+j, f) * w[f, c, ky-1-i, kx-1-j]
-      im2col(dy, n, OH, OW, F, ky, kx, 1, ky - 1 - this.pad, kx - 1 - this.pad, H, W, dcols, this.K2p);
+      im2col(dy, n, OH, OW, F, ky, kx, 1, ky - 1 - this.pad, kx - 1 - this.pad, H, W, dcols, this.K2p, this.buf.dyp);
       gemmNT(n * H * W, C, this.K2p, dcols, this.buf.wf, dx);
     } else {
       gemmNN(P, this.Kp, F, dy, this.buf.wl, dcols);

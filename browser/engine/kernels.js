@@ -178,8 +178,23 @@ function dotNN(i, j, N, K, A, B, C, add) {
  * (n, oy, ox) and one column per kernel cell (i, j, c), K = ky * kx * C; rows are `ld` >= K
  * floats apart (the columns past K are left alone: zero, for the SIMD products' sake). Cells
  * in the zero padding read 0. A kernel row wholly inside the image is one run of kx * C floats.
+ * With `xp`, a scratch of (n, H + 2 padY, W + 2 padX, C) floats whose border is zero and stays
+ * so, and SIMD kernels over the memory, x is copied into its middle and wasm copies the runs.
  */
-export function im2col(x, n, H, W, C, ky, kx, stride, padY, padX, OH, OW, cols, ld = ky * kx * C) {
+export function im2col(x, n, H, W, C, ky, kx, stride, padY, padX, OH, OW, cols, ld = ky * kx * C, xp = null) {
+  const k = xp && simdOver(x, xp, cols);
+  if (k) { // copy into the zero-bordered buffer xp, then runs without bounds checks, in wasm
+    const Hp = H + 2 * padY, Wp = W + 2 * padX, row = Wp * C;
+    for (let s = 0, src = 0; s < n; s++) {
+      for (let y = 0; y < H; y++) {
+        let dst = (s * Hp + y + padY) * row + padX * C;
+        for (let end = src + W * C; src < end;) xp[dst++] = x[src++];
+      }
+    }
+    k.im2col(n, OH, OW, ky, kx * C, xp.byteOffset, Hp * row * 4, row * 4, stride * row * 4,
+      stride * C * 4, cols.byteOffset, ld * 4);
+    return;
+  }
   const run = kx * C, skip = ld - ky * kx * C;
   let o = 0;
   for (let s = 0; s < n; s++) {

@@ -11,6 +11,10 @@
 //   axpy(M, N, K, A, sai, sak, B, ldb, C, ldc, add)
 //                                     C[i*ldc+j] (+)= sum_k A[i*sai+k*sak] B[k*ldb+j]
 //       4x8 blocks of C, each A value splatted over a row of B; M % 4 == 0, N % 8 == 0
+//   im2col(n, OH, OW, ky, run, src, img, row, srow, scol, dst, ld)
+//       from a zero-bordered batch at src (strides in bytes: img per sample, row per image
+//       row, srow/scol per output row/column), ky runs of `run` floats per output position,
+//       rows of the result `ld` bytes apart
 // A, B, C are byte offsets into the memory; arithmetic is float32, as numpy's.
 
 const I32 = 0x7f, V128 = 0x7b;
@@ -44,7 +48,7 @@ const name = (s) => vec([...new TextEncoder().encode(s)].map((b) => [b]));
 const get = (i) => [0x20, ...uleb(i)];
 const set = (i) => [0x21, ...uleb(i)];
 const i32 = (n) => [0x41, ...sleb(n)];
-const add = [0x6a], mul = [0x6c], geS = [0x4e], shl = [0x74];
+const add = [0x6a], mul = [0x6c], and = [0x71], geS = [0x4e], shl = [0x74];
 const simd = (op, ...imm) => [0xfd, ...uleb(op), ...imm];
 const memarg = (offset = 0, align = 4) => [...uleb(align), ...uleb(offset)];
 const v128load = (offset) => simd(0x00, ...memarg(offset, 4));
@@ -172,8 +176,52 @@ function axpyKernel() {
   return { params: 11, body: [...decl, ...body, ...end] };
 }
 
+function im2colKernel() {
+  // im2col from a zero-bordered (padded) channels-last batch: for each output position, ky runs
+  // of `run` = kx*C floats, copied four at a time (then one at a time for the last run % 4).
+  const [N, OH, OW, KY, RUN, SRC, IMG, ROW, SROW, SCOL, DST, LD] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+  const { ids: L, decl } = locals(12, [
+    [I32, ["s", "oy", "ox", "i", "k", "runB", "run4", "pimg", "prow", "p", "d", "row"]],
+  ]);
+  const copyRun = [ // from p to d, runB bytes
+    ...i32(0), ...set(L.k),
+    ...loopWhileLess(L.k, L.run4, 16, [
+      ...get(L.d), ...get(L.k), ...add, ...get(L.p), ...get(L.k), ...add, ...v128load(0), ...v128store(0),
+    ]),
+    ...loopWhileLess(L.k, L.runB, 4, [
+      ...get(L.d), ...get(L.k), ...add, ...get(L.p), ...get(L.k), ...add, ...f32load(0), ...f32store(0),
+    ]),
+  ];
+  const body = [
+    ...get(RUN), ...i32(2), ...shl, ...set(L.runB),
+    ...get(RUN), ...i32(-4), ...and, ...i32(2), ...shl, ...set(L.run4),
+    ...get(DST), ...set(L.row),
+    ...i32(0), ...set(L.s),
+    ...loopWhileLess(L.s, N, 1, [
+      ...sum(get(SRC), [...get(L.s), ...get(IMG), ...mul]), ...set(L.pimg),
+      ...i32(0), ...set(L.oy),
+      ...loopWhileLess(L.oy, OH, 1, [
+        ...sum(get(L.pimg), [...get(L.oy), ...get(SROW), ...mul]), ...set(L.prow),
+        ...i32(0), ...set(L.ox),
+        ...loopWhileLess(L.ox, OW, 1, [
+          ...sum(get(L.prow), [...get(L.ox), ...get(SCOL), ...mul]), ...set(L.p),
+          ...get(L.row), ...set(L.d),
+          ...i32(0), ...set(L.i),
+          ...loopWhileLess(L.i, KY, 1, [
+            ...copyRun,
+            ...get(L.p), ...get(ROW), ...add, ...set(L.p),
+            ...get(L.d), ...get(L.runB), ...add, ...set(L.d),
+          ]),
+          ...get(L.row), ...get(LD), ...add, ...set(L.row),
+        ]),
+      ]),
+    ]),
+  ];
+  return { params: 12, body: [...decl, ...body, ...end] };
+}
+
 function assemble() {
-  const kernels = [["dot", dotKernel()], ["axpy", axpyKernel()]];
+  const kernels = [["dot", dotKernel()], ["axpy", axpyKernel()], ["im2col", im2colKernel()]];
   const types = kernels.map(([, k]) => [0x60, ...vec(new Array(k.params).fill([I32])), 0]);
   return new Uint8Array([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
@@ -195,5 +243,5 @@ export function instantiate(byteLength) {
   if (!module) return null;
   const memory = new WebAssembly.Memory({ initial: Math.max(1, Math.ceil(byteLength / 65536)) });
   const { exports } = new WebAssembly.Instance(module, { env: { memory } });
-  return { memory, dot: exports.dot, axpy: exports.axpy };
+  return { memory, dot: exports.dot, axpy: exports.axpy, im2col: exports.im2col };
 }
