@@ -102,6 +102,7 @@ class Connection:
     events_seen: int = 0
     close_code: int = CloseCode.NORMAL
     close_reason: str = ""
+    peer_close_code: int | None = None  # how the client ended it (1006: it just vanished)
 
     def __post_init__(self) -> None:
         self.outbox_send, self.outbox_receive = trio.open_memory_channel[str | bytes](OUTBOX_SIZE)
@@ -419,7 +420,9 @@ class Master:
         if conn.project is not None and conn.project in self.projects:
             project = self.projects[conn.project]
             if project.remove_member(conn.worker_id) is not None and log_event:
-                kind = "left" if conn.close_code == CloseCode.NORMAL else "lost"
+                clean = (conn.close_code == CloseCode.NORMAL and conn.peer_close_code
+                         in (CloseCode.NORMAL, CloseCode.GOING_AWAY))
+                kind = "left" if clean else "lost"
                 self._event(kind, f"worker {conn.worker_id} {kind} project {conn.project}"
                             + (f" ({conn.close_reason})" if conn.close_reason else ""),
                             conn.project, conn.worker_id)
@@ -429,8 +432,8 @@ class Master:
         try:
             async for data in conn.outbox_receive:
                 await conn.ws.send_message(data)
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            conn.peer_close_code = exc.reason.code if exc.reason else None
         conn.cancel.cancel()  # the outbox was closed or the peer went away: the reader stops
 
     async def _keepalive(self, conn: Connection, scope: trio.CancelScope) -> None:
@@ -443,7 +446,8 @@ class Master:
                 with trio.move_on_after(PING_TIMEOUT):
                     try:
                         await conn.ws.ping()
-                    except ConnectionClosed:
+                    except ConnectionClosed as exc:
+                        conn.peer_close_code = exc.reason.code if exc.reason else None
                         conn.cancel.cancel()
                         return
                     conn.last_heard = self._now()
@@ -458,7 +462,8 @@ class Master:
         while True:
             try:
                 data = await conn.ws.get_message()
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                conn.peer_close_code = exc.reason.code if exc.reason else None
                 return
             conn.last_heard = self._now()
             request_id: str | None = None
