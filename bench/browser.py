@@ -18,7 +18,6 @@ uses: a ``http.server`` in a thread on 127.0.0.1, port 0, serving ``browser/`` a
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.server
 import json
 import os
@@ -28,7 +27,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "browser"
@@ -60,9 +59,10 @@ DEMO_NET: list[dict[str, Any]] = [
 
 # -- serving and launching -------------------------------------------------------------------------
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    mounts: Mapping[str, Path] = {}
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
-                      ".js": "text/javascript", ".json": "application/json"}
+    mounts: ClassVar[Mapping[str, Path]] = {}
+    extensions_map: ClassVar[dict[str, str]] = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".js": "text/javascript", ".json": "application/json"}
 
     def translate_path(self, path: str) -> str:
         path = path.split("?", 1)[0].split("#", 1)[0]
@@ -183,13 +183,18 @@ class Row:
 
 
 def measure(batch_sizes: Sequence[int], seconds: float, rounds: int, engines: Sequence[str],
-            chunk: int, with_numpy: bool) -> tuple[list[Row], dict[str, Any]]:
+            chunk: int, with_numpy: bool, browser: Any = None,
+            base: str | None = None) -> tuple[list[Row], dict[str, Any]]:
+    """Best samples/s per engine and batch size. Starts its own server and Chromium unless
+    given a Playwright ``browser`` and the ``base`` URL of a ``serve_static()``."""
+    if browser is None or base is None:
+        with serve_static() as url, open_chromium() as chromium:
+            return measure(batch_sizes, seconds, rounds, engines, chunk, with_numpy, chromium, url)
     env: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "chunk": chunk}
     rows = [Row(batch=b) for b in batch_sizes]
-    mounts = dict(DEFAULT_MOUNTS)
-    with serve_static(mounts) as base, open_chromium() as browser:
-        env["chromium"] = browser.version
-        page = browser.new_page()
+    env["chromium"] = browser.version
+    page = browser.new_page()
+    try:
         page.goto(base + "/engine/test.html?vectors=none")  # any page of the origin will do
         if "convnetjs" in engines:
             page.add_script_tag(url=base + "/convnetjs/convnet.js")
@@ -203,6 +208,8 @@ def measure(batch_sizes: Sequence[int], seconds: float, rounds: int, engines: Se
                     rate = page.evaluate("(s) => window.__bench.rate(s)", seconds)
                     row.rounds.setdefault(engine, []).append(rate)
             row.rates = {e: max(v) for e, v in row.rounds.items()}
+    finally:
+        page.close()
     if with_numpy:
         _measure_numpy(rows, seconds, rounds, env)
     return rows, env

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from mlitb.bench.browser import browser_unavailable, open_chromium, serve_static
+
 from mlitb.nn import LAYER_TYPES, Net
 from mlitb.nn._vectors import DEFAULT_PATH, TOLERANCE, decode, generate
 
@@ -93,20 +93,28 @@ def test_vectors_agree_with_the_public_api(committed: dict[str, Any]) -> None:
 
 # -- (b) the JavaScript engine in Chromium ---------------------------------------------------------
 @pytest.fixture(scope="module")
-def page() -> Iterator[Any]:
+def chromium() -> Iterator[tuple[Any, str]]:
+    """Headless Chromium and the base URL of a static server of browser/ and the vectors."""
     reason = browser_unavailable()
     if reason:
         pytest.skip(f"no headless browser: {reason}")
     with serve_static() as base, open_chromium() as browser:
-        pg = browser.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        pg.goto(base + "/engine/test.html")
-        pg.wait_for_function("window.__done === true", timeout=120_000)
-        assert pg.evaluate("window.__error") is None, pg.evaluate("window.__error")
-        pg.errors = errors
-        yield pg
+        yield browser, base
+
+
+@pytest.fixture(scope="module")
+def page(chromium: tuple[Any, str]) -> Iterator[Any]:
+    browser, base = chromium
+    pg = browser.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.goto(base + "/engine/test.html")
+    pg.wait_for_function("window.__done === true", timeout=120_000)
+    assert pg.evaluate("window.__error") is None, pg.evaluate("window.__error")
+    pg.errors = errors
+    yield pg
+    pg.close()
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +235,37 @@ def test_input_and_target_errors(page: Any) -> None:
     assert got[1].startswith("RangeError: targets must be 2 class indices")
     assert got[2].startswith("RangeError: class indices must lie in [0, 3)")
     assert got[3] == "ModelFormatError: add_class: label '0' exists already"
+
+
+def test_parameters_written_in_place_take_effect(page: Any) -> None:
+    """Rearranged weights are cached between calls; a write into net.params must still count."""
+    got = _js(page, """
+        const spec = [{type: 'input', out_sx: 4, out_sy: 4, out_depth: 2},
+                      {type: 'conv', sx: 3, filters: 4, pad: 1}, {type: 'fc', num_neurons: 3},
+                      {type: 'softmax', num_classes: 3}];
+        const out = [];
+        for (const simd of [true, false]) {
+          const a = new E.Net(spec, {seed: 5, simd}), x = new Float32Array(3 * a.inputSize).fill(0.5);
+          a.predict(x);
+          a.params[7] += 0.25;                                   // a conv weight
+          a.params[a.numParams - 20] -= 0.5;                     // an fc weight
+          const b = new E.Net(spec, {params: a.params, simd});   // never ran before
+          const pa = a.predict(x), pb = b.predict(x);
+          out.push(pa.every((v, i) => v === pb[i]));
+        }
+        return out;
+    """)
+    assert got == [True, True]
+
+
+def test_benchmark_measures_the_engine(chromium: tuple[Any, str]) -> None:
+    """bench/browser.py's measurement runs (briefly; ConvNetJS only where npm installed it)."""
+    from mlitb.bench.browser import CONVNETJS_DIR, measure
+
+    engines = ["mlitb", "mlitb-js"]
+    if (CONVNETJS_DIR / "convnet.js").exists():
+        engines.append("convnetjs")
+    rows, env = measure([2], seconds=0.05, rounds=1, engines=engines, chunk=8, with_numpy=False,
+                        browser=chromium[0], base=chromium[1])
+    assert env["simd"] is True and env["chromium"]
+    assert set(rows[0].rates) == set(engines) and all(r > 0 for r in rows[0].rates.values())

@@ -61,6 +61,7 @@ export class ConvLayer extends Layer {
 
   /** wl (F, ky*kx*C): the weights in im2col's column order; wf (C, ky*kx*F): flipped kernels. */
   prepare() {
+    if (!this.weightsChanged()) return;
     const [F] = this.outShape, C = this.inShape[0], ky = this.ky, kx = this.kx;
     const w = this.params[0], wl = this.buf.wl, wf = this.buf.wf;
     for (let f = 0, src = 0; f < F; f++) {

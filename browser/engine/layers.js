@@ -28,7 +28,7 @@ export class Layer {
   paramShapes() { return []; }
   /** [l1, l2] decay multipliers of each parameter array. */
   decayMuls() { return []; }
-  bind(params, grads) { this.params = params; this.grads = grads; }
+  bind(params, grads) { this.params = params; this.grads = grads; this.seen = null; }
   /** Fill the parameters with ConvNetJS's initial distribution; `normal()` draws N(0, 1). */
   initParams(normal) {} // eslint-disable-line no-unused-vars
   /** Float32 scratch sizes for a chunk of n samples ({name: count}); `withDx`: the input
@@ -36,6 +36,22 @@ export class Layer {
   buffers(n, withDx) { return withDx ? { y: n * this.outSize, dx: n * this.inSize } : { y: n * this.outSize }; }
   /** Once per public call, before any forward: derive what the parameters imply. */
   prepare() {}
+
+  /** Whether the weights (params[0]) differ from those seen by the last call that asked; a copy
+   * is kept to tell. Comparing is several times cheaper than rearranging them (batch 1). */
+  weightsChanged() {
+    const w = this.params[0];
+    if (this.seen) {
+      const seen = this.seen;
+      let i = 0;
+      while (i < w.length && w[i] === seen[i]) i++;
+      if (i === w.length) return false;
+      seen.set(w);
+      return true;
+    }
+    this.seen = Float32Array.from(w);
+    return true;
+  }
   forward(x, n, training) { throw new Error("not implemented"); } // eslint-disable-line no-unused-vars
   /** The input gradient (unless `withDx` is false); adds the parameter gradients. */
   backward(dy, n, withDx) { throw new Error("not implemented"); } // eslint-disable-line no-unused-vars
@@ -79,6 +95,7 @@ export class FullyConnectedLayer extends Layer {
   /** (C, H, W) column order -> (H, W, C). */
   prepare() {
     if (!this.spatial) { this.wh = this.params[0]; return; }
+    if (!this.weightsChanged()) return;
     const [C, H, W] = this.inShape, w = this.params[0], wh = this.buf.wh, m = this.numInputs;
     for (let o = 0; o < this.outShape[0]; o++) {
       const base = o * m;

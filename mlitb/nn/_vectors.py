@@ -213,7 +213,7 @@ def run_case(net: Net, x: np.ndarray, y: np.ndarray, training: bool) -> dict[str
         d = layer.backward(d)
     masks = {}
     for i, layer in enumerate(net.layers):
-        if isinstance(layer, DropoutLayer) and training:
+        if isinstance(layer, DropoutLayer) and layer.keep is not None:
             masks[i] = np.array(layer.keep.transpose(1, 0, 2, 3), dtype=F32)
     return {"out": out, "loss": float(loss), "correct": correct, "grads": net.grads.copy(),
             "dx": np.array(d.transpose(1, 0, 2, 3), dtype=F32), "masks": masks}
