@@ -169,14 +169,18 @@ class Row:
         return statistics.median(o / t for o, t in zip(self.ours_rounds, self.torch_rounds))
 
 
-def rate(step: Callable[[], None], batch: int, seconds: float) -> float:
-    """Samples/s of ``step`` (one batch each) run back to back for about ``seconds``."""
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def rate(step: Callable[[], None], batch: int, seconds: float,
+         clock: Callable[[], float] = time.perf_counter) -> float:
+    """Samples/s of ``step`` (one batch each) run back to back for about ``seconds`` of ``clock``."""
     steps = 0
-    start = time.perf_counter()
+    start = clock()
     while True:
         step()
         steps += 1
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= seconds:
             return steps * batch / elapsed
 
@@ -208,7 +212,7 @@ def make_steps(batch: int, seed: int = 0,
 
 
 def measure(batch_sizes: Sequence[int], seconds: float, rounds: int, with_torch: bool = True,
-            progress: Callable[[str], None] | None = None) -> list[Row]:
+            progress: Callable[[str], None] | None = None, clock: str = "wall") -> list[Row]:
     torch = torch_module() if with_torch else None
     if torch is not None:
         torch.set_num_threads(1)
@@ -216,9 +220,10 @@ def measure(batch_sizes: Sequence[int], seconds: float, rounds: int, with_torch:
     for batch in batch_sizes:
         ours, theirs = make_steps(batch, with_torch=torch is not None)
         # Warm up: caches, allocator, OpenBLAS buffers, torch's first-call dispatch.
-        rate(ours, batch, min(0.5, seconds))
+        tick = CLOCKS[clock]
+        rate(ours, batch, min(0.5, seconds), tick)
         if theirs is not None:
-            rate(theirs, batch, min(0.5, seconds))
+            rate(theirs, batch, min(0.5, seconds), tick)
         row = Row(batch=batch, ours=0.0)
         for r in range(rounds):
             if progress:
@@ -231,7 +236,7 @@ def measure(batch_sizes: Sequence[int], seconds: float, rounds: int, with_torch:
                 if step is None:
                     continue
                 (row.ours_rounds if name == "ours" else row.torch_rounds).append(
-                    rate(step, batch, seconds))
+                    rate(step, batch, seconds, tick))
         row.ours = max(row.ours_rounds)
         row.torch = max(row.torch_rounds) if row.torch_rounds else None
         rows.append(row)
@@ -249,7 +254,8 @@ def report(rows: list[Row], env: dict[str, Any], as_json: bool) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table(title="Training samples/s, CIFAR-10 demo net, one thread (best of "
+    per = "CPU second" if env["clock"] == "cpu" else "s"
+    table = Table(title=f"Training samples/{per}, CIFAR-10 demo net, one thread (best of "
                         f"{env['rounds']} rounds of {env['seconds']:g} s)")
     table.add_column("batch", justify="right")
     table.add_column("mlitb.nn", justify="right")
@@ -278,11 +284,14 @@ def report(rows: list[Row], env: dict[str, Any], as_json: bool) -> None:
 
 
 def run(batch_sizes: Sequence[int] = (1, 32), seconds: float = 1.0, rounds: int = 5,
-        as_json: bool = False, with_torch: bool = True) -> list[Row]:
+        as_json: bool = False, with_torch: bool = True, clock: str = "wall") -> list[Row]:
     """Measure and print; what ``mlitb bench engine`` and ``python bench/engine.py`` call."""
     with one_thread() as how:
         env = blas_info()
-        env.update(pinned_by=how, seconds=seconds, rounds=rounds, cpus=os.cpu_count())
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+        env.update(pinned_by=how, seconds=seconds, rounds=rounds, cpus=os.cpu_count(),
+                   clock=clock)
         torch = torch_module() if with_torch else None
         env["torch"] = torch.__version__ if torch is not None else None
         env["torch_skipped"] = not with_torch
@@ -290,7 +299,8 @@ def run(batch_sizes: Sequence[int] = (1, 32), seconds: float = 1.0, rounds: int 
         if not as_json and sys.stderr.isatty():
             def progress(msg: str) -> None:
                 print(f"\r{msg}   ", end="", file=sys.stderr, flush=True)
-        rows = measure(batch_sizes, seconds, rounds, with_torch=with_torch, progress=progress)
+        rows = measure(batch_sizes, seconds, rounds, with_torch=with_torch, progress=progress,
+                       clock=clock)
         if progress:
             print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
         if torch is not None:
@@ -319,14 +329,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternating rounds per engine and batch size; best counts (default 5)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time (default), or the process's CPU time, which other "
+                             "programs on a busy machine disturb less")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     try:
         sizes = parse_batch_sizes(args.batch_sizes)
     except ValueError as exc:
         parser.error(str(exc))
-    run(sizes, args.seconds, args.rounds, args.json,
-        with_torch=not args.no_torch)
+    run(sizes, args.seconds, args.rounds, args.json, with_torch=not args.no_torch,
+        clock=args.clock)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ def engine(
         min=1, help="Alternating rounds per engine and batch size; the best one counts.")] = 5,
     torch: Annotated[bool, typer.Option(
         "--torch/--no-torch", help="Measure PyTorch too, when it is installed.")] = True,
+    clock: Annotated[str, typer.Option(
+        help="wall: elapsed time; cpu: the process's CPU time, which other programs on a busy "
+             "machine disturb less.")] = "wall",
     json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Training samples/s of the CIFAR-10 demo net on one thread, ours against PyTorch."""
@@ -29,4 +32,6 @@ def engine(
         sizes = bench_engine.parse_batch_sizes(batch_sizes)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--batch-sizes") from None
-    bench_engine.run(sizes, seconds, rounds, as_json=json, with_torch=torch)
+    if clock not in bench_engine.CLOCKS:
+        raise typer.BadParameter(f"one of {', '.join(bench_engine.CLOCKS)}", param_hint="--clock")
+    bench_engine.run(sizes, seconds, rounds, as_json=json, with_torch=torch, clock=clock)
