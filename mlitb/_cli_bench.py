@@ -35,3 +35,24 @@ def engine(
     if clock not in bench_engine.CLOCKS:
         raise typer.BadParameter(f"one of {', '.join(bench_engine.CLOCKS)}", param_hint="--clock")
     bench_engine.run(sizes, seconds, rounds, as_json=json, with_torch=torch, clock=clock)
+
+
+@bench_app.command()
+def loop(
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations measured per setting.")] = 6,
+    simulated: Annotated[int, typer.Option(
+        min=0, help="Simulated workers for the master's round figures (0: skip).")] = 200,
+    nodes: Annotated[str, typer.Option(help="Comma-separated node counts.")] = "1,2",
+    json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Loop throughput with local nodes (CIFAR-10 demo net, T = 2 s) and the master's round
+    cost with many simulated workers."""
+    from mlitb.bench import loop as bench_loop
+
+    try:
+        counts = [int(n) for n in nodes.split(",") if n.strip()]
+    except ValueError:
+        raise typer.BadParameter("comma-separated integers", param_hint="--nodes") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("at least one node count >= 1", param_hint="--nodes")
+    bench_loop.run(iterations, simulated, counts, as_json=json)
