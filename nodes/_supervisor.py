@@ -71,8 +71,39 @@ class NodeConfig:
 
 
 # -- the worker process ---------------------------------------------------------------------------
-def worker_process(options: WorkerOptions, events: Any) -> None:
-    """Entry point of one worker process (importable, so "spawn" can find it)."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel SIGKILLs this process when its parent dies, so a node killed with
+    SIGKILL loses its workers abruptly too (the master sees them lost, as it should)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(int(ExitCode.ERROR))
+
+
+def _parent_state(parent: int) -> str | None:
+    """The parent's scheduler state from /proc ("T": stopped), or None when unknown."""
+    try:
+        with open(f"/proc/{parent}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:][:1].decode("ascii", "replace") or None
+
+
+def worker_process(options: WorkerOptions, events: Any, parent: int | None = None) -> None:
+    """Entry point of one worker process (importable, so "spawn" can find it).
+
+    The worker follows its parent: it dies with it (Linux; elsewhere it leaves cleanly when it
+    notices), stops when the parent is stopped (SIGSTOP / Ctrl-Z) and is continued by it."""
+    parent = os.getppid() if parent is None else parent
+    _die_with_parent(parent)
     # The parent starts us with SIGINT and SIGTERM blocked (so a Ctrl-C while this interpreter
     # imports cannot kill it with a traceback). Until trio listens for them, and after, a signal
     # only sets a flag: a late second one (on Ctrl-C the terminal's SIGINT and the parent's
@@ -103,7 +134,6 @@ def worker_process(options: WorkerOptions, events: Any) -> None:
 
     async def main() -> int:
         worker = Worker(options, report=report)
-        parent = os.getppid()
         code = int(ExitCode.ERROR)
         async with trio.open_nursery() as nursery:
             async def on_signals() -> None:
@@ -113,7 +143,11 @@ def worker_process(options: WorkerOptions, events: Any) -> None:
 
             async def watch_parent() -> None:
                 while os.getppid() == parent:
-                    await trio.sleep(1.0)
+                    await trio.sleep(0.2)
+                    if _parent_state(parent) in ("T", "t"):
+                        # The node was stopped: stop too; the parent's SIGCONT handler
+                        # continues us when it is continued.
+                        os.kill(os.getpid(), signal.SIGSTOP)
                 worker.request_stop()
 
             nursery.start_soon(on_signals)
@@ -280,13 +314,23 @@ def run_node(config: NodeConfig, console: Console | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     events: Any = context.Queue()
     stop: list[int] = []
+    processes: list[BaseProcess] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.append(signum)
 
+    def on_continue(signum: int, frame: FrameType | None) -> None:
+        for process in processes:  # workers stop when they see us stopped (worker_process)
+            if process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+
     previous = {s: signal.signal(s, on_signal) for s in _STOP_SIGNALS}
+    if hasattr(signal, "SIGCONT"):
+        previous[signal.SIGCONT] = signal.signal(signal.SIGCONT, on_continue)
     display = NodeDisplay(config, console)
-    processes: list[BaseProcess] = []
     try:
         role = ROLE_OF_TASK[config.task]
         console.print(f"joining {config.url}"
@@ -301,7 +345,8 @@ def run_node(config: NodeConfig, console: Console | None = None) -> int:
         try:
             for index in range(config.workers):
                 process: BaseProcess = context.Process(
-                    target=worker_process, args=(config.worker_options(index), events),
+                    target=worker_process,
+                    args=(config.worker_options(index), events, os.getpid()),
                     name=f"mlitb-worker-{index}", daemon=True)
                 process.start()
                 processes.append(process)

@@ -142,3 +142,57 @@ async def test_killed_workers_are_reported_and_the_node_ends_when_all_died() -> 
         assert code == 1, node.text
         assert "all 2 workers stopped: the process died (exit code -9) (x2)" in node.text
         assert "Traceback" not in node.text
+
+
+@pytest.mark.trio
+async def test_a_node_killed_with_sigkill_takes_its_workers_with_it() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    with trio.fail_after(60):
+        async with fake_master() as master, trio.open_nursery() as nursery:
+            node = await open_node(nursery, master.port, "--workers", "2")
+            try:
+                conns = [(await greet(master, worker_id=i))[0] for i in (1, 2)]
+                node.process.send_signal(signal.SIGKILL)
+                started = time.monotonic()
+                for conn in conns:  # lost, not left: no close handshake
+                    with pytest.raises(ConnectionClosed) as closed:
+                        while True:
+                            await conn.receive()
+                    assert closed.value.reason.code == 1006
+                    conn.done.set()
+                assert time.monotonic() - started < 2.0
+            finally:
+                if node.process.returncode is None:
+                    node.process.kill()
+            nursery.cancel_scope.deadline = trio.current_time() + 2
+
+
+@pytest.mark.trio
+async def test_stopping_the_node_stops_its_workers_and_continuing_continues_them() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads the parent's state from /proc")
+    with trio.fail_after(60):
+        async with fake_master() as master, trio.open_nursery() as nursery:
+            node = await open_node(nursery, master.port, "--workers", "1")
+            try:
+                conn, _ = await greet(master)
+                node.process.send_signal(signal.SIGSTOP)
+                await trio.sleep(0.8)  # the worker notices within 0.2 s and stops itself
+                await conn.send(parameters(1))
+                await conn.send(Work(iteration=1, parameter_version=1, seconds=0.01))
+                with trio.move_on_after(1.0) as silent:
+                    await conn.expect(ResultFrame)
+                assert silent.cancelled_caught, "a worker of a stopped node answered"
+                node.process.send_signal(signal.SIGCONT)
+                with trio.fail_after(5):
+                    result = await conn.expect(ResultFrame)
+                assert result.parameter_version == 1
+                node.process.send_signal(signal.SIGINT)
+                assert await node.process.wait() == 0
+                conn.done.set()
+            finally:
+                if node.process.returncode is None:
+                    node.process.send_signal(signal.SIGCONT)
+                    node.process.kill()
+            nursery.cancel_scope.deadline = trio.current_time() + 2
