@@ -132,6 +132,7 @@ _PAGE_SETUP = """async ([spec, chunk]) => {
   let step = null, batch = 0;
   window.__bench = {
     simd: (await import('/engine/simd.js')).supported,
+    fma: (await import('/engine/simd.js')).fusedSupported,
     make(engine, n) {
       batch = n;
       const x = new Float32Array(n * 3072).map(() => random.random() - 0.5);
@@ -160,7 +161,7 @@ _PAGE_SETUP = """async ([spec, chunk]) => {
       return samples / ((t - t0) / 1000);
     },
   };
-  return {simd: window.__bench.simd, userAgent: navigator.userAgent};
+  return {simd: window.__bench.simd, fma: window.__bench.fma, userAgent: navigator.userAgent};
 }"""
 
 ENGINES = ("mlitb", "mlitb-js", "convnetjs")
@@ -264,7 +265,8 @@ def report(rows: list[Row], env: dict[str, Any], as_json: bool) -> None:
     console = Console()
     console.print(table)
     console.print(f"Chromium {env['chromium']}, wasm SIMD {'yes' if env['simd'] else 'NO'}, "
-                  f"engine chunk {env['chunk']}", highlight=False)
+                  f"fused multiply-add {'yes' if env['fma'] else 'no'}, engine chunk {env['chunk']}",
+                  highlight=False)
     if "numpy" in env:
         n = env["numpy"]
         console.print(f"numpy {n['numpy']} with {n.get('blas', '?')} ({n.get('core_type', '?')}), "

@@ -3,12 +3,13 @@
 // max abs difference relative to scale (the max abs of the expected values).
 
 import { Net } from "./index.js";
-import { supported as simdSupported } from "./simd.js";
+import { fusedSupported, supported as simdSupported } from "./simd.js";
 
-// Chunks of 8 and 3 samples (so batches split unevenly), with and without SIMD products.
+// Chunks of 8 and 3 samples (so batches split unevenly), with SIMD products (fused multiply-add
+// and not, where there is one) and in plain JavaScript.
 export const DEFAULT_MODES = [
-  ...(simdSupported ? [{ chunk: 8, simd: true }, { chunk: 3, simd: true }] : []),
-  { chunk: 8, simd: false }, { chunk: 3, simd: false },
+  ...(simdSupported ? [{ chunk: 8, simd: true, fma: fusedSupported }, { chunk: 3, simd: true, fma: false }] : []),
+  { chunk: 8, simd: false, fma: false }, { chunk: 3, simd: false, fma: false },
 ];
 
 export function decodeFloat32(text) {
@@ -47,8 +48,8 @@ function replayMasks(net, masks, n) {
   }
 }
 
-function runCase(c, chunk, simd) {
-  const net = new Net(c.spec, { params: decodeFloat32(c.params), chunk, simd });
+function runCase(c, chunk, simd, fma) {
+  const net = new Net(c.spec, { params: decodeFloat32(c.params), chunk, simd, fma });
   const x = decodeFloat32(c.x);
   const targets = Array.isArray(c.targets) ? Int32Array.from(c.targets) : decodeFloat32(c.targets);
   replayMasks(net, c.masks, c.n);
@@ -66,7 +67,7 @@ function runCase(c, chunk, simd) {
     correct: stats.correct === c.correct && stats.count === c.n ? 0 : Infinity,
     grads: relativeError(decodeFloat32(c.grads), net.grads),
     dx: relativeError(decodeFloat32(c.dx), inputGrad),
-    simd: net.simd === simd ? 0 : Infinity, // SIMD asked for and not there: the check fails
+    simd: net.simd === simd && net.fma === fma ? 0 : Infinity, // asked for and not there: fail
   };
 }
 
@@ -109,8 +110,9 @@ export function runVectors(vectors, { modes = DEFAULT_MODES } = {}) {
     rows.push({ name, errors, ok: Object.values(errors).every((e) => e <= tol), message });
   };
   for (const c of vectors.cases) {
-    for (const { chunk, simd } of modes) {
-      row(`${c.name} [chunk ${chunk}, ${simd ? "simd" : "js"}]`, () => runCase(c, chunk, simd));
+    for (const { chunk, simd, fma } of modes) {
+      const mode = simd ? (fma ? "simd fma" : "simd") : "js";
+      row(`${c.name} [chunk ${chunk}, ${mode}]`, () => runCase(c, chunk, simd, fma));
     }
   }
   vectors.bad_specs.forEach((b, i) => row(`bad spec ${i}: ${b.error}`, () => runBadSpec(b)));

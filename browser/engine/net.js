@@ -74,8 +74,9 @@ export class Net {
    * @param options.labels class labels (default "0", "1", ...)
    * @param options.chunk samples per pass through the layers
    * @param options.simd use WebAssembly SIMD products where the browser has them
+   * @param options.fma with SIMD, use relaxed SIMD's fused multiply-add where there is one
    */
-  constructor(spec, { params = null, seed = null, labels = null, chunk = DEFAULT_CHUNK, simd = true } = {}) {
+  constructor(spec, { params = null, seed = null, labels = null, chunk = DEFAULT_CHUNK, simd = true, fma = true } = {}) {
     this.definitions = normalize(spec);
     this.layers = buildLayers(this.definitions);
     this.lossLayer = this.layers[this.layers.length - 1];
@@ -93,6 +94,7 @@ export class Net {
     this.firstTrained = this.plan.findIndex((l) => l.paramShapes().length > 0);
     this.chunk = chunk;
     this.wantSimd = simd;
+    this.wantFma = fma;
     this.rng = new Random(seed);
     for (const layer of this.layers) if (layer instanceof DropoutLayer) layer.random = this.rng.random;
     this._allocate(false);
@@ -114,10 +116,11 @@ export class Net {
       for (const [name, size] of Object.entries(layer.buffers(n, withDx))) plan.push([[i, name], size]);
     });
     const floats = plan.reduce((sum, [, size]) => sum + Math.ceil(size / 4) * 4, 0); // 16-byte aligned
-    const kernels = this.wantSimd ? instantiate(floats * 4) : null;
+    const kernels = this.wantSimd ? instantiate(floats * 4, { fma: this.wantFma }) : null;
     this.arena = kernels ? kernels.memory.buffer : new ArrayBuffer(floats * 4);
     if (kernels) useSimd(this.arena, kernels);
     this.simd = kernels !== null;
+    this.fma = kernels !== null && kernels.fused;
     for (const layer of this.plan) layer.buf = {};
     let at = 0;
     for (const [name, size] of plan) {
@@ -310,7 +313,7 @@ export class Net {
     const fcIndex = this.definitions.length - 2, defs = this.spec();
     defs[fcIndex].num_neurons += 1;
     defs[defs.length - 1].num_classes += 1;
-    const grown = new Net(defs, { labels: [...this.labels, label], chunk: this.chunk, simd: this.wantSimd });
+    const grown = new Net(defs, { labels: [...this.labels, label], chunk: this.chunk, simd: this.wantSimd, fma: this.wantFma });
     const indexMap = new Int32Array(this.numParams);
     this.layout.forEach((old, k) => {
       const now = grown.layout[k];
