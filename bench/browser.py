@@ -262,7 +262,7 @@ def report(rows: list[Row], env: dict[str, Any], as_json: bool) -> None:
                       fmt(r.ratio("mlitb", "convnetjs"), ".1f"),
                       fmt(r.median_ratio("mlitb", "convnetjs"), ".1f"),
                       fmt(r.ratio("mlitb", "numpy"), ".2f"))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
     console.print(f"Chromium {env['chromium']}, wasm SIMD {'yes' if env['simd'] else 'NO'}, "
                   f"fused multiply-add {'yes' if env['fma'] else 'no'}, engine chunk {env['chunk']}",
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement (default 1)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds per engine and batch size; best counts (default 3)")
-    parser.add_argument("--chunk", type=int, default=8, help="the JS engine's chunk (default 8)")
+    parser.add_argument("--chunk", type=int, default=4, help="the JS engine's chunk (default 4)")
     parser.add_argument("--no-convnetjs", action="store_true", help="skip ConvNetJS")
     parser.add_argument("--no-plain-js", action="store_true", help="skip the engine without SIMD")
     parser.add_argument("--no-numpy", action="store_true", help="skip the numpy engine")

@@ -13,7 +13,7 @@
 //
 // API
 //   import { Net } from "./engine/index.js";
-//   const net = new Net(spec, { params, seed, labels, chunk = 8, simd = true, fma = true });
+//   const net = new Net(spec, { params, seed, labels, chunk = 4, simd = true, fma = true });
 //       spec as Python's Net takes it; simd/fma: use wasm SIMD (and relaxed SIMD's fused
 //       multiply-add) where the browser has them; net.simd / net.fma tell what is used
 //   net.numParams, net.inputShape ([C, H, W]), net.numOutputs, net.labels, net.spec()
