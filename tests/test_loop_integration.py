@@ -136,7 +136,8 @@ async def test_a_late_joiner_gets_a_pie_cut_share_and_contributes(tmp_path: Path
             before = set(project.allocator.allocation_of(first.worker_id))
             assert len(before) == n_train
             async with node(address, tmp_path, "late"):
-                await wait_for(lambda: len(trainers(master)) == 2, "the late joiner", 30)
+                await wait_for(lambda: len(project.allocator.workers()) == 2,
+                               "the late joiner to be admitted", 30)
                 late = next(w for w in trainers(master) if w.worker_id != first.worker_id)
                 mine = set(project.allocator.allocation_of(late.worker_id))
                 kept = set(project.allocator.allocation_of(first.worker_id))
