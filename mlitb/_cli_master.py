@@ -103,16 +103,20 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
 
     shapes: dict[str, InputShape] = {}
     async with open_operator(url, token, need_token=True) as op, trio.open_nursery() as nursery:
+        async def refresh_once() -> None:
+            for p in await op.list_projects():
+                c, h, w = p.input_shape
+                shapes[p.name] = InputShape(width=w, height=h, channels=c)
+
         async def refresh() -> None:
-            while True:
-                for p in await op.list_projects():
-                    c, h, w = p.input_shape
-                    shapes[p.name] = InputShape(width=w, height=h, channels=c)
+            while True:  # the master's projects change; uploads are checked against them
                 await trio.sleep(2.0)
+                await refresh_once()
 
         def check_upload(project: str, split: str) -> InputShape:
             if project not in shapes:
-                raise UploadError(f"no project named {project!r} on the master")
+                raise UploadError(f"no project named {project!r} on the master (a project "
+                                  f"created in the last 2 s may not be known yet)")
             return shapes[project]
 
         async def on_registered(r: Registration) -> None:
@@ -125,6 +129,7 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
                     labels=tuple(int(x) for x in r.labels[i:i + MAX_IDS_PER_MESSAGE])),
                     DataRegistered)
 
+        await refresh_once()
         nursery.start_soon(refresh)
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=on_registered,
