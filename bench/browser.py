@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import importlib.resources
 import json
 import os
 import statistics
@@ -29,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-ROOT = Path(__file__).resolve().parents[1]
-BROWSER_DIR = ROOT / "browser"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (tests/ is not in the wheel)
+BROWSER_DIR = Path(str(importlib.resources.files("mlitb.browser")))
 VECTORS_DIR = ROOT / "tests" / "vectors"
 CONVNETJS_DIR = ROOT / "tests" / "js" / "node_modules" / "convnetjs" / "build"
 CHROMIUM = "/usr/bin/chromium"

@@ -34,7 +34,6 @@ const canonical = (v) => JSON.stringify(v, (_, x) => (x && typeof x === "object"
 
 /** Make each dropout layer replay the masks numpy drew, in the engine's (n, y, x, c) order. */
 function replayMasks(net, masks, n) {
-  const [, H, W] = net.inputShape;
   for (const [index, text] of Object.entries(masks)) {
     const layer = net.layers[Number(index)], keep = decodeFloat32(text);
     const [C, h, w] = layer.inShape;
@@ -44,7 +43,6 @@ function replayMasks(net, masks, n) {
     }
     let next = 0;
     layer.random = () => (order[next++] ? 1 - 1e-7 : 0);
-    void H; void W;
   }
 }
 

@@ -111,13 +111,12 @@ export class Net {
    * in the hot path. */
   _allocate(withInputGrad) {
     const n = this.chunk, old = this.arena ? { p: this._params, g: this._grads } : null;
-    const plan = [["params", this.numParams], ["grads", this.numParams], ["x", n * this.inputSize]];
-    if (withInputGrad) plan.push(["dx", n * this.inputSize]);
+    const wants = [["params", this.numParams], ["grads", this.numParams], ["x", n * this.inputSize]];
     this.plan.forEach((layer, i) => {
       const withDx = i > this.firstTrained || (withInputGrad && i > 0);
-      for (const [name, size] of Object.entries(layer.buffers(n, withDx))) plan.push([[i, name], size]);
+      for (const [name, size] of Object.entries(layer.buffers(n, withDx))) wants.push([[i, name], size]);
     });
-    const floats = plan.reduce((sum, [, size]) => sum + Math.ceil(size / 4) * 4, 0); // 16-byte aligned
+    const floats = wants.reduce((sum, [, size]) => sum + Math.ceil(size / 4) * 4, 0); // 16-byte aligned
     const kernels = this.wantSimd ? instantiate(floats * 4, { fma: this.wantFma }) : null;
     this.arena = kernels ? kernels.memory.buffer : new ArrayBuffer(floats * 4);
     if (kernels) useSimd(this.arena, kernels);
@@ -125,7 +124,7 @@ export class Net {
     this.fma = kernels !== null && kernels.fused;
     for (const layer of this.plan) layer.buf = {};
     let at = 0;
-    for (const [name, size] of plan) {
+    for (const [name, size] of wants) {
       const isInt = Array.isArray(name) && name[1].startsWith("i32");
       const view = new (isInt ? Int32Array : Float32Array)(this.arena, at * 4, size);
       at += Math.ceil(size / 4) * 4;
