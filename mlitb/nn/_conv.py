@@ -129,7 +129,7 @@ class _Im2colCache:
         shape = x_nhwc.shape
         im2col = self.made.get(shape)
         if im2col is None:
-            if len(self.made) >= 4:
+            if len(self.made) >= 2:  # a batch's chunks and its last, smaller one
                 self.made.pop(next(iter(self.made)))
             n, h, w, c = shape
             im2col = self.made[shape] = _Im2col(n, h, w, c, **self.geometry)

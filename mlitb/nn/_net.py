@@ -233,8 +233,9 @@ class Net:
         x = self._check_input(x)
         return np.array(self._forward_cn(x, training).T, order="C")  # a copy: layers reuse arrays
 
-    def predict(self, x: np.ndarray, chunk: int = 256) -> np.ndarray:
-        """Outputs ``(N, K)`` in test mode, computed a chunk at a time."""
+    def predict(self, x: np.ndarray, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+        """Outputs ``(N, K)`` in test mode, computed a chunk at a time (larger chunks fall out of
+        the cache: 256 was 2.2x slower than 16 on the demo net)."""
         x = self._check_input(x)
         out = np.empty((x.shape[0], self.num_outputs), dtype=F32)
         for i in range(0, x.shape[0], chunk):
@@ -278,7 +279,7 @@ class Net:
             trained[0].backward_params(d)
         return BatchStats(loss=loss, correct=correct, count=int(x.shape[0]))
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, chunk: int = 256) -> BatchStats:
+    def evaluate(self, x: np.ndarray, y: np.ndarray, chunk: int = DEFAULT_CHUNK) -> BatchStats:
         """Loss and correct count in test mode, without touching ``grads``."""
         x = self._check_input(x)
         y = self._check_targets(y, x.shape[0])
