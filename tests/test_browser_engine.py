@@ -271,3 +271,37 @@ def test_benchmark_measures_the_engine(chromium: tuple[Any, str]) -> None:
                         browser=chromium[0], base=chromium[1])
     assert env["simd"] is True and env["chromium"]
     assert set(rows[0].rates) == set(engines) and all(r > 0 for r in rows[0].rates.values())
+
+
+def test_engine_trains_in_a_module_web_worker(page: Any) -> None:
+    """Browser trainers will run in Web Workers: the engine (and its SIMD kernels) must load and
+    train there as on the page, with the same numbers."""
+    got = page.evaluate("""async () => {
+        const src = `
+          import { Net } from '${location.origin}/engine/index.js';
+          onmessage = ({ data }) => {
+            const net = new Net(data.spec, { seed: 9 });
+            const x = new Float32Array(6 * net.inputSize).map((_, i) => Math.cos(i));
+            const stats = net.accumulateGradient(x, [0, 1, 2, 0, 1, 2]);
+            const grads = net.grads.slice();  // a copy: the live view is of the whole arena
+            postMessage({ simd: net.simd, loss: stats.loss, grads }, [grads.buffer]);
+          };`;
+        const url = URL.createObjectURL(new Blob([src], { type: 'text/javascript' }));
+        const worker = new Worker(url, { type: 'module' });
+        const spec = [{type: 'input', out_sx: 8, out_sy: 8, out_depth: 3},
+                      {type: 'conv', sx: 3, filters: 8, pad: 1, activation: 'relu'},
+                      {type: 'pool', sx: 2}, {type: 'softmax', num_classes: 3}];
+        const reply = await new Promise((resolve, reject) => {
+          worker.onmessage = (e) => resolve(e.data);
+          worker.onerror = (e) => reject(new Error(e.message));
+          worker.postMessage({ spec });
+        });
+        worker.terminate();
+        const E = await import('/engine/index.js');
+        const net = new E.Net(spec, { seed: 9 });
+        const x = new Float32Array(6 * net.inputSize).map((_, i) => Math.cos(i));
+        const stats = net.accumulateGradient(x, [0, 1, 2, 0, 1, 2]);
+        return { simd: reply.simd, same: reply.loss === stats.loss
+                 && net.grads.every((g, i) => g === reply.grads[i]) };
+    }""")
+    assert got == {"simd": True, "same": True}
