@@ -1,0 +1,323 @@
+"""The console's live connection to a master: trio code, run in guest mode on Textual's loop.
+
+``MasterLink.run`` connects as an operator (``mlitb.client.open_operator``), subscribes to status
+snapshots of every project, and reads: snapshots go to the app as ``StatusReceived``, answers go
+to the request that is waiting for them. When the connection ends it says so (``LinkChanged``)
+and connects again with backoff, until the console closes; only a refused token stops it.
+
+``LiveBackend`` is the asyncio face of it (the ``Backend`` the app uses): each request becomes a
+trio task whose outcome resolves an asyncio future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import trio
+from textual.app import App
+from textual.message import Message as TextualMessage
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from mlitb.client import (
+    MasterUnreachableError,
+    OperatorClient,
+    RequestRefusedError,
+    check_master_url,
+    open_operator,
+)
+from mlitb.errors import AuthError, MlitbError, ProtocolError, UploadError
+from mlitb.protocol import (
+    Bye,
+    ClientMessage,
+    Error,
+    ListProjects,
+    Message,
+    ProjectList,
+    Split,
+    Status,
+    Subscribe,
+    encode_text,
+)
+
+from ._backend import Progress
+from ._bridge import TrioGuest
+from ._messages import LinkChanged, LinkState, StatusReceived
+
+M = TypeVar("M")
+Post = Callable[[TextualMessage], object]
+
+REQUEST_TIMEOUT = 60.0
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 8.0
+
+
+@dataclass
+class _Pending:
+    """A request waiting for its answer."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Message | None = None
+    error: MlitbError | None = None
+
+
+def backoff(failures: int, first: float = BACKOFF_FIRST, most: float = BACKOFF_MAX) -> float:
+    """Seconds to wait before attempt ``failures + 1``: doubling from ``first``, at most ``most``."""
+    return float(min(most, first * 2 ** max(0, failures - 1)))
+
+
+class MasterLink:
+    """One operator session at a time, re-opened whenever it ends (trio side)."""
+
+    def __init__(self, url: str, token: str | None, post: Post, *, interval: float = 1.0,
+                 first_backoff: float = BACKOFF_FIRST) -> None:
+        self.url = url
+        self.token = token
+        self.interval = interval
+        self.first_backoff = first_backoff
+        self.state = LinkState("connecting", url)
+        self._post = post
+        self._op: OperatorClient | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._send_lock = trio.Lock()
+
+    def _set(self, state: LinkState) -> None:
+        self.state = state
+        self._post(LinkChanged(state))
+
+    async def run(self) -> None:
+        """Connect, read, reconnect: until cancelled, or until the master refuses the token."""
+        failures = 0
+        was_connected = False
+        self._set(LinkState("connecting", self.url))
+        while True:
+            ws: WebSocketConnection | None = None
+            try:
+                async with open_operator(self.url, self.token) as op:
+                    ws = op.ws
+                    failures = 0
+                    was_connected = True
+                    reason = await self._session(op)
+            except AuthError as exc:
+                self._set(LinkState("refused", self.url, str(exc)))
+                return
+            except MasterUnreachableError as exc:
+                reason = str(exc)
+            except ConnectionClosed:
+                reason = "the master closed the connection"
+            except ProtocolError as exc:
+                reason = f"the master sent something unexpected: {exc}"
+            finally:
+                self._op = None
+                self._fail_pending()
+                if ws is not None:
+                    await _close_stream(ws)
+            failures += 1
+            delay = backoff(failures, self.first_backoff)
+            self._set(LinkState("lost" if was_connected else "unreachable", self.url, reason,
+                                attempt=failures, retry_in=delay))
+            await trio.sleep(delay)
+
+    async def _session(self, op: OperatorClient) -> str:
+        """Subscribe and read until the connection ends; returns why it ended."""
+        bye: Bye | None = None
+        self._op = op
+        await self._send(op, encode_text(Subscribe(request_id=op.next_request_id(),
+                                                   interval=self.interval)))
+        self._set(LinkState("connected", self.url, authorized=op.authorized,
+                            data_url=op.welcome.data_url))
+        while True:
+            try:
+                message = await op.receive()
+            except MasterUnreachableError as exc:
+                if bye is not None:
+                    return f"the master said goodbye ({bye.reason}{': ' if bye.message else ''}" \
+                           f"{bye.message})"
+                return str(exc)
+            except ProtocolError:
+                continue  # a bad frame from the master: skip it, keep the session
+            if isinstance(message, Status):
+                self._post(StatusReceived(message))
+            elif isinstance(message, Bye):
+                bye = message
+            else:
+                request_id = getattr(message, "request_id", None)
+                pending = self._pending.get(request_id) if request_id else None
+                if pending is not None:
+                    pending.reply = message
+                    pending.done.set()
+
+    async def _send(self, op: OperatorClient, text: str) -> None:
+        async with self._send_lock:
+            try:
+                await op.ws.send_message(text)
+            except ConnectionClosed:
+                raise MasterUnreachableError("the connection to the master was lost") from None
+
+    def _fail_pending(self) -> None:
+        for pending in self._pending.values():
+            pending.error = MasterUnreachableError("the connection to the master was lost "
+                                                   "before it answered")
+            pending.done.set()
+        self._pending.clear()
+
+    async def request(self, message: ClientMessage, expect: type[M]) -> M:
+        """Send ``message`` with a fresh request id and wait for its answer (trio side)."""
+        op = self._op
+        if op is None:
+            raise MasterUnreachableError(f"not connected to the master at {self.url}"
+                                         + (f" ({self.state.message})"
+                                            if self.state.message else ""))
+        request_id = op.next_request_id()
+        text = encode_text(replace(cast(Any, message), request_id=request_id))
+        pending = self._pending[request_id] = _Pending()
+        try:
+            await self._send(op, text)
+            with trio.fail_after(REQUEST_TIMEOUT):
+                await pending.done.wait()
+        except trio.TooSlowError:
+            raise MasterUnreachableError(f"the master did not answer within "
+                                         f"{REQUEST_TIMEOUT:g} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if pending.error is not None:
+            raise pending.error
+        reply = pending.reply
+        if isinstance(reply, Error):
+            raise RequestRefusedError(reply.code, reply.message)
+        if not isinstance(reply, expect):
+            raise ProtocolError(f"expected {expect.__name__} from the master, got "
+                                f"{type(reply).__name__}")
+        return reply
+
+
+async def _close_stream(ws: WebSocketConnection) -> None:
+    """trio-websocket 0.12 keeps the TCP stream of an abnormally closed connection open until
+    garbage collection: close it now, so a master that restarts sees no stale socket."""
+    stream = getattr(ws, "_stream", None)
+    if stream is None:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        try:
+            await stream.aclose()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def run_in_daemon_thread(fn: Callable[[], M]) -> M:
+    """Run blocking ``fn`` in a daemon thread (quitting never waits for it) and await its result."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[M] = loop.create_future()
+
+    def settle(result: M | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        result: M | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting task)
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    threading.Thread(target=target, name="mlitb-console-io", daemon=True).start()
+    return await future
+
+
+class LiveBackend:
+    """A real master at ``url`` (``ws://`` or ``wss://``), with an optional operator token."""
+
+    def __init__(self, url: str, token: str | None = None, *, interval: float = 1.0,
+                 first_backoff: float = BACKOFF_FIRST) -> None:
+        self.url = check_master_url(url)
+        self.token = token or None
+        self.interval = interval
+        self.first_backoff = first_backoff
+        self._guest = TrioGuest()
+        self._link: MasterLink | None = None
+
+    @property
+    def state(self) -> LinkState:
+        return self._link.state if self._link is not None else LinkState("connecting", self.url)
+
+    def start(self, app: App[Any]) -> None:
+        self._link = MasterLink(self.url, self.token, app.post_message, interval=self.interval,
+                                first_backoff=self.first_backoff)
+        def crash(error: BaseException) -> None:
+            # A bug on the trio side ends the app with its traceback, as a bug in a handler would.
+            app._handle_exception(error if isinstance(error, Exception)
+                                  else RuntimeError(f"the trio side ended: {error!r}"))
+
+        self._guest.on_crash = crash
+        self._guest.start(self._link.run)
+
+    async def stop(self) -> None:
+        await self._guest.stop()
+
+    async def request(self, message: ClientMessage, expect: type[M]) -> M:
+        link = self._link
+        if link is None or not self._guest.running:
+            raise MasterUnreachableError("the console is not connected to a master")
+        await self._guest.wait_started()
+        future: asyncio.Future[M] = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            try:
+                reply = await link.request(message, expect)
+            except trio.Cancelled:
+                if not future.done():
+                    future.set_exception(MasterUnreachableError("the console is closing"))
+                raise
+            except MlitbError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(reply)
+
+        self._guest.start_soon(run)
+        return await future
+
+    async def upload(self, project: str, archive: Path, split: Split,
+                     progress: Progress) -> dict[str, Any]:
+        from mlitb.dataserver import DataClient, DataServerError, InputShape
+
+        projects = (await self.request(ListProjects(request_id="-"), ProjectList)).projects
+        found = next((p for p in projects if p.name == project), None)
+        if found is None:
+            raise MlitbError(f"no project named {project!r} on the master")
+        data_url = self.state.data_url
+        if data_url is None:
+            raise MasterUnreachableError("not connected to the master")
+        channels, height, width = found.input_shape
+        shape = InputShape(width=width, height=height, channels=channels)
+        client = DataClient(data_url, token=self.token)
+
+        def send() -> dict[str, Any]:
+            return client.upload(project, archive, split=split, shape=shape,
+                                 progress=progress)
+
+        try:
+            return await run_in_daemon_thread(send)
+        except DataServerError as exc:
+            if exc.status == 502:
+                raise UploadError(f"{archive.name} was stored but not registered with the "
+                                  f"master: {exc.detail}") from None
+            what = f"HTTP {exc.status}" if exc.status else "no answer"
+            raise UploadError(f"{archive.name} was refused ({what}), nothing was stored: "
+                              f"{exc.detail}") from None
+        except OSError as exc:
+            raise UploadError(f"cannot read {archive}: {exc.strerror or exc}") from None

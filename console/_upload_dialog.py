@@ -1,0 +1,114 @@
+"""Upload a dataset zip (folder names are the labels) to a project, with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
+
+from mlitb.errors import MlitbError
+
+from ._backend import Backend
+from ._form_field import FormField
+from ._format import describe_error
+from ._messages import UploadProgress
+
+
+class UploadDialog(ModalScreen[None]):
+    """Train data feeds the trainers; test data feeds the stats workers' test-error curve."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close")]
+
+    def __init__(self, project: str, backend: Backend) -> None:
+        super().__init__()
+        self.project = project
+        self.backend = backend
+        self.result: dict[str, object] | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="upload"):
+            yield Static(f"[b]Upload a dataset to {self.project}[/]\nA zip whose folder names "
+                         f"are the labels; images are resized to the project's input.",
+                         classes="title")
+            yield FormField("zip file", key="archive", placeholder="train.zip")
+            with Horizontal(classes="select-row"):
+                yield Label("split", classes="field-label")
+                yield Select([("train (for trainers)", "train"),
+                              ("test (for the test-error curve)", "test")],
+                             value="train", allow_blank=False, id="split", compact=True)
+            yield ProgressBar(total=None, show_eta=False, id="progress")
+            yield Static("", id="upload-status")
+            with Horizontal(classes="buttons"):
+                yield Button("Upload (enter)", variant="primary", id="upload-button",
+                             compact=True)
+                yield Button("Close (esc)", id="close", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#input-archive", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.upload()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "upload-button":
+            self.upload()
+        else:
+            self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def on_upload_progress(self, message: UploadProgress) -> None:
+        bar = self.query_one(ProgressBar)
+        bar.update(total=max(1, message.total), progress=message.sent)
+        self.query_one("#upload-status", Static).update(
+            f"sent {message.sent / 1e6:.1f} of {message.total / 1e6:.1f} MB"
+            + (" — the data server is decoding the images …"
+               if message.sent >= message.total else ""))
+
+    def _progress(self, sent: int, total: int) -> None:
+        try:  # called from the upload's thread; post_message is thread-safe
+            self.post_message(UploadProgress(sent, total))
+        except RuntimeError:  # the app has closed
+            pass
+
+    @work(exclusive=True, group="upload")
+    async def upload(self) -> None:
+        field = self.query_one("#field-archive", FormField)
+        status = self.query_one("#upload-status", Static)
+        path = Path(field.value).expanduser()
+        if not field.value:
+            field.error = "enter the path of a zip file"
+            return
+        if not path.is_file():
+            field.error = f"no such file: {path}"
+            return
+        field.error = ""
+        split = str(self.query_one("#split", Select).value)
+        button = self.query_one("#upload-button", Button)
+        button.disabled = True
+        self.query_one(ProgressBar).display = True
+        status.update(f"uploading {path.name} …")
+        try:
+            result = await self.backend.upload(self.project, path, split,  # type: ignore[arg-type]
+                                               self._progress)
+        except MlitbError as exc:
+            status.update(f"[b red]✖ {describe_error(exc)}[/]")
+            button.disabled = False
+            return
+        self.result = result
+        counts = result.get("counts")
+        labels = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) \
+            if isinstance(counts, dict) else ""
+        status.update(f"[b green]✔[/] stored {result.get('count', '?')} {split} images in "
+                      f"{self.project}" + (f" ({labels})" if labels else ""))
+        bar = self.query_one(ProgressBar)
+        bar.update(total=1, progress=1)
+        self.notify(f"uploaded {path.name} to {self.project}")

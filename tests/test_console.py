@@ -1,0 +1,491 @@
+"""The operator console without a master: its pure parts, and the app driven by Pilot over a
+``ReplayBackend`` (recorded status snapshots, requests answered like a master would).
+
+Live tests against a real master and real nodes are in test_console_live.py; pictures of every
+screen in test_console_snapshots.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mlitb.client import MasterUnreachableError, RequestRefusedError
+from mlitb.console import ConsoleApp, LinkState, ReplayBackend, sample_status
+from mlitb.console._bridge import TrioGuest
+from mlitb.console._create_dialog import CreateProjectDialog
+from mlitb.console._events import EventStore
+from mlitb.console._form_field import FormField
+from mlitb.console._format import describe_error, hyperparameter_line, number, seconds
+from mlitb.console._hyperparameters_dialog import HyperparametersDialog
+from mlitb.console._link import backoff
+from mlitb.console._link_bar import LinkBar, describe_link
+from mlitb.console._messages import StatusReceived
+from mlitb.console._metric_plot import MetricPlot
+from mlitb.console._project_screen import ProjectScreen
+from mlitb.console._projects_screen import ProjectsScreen
+from mlitb.console._sample import sample_project
+from mlitb.console._save_dialog import SaveModelDialog
+from mlitb.console._upload_dialog import UploadDialog
+from mlitb.console._validate import field_of, parse_iteration_time, parse_number, read_model_file
+from mlitb.console._workers_table import WorkersTable
+from mlitb.datasets import DIGITS_SPEC
+from mlitb.protocol import Event, Pause, SetHyperparameters, Status
+from textual.pilot import Pilot
+
+DEADLINE = 30.0
+
+
+async def until(pilot: Pilot[None], condition: Callable[[], object], what: str,
+                timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def replay_app(**kwargs: object) -> tuple[ConsoleApp, ReplayBackend]:
+    backend = ReplayBackend([sample_status()])
+    return ConsoleApp(backend, refresh_interval=0, **kwargs), backend  # type: ignore[arg-type]
+
+
+# -- pure parts -----------------------------------------------------------------------------------
+def test_parse_number_keeps_integers_and_refuses_junk() -> None:
+    assert parse_number("5") == 5 and isinstance(parse_number("5"), int)
+    assert parse_number("1e-3") == 0.001
+    for bad, message in (("", "enter a number"), ("abc", "not a number"), ("inf", "finite")):
+        with pytest.raises(ValueError, match=message):
+            parse_number(bad)
+
+
+def test_iteration_time_bounds() -> None:
+    assert parse_iteration_time("1.5") == 1.5
+    with pytest.raises(ValueError, match="between 1 and 30"):
+        parse_iteration_time("45")
+
+
+def test_read_model_file_takes_specs_model_files_and_closures(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(DIGITS_SPEC))
+    assert read_model_file(str(spec)) == (DIGITS_SPEC, None)
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"format": "mlitb-model", "layers": DIGITS_SPEC}))
+    assert read_model_file(str(model))[0] == DIGITS_SPEC
+    closure = tmp_path / "closure.json"
+    closure.write_text(json.dumps({"format": "mlitb-closure", "version": 1}))
+    assert read_model_file(str(closure)) == (None, {"format": "mlitb-closure", "version": 1})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_model_file(str(bad))
+    with pytest.raises(ValueError, match="cannot read"):
+        read_model_file(str(tmp_path / "missing.json"))
+
+
+def test_field_of_maps_master_messages_to_fields() -> None:
+    fields = ["T", "learning_rate"]
+    assert field_of("learning_rate: must be finite and in [0, inf), got -1.0", fields) \
+        == "learning_rate"
+    assert field_of("set_hyperparameters.iteration_time: must be in [1, 30]", fields) == "T"
+    assert field_of("something else entirely", fields) is None
+
+
+def test_formatting() -> None:
+    assert number(0.0001) == "0.0001" and number(None) == "-" and number(1e-8) == "1e-08"
+    assert seconds(2.0) == "2 s" and seconds(0.004) == "4 ms"
+    line = hyperparameter_line(sample_project())
+    assert line.startswith("lr=0.01") and "l2_decay=0.0001" in line and "eps" not in line
+    assert "operator token" in describe_error(RequestRefusedError("forbidden", "pause: no"))
+
+
+def test_backoff_doubles_up_to_a_ceiling() -> None:
+    assert [backoff(n, 0.5, 4.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_link_texts_say_what_happens_next() -> None:
+    url = "ws://lab:8000"
+    assert "read-only" in describe_link(LinkState("connected", url)).plain
+    lost = describe_link(LinkState("lost", url, "the master closed", attempt=2, retry_in=1.0))
+    assert "reconnecting by itself" in lost.plain and "1 s" in lost.plain
+    refused = describe_link(LinkState("refused", url, "the master refused the operator token"))
+    assert "not retrying" in refused.plain
+
+
+def test_event_store_numbers_and_filters() -> None:
+    store = EventStore(maxlen=3)
+    events = [Event(time=float(k), kind="data", message=f"e{k}", project=p)
+              for k, p in enumerate(["a", "b", None, "a"])]
+    store.extend(events)
+    assert store.last == 4 and len(store) == 3
+    assert [e.message for e in store.since(0, "a")] == ["e2", "e3"]
+    assert [e.message for e in store.since(3)] == ["e3"]
+
+
+# -- the trio bridge ----------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_trio_guest_runs_tasks_and_stops_cleanly() -> None:
+    import trio
+
+    async with asyncio.timeout(DEADLINE):
+        guest = TrioGuest()
+        seen: list[str] = []
+
+        async def main() -> None:
+            await trio.sleep(0.01)
+            seen.append("main")
+            await trio.sleep_forever()
+
+        guest.start(main)
+        await guest.wait_started()
+
+        async def task(word: str) -> None:
+            await trio.sleep(0)
+            seen.append(word)
+
+        guest.start_soon(task, "task")
+        while len(seen) < 2:
+            await asyncio.sleep(0.01)
+        await guest.stop()
+        assert sorted(seen) == ["main", "task"] and not guest.running
+    trio.run(trio.sleep, 0)  # trio's thread state was released
+
+
+# -- the app over a replay ----------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_projects_screen_lists_every_project_and_opens_one() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, _ = replay_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, ProjectsScreen)
+            table = screen.query_one("#projects")
+            assert table.row_count == 3  # type: ignore[attr-defined]
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
+            assert app.screen.query_one(WorkersTable).keys == [str(i) for i in range(11, 17)]
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, ProjectsScreen), "back")
+
+
+@pytest.mark.asyncio
+async def test_status_updates_are_throttled_but_every_event_is_kept() -> None:
+    async with asyncio.timeout(DEADLINE):
+        backend = ReplayBackend([])
+        app = ConsoleApp(backend, refresh_interval=0.3)
+        async with app.run_test(size=(80, 24)) as pilot:
+            base = sample_status()
+            for k in range(20):
+                app.post_message(StatusReceived(replace(
+                    base, time=float(k), events=(Event(time=float(k), kind="data",
+                                                       message=f"event {k}"),))))
+            await until(pilot, lambda: app.snapshots_received == 20, "20 snapshots")
+            await until(pilot, lambda: app.status is not None and app.status.time == 19.0,
+                        "the newest snapshot", timeout=2)
+            assert app.snapshots_applied <= 3  # the first at once, the newest after 0.3 s
+            assert len(app.events) == 20
+
+
+@pytest.mark.asyncio
+async def test_workers_table_updates_cells_in_place_for_500_workers() -> None:
+    async with asyncio.timeout(DEADLINE):
+        project = sample_project(workers=500)
+        app = ConsoleApp(ReplayBackend([Status(time=1.0, projects=(project,))]),
+                         project="digits", refresh_interval=0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen)
+                        and app.screen.query_one(WorkersTable).row_count == 501, "501 rows")
+            screen = app.screen
+            assert isinstance(screen, ProjectScreen)
+            table = screen.query_one(WorkersTable)
+            keys = table.keys
+            # One worker gets faster, one leaves: two cells and one row change, nothing else.
+            workers = list(project.workers)
+            workers[3] = replace(workers[3], samples_per_s=9999.0)
+            del workers[10]
+            screen.show_status(Status(time=2.0, projects=(replace(project,
+                                                                   workers=tuple(workers)),)))
+            assert table.updates == 2
+            assert table.keys == [k for k in keys if k != str(workers[9].worker_id + 1)]
+            # Every worker changes: each row is updated, none rebuilt, quickly.
+            moved = tuple(replace(w, allocated=w.allocated + 1) for w in workers)
+            start = time.perf_counter()
+            screen.show_status(Status(time=3.0, projects=(replace(project, workers=moved),)))
+            elapsed = time.perf_counter() - start
+            assert table.updates == len(moved)
+            assert elapsed < 0.5, f"updating 500 workers took {elapsed:.2f} s"
+
+
+@pytest.mark.asyncio
+async def test_panels_switch_with_keys_and_curves_show_the_history() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, _ = replay_app(project="digits")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
+            await pilot.press("2")
+            await pilot.pause()
+            screen = app.screen
+            assert screen.query_one("#panel-curves").has_class("-active")
+            assert not screen.query_one("#panel-workers").has_class("-active")
+            assert screen.query_one("#loss-plot", MetricPlot).points == 120
+            assert screen.query_one("#error-plot", MetricPlot).points == 12
+            await pilot.press("4")
+            await pilot.pause()
+            assert screen.query_one("#panel-events").count == 11  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_wide_terminal_shows_every_panel_at_once() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, _ = replay_app(project="digits")
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
+            await pilot.pause()
+            screen = app.screen
+            assert screen.has_class("-wide") and screen.has_class("-tall")
+            for panel in ("workers", "curves", "data", "events"):
+                assert screen.query_one(f"#panel-{panel}").display
+
+
+@pytest.mark.asyncio
+async def test_pause_resume_and_remove_worker_reach_the_backend() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app(project="digits")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
+            await pilot.press("p")
+            await until(pilot, lambda: backend.projects["digits"].state == "paused", "paused")
+            await until(pilot, lambda: app.status is not None and
+                        app.status.projects[0].state == "paused", "paused on screen")
+            await pilot.press("p")
+            await until(pilot, lambda: backend.projects["digits"].state == "running", "resumed")
+            await pilot.press("down", "x")
+            await pilot.pause()
+            await pilot.press("y")
+            await until(pilot, lambda: 12 not in [w.worker_id for w in
+                                                  backend.projects["digits"].workers], "removed")
+            table = app.screen.query_one(WorkersTable)
+            await until(pilot, lambda: "12" not in table.keys, "the row gone")
+            assert isinstance(backend.requests[0], Pause)
+
+
+@pytest.mark.asyncio
+async def test_hyperparameter_edit_validates_inline_and_applies() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app(project="digits")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, HyperparametersDialog), "dialog")
+            dialog = app.screen
+
+            def field(key: str) -> FormField:
+                return dialog.query_one(f"#field-{key}", FormField)
+
+            # Typed nonsense and an out-of-range T are caught before anything is sent.
+            field("T").value = "45"
+            field("learning_rate").value = "fast"
+            await pilot.press("enter")
+            await until(pilot, lambda: field("learning_rate").error, "inline error")
+            assert "between 1 and 30" in field("T").error
+            assert "not a number" in field("learning_rate").error
+            assert not backend.requests
+            # A value the optimizer refuses: the master's message, under its field.
+            field("T").value = "3"
+            field("learning_rate").value = "-1"
+            await pilot.press("enter")
+            await until(pilot, lambda: "got -1" in field("learning_rate").error,
+                        "the refusal inline")
+            assert field("T").error == ""
+            assert app.screen is dialog
+            # A good change goes through and closes the dialog.
+            field("learning_rate").value = "0.02"
+            await pilot.press("enter")
+            await until(pilot, lambda: app.screen is not dialog, "dialog closed")
+            sent = backend.requests[-1]
+            assert isinstance(sent, SetHyperparameters)
+            assert sent.hyperparameters == {"learning_rate": 0.02}
+            assert sent.iteration_time == 3.0
+            assert backend.projects["digits"].hyperparameters["learning_rate"] == 0.02
+
+
+@pytest.mark.asyncio
+async def test_create_project_checks_the_spec_file_then_creates(tmp_path: Path) -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app()
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps(DIGITS_SPEC))
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps([{"type": "input", "out_sx": 8, "out_sy": 8, "out_depth": 1},
+                                   {"type": "conv", "sx": 3}]))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, CreateProjectDialog), "dialog")
+            dialog = app.screen
+
+            def field(key: str) -> FormField:
+                return dialog.query_one(f"#field-{key}", FormField)
+
+            field("name").value = "digits"
+            field("model").value = str(tmp_path / "missing.json")
+            await pilot.press("enter")
+            await until(pilot, lambda: field("model").error, "missing file")
+            field("model").value = str(bad)
+            await pilot.press("enter")
+            await until(pilot, lambda: field("name").error, "name in use")
+            assert "exists" in field("name").error
+            field("name").value = "fresh"
+            await pilot.press("enter")
+            await until(pilot, lambda: field("model").error, "bad spec")
+            assert "conv" in field("model").error
+            field("model").value = str(spec)
+            await pilot.press("enter")
+            await until(pilot, lambda: "fresh" in backend.projects, "created")
+            await until(pilot, lambda: app.screen.query_one("#projects").row_count == 4,
+                        "a fourth row")
+
+
+@pytest.mark.asyncio
+async def test_delete_asks_first() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("down", "down", "d")
+            await pilot.pause()
+            await pilot.press("n")
+            await pilot.pause()
+            assert "mnist-small" in backend.projects
+            await pilot.press("d")
+            await pilot.pause()
+            await pilot.press("y")
+            await until(pilot, lambda: "mnist-small" not in backend.projects, "deleted")
+
+
+@pytest.mark.asyncio
+async def test_upload_shows_progress_and_the_result(tmp_path: Path) -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, _ = replay_app()
+        archive = tmp_path / "train.zip"
+        archive.write_bytes(b"PK" + bytes(4000))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("u")
+            await until(pilot, lambda: isinstance(app.screen, UploadDialog), "dialog")
+            dialog = app.screen
+            assert isinstance(dialog, UploadDialog)
+            dialog.query_one("#field-archive", FormField).value = str(tmp_path / "nope.zip")
+            await pilot.press("enter")
+            await until(pilot, lambda: dialog.query_one("#field-archive", FormField).error,
+                        "no such file")
+            dialog.query_one("#field-archive", FormField).value = str(archive)
+            await pilot.press("enter")
+            await until(pilot, lambda: dialog.result is not None, "the upload")
+            bar = dialog.query_one("#progress")
+            assert bar.percentage == 1.0  # type: ignore[attr-defined]
+            assert "stored 100 train images" in str(dialog.query_one("#upload-status")
+                                                    .render())
+
+
+@pytest.mark.asyncio
+async def test_save_model_writes_a_loadable_file(tmp_path: Path) -> None:
+    from mlitb.nn import load_model
+
+    async with asyncio.timeout(DEADLINE):
+        app, _ = replay_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("s")
+            await until(pilot, lambda: isinstance(app.screen, SaveModelDialog), "dialog")
+            dialog = app.screen
+            target = tmp_path / "digits.json"
+            dialog.query_one("#field-path", FormField).value = str(target)
+            await pilot.press("enter")
+            await until(pilot, target.exists, "the file")
+            assert load_model(target).num_params > 0
+
+
+@pytest.mark.asyncio
+async def test_command_palette_lists_every_action_of_the_screen() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, _ = replay_app(project="digits")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
+            for screen in app.screen_stack[1:]:
+                titles = {c.title for c in app.get_system_commands(screen)}
+                actions = {action for action, _, _ in screen.COMMANDS_LIST}  # type: ignore[attr-defined]
+                bound = {b.action for b in screen.BINDINGS}  # type: ignore[union-attr]
+                assert bound <= actions, f"{bound - actions} missing from the palette"
+                assert {title for _, title, _ in
+                        screen.COMMANDS_LIST} <= titles  # type: ignore[attr-defined]
+            # Running one from the palette's callback works like the key.
+            command = next(c for c in app.get_system_commands(app.screen)
+                           if c.title == "Show curves")
+            await command.callback()  # type: ignore[misc]
+            await pilot.pause()
+            assert app.screen.query_one("#panel-curves").has_class("-active")
+
+
+@pytest.mark.asyncio
+async def test_read_only_console_says_an_action_needs_the_token() -> None:
+    async with asyncio.timeout(DEADLINE):
+        backend = ReplayBackend([sample_status()], link=LinkState(
+            "connected", "ws://replay.invalid:8000", authorized=False))
+        app = ConsoleApp(backend, refresh_interval=0)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert "read-only" in str(app.screen.query_one(LinkBar).render())
+            await pilot.press("p")
+            await until(pilot, lambda: backend.requests, "the request")
+            await pilot.pause()
+            messages = [n.message for n in app._notifications]
+            assert any("needs the operator token" in m for m in messages), messages
+            assert backend.projects["digits"].state == "running"
+
+
+@pytest.mark.asyncio
+async def test_unreachable_and_refused_states_say_so_on_the_projects_screen() -> None:
+    async with asyncio.timeout(DEADLINE):
+        for state, words in ((LinkState("unreachable", "ws://h:1", "cannot reach the master at "
+                                        "ws://h:1: connection refused", attempt=1,
+                                        retry_in=0.5), "Cannot reach the master"),
+                             (LinkState("refused", "ws://h:1", "the master refused the operator "
+                                        "token"), "did not accept the operator token")):
+            app = ConsoleApp(ReplayBackend([], link=state), refresh_interval=0)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await pilot.pause()
+                assert words in str(app.screen.query_one("#projects-empty").render())
+        with pytest.raises(MasterUnreachableError):
+            await ReplayBackend([], link=LinkState("lost", "ws://h:1")).request(
+                Pause(request_id="-", project="p"), object)
+
+
+def test_cli_console_command_is_registered_and_checks_the_url() -> None:
+    from mlitb._cli_console import register_console
+
+    app = typer.Typer()
+    register_console(app)
+
+    @app.command()
+    def other() -> None:  # a second command, so typer keeps 'console' as a sub-command
+        pass
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["console", "--help"])
+    assert result.exit_code == 0
+    for word in ("--token", "MLITB_OPERATOR_TOKEN", "MLITB_MASTER", "--replay"):
+        assert word in result.output
+    result = runner.invoke(app, ["console", "http://wrong:8000"])
+    assert result.exit_code == 1
+    assert "must start with ws://" in result.output
+
