@@ -165,7 +165,7 @@ export class Net {
   /** Copy `values` (numParams numbers) into the parameters. */
   set params(values) {
     if (values.length !== this.numParams) {
-      throw new ModelFormatError(`parameters: expected ${this.numParams} values, got ${values.length}`);
+      throw new ModelFormatError(`parameters: expected ${this.numParams} values, got shape (${values.length},)`);
     }
     this._params.set(values);
   }
@@ -261,6 +261,9 @@ export class Net {
   accumulateGradient(x, targets, { training = true, inputGrad = null } = {}) {
     const n = this._count(x);
     this._checkTargets(targets, n);
+    if (inputGrad !== null && inputGrad.length !== x.length) {
+      throw new RangeError(`inputGrad must have the input's ${x.length} values, got ${inputGrad.length}`);
+    }
     if (inputGrad !== null && !this.withInputGrad) this._allocate(true);
     this._prepare();
     const last = this.plan.length - 1, stop = inputGrad !== null ? 1 : this.firstTrained;
