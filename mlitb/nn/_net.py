@@ -46,9 +46,9 @@ LAYER_CLASSES: dict[str, type[Layer]] = {
 
 # Splitting a batch into chunks of a few images keeps every layer's working set in cache, while
 # each chunk pays the per-call overhead of every numpy operation once. Measured on the demo net
-# (docs/performance.md), at batch 32 and 128: chunks of 8 and 16 within 3% of each other, 4 about
-# 7% slower, 32 about 30% slower.
-DEFAULT_CHUNK = 16
+# (docs/performance.md), at batch 32 and 128: chunks of 8 are 2-5% faster than 16, 4 about 5%
+# slower, 32 about 30% slower.
+DEFAULT_CHUNK = 8
 # A class added by add_class starts this improbable, so existing predictions keep their order.
 NEW_CLASS_BIAS = -10.0
 
@@ -235,7 +235,7 @@ class Net:
 
     def predict(self, x: np.ndarray, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
         """Outputs ``(N, K)`` in test mode, computed a chunk at a time (larger chunks fall out of
-        the cache: 256 was 2.2x slower than 16 on the demo net)."""
+        the cache: 256 was 2.2x slower than 8 or 16 on the demo net)."""
         x = self._check_input(x)
         out = np.empty((x.shape[0], self.num_outputs), dtype=F32)
         for i in range(0, x.shape[0], chunk):
