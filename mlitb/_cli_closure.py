@@ -1,7 +1,5 @@
-"""``mlitb closure ...``: inspect, verify, predict with and export research closures.
-
-``closure resume`` (which needs a master) is not here yet.
-"""
+"""``mlitb closure ...``: inspect, verify, predict with, export, replay and resume research
+closures."""
 
 from __future__ import annotations
 
@@ -27,8 +25,8 @@ from .closure import (
 from .errors import ClosureError, MlitbError
 
 closure_app = typer.Typer(
-    help="Inspect, verify, predict with and export research closures (one JSON file holding a "
-    "model, its training state, a data manifest and the metric history).",
+    help="Inspect, verify, predict with, export, replay and resume research closures (one JSON "
+    "file holding a model, its training state, a data manifest and the metric history).",
     no_args_is_help=True)
 out = Console(highlight=False)
 
@@ -105,6 +103,13 @@ def _print_summary(s: dict[str, Any]) -> None:
                   f", seeds: {seeds}")
     facts.add_row("progress", f"iteration {s['iteration']:,}, parameter version "
                   f"{s['parameter_version']:,}")
+    r = s.get("replay")
+    if r is not None:
+        span = (f"iterations {r['first_iteration']:,}–{r['last_iteration']:,}"
+                if r["steps"] else "no step yet")
+        facts.add_row("replay record", f"{_plural(r['steps'], 'step')} from iteration "
+                      f"{r['origin_iteration']:,} ({span}), {_plural(r['shares'], 'share')}, "
+                      f"order seed {r['seed']}, batch {r['max_batch']}")
     last, test = h["last"], h["last_test_error"]
     facts.add_row("last loss", "–" if last is None else
                   f"{_number(last['loss'])} (accuracy {_percent(last['accuracy'])}) at iteration "
@@ -266,3 +271,115 @@ def export(
     except OSError as exc:
         raise MlitbError(f"cannot write {output}: {exc.strerror or exc}") from None
     out.print(f"wrote {output}: {what}, {closure.num_params:,} parameters")
+
+
+@closure_app.command("replay")
+@cli_errors
+def replay_command(
+    file: ClosureFile,
+    data: Annotated[list[Path], typer.Option(
+        "--data", help="The training data as upload zip(s) (repeatable); checked against the "
+        "closure's manifest.", dir_okay=False)],
+    iterations: Annotated[int | None, typer.Option(
+        "--iterations", "-n", min=1, help="Replay the first N recorded steps (default: all).")]
+    = None,
+    keep_going: Annotated[bool, typer.Option(
+        "--keep-going", help="Go on after a step that differs.")] = False,
+) -> None:
+    """Re-run a deterministic run from its closure, in-process, and compare the parameters
+    after every step with the recorded hashes. Exit 0 if bit-identical, 1 if not."""
+    from .closure import record_of, replay, training_data
+
+    closure, _ = _read(file)
+    record = record_of(closure)
+    try:
+        train = training_data(closure, data)
+    except OSError as exc:
+        raise MlitbError(f"cannot read the data: {exc.strerror or exc}") from None
+    total = len(record.steps) if iterations is None else min(iterations, len(record.steps))
+    out.print(f"replaying {_plural(total, 'step')} of {len(record.steps)} recorded from "
+              f"iteration {record.origin.iteration:,} ({train.images.shape[0]:,} training "
+              f"samples, order seed {record.seed}, batch {record.max_batch})")
+    report = replay(closure, train, iterations=iterations, keep_going=keep_going)
+    if not report.checks:
+        out.print("nothing to replay: the record has no step yet")
+        return
+    last = report.checks[-1]
+    mismatch = report.first_mismatch
+    if mismatch is None:
+        ending = ("the closure's parameters" if report.complete
+                  else f"the recorded hash after iteration {last.iteration:,}")
+        out.print(f"OK {len(report.checks)} steps replayed in {report.seconds:.1f} s: "
+                  f"parameters bit-identical to {ending} (sha256 {last.actual[:16]}…)")
+        return
+    bad = sum(not c.identical for c in report.checks)
+    diff = (f"; largest difference {report.max_abs_difference:.3g}"
+            if report.max_abs_difference == report.max_abs_difference
+            and report.max_abs_difference else "")
+    raise ClosureError(f"the parameters differ from the record at iteration "
+                       f"{mismatch.iteration:,} (step {report.checks.index(mismatch) + 1}; "
+                       f"sha256 {mismatch.actual[:16]}… instead of {mismatch.expected[:16]}…)"
+                       f"{diff}; {bad} of {len(report.checks)} replayed steps differ")
+
+
+@closure_app.command("resume")
+@cli_errors
+def resume(
+    file: ClosureFile,
+    master: Annotated[str, typer.Option("--master", "-m", envvar="MLITB_MASTER",
+                                        help="The master's WebSocket URL.")]
+    = "ws://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option("--token", envvar="MLITB_OPERATOR_TOKEN",
+                                              help="The master's operator token.")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="The new project's name (default: the closure's).")] = None,
+    iteration_time: Annotated[float | None, typer.Option(
+        min=1.0, max=30.0, help="T, seconds per iteration (default: the closure's).")] = None,
+) -> None:
+    """Create a project on a master from a closure; it continues training where the closure
+    stopped once it has data and trainers."""
+    import trio
+
+    from .client import open_operator
+    from .closure import closure_from_dict
+    from .protocol import CreateProject
+
+    closure, d = _read(file)
+    project = name or closure.name
+
+    async def main() -> dict[str, Any] | None:
+        async with open_operator(master, token, need_token=True) as op:
+            await op.request(CreateProject(request_id="-", name=project, closure=d,
+                                           iteration_time=iteration_time))
+            try:  # what the master's data server holds for that name now
+                return await op.get_model(project, "closure")
+            except MlitbError:
+                return None
+
+    now = trio.run(main)
+    out.print(f"created project {project} on {master} from {file.name}: iteration "
+              f"{closure.iteration:,}, parameter version {closure.parameter_version:,}, "
+              f"{closure.optimizer_name}, T={iteration_time or closure.loop.iteration_time:g} s")
+    theirs = closure_from_dict(now).data if now is not None else None
+    mine = closure.data
+    if mine is None:
+        out.print("the closure has no data manifest: upload training data with "
+                  f"[bold]mlitb data upload TRAIN.zip -p {project}[/]")
+    elif theirs is None or theirs.train.count + theirs.test.count == 0:
+        out.print(f"next: upload its data ({mine.train.count:,} training and {mine.test.count:,} "
+                  f"test images in the manifest; [bold]mlitb closure verify {file} --data ZIP[/] "
+                  f"checks a zip first):\n  mlitb data upload TRAIN.zip -p {project}\n"
+                  f"  mlitb data upload TEST.zip -p {project} --test")
+    else:
+        same = [split for split in ("train", "test")
+                if theirs.split(split).digest() == mine.split(split).digest()]
+        if len(same) == 2:
+            out.print(f"the master's data server holds the closure's data for {project} "
+                      f"({mine.train.count:,} training, {mine.test.count:,} test images)")
+        else:
+            differ = [s for s in ("train", "test") if s not in same]
+            out.print(f"[bold yellow]warning:[/] the master's data server holds other data for "
+                      f"{project} than the closure's manifest ({', '.join(differ)} differ: "
+                      f"{theirs.train.count:,} training and {theirs.test.count:,} test images "
+                      f"there, {mine.train.count:,} and {mine.test.count:,} in the closure)")
+    out.print(f"then add trainers: [bold]mlitb node join {master} --project {project}[/]")

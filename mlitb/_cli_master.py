@@ -22,7 +22,9 @@ data_app = typer.Typer(help="Upload datasets (zips of labelled image folders) to
 
 HostOption = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every one).")]
 DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="MLITB_DATA_DIR",
-                                             help="Where the embedded store keeps datasets.")]
+                                             help="Where the embedded store keeps datasets "
+                                             "(DIR/store) and the master its projects "
+                                             "(DIR/projects).")]
 
 
 def _logging(verbose: bool) -> None:
@@ -44,23 +46,51 @@ def register_master(app: typer.Typer) -> None:
             help="Secret operators must present; generated and printed when absent.")] = None,
         public_host: Annotated[str | None, typer.Option(
             help="Host name workers should use to reach this machine.")] = None,
+        autosave_every: Annotated[int, typer.Option(
+            min=1, help="Save each project's research closure to DIR/projects every N "
+            "iterations (and when its settings change, and on shutdown); a restarted master "
+            "resumes every project from it.")] = 10,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log events.")] = False,
     ) -> None:
-        """Run the master server with its data server (projects, workers, the event loop)."""
-        from .cluster import open_store, serve_cluster
+        """Run the master server with its data server (projects, workers, the event loop).
+
+        Projects persist in the data dir: restarted on the same --data-dir, the master resumes
+        every project from its last autosave and the nodes reconnect by themselves.
+        """
+        import signal
+
+        from .cluster import open_store, project_files, serve_cluster
         from .master import Master
 
         _logging(verbose)
         store = open_store(data_dir)
-        m = Master(operator_token=operator_token)
+        files = project_files(data_dir)
+        m = Master(operator_token=operator_token, files=files, autosave_every=autosave_every)
+        restored, unreadable = m.restore()
+        for name in restored:
+            p = m.projects[name]
+            out.print(f"restored project {name} at iteration {p.iteration} (parameter version "
+                      f"{p.parameter_version}) from {files.path(name)}")
+        for problem in unreadable:
+            out.print(f"[bold red]could not restore[/] {problem.path}: {problem.reason}"
+                      + (f" (moved to {problem.moved_to.name})" if problem.moved_to else ""))
+
+        async def stop_on_sigterm(scope: trio.CancelScope) -> None:
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    scope.cancel()  # the master saves every project as it stops
+                    return
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
                 address = await nursery.start(lambda task_status: serve_cluster(
                     m, store, host, port, data_port, public_host=public_host,
                     task_status=task_status))
                 out.print(f"master      {address.master_url}")
                 out.print(f"data server {address.data_url}  (store: {data_dir})")
+                out.print(f"projects    saved to {files.root} every {autosave_every} "
+                          "iterations")
                 if operator_token is None:
                     out.print(f"operator token: [bold]{m.operator_token}[/] "
                               "(export MLITB_OPERATOR_TOKEN=... for the CLI and console)")
@@ -68,8 +98,9 @@ def register_master(app: typer.Typer) -> None:
 
         try:
             trio.run(main)
+            out.print("master stopped (projects saved)")
         except KeyboardInterrupt:
-            out.print("master stopped")
+            out.print("master stopped (projects saved)")
         except OSError as exc:
             raise MlitbError(f"cannot listen on {host}: {exc.strerror or exc}") from None
 

@@ -14,7 +14,7 @@ import trio
 
 from .dataserver import InputShape, Registration, Store, serve_data_server
 from .errors import UploadError
-from .master import Master, RequestError
+from .master import Master, ProjectFiles, RequestError
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,8 @@ def open_store(data_dir: Path) -> Store:
     root = data_dir / "store"
     root.mkdir(parents=True, exist_ok=True)
     return Store(root)
+
+
+def project_files(data_dir: Path) -> ProjectFiles:
+    """Where a master under ``data_dir`` keeps its projects' closures: ``data_dir/projects``."""
+    return ProjectFiles(data_dir / "projects")

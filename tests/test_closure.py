@@ -411,8 +411,10 @@ def test_schema_matches_the_code():
     s = schema()
     assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert s["properties"]["optimizer"]["properties"]["name"]["enum"] == list(OPTIMIZERS)
-    assert set(s["required"]) | {"content_sha256"} == set(s["properties"])
-    assert set(closure_to_dict(closure_from_project(make_project()))) == set(s["properties"])
+    optional = {"content_sha256", "replay"}  # replay: deterministic runs only
+    assert set(s["required"]) | optional == set(s["properties"])
+    assert set(closure_to_dict(closure_from_project(make_project()))) == \
+        set(s["properties"]) - {"replay"}
 
 
 def test_schema_subset_validator_semantics():

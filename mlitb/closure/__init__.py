@@ -41,6 +41,14 @@ from ._manifest import (
     split_from_zip,
 )
 from ._predict import ImageError, Prediction, load_images, predict_images
+from ._record import (
+    ReplayOrigin,
+    ReplayRecord,
+    ReplayStep,
+    format_share,
+    parse_share,
+)
+from ._replay import ReplayReport, StepCheck, TrainingData, record_of, replay, training_data
 from ._schema import SCHEMA_FILE, load_schema
 from ._summary import summary
 from ._verify import verify_manifest
@@ -55,23 +63,34 @@ __all__ = [
     "LoopSettings",
     "ManifestMatch",
     "Prediction",
+    "ReplayOrigin",
+    "ReplayRecord",
+    "ReplayReport",
+    "ReplayStep",
     "SplitManifest",
+    "StepCheck",
+    "TrainingData",
     "canonical_json",
     "closure_from_dict",
     "closure_from_project",
     "closure_to_dict",
     "compare_split",
+    "format_share",
     "load_closure",
     "load_images",
     "manifest_from_store",
     "manifest_from_zip",
     "match_manifest",
+    "parse_share",
     "parse_closure_json",
     "predict_images",
+    "record_of",
+    "replay",
     "save_closure",
     "schema",
     "split_from_zip",
     "summary",
+    "training_data",
     "verify_manifest",
 ]
 

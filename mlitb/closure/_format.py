@@ -33,6 +33,7 @@ from ..optim import Hyperparameter, Optimizer, make_optimizer
 from ..protocol import HistoryPoint, StatsPoint
 from ._canonical import canonical_json
 from ._manifest import DataManifest, SplitManifest, manifest_from_store
+from ._record import ReplayOrigin, ReplayRecord, ReplayStep, parse_share
 from ._schema import validate
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class Closure:
     updated: str = ""
     software_name: str = SOFTWARE
     software_version: str = __version__
+    replay: ReplayRecord | None = None
+    """The replay record of a deterministic run (``mlitb closure replay``); written only with a
+    data manifest, whose training samples its shares index."""
 
     def __post_init__(self) -> None:
         now = _timestamp(datetime.now(UTC))
@@ -252,8 +256,10 @@ def closure_from_project(project: Project,
     """A closure of ``project`` as it is now (copies: the project may keep training).
 
     ``manifest``: the project's data, as a ``DataManifest`` or the data server's
-    ``Store.manifest(name)`` dict. ``seeds``: named seeds the master used. ``created``: the
-    first closure's creation time, kept across autosaves (default: ``now``).
+    ``Store.manifest(name)`` dict. ``seeds``: named seeds the master used (default: the
+    project's ``seeds``). ``created``: the first closure's creation time, kept across autosaves
+    (default: the project's ``created``, else ``now``). A deterministic project's replay record
+    comes along (``project.replay_record()``).
     """
     net, opt = project.net, project.optimizer
     if opt.num_params != net.num_params:
@@ -272,8 +278,11 @@ def closure_from_project(project: Project,
         iteration_time=float(project.iteration_time), samples_per_iteration=samples,
         deterministic=bool(getattr(project, "deterministic", samples is not None)),
         budget_config={k: float(v) for k, v in dataclasses.asdict(project.budgets.config).items()},
-        seeds=dict(seeds or {}))
+        seeds=dict(seeds if seeds is not None else getattr(project, "seeds", {}) or {}))
     updated = _timestamp(now or datetime.now(UTC))
+    created = created or getattr(project, "created", None)
+    record_of = getattr(project, "replay_record", None)
+    replay = record_of() if record_of is not None else None
     return Closure(
         name=project.name, spec=net.spec(), labels=tuple(net.labels), parameters=net.params,
         optimizer_name=project.optimizer_name, hyperparameters=opt.hyperparameters(),
@@ -281,7 +290,7 @@ def closure_from_project(project: Project,
         optimizer_state={k: v for k, v in state.items() if isinstance(v, np.ndarray)},
         loop=loop, iteration=project.iteration, parameter_version=project.parameter_version,
         data=manifest, history=tuple(project.history), test_error=tuple(project.test_error),
-        decay_multipliers=decay, created=created or updated, updated=updated)
+        decay_multipliers=decay, created=created or updated, updated=updated, replay=replay)
 
 
 # -- to JSON -------------------------------------------------------------------------------------
@@ -298,8 +307,27 @@ def _data_json(data: DataManifest | None) -> dict[str, Any] | None:
             "test": _split_json(data.test, index)}
 
 
+def _optimizer_state_json(state: Mapping[str, F32Array], where: str) -> dict[str, Any]:
+    return {k: _vector_json(v, f"{where}.{k}") for k, v in state.items()}
+
+
+def _replay_json(r: ReplayRecord) -> dict[str, Any]:
+    o = r.origin
+    return {"seed": r.seed, "max_batch": r.max_batch,
+            "origin": {"iteration": o.iteration, "parameter_version": o.parameter_version,
+                       "parameters": _vector_json(o.parameters, "replay.origin.parameters"),
+                       "optimizer": {"hyperparameters": dict(o.hyperparameters),
+                                     "step": o.optimizer_step,
+                                     "state": _optimizer_state_json(
+                                         o.optimizer_state, "replay.origin.optimizer.state")}},
+            "shares": list(r.shares),
+            "steps": [{"iteration": s.iteration, "parts": [[k, n] for k, n in s.parts],
+                       "sha256": s.sha256} for s in r.steps]}
+
+
 def closure_to_dict(closure: Closure) -> dict[str, Any]:
-    """The closure as a JSON-ready dict, with its ``content_sha256``."""
+    """The closure as a JSON-ready dict, with its ``content_sha256``. A replay record is
+    written only together with a data manifest (its shares index the training samples)."""
     c = closure
     model = c.model_dict()
     _vector_json(c.parameters, "model.parameters")  # refuse NaN: the file could not be read
@@ -339,6 +367,8 @@ def closure_to_dict(closure: Closure) -> dict[str, Any]:
                             "samples": int(p.samples), "error": float(p.error)}
                            for p in c.test_error]},
     }
+    if c.replay is not None and c.data is not None:
+        body["replay"] = _replay_json(c.replay)
     digest = hashlib.sha256(canonical_json(body)).hexdigest()
     return {"format": FORMAT, "version": VERSION, "content_sha256": digest, **body}
 
@@ -466,6 +496,68 @@ def _data(d: Mapping[str, Any] | None) -> DataManifest | None:
                         _split(d["test"], labels, "data.test"))
 
 
+def _replay(r: Mapping[str, Any], d: Mapping[str, Any], net: Net, optimizer_name: str,
+            decay: tuple[F32Array, F32Array] | None, data: DataManifest | None) -> ReplayRecord:
+    """The replay record, checked against the rest of the closure."""
+    if data is None:
+        raise ClosureError("replay: a replay record needs the data manifest its shares index, "
+                           "but data is null")
+    n = net.num_params
+    o = r["origin"]
+    params = _vector(o["parameters"], n, "replay.origin.parameters")
+    oo = o["optimizer"]
+    l1, l2 = decay if decay is not None else net.decay_multipliers()
+    try:
+        opt = make_optimizer(optimizer_name, n, **dict(oo["hyperparameters"]), l1_mul=l1.copy(),
+                             l2_mul=l2.copy())
+    except OptimizerError as exc:
+        raise ClosureError(f"replay.origin.optimizer.hyperparameters: {exc}") from None
+    if set(oo["state"]) != set(opt.SLOTS):
+        raise ClosureError(f"replay.origin.optimizer.state: holds {sorted(oo['state'])}, but "
+                           f"{optimizer_name} keeps {list(opt.SLOTS)}")
+    state = {slot: _vector(oo["state"][slot], n, f"replay.origin.optimizer.state.{slot}")
+             for slot in opt.SLOTS}
+    origin = ReplayOrigin(iteration=int(o["iteration"]),
+                          parameter_version=int(o["parameter_version"]), parameters=params,
+                          hyperparameters=opt.hyperparameters(), optimizer_step=int(oo["step"]),
+                          optimizer_state=state)
+    if origin.iteration > d["iteration"] or origin.parameter_version > d["parameter_version"]:
+        raise ClosureError(f"replay.origin: iteration {origin.iteration}, parameter version "
+                           f"{origin.parameter_version} is past the closure's")
+    shares = tuple(r["shares"])
+    for i, text in enumerate(shares):
+        positions = parse_share(text, f"replay.shares[{i}]")
+        if positions.size and positions[-1] >= data.train.count:
+            raise ClosureError(f"replay.shares[{i}]: position {int(positions[-1])} is past the "
+                               f"{data.train.count} training samples of data.train")
+    steps = []
+    previous = origin.iteration - 1
+    for i, step in enumerate(r["steps"]):
+        where = f"replay.steps[{i}]"
+        it = int(step["iteration"])
+        if it <= previous or it >= d["iteration"]:
+            raise ClosureError(f"{where}.iteration: {it} must follow {previous} and come before "
+                               f"the closure's iteration {d['iteration']}")
+        previous = it
+        for k, (share, samples) in enumerate(step["parts"]):
+            if share >= len(shares):
+                raise ClosureError(f"{where}.parts[{k}]: share {share} is not an index into "
+                                   f"replay.shares ({len(shares)} shares)")
+            if samples < 1:
+                raise ClosureError(f"{where}.parts[{k}]: a part needs at least 1 sample")
+        steps.append(ReplayStep(it, tuple((int(a), int(b)) for a, b in step["parts"]),
+                                step["sha256"]))
+    if len(steps) != d["parameter_version"] - origin.parameter_version:
+        raise ClosureError(f"replay.steps: {len(steps)} steps, but the parameter version went "
+                           f"from {origin.parameter_version} to {d['parameter_version']}")
+    final = steps[-1].sha256 if steps else hashlib.sha256(_le_bytes(params)).hexdigest()
+    if final != d["model"]["sha256"]:
+        raise ClosureError("replay: the parameters after the last recorded step do not hash to "
+                           "model.sha256")
+    return ReplayRecord(origin=origin, shares=shares, steps=tuple(steps), seed=int(r["seed"]),
+                        max_batch=int(r["max_batch"]))
+
+
 def closure_from_dict(d: Any) -> Closure:
     """A Closure from its JSON object, every field checked; ``ClosureError`` names the field
     and what is wrong (a wrong format or version is reported before anything else, a
@@ -492,6 +584,7 @@ def closure_from_dict(d: Any) -> Closure:
                                   parameter_version=int(p["parameter_version"]),
                                   samples=int(p["samples"]), error=float(p["error"]))
                        for p in h["test_error"])
+    replay = _replay(d["replay"], d, net, o["name"], decay, data) if "replay" in d else None
     if "content_sha256" in d:
         body = {k: v for k, v in d.items() if k != "content_sha256"}
         if hashlib.sha256(canonical_json(body)).hexdigest() != d["content_sha256"]:
@@ -504,7 +597,7 @@ def closure_from_dict(d: Any) -> Closure:
         iteration=int(d["iteration"]), parameter_version=int(d["parameter_version"]),
         data=data, history=history, test_error=test_error, decay_multipliers=decay,
         created=d["created"], updated=d["updated"], software_name=d["software"]["name"],
-        software_version=d["software"]["version"])
+        software_version=d["software"]["version"], replay=replay)
 
 
 # -- files -----------------------------------------------------------------------------------------

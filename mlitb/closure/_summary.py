@@ -52,6 +52,7 @@ def summary(closure: Closure) -> dict[str, Any]:
                 "iteration": last_test.iteration, "parameter_version": last_test.parameter_version,
                 "samples": last_test.samples, "error": last_test.error}},
         "data": data,
+        "replay": None if c.replay is None else c.replay.summary(),
     }
 
 

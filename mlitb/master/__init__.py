@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from ._allocator import AllocationChange, AllocationError, Allocator
 from ._budget import BudgetConfig, BudgetPolicy
+from ._deterministic import Recorder, parameters_sha256
+from ._persist import ProjectFiles, Unreadable
 from ._project import LabelConflictError, Project
 from ._reduce import ReduceSummary, reduce_gradient_sums
-from ._server import Master, RequestError
+from ._server import AUTOSAVE_EVERY, Master, RequestError
 
 __all__ = [
+    "AUTOSAVE_EVERY",
     "AllocationChange",
     "AllocationError",
     "Allocator",
@@ -17,7 +20,11 @@ __all__ = [
     "LabelConflictError",
     "Master",
     "Project",
+    "ProjectFiles",
+    "Recorder",
     "ReduceSummary",
     "RequestError",
+    "Unreadable",
+    "parameters_sha256",
     "reduce_gradient_sums",
 ]

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import MlitbError
 from ..nn import Net
@@ -23,13 +25,18 @@ from ..protocol import (
     ProjectStatus,
     ProjectSummary,
     ResultFrame,
+    ResultKind,
     StatsPoint,
     Timing,
     WorkerStatus,
 )
 from ._allocator import Allocator
-from ._budget import BudgetPolicy
+from ._budget import BudgetConfig, BudgetPolicy
+from ._deterministic import Recorder
 from ._reduce import ReduceSummary, reduce_gradient_sums
+
+if TYPE_CHECKING:
+    from ..closure import Closure, ReplayRecord
 
 Reducer = Callable[[Sequence[ResultFrame], np.ndarray, Optimizer], ReduceSummary]
 
@@ -71,17 +78,27 @@ class Iteration:
     orders: dict[int, WorkOrder]
     sent_at: float = 0.0
     results: dict[int, tuple[ResultFrame, float]] = field(default_factory=dict)
+    shares: dict[int, npt.NDArray[np.int64]] = field(default_factory=dict)
+    """Deterministic mode: each ordered trainer's share, as positions in the training data."""
 
     def complete(self) -> bool:
         return set(self.results) >= set(self.orders)
 
 
 class Project:
-    """The state of one project between and during iterations."""
+    """The state of one project between and during iterations.
+
+    ``samples_per_iteration`` set: deterministic mode. Work is counted in samples, only trainers
+    whose whole allocation is cached get work, results are summed in a fixed order (by their
+    share's first data id, which does not depend on worker ids) and every step is recorded for
+    replay (``replay_record()``, docs/closure.md).
+    """
 
     def __init__(self, name: str, net: Net, optimizer: Optimizer, optimizer_name: str,
                  iteration_time: float, *, samples_per_iteration: int | None = None,
-                 reducer: Reducer = reduce_gradient_sums) -> None:
+                 reducer: Reducer = reduce_gradient_sums,
+                 seeds: dict[str, int] | None = None,
+                 budget_config: BudgetConfig | None = None) -> None:
         self.name = name
         self.net = net
         self.optimizer = optimizer
@@ -93,7 +110,13 @@ class Project:
         self.iteration = 0
         self.parameter_version = 0
         self.allocator: Allocator[int] = Allocator()
-        self.budgets: BudgetPolicy[int] = BudgetPolicy()
+        self.budgets: BudgetPolicy[int] = BudgetPolicy(budget_config)
+        self.seeds: dict[str, int] = dict(seeds or {})
+        self.created: str | None = None  # when its first closure was written (autosave)
+        self.recorder: Recorder | None = Recorder() if samples_per_iteration is not None \
+            else None
+        self._train_ids: list[int] = []
+        self._train_sorted: npt.NDArray[np.int64] | None = None
         self.members: dict[int, Member] = {}
         self.pending_joins: list[int] = []
         self.test_ids: list[int] = []
@@ -102,6 +125,42 @@ class Project:
         self.history: deque[HistoryPoint] = deque(maxlen=MAX_HISTORY_POINTS)
         self.test_error: deque[StatsPoint] = deque(maxlen=MAX_HISTORY_POINTS)
         self.timing = Timing()
+
+    @classmethod
+    def from_closure(cls, closure: Closure, name: str | None = None, *,
+                     keep_record: bool = False) -> Project:
+        """A project continuing ``closure``: its net, optimizer and state, loop settings,
+        iteration counters and history. ``keep_record``: continue its replay record (a master
+        restarted on its own autosave); otherwise a deterministic project starts a new one."""
+        loop = closure.loop
+        project = cls(name or closure.name, closure.net(), closure.optimizer(),
+                      closure.optimizer_name, loop.iteration_time,
+                      samples_per_iteration=loop.samples_per_iteration, seeds=dict(loop.seeds),
+                      budget_config=BudgetConfig(**loop.budget_config)
+                      if loop.budget_config else None)
+        project.iteration = closure.iteration
+        project.parameter_version = closure.parameter_version
+        project.history.extend(closure.history)
+        project.test_error.extend(closure.test_error)
+        # A trained label map stays as it is: data must name its labels in the same order.
+        project.labels_registered = closure.data is not None
+        if keep_record and project.recorder is not None and closure.replay is not None:
+            project.recorder = Recorder(closure.replay)
+        return project
+
+    @property
+    def deterministic(self) -> bool:
+        return self.samples_per_iteration is not None
+
+    def replay_record(self) -> ReplayRecord | None:
+        """The replay record of a deterministic project so far (None otherwise)."""
+        return self.recorder.record() if self.recorder is not None else None
+
+    def set_hyperparameters(self, **changes: float) -> None:
+        """Change the optimizer's hyperparameters (checked first); a replay record restarts."""
+        self.optimizer.set_hyperparameters(**changes)
+        if changes and self.recorder is not None:
+            self.recorder.reset()
 
     # -- membership -----------------------------------------------------------------------------
     def add_member(self, member: Member) -> None:
@@ -161,12 +220,17 @@ class Project:
             l1, l2 = self.net.decay_multipliers()
             self.optimizer.grow(index_map, self.net.num_params, l1_mul=l1, l2_mul=l2)
             grown.append(len(self.net.labels) - 1)
+        if grown and self.recorder is not None:
+            self.recorder.reset()  # another net: replay starts from the grown one
         return grown
 
     def add_data(self, split: str, ids: Sequence[int]) -> list[int]:
         """Register ids; returns the test ids that were new (they go to stats workers)."""
         if split == "train":
             self.allocator.add_data(ids)
+            known = set(self._train_ids)
+            self._train_ids.extend(i for i in ids if i not in known)
+            self._train_sorted = None
             return []
         known = set(self.test_ids)
         new = [i for i in ids if i not in known]
@@ -182,11 +246,37 @@ class Project:
         self.pending_joins.clear()
         return joined
 
+    def ready_trainers(self) -> list[int]:
+        """The trainers that get work this iteration: all of them, or in deterministic mode
+        those whose whole (non-empty) allocation is cached, so that what they compute depends
+        on their share alone, not on how far their download got."""
+        trainers = self.trainers()
+        if not self.deterministic:
+            return trainers
+        shares = self.allocator.statistics().workers
+        return [w for w in trainers if 0 < shares[w].allocated == shares[w].cached]
+
+    def train_positions(self, ids: frozenset[int] | set[int]) -> npt.NDArray[np.int64]:
+        """Training ids -> their positions in the training data in id order, which is the
+        order of the data manifest's training samples (the data server numbers uploads
+        increasingly)."""
+        if self._train_sorted is None:
+            self._train_sorted = np.sort(np.asarray(self._train_ids, dtype=np.int64))
+        wanted = np.sort(np.fromiter(ids, dtype=np.int64, count=len(ids)))
+        return np.searchsorted(self._train_sorted, wanted).astype(np.int64)
+
     def plan_iteration(self, now: float) -> Iteration:
-        """Steps 4-5: a work order for every trainer, budgeted to return by the deadline."""
+        """Steps 4-5: a work order for every (ready) trainer, budgeted to return by the
+        deadline (or, in deterministic mode, a share of ``samples_per_iteration``)."""
         t = self.iteration_time
         orders: dict[int, WorkOrder] = {}
-        trainers = self.trainers()
+        trainers = self.ready_trainers()
+        shares: dict[int, npt.NDArray[np.int64]] = {}
+        if self.recorder is not None:
+            self.recorder.begin(self.iteration, self.parameter_version, self.net.params,
+                                self.optimizer)
+            shares = {w: self.train_positions(self.allocator.allocation_of(w))
+                      for w in trainers}
         for w in trainers:
             if self.samples_per_iteration is not None:
                 share = -(-self.samples_per_iteration // len(trainers))
@@ -195,7 +285,8 @@ class Project:
                 seconds = max(0.001, self.budgets.budget(w, t))
                 orders[w] = WorkOrder(w, seconds, None)
                 self.members[w].budget_s = seconds
-        self.current = Iteration(self.iteration, self.parameter_version, now, now + t, orders)
+        self.current = Iteration(self.iteration, self.parameter_version, now, now + t, orders,
+                                 shares=shares)
         return self.current
 
     def accept_result(self, worker_id: int, frame: ResultFrame, now: float) -> str | None:
@@ -227,9 +318,19 @@ class Project:
             else:
                 self.budgets.missed_deadline(w)
                 member.state = "late"
-        ordered = [it.results[w][0] for w in sorted(it.results)]
+        if self.deterministic:  # a key that is the same in every run, unlike worker ids
+            order = sorted(it.results, key=lambda w: (int(it.shares[w][0]) if w in it.shares
+                                                      and it.shares[w].size else -1, w))
+        else:
+            order = sorted(it.results)
+        ordered = [it.results[w][0] for w in order]
         summary = self.reducer(ordered, self.net.params, self.optimizer)
         if summary.stepped:
+            if self.recorder is not None:
+                self.recorder.step(it.number, [
+                    (it.shares[w], it.results[w][0].samples) for w in order
+                    if it.results[w][0].samples > 0 and w in it.shares
+                    and it.results[w][0].kind is ResultKind.GRADIENT_SUM], self.net.params)
             self.parameter_version += 1
             accuracy = summary.correct / summary.samples if self.net.is_classifier else None
             self.history.append(HistoryPoint(iteration=self.iteration, samples=summary.samples,

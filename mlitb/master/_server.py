@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from .. import __version__
-from ..errors import MlitbError, ModelFormatError, OptimizerError
+from ..errors import ClosureError, MlitbError, ModelFormatError, OptimizerError
 from ..nn import Net, model_to_dict, to_convnetjs
 from ..optim import make_optimizer
 from ..protocol import (
@@ -65,6 +66,8 @@ from ..protocol import (
     encode_parameters,
     encode_text,
 )
+from ..closure import Closure
+from ._persist import ProjectFiles, Unreadable
 from ._project import LabelConflictError, Member, Project
 
 log = logging.getLogger("mlitb.master")
@@ -75,6 +78,8 @@ PING_TIMEOUT = 3.0
 MAX_ERRORS = 20
 OUTBOX_SIZE = 64
 MAX_EVENTS = 1_000
+AUTOSAVE_EVERY = 10
+SHUTDOWN_SAVE_TIMEOUT = 60.0
 
 
 class RequestError(MlitbError):
@@ -132,10 +137,19 @@ class Master:
 
     ``operator_token``: the secret operators send in their hello (generated when None).
     ``data_url``: the data server's base URL, announced to workers in the welcome.
+    ``files``: where projects persist (``ProjectFiles``); with it every project's closure is
+    saved every ``autosave_every`` iterations, when its settings change and when ``serve``
+    ends, and ``restore()`` brings the projects back after a restart.
     """
 
     def __init__(self, *, operator_token: str | None = None,
-                 data_url: str = "http://127.0.0.1:8001") -> None:
+                 data_url: str = "http://127.0.0.1:8001", files: ProjectFiles | None = None,
+                 autosave_every: int = AUTOSAVE_EVERY) -> None:
+        if autosave_every < 1:
+            raise ValueError(f"autosave_every must be >= 1, got {autosave_every}")
+        self.files = files
+        self.autosave_every = autosave_every
+        self._save_locks: dict[str, trio.Lock] = {}
         self.operator_token = operator_token or secrets.token_urlsafe(16)
         self.data_url = data_url
         self.projects: dict[str, Project] = {}
@@ -158,17 +172,29 @@ class Master:
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen for WebSocket clients; reports the bound port once listening."""
         self._started_at = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for name in self.projects:
-                self._start_loop(name)
-            server = await nursery.start(lambda task_status: serve_websocket(
-                self._handle, host, port, None, handler_nursery=nursery,
-                max_message_size=MAX_LARGE_TEXT_FRAME, receive_buffer_size=256 * 1024,
-                message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
-            self.port = server.port
-            log.info("master listening on ws://%s:%d", host, server.port)
-            task_status.started(server.port)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for name in self.projects:
+                    self._start_loop(name)
+                server = await nursery.start(lambda task_status: serve_websocket(
+                    self._handle, host, port, None, handler_nursery=nursery,
+                    max_message_size=MAX_LARGE_TEXT_FRAME, receive_buffer_size=256 * 1024,
+                    message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
+                self.port = server.port
+                log.info("master listening on ws://%s:%d", host, server.port)
+                task_status.started(server.port)
+        finally:
+            self._nursery = None
+            await self.aclose()  # the last word on disk: every project as it is now
+
+    async def aclose(self) -> None:
+        """Save every project (``serve`` does this when it ends; shielded, bounded)."""
+        if self.files is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_SAVE_TIMEOUT):
+            for name in list(self.projects):
+                await self.save_project(name)
 
     def _now(self) -> float:
         return trio.current_time()
@@ -203,23 +229,155 @@ class Master:
         except (ModelFormatError, OptimizerError) as exc:
             raise RequestError("invalid_value", str(exc)) from None
         project = Project(name, net, opt, optimizer, iteration_time,
-                          samples_per_iteration=samples_per_iteration)
-        self.projects[name] = project
-        self._event("created", f"project {name} created ({net.num_params} parameters, "
-                    f"{optimizer}, T={iteration_time:g} s)", name)
-        if self._nursery is not None:
-            self._start_loop(name)
-        for hook in self.on_project_created:
-            hook(name)
+                          samples_per_iteration=samples_per_iteration,
+                          seeds={} if seed is None else {"init": seed})
+        self._add(project, f"project {name} created ({net.num_params} parameters, "
+                  f"{optimizer}, T={iteration_time:g} s"
+                  + (f", {samples_per_iteration} samples per iteration, deterministic"
+                     if samples_per_iteration is not None else "") + ")")
         return project
 
+    def create_project_from_closure(
+            self, closure: Closure | Mapping[str, Any], name: str | None = None, *,
+            iteration_time: float | None = None, optimizer: str | None = None,
+            hyperparameters: dict[str, float] | None = None,
+            samples_per_iteration: int | None = None, labels: Sequence[str] = ()) -> Project:
+        """Create and start a project that continues a research closure (a ``Closure`` or its
+        JSON object, checked): its net, optimizer and state, T, loop settings, iteration
+        counters and history, under ``name`` (default: the closure's). ``iteration_time``,
+        ``samples_per_iteration``: None keeps the closure's. ``optimizer``: None or the
+        closure's keeps its state; another starts that optimizer afresh. ``hyperparameters``
+        change the (kept or new) optimizer's. A deterministic project starts a new replay
+        record here. Raises RequestError for a name in use or a closure that fails its checks.
+        """
+        from ..closure import closure_from_dict
+
+        try:
+            if not isinstance(closure, Closure):
+                closure = closure_from_dict(closure)
+        except ClosureError as exc:
+            raise RequestError("invalid_value", f"create_project.closure: {exc}") from None
+        name = name or closure.name
+        if name in self.projects:
+            raise RequestError("project_exists", f"project {name!r} exists already")
+        if labels and tuple(labels) != closure.labels:
+            raise RequestError("invalid_value", f"create_project.labels: {list(labels)[:6]} "
+                               f"differ from the closure's label map {list(closure.labels)[:6]}")
+        changes: dict[str, Any] = {}
+        if iteration_time is not None:
+            changes["iteration_time"] = iteration_time
+        if samples_per_iteration is not None:
+            changes["samples_per_iteration"] = samples_per_iteration
+        if changes:
+            loop = closure.loop
+            closure = closure.replace(loop=type(loop)(
+                iteration_time=changes.get("iteration_time", loop.iteration_time),
+                samples_per_iteration=changes.get("samples_per_iteration",
+                                                  loop.samples_per_iteration),
+                deterministic=changes.get("samples_per_iteration",
+                                          loop.samples_per_iteration) is not None,
+                allocation=loop.allocation, budget_config=loop.budget_config, seeds=loop.seeds))
+        try:
+            project = Project.from_closure(closure, name)
+            if optimizer is not None and optimizer != closure.optimizer_name:
+                l1, l2 = project.net.decay_multipliers()
+                project.optimizer = make_optimizer(optimizer, project.net.num_params,
+                                                   l1_mul=l1, l2_mul=l2)
+                project.optimizer_name = optimizer
+            if hyperparameters:
+                project.set_hyperparameters(**hyperparameters)
+        except (ClosureError, ModelFormatError, OptimizerError) as exc:
+            raise RequestError("invalid_value", str(exc)) from None
+        self._add(project, f"project {name} created from the closure of {closure.name} "
+                  f"(iteration {closure.iteration}, {project.net.num_params} parameters, "
+                  f"{project.optimizer_name}, T={project.iteration_time:g} s)")
+        return project
+
+    def restore(self) -> tuple[list[str], list[Unreadable]]:
+        """Recreate every project saved in ``files`` (call before ``serve``): the names
+        restored, and the files that could not be read (renamed aside, logged)."""
+        if self.files is None:
+            return [], []
+        closures, problems = self.files.load_all()
+        names = []
+        for closure in closures:
+            if closure.name in self.projects:
+                continue
+            project = Project.from_closure(closure, keep_record=True)
+            project.created = closure.created
+            self._add(project, f"project {project.name} restored at iteration "
+                      f"{project.iteration} (parameter version {project.parameter_version})",
+                      save=False)
+            names.append(project.name)
+        for problem in problems:
+            self._event("error", f"could not restore {problem.path.name}: {problem.reason}")
+        return names, problems
+
+    def _add(self, project: Project, message: str, *, save: bool = True) -> None:
+        name = project.name
+        self.projects[name] = project
+        self._event("created", message, name)
+        if self._nursery is not None:
+            self._start_loop(name)
+            if save:
+                self._save_soon(name)
+        for hook in self.on_project_created:
+            hook(name)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _save_soon(self, name: str) -> None:
+        if self.files is not None and self._nursery is not None:
+            self._nursery.start_soon(self.save_project, name)
+
+    async def save_project(self, name: str) -> None:
+        """Write the project's closure to ``files`` (in a thread; atomic). Saves of one name
+        run one at a time, each a snapshot taken when its turn comes; a project deleted
+        meanwhile leaves no file behind. Failures are logged as events, never raised."""
+        from ..closure import closure_from_project, manifest_from_store
+
+        files, project = self.files, self.projects.get(name)
+        if files is None or project is None:
+            return
+        lock = self._save_locks.setdefault(name, trio.Lock())
+        async with lock:
+            if self.projects.get(name) is not project:
+                return
+            snapshot = closure_from_project(project)  # copies, taken between two iterations
+            if project.created is None:
+                project.created = snapshot.created
+            provider = self.manifest_provider
+
+            def write() -> None:
+                closure = snapshot
+                if provider is not None:
+                    try:
+                        closure = snapshot.replace(data=manifest_from_store(provider(name)))
+                    except MlitbError:  # no data stored yet
+                        pass
+                files.save(closure)
+
+            try:
+                await trio.to_thread.run_sync(write)
+            except (OSError, MlitbError) as exc:
+                self._event("error", f"project {name}: autosave to {files.path(name)} failed: "
+                            f"{exc}", name)
+            if self.projects.get(name) is not project:  # deleted while it was being written
+                files.remove(name)
+
     def delete_project(self, name: str) -> None:
+        """Delete a project: its workers are told to leave, its saved closure is removed."""
         self._project(name)
         for conn in list(self.connections.values()):
             if conn.project == name:
                 conn.say_bye("project_deleted", f"project {name} was deleted")
-        self._scopes.pop(name).cancel()
+        scope = self._scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
         del self.projects[name]
+        if self.files is not None:
+            lock = self._save_locks.get(name)
+            if lock is None or not lock.locked():  # else the save in flight removes it
+                self.files.remove(name)
         self._event("deleted", f"project {name} deleted", name)
 
     def _project(self, name: str) -> Project:
@@ -279,7 +437,7 @@ class Master:
                 for w in joined:
                     self._event("joined", f"worker {w} joined project {name}", name, w)
                 self._flush_allocations(project)
-                if project.paused or not project.trainers():
+                if project.paused or not project.ready_trainers():
                     with trio.move_on_after(project.iteration_time):
                         await self._wakeups[name].wait()
                     continue
@@ -296,7 +454,9 @@ class Master:
                 for w in project.of_role("tracker") + project.of_role("stats"):
                     self.connections[w].send(frame)
                 it.sent_at = self._now()
-                with trio.move_on_at(it.deadline):
+                # Deterministic mode waits for every result (a worker that leaves drops its
+                # order); otherwise late workers do not hold the iteration hostage.
+                with trio.move_on_at(math.inf if project.deterministic else it.deadline):
                     while not it.complete():
                         await self._wakeups[name].wait()
                         self._wakeups[name] = trio.Event()
@@ -308,6 +468,10 @@ class Master:
                 if summary.workers < len(it.orders):
                     log.info("%s: %d of %d results by the deadline", name, summary.workers,
                              len(it.orders))
+                if self.files is not None and project.iteration % self.autosave_every == 0:
+                    # Between iterations, and before the next starts: a kill loses at most
+                    # autosave_every iterations.
+                    await self.save_project(name)
                 await trio.sleep_until(start + project.iteration_time)
 
     def _flush_allocations(self, project: Project) -> None:
@@ -518,6 +682,8 @@ class Master:
             if conn.role == "trainer" and conn.worker_id in project.allocator:
                 project.allocator.mark_cached(conn.worker_id, msg.cached)
                 project.allocator.mark_uncached(conn.worker_id, msg.evicted)
+                if project.deterministic:  # a trainer may have become ready
+                    self._wake(project.name)
             elif conn.role == "stats" and conn.worker_id in project.members:
                 member = project.members[conn.worker_id]
                 member.cached = max(0, member.cached + len(msg.cached) - len(msg.evicted))
@@ -535,9 +701,11 @@ class Master:
         request_id: str = getattr(msg, "request_id")
         if isinstance(msg, CreateProject):
             if msg.closure is not None:
-                raise RequestError("invalid_value",
-                                   "create_project.closure: research closures are not "
-                                   "supported by this master yet; send a spec")
+                self.create_project_from_closure(
+                    msg.closure, msg.name, iteration_time=msg.iteration_time,
+                    optimizer=msg.optimizer, hyperparameters=dict(msg.hyperparameters),
+                    samples_per_iteration=msg.samples_per_iteration, labels=msg.labels)
+                return Ack(request_id=request_id)
             self.create_project(msg.name, [dict(d) for d in msg.spec or ()],
                                 iteration_time=msg.iteration_time or 2.0,
                                 optimizer=msg.optimizer or "adagrad",
@@ -557,12 +725,13 @@ class Master:
             project = self._project(msg.project)
             try:
                 if msg.hyperparameters:
-                    project.optimizer.set_hyperparameters(**msg.hyperparameters)
+                    project.set_hyperparameters(**msg.hyperparameters)
             except OptimizerError as exc:
                 raise RequestError("invalid_value", str(exc)) from None
             if msg.iteration_time is not None:
                 project.iteration_time = msg.iteration_time
                 self._broadcast_project_changed(project)
+            self._save_soon(project.name)
             self._event("configured", f"project {project.name}: "
                         + ", ".join(f"{k}={v:g}" for k, v in msg.hyperparameters.items())
                         + (f" T={msg.iteration_time:g} s" if msg.iteration_time else ""),

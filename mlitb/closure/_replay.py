@@ -1,0 +1,219 @@
+"""Replaying a deterministic run from its closure, in-process, and checking it bit for bit.
+
+``replay`` starts from the record's origin (parameters and optimizer state), and for every
+recorded step recomputes each part exactly as a Python node computed it (``compute_gradient``
+in deterministic mode over the part's share, with the recorded seed, iteration and batch size,
+on one BLAS thread as node workers run), sums the parts in the recorded order with the master's
+own reduce function and optimizer, and compares the SHA-256 of the parameters with the recorded
+one. The training images come from upload zips, decoded exactly as the data server decodes
+them and matched to the closure's manifest by content hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ClosureError
+from ._format import Closure
+from ._manifest import SplitManifest, match_manifest
+from ._record import ReplayRecord
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """The closure's training samples in manifest order: ``images[i]`` (uint8, channel-major)
+    and ``labels[i]`` (the net's class index) are sample i of ``data.train``."""
+
+    images: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """One replayed step: the recorded and the recomputed parameter hashes."""
+
+    iteration: int
+    expected: str
+    actual: str
+    samples: int
+    loss: float | None
+
+    @property
+    def identical(self) -> bool:
+        return self.expected == self.actual
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What a replay found. ``identical``: every replayed step hashed as recorded."""
+
+    checks: tuple[StepCheck, ...]
+    recorded_steps: int
+    origin_iteration: int
+    max_abs_difference: float
+    """At the first differing step (0.0 when all are identical)."""
+    seconds: float
+
+    @property
+    def identical(self) -> bool:
+        return all(c.identical for c in self.checks)
+
+    @property
+    def first_mismatch(self) -> StepCheck | None:
+        return next((c for c in self.checks if not c.identical), None)
+
+    @property
+    def complete(self) -> bool:
+        """Every recorded step was replayed."""
+        return len(self.checks) == self.recorded_steps
+
+
+def record_of(closure: Closure) -> ReplayRecord:
+    """The closure's replay record, or a ClosureError saying why there is none."""
+    if closure.replay is not None:
+        return closure.replay
+    if not closure.loop.deterministic:
+        raise ClosureError("this closure was not recorded in deterministic mode "
+                           "(loop.deterministic is false): there is nothing to replay; create "
+                           "the project with samples_per_iteration to record a replayable run")
+    if closure.data is None:
+        raise ClosureError("this closure has no data manifest, so it has no replay record")
+    raise ClosureError("this deterministic closure has no replay record (it was written before "
+                       "its first iteration, or right after a change of hyperparameters or "
+                       "labels)")
+
+
+def training_data(closure: Closure, zips: Sequence[str | os.PathLike[str]]) -> TrainingData:
+    """Decode the zips as the data server does and put their images in the order of the
+    closure's training manifest; ClosureError unless together they hold exactly its training
+    data (or its training and test data)."""
+    from ..dataserver._ingest import InputShape, decode_archive
+
+    if closure.data is None:
+        raise ClosureError("the closure has no data manifest to match the zip against")
+    if not zips:
+        raise ClosureError("replay needs the training data: give the upload zip(s)")
+    c, h, w = closure.net().input_shape
+    shape = InputShape(width=w, height=h, channels=c)
+    pool: dict[tuple[str, str], list[npt.NDArray[np.uint8]]] = defaultdict(list)
+    hashes: list[str] = []
+    names: list[str] = []
+    for path in zips:
+        decoded = decode_archive(path, shape)
+        for i, digest in enumerate(decoded.sha256):
+            label = decoded.label_names[int(decoded.labels[i])]
+            pool[(digest, label)].append(decoded.images[i])
+            hashes.append(digest)
+            names.append(label)
+    match = match_manifest(closure.data, SplitManifest(tuple(hashes), tuple(names)))
+    if match.split == "test":
+        raise ClosureError("the zip holds the closure's test data; replay needs its training "
+                           "data")
+    train = closure.data.train
+    index = {name: i for i, name in enumerate(closure.labels)}
+    missing = sorted(set(train.labels) - set(index))
+    if missing:
+        raise ClosureError(f"training label {missing[0]!r} is not in the net's label map")
+    images = np.empty((train.count, c, h, w), dtype=np.uint8)
+    labels = np.empty(train.count, dtype=np.int64)
+    for i, (digest, label) in enumerate(zip(train.sha256, train.labels)):
+        images[i] = pool[(digest, label)].pop()  # equal files decode to equal images
+        labels[i] = index[label]
+    return TrainingData(images, labels)
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Node workers run BLAS on one thread; so does the replay (threadpoolctl if present)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
+def replay(closure: Closure, data: TrainingData, *, iterations: int | None = None,
+           progress: Callable[[StepCheck], None] | None = None,
+           keep_going: bool = False) -> ReplayReport:
+    """Re-run the first ``iterations`` recorded steps (default all) and compare each step's
+    parameters with the recorded hash. Stops at the first difference unless ``keep_going``."""
+    from ..master import parameters_sha256, reduce_gradient_sums
+    from ..nodes._cache import CacheView
+    from ..nodes._compute import compute_gradient
+    from ..optim import make_optimizer
+    from ..protocol import ResultFrame, ResultKind
+
+    record = record_of(closure)
+    worker = closure.net()
+    dropout = [layer.type for layer in worker.layers if layer.type == "dropout"]
+    if dropout:
+        raise ClosureError("the net has dropout layers, whose random masks the workers draw "
+                           "without a recorded seed: this run cannot be replayed bit-identically")
+    if data.images.shape[0] != (closure.data.train.count if closure.data else -1):
+        raise ClosureError("the training data does not match the closure's manifest")
+    origin = record.origin
+    params = origin.parameters.copy()
+    if closure.decay_multipliers is not None:
+        l1, l2 = (m.copy() for m in closure.decay_multipliers)
+    else:
+        l1, l2 = worker.decay_multipliers()
+    optimizer = make_optimizer(closure.optimizer_name, closure.num_params,
+                               **origin.hyperparameters, l1_mul=l1, l2_mul=l2)
+    optimizer.load_state({**{k: v.copy() for k, v in origin.optimizer_state.items()},
+                          "step": origin.optimizer_step})
+    ids = np.arange(data.images.shape[0], dtype=np.int64)
+    views: dict[int, CacheView] = {}
+    steps = record.steps if iterations is None else record.steps[:max(0, iterations)]
+    checks: list[StepCheck] = []
+    max_diff = 0.0
+    start = time.perf_counter()
+    with _one_blas_thread():
+        for step in steps:
+            frames = []
+            for share, samples in step.parts:
+                if share not in views:
+                    views[share] = CacheView(images=data.images, labels=data.labels, ids=ids,
+                                             rows=record.share(share).astype(np.intp))
+                worker.params = params.copy()
+                result = compute_gradient(worker, views[share], samples=samples,
+                                          seed=record.seed, iteration=step.iteration,
+                                          max_batch=record.max_batch)
+                frames.append(ResultFrame(
+                    parameter_version=0, kind=ResultKind.GRADIENT_SUM, samples=result.samples,
+                    correct=result.correct, loss_sum=result.loss_sum,
+                    compute_seconds=result.compute_seconds, vector=result.vector))
+            before = params.copy()
+            summary = reduce_gradient_sums(frames, params, optimizer)
+            if not summary.stepped:  # the workers computed nothing: cannot be the recording
+                params = before
+            check = StepCheck(step.iteration, step.sha256, parameters_sha256(params),
+                              summary.samples,
+                              summary.loss_sum / summary.samples if summary.samples else None)
+            checks.append(check)
+            if progress is not None:
+                progress(check)
+            if not check.identical:
+                if not max_diff:
+                    expected = _expected_parameters(closure, step.sha256)
+                    max_diff = float(np.max(np.abs(expected - params))) \
+                        if expected is not None else float("nan")
+                if not keep_going:
+                    break
+    return ReplayReport(checks=tuple(checks), recorded_steps=len(record.steps),
+                        origin_iteration=origin.iteration, max_abs_difference=max_diff,
+                        seconds=time.perf_counter() - start)
+
+
+def _expected_parameters(closure: Closure, digest: str) -> npt.NDArray[np.float32] | None:
+    """The recorded parameters with this hash, if the closure holds them (its final ones)."""
+    return closure.parameters if closure.parameters_sha256 == digest else None
