@@ -13,7 +13,6 @@ from .errors import NotBuiltError
 # (command, help, the issue that builds it)
 PLANNED: list[tuple[str, str, str]] = [
     ("console", "Open the Textual operator console.", "operator console"),
-    ("zoo", "List and add closures in the model zoo.", "research closures"),
 ]
 
 

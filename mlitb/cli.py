@@ -18,6 +18,7 @@ from ._cli_master import data_app, register_master
 from ._cli_node import node_app
 from ._cli_planned import register_planned
 from ._cli_project import model_app, project_app
+from ._cli_zoo import zoo_app
 
 app = typer.Typer(
     name="mlitb",
@@ -49,6 +50,7 @@ register_demo(app)
 app.add_typer(data_app, name="data")
 app.add_typer(node_app, name="node")
 app.add_typer(closure_app, name="closure")
+app.add_typer(zoo_app, name="zoo")
 app.add_typer(project_app, name="project")
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")

@@ -52,6 +52,7 @@ from ._replay import ReplayReport, StepCheck, TrainingData, record_of, replay, t
 from ._schema import SCHEMA_FILE, load_schema
 from ._summary import summary
 from ._verify import verify_manifest
+from ._zoo import Zoo, ZooEntry
 
 __all__ = [
     "FORMAT",
@@ -70,6 +71,8 @@ __all__ = [
     "SplitManifest",
     "StepCheck",
     "TrainingData",
+    "Zoo",
+    "ZooEntry",
     "canonical_json",
     "closure_from_dict",
     "closure_from_project",
