@@ -14,9 +14,9 @@ from . import __version__
 from ._cli_bench import bench_app
 from ._cli_demo import register_demo
 from ._cli_closure import closure_app
+from ._cli_console import register_console
 from ._cli_master import data_app, register_master
 from ._cli_node import node_app
-from ._cli_planned import register_planned
 from ._cli_project import model_app, project_app
 from ._cli_zoo import zoo_app
 
@@ -47,6 +47,7 @@ def _root(
 
 register_master(app)
 register_demo(app)
+register_console(app)
 app.add_typer(data_app, name="data")
 app.add_typer(node_app, name="node")
 app.add_typer(closure_app, name="closure")
@@ -54,7 +55,6 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(project_app, name="project")
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
-register_planned(app)
 
 
 def main() -> None:

@@ -36,7 +36,3 @@ class ClosureError(MlitbError):
 
 class OptimizerError(MlitbError):
     """An optimizer was configured with unknown names or out-of-range hyperparameters."""
-
-
-class NotBuiltError(MlitbError):
-    """A command exists in the CLI's plan but is not implemented in this version."""

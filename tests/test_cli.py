@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from mlitb import __version__
-from mlitb._cli_planned import PLANNED
 from mlitb.cli import app
 
 runner = CliRunner()
@@ -26,16 +25,8 @@ def test_help_lists_every_command_to_come():
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0
     for name in ("master", "data-server", "node", "console", "project", "data", "closure",
-                 "demo", "bench"):
+                 "demo", "bench", "zoo", "model"):
         assert f" {name} " in result.output, name
-
-
-@pytest.mark.parametrize("name", [name for name, _, _ in PLANNED])
-def test_planned_commands_say_so_and_fail(name):
-    result = runner.invoke(app, [name, "join", "ws://localhost:8000"])
-    assert result.exit_code == 1
-    assert f"'mlitb {name}' is not built yet" in result.output
-    assert "Traceback" not in result.output
 
 
 def test_unknown_option_is_a_usage_error():
