@@ -335,6 +335,9 @@ def resume(
         "--name", help="The new project's name (default: the closure's).")] = None,
     iteration_time: Annotated[float | None, typer.Option(
         min=1.0, max=30.0, help="T, seconds per iteration (default: the closure's).")] = None,
+    samples_per_iteration: Annotated[int | None, typer.Option(
+        min=1, help="Deterministic mode with this many samples per iteration (default: the "
+        "closure's setting).")] = None,
 ) -> None:
     """Create a project on a master from a closure; it continues training where the closure
     stopped once it has data and trainers."""
@@ -350,7 +353,8 @@ def resume(
     async def main() -> dict[str, Any] | None:
         async with open_operator(master, token, need_token=True) as op:
             await op.request(CreateProject(request_id="-", name=project, closure=d,
-                                           iteration_time=iteration_time))
+                                           iteration_time=iteration_time,
+                                           samples_per_iteration=samples_per_iteration))
             try:  # what the master's data server holds for that name now
                 return await op.get_model(project, "closure")
             except MlitbError:

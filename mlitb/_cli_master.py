@@ -32,6 +32,18 @@ def _logging(verbose: bool) -> None:
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
 
 
+def _leaf(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` itself or the first exception of ``kind`` inside its exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _leaf(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
 def register_master(app: typer.Typer) -> None:
     @app.command("master")
     @cli_errors
@@ -75,15 +87,16 @@ def register_master(app: typer.Typer) -> None:
             out.print(f"[bold red]could not restore[/] {problem.path}: {problem.reason}"
                       + (f" (moved to {problem.moved_to.name})" if problem.moved_to else ""))
 
-        async def stop_on_sigterm(scope: trio.CancelScope) -> None:
-            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async def stop_on_signal(scope: trio.CancelScope) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
+                    out.print("stopping: saving the projects")
                     scope.cancel()  # the master saves every project as it stops
                     return
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
+                nursery.start_soon(stop_on_signal, nursery.cancel_scope)
                 address = await nursery.start(lambda task_status: serve_cluster(
                     m, store, host, port, data_port, public_host=public_host,
                     task_status=task_status))
@@ -98,11 +111,19 @@ def register_master(app: typer.Typer) -> None:
 
         try:
             trio.run(main)
-            out.print("master stopped (projects saved)")
-        except KeyboardInterrupt:
-            out.print("master stopped (projects saved)")
-        except OSError as exc:
-            raise MlitbError(f"cannot listen on {host}: {exc.strerror or exc}") from None
+        except BaseException as exc:  # trio may wrap what ends it in exception groups
+            error = _leaf(exc, MlitbError)
+            if error is not None:
+                raise error from None
+            os_error = _leaf(exc, OSError)
+            if isinstance(os_error, OSError):
+                raise MlitbError(f"cannot listen on {host}: "
+                                 f"{os_error.strerror or os_error}") from None
+            if _leaf(exc, KeyboardInterrupt) is not None:  # a second Ctrl-C while saving
+                out.print("master interrupted")
+                return
+            raise
+        out.print("master stopped (projects saved)")
 
     @app.command("data-server")
     @cli_errors

@@ -348,3 +348,26 @@ async def test_a_killed_master_resumes_from_its_last_autosave(
             assert final.iteration >= after.iteration
             assert "master stopped" in log2.read_text()
             node_log.close()
+
+
+@pytest.mark.trio
+async def test_ctrl_c_saves_every_project_and_exits_cleanly(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        async with processes() as started:
+            log = tmp_path / "master.log"
+            started.append(start_master(tmp_path / "data", log))
+            url = (await wait_for_line(log, r"master\s+(ws://\S+)"))[1]
+            async with open_operator(url, TOKEN) as op:
+                await op.request(CreateProject(request_id="-", name="digits",
+                                               spec=tuple(DIGITS_SPEC), iteration_time=2.0))
+            path = tmp_path / "data" / "projects" / "digits.closure.json"
+            with trio.move_on_after(10):
+                while not path.exists():  # the creation save
+                    await trio.sleep(0.05)
+            created = load_closure(path)
+            started[0].send_signal(signal.SIGINT)
+            assert await trio.to_thread.run_sync(lambda: started[0].wait(20)) == 0
+            text = log.read_text()
+            assert "master stopped (projects saved)" in text and "Traceback" not in text
+            final = load_closure(path)
+            assert final.updated > created.updated and final.created == created.created

@@ -184,3 +184,142 @@ def test_no_replay_without_deterministic_mode() -> None:
     project = Project("p", net, make_optimizer("sgd", net.num_params), "sgd", 1.0)
     with pytest.raises(ClosureError, match="not recorded in deterministic mode"):
         record_of(closure_from_project(project))
+
+
+# -- deterministic mode in the project, without I/O ----------------------------------------------
+SMALL = [{"type": "input", "out_sx": 1, "out_sy": 1, "out_depth": 4},
+         {"type": "fc", "num_neurons": 3, "activation": "relu"},
+         {"type": "softmax", "num_classes": 3}]
+
+
+def deterministic_project(worker_ids: list[int], samples: int = 9) -> Any:
+    from mlitb.master import Project
+    from mlitb.master._project import Member
+    from mlitb.nn import Net
+    from mlitb.optim import make_optimizer
+
+    net = Net(SMALL, seed=3, labels=["a", "b", "c"])
+    project = Project("p", net, make_optimizer("adam", net.num_params), "adam", 1.0,
+                      samples_per_iteration=samples)
+    project.add_data("train", range(100, 112))  # store ids: positions 0..11
+    for w in worker_ids:  # the same join order, other ids
+        project.add_member(Member(w, "trainer", "python", "h"))
+        project.admit_pending()
+    return project
+
+
+def share_vector(first: int, n: int) -> np.ndarray:
+    """A gradient sum that depends only on the share, scaled so the summation order shows."""
+    rng = np.random.default_rng(first)
+    return (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 8, n)).astype(np.float32)
+
+
+def run_iterations(project: Any, iterations: int) -> None:
+    from mlitb.protocol import ResultFrame, ResultKind
+
+    for _ in range(iterations):
+        it = project.plan_iteration(0.0)
+        for w in sorted(it.orders, reverse=True):  # arrival order must not matter either
+            first = int(it.shares[w][0])
+            frame = ResultFrame(parameter_version=it.parameter_version,
+                                kind=ResultKind.GRADIENT_SUM, samples=it.orders[w].samples,
+                                correct=1, loss_sum=2.0, compute_seconds=0.1,
+                                vector=share_vector(first + project.iteration,
+                                                    project.net.num_params))
+            assert project.accept_result(w, frame, 0.5) is None
+        project.finish_iteration(1.0)
+
+
+def test_only_trainers_with_their_whole_share_cached_get_work() -> None:
+    project = deterministic_project([1, 2, 3])
+    assert project.ready_trainers() == []
+    shares = {w: project.allocator.allocation_of(w) for w in (1, 2, 3)}
+    project.allocator.mark_cached(1, shares[1])
+    project.allocator.mark_cached(2, list(shares[2])[:-1])
+    assert project.ready_trainers() == [1]
+    project.allocator.mark_cached(2, shares[2])
+    project.allocator.mark_cached(3, shares[3])
+    it = project.plan_iteration(0.0)
+    assert sorted(it.orders) == [1, 2, 3]
+    assert all(o.samples == 3 and o.seconds is None for o in it.orders.values())
+    # Shares are positions in the training data (store ids 100.. are positions 0..).
+    assert sorted(int(p) for s in it.shares.values() for p in s) == list(range(12))
+
+
+def test_the_reduction_order_does_not_depend_on_worker_ids() -> None:
+    runs = []
+    for ids in ([1, 2, 3], [30, 20, 10]):
+        project = deterministic_project(ids)
+        for w in ids:
+            project.allocator.mark_cached(w, project.allocator.allocation_of(w))
+        run_iterations(project, 4)
+        runs.append(project)
+    a, b = runs
+    assert np.array_equal(a.net.params, b.net.params)  # bit-identical
+    ra, rb = a.replay_record(), b.replay_record()
+    assert ra.shares == rb.shares and [s.parts for s in ra.steps] == [s.parts for s in rb.steps]
+    assert [s.sha256 for s in ra.steps] == [s.sha256 for s in rb.steps]
+    # Parts are summed in the order of their shares' first positions.
+    for step in ra.steps:
+        firsts = [int(ra.share(k)[0]) for k, _ in step.parts]
+        assert firsts == sorted(firsts) and len(firsts) == 3
+
+
+def test_the_record_survives_a_closure_and_restarts_on_changes() -> None:
+    from mlitb.closure import DataManifest, SplitManifest, closure_from_project
+    from mlitb.master import Project, parameters_sha256
+
+    project = deterministic_project([1])
+    project.allocator.mark_cached(1, project.allocator.allocation_of(1))
+    origin = project.net.params.copy()
+    run_iterations(project, 3)
+    record = project.replay_record()
+    assert record.origin.iteration == 0 and np.array_equal(record.origin.parameters, origin)
+    assert record.shares == ("0-11",) and len(record.steps) == 3
+    assert record.steps[-1].sha256 == parameters_sha256(project.net.params)
+
+    manifest = DataManifest(("a", "b", "c"), SplitManifest(
+        tuple(f"{i:064x}" for i in range(12)), tuple("abc"[i % 3] for i in range(12))))
+    closure = closure_from_dict(closure_to_dict(closure_from_project(project, manifest)))
+    assert closure.replay is not None and len(closure.replay.steps) == 3
+    # Without a manifest the record is not written (its shares index the training data).
+    assert "replay" not in closure_to_dict(closure_from_project(project))
+    restored = Project.from_closure(closure, keep_record=True)
+    assert restored.replay_record().steps == record.steps
+    assert Project.from_closure(closure).replay_record() is None  # resumed: a new record
+
+    # A tampered record is refused with the field named.
+    d = closure_to_dict(closure)
+    d["replay"]["steps"][1]["parts"][0][0] = 5
+    d.pop("content_sha256")
+    with pytest.raises(ClosureError, match=r"replay.steps\[1\].parts\[0\]: share 5"):
+        closure_from_dict(d)
+    d = closure_to_dict(closure)
+    d["replay"]["steps"].pop()
+    d.pop("content_sha256")
+    with pytest.raises(ClosureError, match="replay.steps: 2 steps, but the parameter version"):
+        closure_from_dict(d)
+
+    # New hyperparameters: the record restarts from the state at the next iteration.
+    project.set_hyperparameters(learning_rate=0.5)
+    assert project.replay_record() is None
+    run_iterations(project, 2)
+    again = project.replay_record()
+    assert again.origin.iteration == 3 and len(again.steps) == 2
+    assert again.origin.hyperparameters["learning_rate"] == 0.5
+    # A grown output layer: likewise.
+    project.register_labels(["a", "b", "c", "d"])
+    assert project.replay_record() is None
+
+
+def test_shares_round_trip_and_bad_ones_are_named() -> None:
+    from mlitb.closure import format_share, parse_share
+
+    for positions in ([], [0], [0, 1, 2, 5, 7, 8], list(range(1000)) + [5000]):
+        text = format_share(positions)
+        assert parse_share(text).tolist() == positions
+    assert format_share([3, 1, 2, 2]) == "1-3"
+    for bad, message in [("1,1", "must increase"), ("5-3", "must increase"),
+                         ("a", "not a position"), ("3,1", "must increase")]:
+        with pytest.raises(ClosureError, match=message):
+            parse_share(bad, "replay.shares[0]")
