@@ -91,7 +91,7 @@ class Layer:
 
     def backward_params(self, dy: np.ndarray) -> None:
         """Only add the parameter gradients: the net's first layer with parameters does this, as
-        nobody reads the gradient of its input (for the demo net, 12% of a training step)."""
+        nobody reads the gradient of its input (for the demo net, about 10% of a step)."""
         self.backward(dy)
 
 
