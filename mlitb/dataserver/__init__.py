@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from importlib.resources.abc import Traversable
-from typing import cast
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
@@ -25,6 +25,7 @@ from ._app import (
     DataServer,
     OnRegistered,
     TooLargeError,
+    decode_image,
 )
 from ._archive import write_archive
 from ._client import DataClient, Progress
@@ -53,7 +54,7 @@ __all__ = [
     "CheckUpload", "DataClient", "DataServer", "DataServerError", "DatasetInfo", "Decoded",
     "InputShape", "OnRegistered", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
     "StoreError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
-    "decode_archive", "format_ids", "parse_ids", "serve_data_server", "write_archive",
+    "decode_archive", "decode_image", "format_ids", "parse_ids", "serve_data_server", "write_archive",
 ]
 DEFAULT_PORT = 8001
 
@@ -71,16 +72,20 @@ async def serve_data_server(
     max_batch_ids: int = MAX_BATCH_IDS,
     max_batch_bytes: int = MAX_BATCH_BYTES,
     static: Traversable | None = None,
+    client_config: dict[str, Any] | None = None,
 ) -> None:
     """Serve ``store`` over HTTP until cancelled; report the bound port (useful with port 0).
 
     ``on_registered``, ``check_upload``: the master's seams (see ``OnRegistered``, ``CheckUpload``).
     ``upload_token``: when set, uploads and deletes need ``Authorization: Bearer <token>``.
     ``static``: the browser client's folder (default: the package ``mlitb.browser``).
+    ``client_config``: served as ``GET /config.json`` for the browser client (404 when None),
+    e.g. ``{"master_url": "ws://HOST:8000"}``.
     """
     server = DataServer(store, on_registered=on_registered, check_upload=check_upload,
                         upload_token=upload_token, limits=limits, max_batch_ids=max_batch_ids,
-                        max_batch_bytes=max_batch_bytes, static=static)
+                        max_batch_bytes=max_batch_bytes, static=static,
+                        client_config=client_config)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

@@ -7,6 +7,7 @@ decoding, store commits and reads — runs in ``trio.to_thread``. Errors leave a
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import importlib.resources
 import inspect
@@ -30,11 +31,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mlitb.errors import AuthError, MlitbError, UploadError
-from mlitb.protocol import MAX_DATA_FRAME, MAX_IDS_PER_MESSAGE, encode_data_batch
+from mlitb.protocol import (
+    MAX_DATA_FRAME,
+    MAX_IDS_PER_MESSAGE,
+    MAX_LABEL_LENGTH,
+    encode_data_batch,
+)
 
 from ._errors import ShapeMismatchError, StoreError, UnknownIdsError, UnknownProjectError
 from ._ids import parse_ids
-from ._ingest import DEFAULT_LIMITS, InputShape, UploadLimits, decode_archive
+from ._ingest import (
+    DEFAULT_LIMITS,
+    Decoded,
+    InputShape,
+    UploadLimits,
+    _decode_into,
+    decode_archive,
+)
 from ._store import SPLITS, Registration, Split, Store, check_project_name
 
 OnRegistered = Callable[[Registration], Awaitable[None] | None]
@@ -93,8 +106,10 @@ class DataServer:
     def __init__(self, store: Store, *, on_registered: OnRegistered | None = None,
                  check_upload: CheckUpload | None = None, upload_token: str | None = None, limits: UploadLimits = DEFAULT_LIMITS,
                  max_batch_ids: int = MAX_BATCH_IDS, max_batch_bytes: int = MAX_BATCH_BYTES,
-                 static: Traversable | None = None) -> None:
+                 static: Traversable | None = None,
+                 client_config: dict[str, Any] | None = None) -> None:
         self.store = store
+        self.client_config = client_config
         self.static_root = static or importlib.resources.files("mlitb.browser")
         self.on_registered = on_registered
         self.check_upload = check_upload
@@ -110,7 +125,9 @@ class DataServer:
             Route("/projects/{project}", self.delete_project, methods=["DELETE"]),
             Route("/projects/{project}/manifest", self.manifest),
             Route("/projects/{project}/uploads", self.upload, methods=["POST"]),
+            Route("/projects/{project}/images", self.upload_image, methods=["POST"]),
             Route("/projects/{project}/batch", self.batch, methods=["GET", "POST"]),
+            Route("/config.json", self.config),
             Route("/", self.static),
             Route("/{path:path}", self.static),
         ]
@@ -232,10 +249,15 @@ class DataServer:
                     self.store.add, project, decoded, _split(split))
         finally:
             await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
-        ids = registration.ids
+        return await self._registered(registration, decoded)
+
+    async def _registered(self, registration: Registration, decoded: Decoded) -> Response:
+        """Register a committed upload with the master; answer 201, or 502 if that failed."""
+        ids, project = registration.ids, registration.project
         body: dict[str, Any] = {
-            "project": project, "split": split, "ids": [ids[0], ids[-1]], "count": len(ids),
-            "labels": list(registration.label_names), "counts": decoded.label_counts()}
+            "project": project, "split": registration.split, "ids": [ids[0], ids[-1]],
+            "count": len(ids), "labels": list(registration.label_names),
+            "counts": decoded.label_counts()}
         try:
             await self._register(registration)
         except Exception as error:  # the data is stored; say so, and that the master missed it
@@ -244,6 +266,38 @@ class DataServer:
                              f"master failed: {error}")
             return JSONResponse(body, status_code=502)
         return JSONResponse(body, status_code=201)
+
+    async def upload_image(self, request: Request) -> Response:
+        """One labelled image as the raw body (the browser's "teach"): validated and converted
+        like an image in a zip, stored as one new id, registered like an upload."""
+        self._authorize(request)
+        project = self._project(request)
+        split = request.query_params.get("split", "train")
+        if split not in SPLITS:
+            raise UploadError(f"split must be 'train' or 'test', got {split[:20]!r}")
+        label = request.query_params.get("label", "")
+        if not 1 <= len(label) <= MAX_LABEL_LENGTH or not label.isprintable():
+            raise UploadError(f"label must be 1-{MAX_LABEL_LENGTH} printable characters, got "
+                              f"{label[:20]!r}")
+        name = request.query_params.get("name", "") or "the image"
+        shape = self._upload_shape(request, project, split)
+        limit = self.limits.max_file_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdecimal() and int(declared) > limit:
+            raise TooLargeError(f"the image is {declared} bytes, over the limit of {limit}")
+        data = await _read_small_body(request, limit, "the image")
+        async with self._upload_lock:
+            decoded = await trio.to_thread.run_sync(
+                decode_image, data, label, shape, self.limits, name[:200])
+            registration = await trio.to_thread.run_sync(
+                self.store.add, project, decoded, _split(split))
+        return await self._registered(registration, decoded)
+
+    async def config(self, request: Request) -> Response:
+        """``client_config`` for the browser client (e.g. the master's URL); 404 when unset."""
+        if self.client_config is None:
+            raise HTTPException(404, "not found: /config.json (no client configuration)")
+        return JSONResponse(self.client_config)
 
     async def batch(self, request: Request) -> Response:
         project = self._project(request)
@@ -279,6 +333,22 @@ class DataServer:
         return Response(data, media_type=media_type)
 
 
+def decode_image(data: bytes, label: str, shape: InputShape, limits: UploadLimits = DEFAULT_LIMITS,
+                 name: str = "the image") -> Decoded:
+    """One image file's bytes -> a one-image ``Decoded`` labelled ``label``: the same checks
+    (size, pixel count, Pillow formats) and the same conversion to ``shape`` as an image in an
+    upload archive."""
+    if len(data) > limits.max_file_bytes:
+        raise TooLargeError(f"{name!r}: {len(data)} bytes, over the limit of "
+                            f"{limits.max_file_bytes}")
+    if not data:
+        raise UploadError(f"{name!r}: the body is empty; send the image file's bytes")
+    images = np.empty((1, *shape.array_shape), dtype=np.uint8)
+    _decode_into(images[0], data, name, shape, limits)
+    return Decoded(images=images, labels=np.zeros(1, dtype=np.uint32), label_names=(label,),
+                   sha256=(hashlib.sha256(data).hexdigest(),), names=(name,))
+
+
 def _shape(shape: InputShape) -> str:
     return f"{shape.width}x{shape.height}x{shape.channels} (width x height x channels)"
 
@@ -287,10 +357,11 @@ def _split(value: str) -> Split:
     return "test" if value == "test" else "train"
 
 
-async def _read_small_body(request: Request, limit: int) -> bytes:
+async def _read_small_body(request: Request, limit: int, what: str = "the id list") -> bytes:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise TooLargeError(f"the id list is over {limit} bytes; split the request")
+            hint = "; split the request" if what == "the id list" else ""
+            raise TooLargeError(f"{what} is over {limit} bytes{hint}")
     return bytes(body)

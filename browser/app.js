@@ -1,0 +1,522 @@
+// The browser client's page: projects, trainers, prediction and teaching, statistics and
+// downloads (docs/browser.md). Everything it loads is served by the project: no CDN, no build.
+//
+// The master's URL: ?master=ws://HOST:PORT, else "master_url" of /config.json (served by the
+// data server when it is told the master's URL), else ws://<this page's host>:8000.
+// ?project=NAME selects a project.
+
+import { drawChart } from "./lib/chart.js";
+import { convert, decodeFile } from "./lib/image.js";
+import { MasterLink } from "./lib/master.js";
+import { reachable, sameServer } from "./lib/protocol.js";
+import { Tracker } from "./lib/tracker.js";
+import { WorkerPool } from "./lib/trainers.js";
+
+const $ = (selector) => document.querySelector(selector);
+const params = new URLSearchParams(location.search);
+
+/** A DOM element: h("td", {class: "num"}, "12"). Text is always set as text, never as HTML. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+const fmt = {
+  num: (v, digits = 3) => (v === null || v === undefined ? "–" : Number(v).toPrecision(digits).replace(/\.?0+$/, "")),
+  rate: (v) => (v === null || v === undefined ? "–" : v >= 100 ? Math.round(v).toLocaleString("en") : v.toFixed(1)),
+  pct: (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(1)}%`),
+  int: (v) => (v === null || v === undefined ? "–" : Number(v).toLocaleString("en")),
+  ms: (v) => (v === null || v === undefined ? "–" : `${v.toFixed(0)} ms`),
+  s: (v) => (v === null || v === undefined ? "–" : `${v.toFixed(2)} s`),
+};
+
+const state = {
+  link: null,
+  pool: new WorkerPool(),
+  projects: [],
+  projectsLoaded: false,
+  project: params.get("project") || localStorage.getItem("mlitb.project") || null,
+  status: null, // the selected project's latest status snapshot
+  events: [],
+  tracker: null,
+  image: null, // {bitmap, width, height, blob, name}
+  view: "projects",
+  dataBase: null,
+};
+window.mlitb = state; // for the tests and the curious
+
+// -- the master's URL -------------------------------------------------------------------------------
+async function masterUrl() {
+  const given = params.get("master");
+  if (given) return given;
+  try {
+    const r = await fetch("config.json", { cache: "no-store" });
+    if (r.ok) {
+      const config = await r.json();
+      if (config.master_url) return reachable(config.master_url, location.hostname);
+    }
+  } catch { /* no configuration: the default below */ }
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname || "localhost"}:8000`;
+}
+
+// -- views ------------------------------------------------------------------------------------------
+const VIEWS = ["projects", "train", "predict", "stats", "download"];
+
+function showView() {
+  const view = VIEWS.includes(location.hash.slice(1)) ? location.hash.slice(1) : "projects";
+  state.view = view;
+  for (const section of document.querySelectorAll("main .view")) section.hidden = section.dataset.view !== view;
+  for (const a of document.querySelectorAll(".tabs a")) a.classList.toggle("active", a.dataset.view === view);
+  $("#projectbar").hidden = view === "projects";
+  if (view === "predict") ensureTracker();
+  if (view === "stats") renderStats();
+  if (view === "train") renderTrainers();
+}
+
+// -- the master link and the projects ---------------------------------------------------------------
+function renderLink() {
+  const link = state.link;
+  const el = $("#link");
+  el.dataset.state = link.state;
+  el.title = link.message;
+  $("#link-text").textContent = link.state === "connected" ? "master connected"
+    : link.state === "connecting" ? "connecting…" : "master unreachable";
+  const banner = $("#banner");
+  banner.hidden = link.state !== "unreachable";
+  if (link.state === "unreachable") {
+    const wait = link.retryAt ? Math.max(0, Math.ceil((link.retryAt - Date.now()) / 1000)) : 0;
+    $("#banner-text").textContent = `${link.message}. Retrying in ${wait} s…`;
+  }
+  renderProjects();
+}
+
+async function refreshProjects() {
+  if (state.link.state !== "connected") return;
+  try {
+    state.projects = await state.link.listProjects();
+    state.projectsLoaded = true;
+  } catch (err) {
+    return;
+  }
+  if (!state.projects.some((p) => p.name === state.project)) {
+    selectProject(state.projects.length === 1 ? state.projects[0].name : null, false);
+  }
+  renderProjects();
+  renderProjectBar();
+}
+
+function selectProject(name, navigate = true, view = null) {
+  const changed = name !== state.project;
+  state.project = name;
+  if (name) localStorage.setItem("mlitb.project", name);
+  if (changed) {
+    state.status = null;
+    state.events = [];
+    if (state.tracker) { state.tracker.close(); state.tracker = null; }
+    clearPrediction();
+  }
+  if (name) state.link.subscribe(name, 1);
+  renderProjectBar();
+  renderProjects();
+  if (navigate && view) location.hash = view;
+  if (state.view === "predict") ensureTracker();
+  renderAll();
+}
+
+function summaryOf(name) { return state.projects.find((p) => p.name === name) || null; }
+
+function renderProjects() {
+  const list = $("#project-list"), empty = $("#projects-empty");
+  list.replaceChildren();
+  const link = state.link;
+  if (link.state !== "connected" && !state.projectsLoaded) {
+    empty.hidden = false;
+    empty.textContent = link.state === "unreachable"
+      ? `The master at ${link.url} cannot be reached. This page keeps trying; check that the master runs (mlitb master) and that this URL is right (add ?master=ws://HOST:PORT to the address).`
+      : `Connecting to the master at ${link.url}…`;
+    return;
+  }
+  if (!state.projects.length) {
+    empty.hidden = false;
+    empty.textContent = "The master has no projects yet. An operator creates one with `mlitb project create`.";
+    return;
+  }
+  empty.hidden = true;
+  for (const p of state.projects) {
+    const shape = p.input_shape ? `${p.input_shape[2]}×${p.input_shape[1]}×${p.input_shape[0]}` : "–";
+    const selected = p.name === state.project;
+    list.append(h("article", { class: `card project${selected ? " selected" : ""}`, "data-project": p.name },
+      h("header", {}, h("h3", {}, p.name), h("span", { class: `badge ${p.state}` }, p.state)),
+      h("dl", { class: "facts" },
+        h("dt", {}, "iteration"), h("dd", {}, fmt.int(p.iteration)),
+        h("dt", {}, "T"), h("dd", {}, `${p.iteration_time} s`),
+        h("dt", {}, "trainers"), h("dd", {}, fmt.int(p.workers)),
+        h("dt", {}, "data"), h("dd", {}, `${fmt.int(p.data.total)} train · ${fmt.int(p.data.test)} test`),
+        h("dt", {}, "input"), h("dd", {}, shape),
+        h("dt", {}, "labels"), h("dd", { title: p.labels.join(", ") }, `${p.labels.length}: ${p.labels.slice(0, 6).join(", ")}${p.labels.length > 6 ? ", …" : ""}`),
+        h("dt", {}, "loss"), h("dd", {}, fmt.num(p.loss)),
+        h("dt", {}, "test error"), h("dd", {}, fmt.pct(p.test_error))),
+      h("div", { class: "actions" },
+        h("button", { type: "button", class: "primary", onclick: () => selectProject(p.name, true, "train") }, "Train"),
+        h("button", { type: "button", onclick: () => selectProject(p.name, true, "predict") }, "Predict"),
+        h("button", { type: "button", onclick: () => selectProject(p.name, true, "stats") }, "Stats"),
+        h("button", { type: "button", onclick: () => selectProject(p.name, true, "download") }, "Download"))));
+  }
+}
+
+function renderProjectBar() {
+  const select = $("#project-select");
+  const names = state.projects.map((p) => p.name);
+  if (state.project && !names.includes(state.project)) names.unshift(state.project);
+  const current = [...select.options].map((o) => o.value).join("\n");
+  if (current !== ["", ...names].join("\n")) {
+    select.replaceChildren(h("option", { value: "" }, "— choose —"), ...names.map((n) => h("option", { value: n }, n)));
+  }
+  select.value = state.project || "";
+  const p = summaryOf(state.project), st = state.status;
+  const badge = $("#project-state");
+  const projectState = st ? st.state : p ? p.state : "";
+  badge.textContent = projectState;
+  badge.className = `badge ${projectState}`;
+  $("#project-facts").textContent = p || st
+    ? `iteration ${fmt.int(st ? st.iteration : p.iteration)} · T ${st ? st.iteration_time : p.iteration_time} s · ${(p ? p.labels.length : "?")} labels`
+    : "";
+}
+
+// -- train --------------------------------------------------------------------------------------------
+function addWorker(role) {
+  if (!state.project) { location.hash = "projects"; return; }
+  state.pool.add(state.link.url, state.project, role);
+}
+
+function renderTrainers() {
+  const list = $("#trainer-list");
+  const workers = state.pool.list();
+  $("#trainer-empty").hidden = workers.length > 0;
+  list.replaceChildren(...workers.map((w) => {
+    const s = w.status;
+    const phase = w.ending ? "leaving" : s.phase;
+    const title = `${w.role === "stats" ? "Stats worker" : "Trainer"} ${w.key}`;
+    const detail = w.role === "stats"
+      ? [h("dt", {}, "test error"), h("dd", {}, fmt.pct(s.testError))]
+      : [h("dt", {}, "loss"), h("dd", {}, fmt.num(s.loss))];
+    return h("article", { class: "card worker", "data-key": w.key, "data-phase": phase },
+      h("header", {}, h("h3", {}, title), h("span", { class: `badge ${phase}` }, phase)),
+      h("div", { class: "rate" }, h("strong", {}, fmt.rate(s.samplesPerS)), " samples/s"),
+      h("dl", { class: "facts" },
+        h("dt", {}, "project"), h("dd", {}, w.project),
+        h("dt", {}, "worker id"), h("dd", {}, s.workerId ?? "–"),
+        h("dt", {}, "cached"), h("dd", {}, `${fmt.int(s.cached)} / ${fmt.int(s.allocated)}`),
+        h("dt", {}, "iteration"), h("dd", {}, fmt.int(s.iteration)),
+        h("dt", {}, "results"), h("dd", {}, fmt.int(s.results)),
+        ...detail,
+        h("dt", {}, "engine"), h("dd", {}, s.simd === null || s.simd === undefined ? "–" : s.simd ? "wasm SIMD" : "JavaScript")),
+      s.message ? h("p", { class: "message" }, s.message) : null,
+      h("div", { class: "actions" }, h("button", { type: "button", onclick: () => state.pool.remove(w.key), disabled: w.ending }, "Remove")));
+  }));
+  renderWorkerTable();
+}
+
+function renderWorkerTable() {
+  const body = $("#worker-table tbody");
+  const workers = state.status ? state.status.workers : [];
+  if (!workers.length) {
+    body.replaceChildren(h("tr", {}, h("td", { colspan: 9, class: "hint" }, state.project ? "no workers on this project yet" : "no project chosen")));
+    return;
+  }
+  body.replaceChildren(...workers.map((w) => h("tr", { "data-client": w.client, "data-state": w.state },
+    h("td", {}, w.worker_id), h("td", {}, w.role), h("td", {}, w.client), h("td", { class: "host" }, w.host),
+    h("td", {}, h("span", { class: `badge ${w.state}` }, w.state)),
+    h("td", { class: "num" }, fmt.rate(w.samples_per_s)), h("td", { class: "num" }, fmt.ms(w.latency_ms)),
+    h("td", { class: "num" }, fmt.s(w.budget_s)), h("td", { class: "num" }, `${fmt.int(w.cached)} / ${fmt.int(w.allocated)}`))));
+}
+
+// -- predict and teach ------------------------------------------------------------------------------
+function ensureTracker() {
+  if (state.tracker || !state.project || !state.link) { renderTracker(); return; }
+  const tracker = new Tracker(state.link.url, state.project);
+  state.tracker = tracker;
+  let pending = false;
+  tracker.addEventListener("change", () => {
+    renderTracker();
+    if (!pending) { // predictions follow the parameters as they train, at most twice a second
+      pending = true;
+      setTimeout(() => { pending = false; predict(); }, 500);
+    }
+  });
+  renderTracker();
+}
+
+function renderTracker() {
+  const t = state.tracker, el = $("#tracker-state");
+  if (!state.project) { el.textContent = "Choose a project first (Projects tab)."; return; }
+  if (!t) { el.textContent = "Not tracking."; return; }
+  if (t.state === "tracking") {
+    el.textContent = t.hasParams
+      ? `Tracking ${t.project}: parameters v${t.version} (iteration ${t.iteration}), ${t.labels.length} labels.`
+      : `Tracking ${t.project}: waiting for parameters…`;
+  } else {
+    el.textContent = `Tracker ${t.state}: ${t.message}`;
+  }
+  el.dataset.state = t.state;
+  const labels = $("#label-list");
+  labels.replaceChildren(...t.labels.map((l) => h("option", { value: l })));
+}
+
+function clearPrediction() {
+  $("#top-labels").replaceChildren(h("li", { class: "hint" }, "Choose an image or take a camera frame."));
+}
+
+async function useImage(blob, name, bitmap = null) {
+  try {
+    bitmap = bitmap || await decodeFile(blob);
+  } catch (err) {
+    $("#top-labels").replaceChildren(h("li", { class: "error" }, `${name}: not an image this browser can decode`));
+    return;
+  }
+  if (state.image && state.image.url) URL.revokeObjectURL(state.image.url);
+  const url = URL.createObjectURL(blob);
+  state.image = { bitmap, width: bitmap.width, height: bitmap.height, blob, name, url };
+  $("#original").src = url;
+  $("#teach-result").textContent = "";
+  predict();
+}
+
+function predict() {
+  const t = state.tracker, img = state.image;
+  if (!img) return;
+  if (!t || !t.net) {
+    $("#top-labels").replaceChildren(h("li", { class: "hint" }, "Waiting for the project's network…"));
+    return;
+  }
+  const shape = t.net.inputShape;
+  const { x, rgba } = convert(img.bitmap, img.width, img.height, shape);
+  const canvas = $("#converted");
+  canvas.width = shape[2];
+  canvas.height = shape[1];
+  canvas.getContext("2d").putImageData(rgba, 0, 0);
+  $("#converted-caption").textContent = `as the network sees it (${shape[2]}×${shape[1]}, ${shape[0] === 1 ? "gray" : "RGB"})`;
+  if (!t.hasParams) {
+    $("#top-labels").replaceChildren(h("li", { class: "hint" }, "Waiting for parameters…"));
+    return;
+  }
+  const ranked = t.predict(x).sort((a, b) => b.p - a.p).slice(0, 5);
+  const softmax = t.info && t.info.spec[t.info.spec.length - 1].type === "softmax";
+  $("#top-labels").replaceChildren(...ranked.map((r) => h("li", { "data-label": r.label },
+    h("span", { class: "label" }, r.label),
+    h("span", { class: "bar" }, h("span", { style: `width:${Math.max(0, Math.min(1, softmax ? r.p : 1)) * 100}%` })),
+    h("span", { class: "p" }, softmax ? fmt.pct(r.p) : fmt.num(r.p)))));
+  $("#top-labels").dataset.version = t.version;
+}
+
+let camera = null;
+async function startCamera() {
+  const note = $("#camera-note"), video = $("#camera");
+  if (camera) { stopCamera(); return; }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    note.textContent = "This browser gives no camera here (cameras need https:// or localhost).";
+    return;
+  }
+  try {
+    camera = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+  } catch (err) {
+    note.textContent = `No camera: ${err.name === "NotAllowedError" ? "permission denied" : err.message || err.name}.`;
+    camera = null;
+    return;
+  }
+  video.srcObject = camera;
+  video.hidden = false;
+  await video.play().catch(() => {});
+  $("#camera-snap").hidden = false;
+  $("#camera-start").textContent = "Stop camera";
+  note.textContent = "";
+}
+
+function stopCamera() {
+  if (camera) for (const track of camera.getTracks()) track.stop();
+  camera = null;
+  $("#camera").hidden = true;
+  $("#camera-snap").hidden = true;
+  $("#camera-start").textContent = "Camera";
+}
+
+async function snapFrame() {
+  const video = $("#camera");
+  if (!video.videoWidth) return;
+  const canvas = h("canvas", { width: video.videoWidth, height: video.videoHeight });
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  await useImage(blob, `camera-${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
+}
+
+function dataBase() {
+  const welcome = state.link.welcome;
+  if (!welcome) return location.origin;
+  const announced = reachable(welcome.data_url, new URL(state.link.url).hostname);
+  return sameServer(announced, location.origin) ? location.origin : announced;
+}
+
+async function teach(event) {
+  event.preventDefault();
+  const out = $("#teach-result"), label = $("#teach-label").value.trim();
+  if (!state.image) { out.textContent = "Choose an image or take a camera frame first."; return; }
+  if (!label) return;
+  const q = new URLSearchParams({ label, split: "train", name: state.image.name.slice(0, 200) });
+  const headers = { "Content-Type": state.image.blob.type || "application/octet-stream" };
+  const token = $("#upload-token").value;
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const isNew = !(state.tracker && state.tracker.labels.includes(label));
+  out.textContent = "uploading…";
+  $("#teach-button").disabled = true;
+  try {
+    const r = await fetch(`${dataBase()}/projects/${encodeURIComponent(state.project)}/images?${q}`,
+      { method: "POST", body: state.image.blob, headers });
+    let body = {};
+    try { body = await r.json(); } catch { /* not JSON */ }
+    if (r.status === 401) {
+      $("#upload-token").hidden = false;
+      out.textContent = "This data server needs an upload token: enter it above and teach again.";
+    } else if (!r.ok) {
+      out.textContent = `Refused (HTTP ${r.status}): ${body.error || r.statusText}`;
+    } else {
+      out.textContent = `Stored as data id ${body.ids[0]} with label “${label}”` +
+        (isNew ? `: a new label, the network grows to ${body.labels.length} classes.` : ".");
+    }
+    out.dataset.status = r.status;
+  } catch (err) {
+    out.textContent = `Upload failed: ${err.message}`;
+  } finally {
+    $("#teach-button").disabled = false;
+  }
+}
+
+// -- stats --------------------------------------------------------------------------------------------
+function renderStats() {
+  if (state.view !== "stats") return;
+  const st = state.status;
+  const summary = $("#stats-summary");
+  if (!st) {
+    summary.replaceChildren(h("p", { class: "hint" }, state.project ? "Waiting for the master's status…" : "Choose a project first (Projects tab)."));
+  } else {
+    const last = st.history[st.history.length - 1], test = st.test_error[st.test_error.length - 1];
+    const trainers = st.workers.filter((w) => w.role === "trainer");
+    const rate = trainers.reduce((sum, w) => sum + (w.samples_per_s || 0), 0);
+    const item = (label, value) => h("div", { class: "stat" }, h("span", {}, label), h("strong", {}, value));
+    summary.replaceChildren(
+      item("iteration", fmt.int(st.iteration)),
+      item("test error", test ? fmt.pct(test.error) : "–"),
+      item("training loss", last ? fmt.num(last.loss) : "–"),
+      item("samples / iteration", last ? fmt.int(last.samples) : "–"),
+      item("trainers", `${trainers.length} · ${fmt.rate(rate)} samples/s`),
+      item("last iteration", `compute ${fmt.s(st.timing.compute)} · reduce ${fmt.s(st.timing.reduce)}`));
+  }
+  const history = st ? st.history : [], tests = st ? st.test_error : [];
+  const xLabel = st ? `iteration (T = ${st.iteration_time} s)` : "iteration";
+  drawChart($("#error-chart"), {
+    xLabel, yMin: 0, percent: true,
+    empty: "no test error yet: add a stats worker (Train tab) or run `mlitb node join … --task stats`",
+    series: [
+      { label: "test error", color: "#d1495b", points: tests.map((p) => [p.iteration, p.error]), dots: true },
+      { label: "training error", color: "#8fb3e8", width: 1.5, dashed: true,
+        points: history.filter((p) => p.accuracy !== null && p.samples > 0).map((p) => [p.iteration, 1 - p.accuracy]) },
+    ],
+  });
+  drawChart($("#loss-chart"), {
+    xLabel, yMin: 0,
+    series: [{ label: "training loss", color: "#2456a6", points: history.filter((p) => p.samples > 0).map((p) => [p.iteration, p.loss]) }],
+  });
+  const events = $("#events");
+  if (state.events.length) {
+    events.replaceChildren(...state.events.slice(-30).reverse().map((e) =>
+      h("li", {}, h("span", { class: "time" }, `${e.time.toFixed(1)} s`), h("span", { class: `kind ${e.kind}` }, e.kind), e.message)));
+  }
+}
+
+function onStatus(msg) {
+  const st = msg.projects.find((p) => p.name === state.project) || null;
+  if (!st) return;
+  state.status = st;
+  for (const e of msg.events || []) if (!e.project || e.project === state.project) state.events.push(e);
+  if (state.events.length > 200) state.events.splice(0, state.events.length - 200);
+  renderAll();
+}
+
+function renderAll() {
+  renderProjectBar();
+  if (state.view === "train") renderTrainers();
+  if (state.view === "stats") renderStats();
+}
+
+// -- download -----------------------------------------------------------------------------------------
+async function download(format) {
+  const out = $("#download-result");
+  if (!state.project) { out.textContent = "Choose a project first."; return; }
+  out.textContent = `asking the master for the ${format}…`;
+  try {
+    const reply = await state.link.getModel(state.project, format);
+    const text = JSON.stringify(reply.model);
+    const blob = new Blob([text], { type: "application/json" });
+    const a = h("a", { href: URL.createObjectURL(blob), download: `${state.project}.${format}.json` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+    out.textContent = `Saved ${state.project}.${format}.json (${(text.length / 1024).toFixed(1)} KiB).`;
+  } catch (err) {
+    out.textContent = `Download failed: ${err.message}`;
+  }
+}
+
+// -- start --------------------------------------------------------------------------------------------
+async function main() {
+  const url = await masterUrl();
+  $("#master-url").textContent = url;
+  $("#footer-master").textContent = `master ${url}`;
+  $("#cores").textContent = navigator.hardwareConcurrency ? `this device has ${navigator.hardwareConcurrency} cores` : "";
+  state.link = new MasterLink(url);
+  state.link.addEventListener("state", () => {
+    renderLink();
+    if (state.link.state === "connected") {
+      refreshProjects();
+      if (state.project) state.link.subscribe(state.project, 1);
+    }
+  });
+  state.link.addEventListener("status", (e) => onStatus(e.detail));
+  state.link.start();
+  setInterval(refreshProjects, 2000);
+  setInterval(() => { if (state.link.state === "unreachable") renderLink(); }, 1000);
+
+  window.addEventListener("hashchange", showView);
+  $("#retry").addEventListener("click", () => state.link.retryNow());
+  $("#project-select").addEventListener("change", (e) => selectProject(e.target.value || null, false));
+  $("#add-trainer").addEventListener("click", () => addWorker("trainer"));
+  $("#add-stats").addEventListener("click", () => addWorker("stats"));
+  $("#remove-all").addEventListener("click", () => { for (const w of state.pool.list()) state.pool.remove(w.key); });
+  state.pool.addEventListener("change", () => { if (state.view === "train") renderTrainers(); });
+  $("#image-file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (file) useImage(file, file.name);
+  });
+  $("#camera-start").addEventListener("click", startCamera);
+  $("#camera-snap").addEventListener("click", snapFrame);
+  $("#teach-form").addEventListener("submit", teach);
+  for (const button of document.querySelectorAll("[data-format]")) {
+    button.addEventListener("click", () => download(button.dataset.format));
+  }
+  let resize = null;
+  window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(renderStats, 100); });
+  window.addEventListener("beforeunload", () => { for (const w of state.pool.list()) w.worker.postMessage({ cmd: "stop" }); });
+  showView();
+  renderLink();
+  renderProjectBar();
+  document.body.dataset.ready = "true";
+}
+
+main();

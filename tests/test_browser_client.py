@@ -1,0 +1,369 @@
+"""The browser client (browser/index.html) in headless Chromium against a real master and data
+server (``cluster_in_thread``: ``serve_cluster`` in a daemon thread), which also serves the page.
+
+Each test has deadlines: every Playwright wait carries a timeout, and waits on the master poll its
+statistics until a deadline. With ``MLITB_SCREENSHOTS=1`` the tests write a screenshot of each view
+to docs/images/browser-*.png (otherwise nothing is written into the checkout).
+
+Needs ``pip install playwright`` and Debian's Chromium at /usr/bin/chromium; skips and says why
+without them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+from mlitb.bench.browser import CHROMIUM, CHROMIUM_ARGS, browser_unavailable
+
+from mlitb.dataserver import DataClient, InputShape, write_archive
+from mlitb.datasets import DIGITS_SPEC, digits
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "docs" / "images"
+SCREENSHOTS = os.environ.get("MLITB_SCREENSHOTS") == "1"
+PROJECT = "digits"
+LABELS = [str(k) for k in range(10)]
+WAIT_MS = 20_000
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    reason = browser_unavailable()
+    if reason:
+        pytest.skip(f"no headless browser: {reason}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # A fake camera, so the camera path runs too.
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
+            *CHROMIUM_ARGS, "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Page:
+    """A page of the client with its console errors collected."""
+
+    def __init__(self, browser: Any, url: str, *, width: int = 1200, height: int = 860) -> None:
+        self.context = browser.new_context(viewport={"width": width, "height": height},
+                                           accept_downloads=True)
+        self.context.set_default_timeout(WAIT_MS)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.goto(url)
+        self.page.wait_for_selector("body[data-ready=true]")
+
+    def show(self, view: str) -> None:
+        self.page.click(f".tabs a[data-view={view}]")
+        self.page.wait_for_selector(f"#view-{view}:not([hidden])")
+
+    def screenshot(self, name: str) -> None:
+        if SCREENSHOTS:
+            IMAGES.mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(IMAGES / f"browser-{name}.png"))
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Callable[..., Page]]:
+    pages: list[Page] = []
+
+    def make(url: str, **kwargs: Any) -> Page:
+        page = Page(browser, url, **kwargs)
+        pages.append(page)
+        return page
+
+    yield make
+    for page in pages:
+        page.close()
+
+
+def create_project(c: Any, name: str = PROJECT, *, iteration_time: float = 1.0) -> None:
+    from mlitb.client import open_operator
+    from mlitb.protocol import CreateProject
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with open_operator(c.url, c.token, need_token=True) as op:
+                await op.request(CreateProject(
+                    request_id="-", name=name, spec=tuple(DIGITS_SPEC),  # type: ignore[arg-type]
+                    iteration_time=iteration_time, labels=tuple(LABELS),
+                    hyperparameters={"learning_rate": 0.05}))
+
+    trio.run(main)
+
+
+def upload_digits(c: Any, tmp_path: Path, *, train: int = 600, test: int = 120) -> None:
+    train_split, test_split, names = digits()
+    client = DataClient(c.data_url)
+    for split, data, n in (("train", train_split, train), ("test", test_split, test)):
+        samples = [(names[int(y)], image[..., 0])
+                   for image, y in zip(data.images[:n], data.labels[:n], strict=True)]
+        archive = write_archive(tmp_path / f"{split}.zip", samples)
+        client.upload(PROJECT, archive, split=split,
+                      shape=InputShape(width=8, height=8, channels=1))
+
+
+def digit_png(index: int = 0, size: int = 64) -> bytes:
+    """A test digit as a PNG, larger than the project's 8x8 (the page scales it down)."""
+    from PIL import Image
+
+    _, test_split, _ = digits()
+    image = Image.fromarray(test_split.images[index, :, :, 0]).resize((size, size))
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+def page_url(c: Any, **query: str) -> str:
+    from urllib.parse import urlencode
+
+    return f"{c.data_url}/?{urlencode({'master': c.url, **query})}"
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def status(c: Any) -> Any:
+    return c.master.statistics()[PROJECT]
+
+
+# -- tests ----------------------------------------------------------------------------------------------
+def test_page_loads_without_errors_and_lists_projects(cluster_in_thread: Any, tmp_path: Path,
+                                                     open_page: Callable[..., Page]) -> None:
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path, train=200, test=40)
+    page = open_page(page_url(c))
+    card = page.page.wait_for_selector(f"article.project[data-project={PROJECT}]")
+    text = card.inner_text()
+    assert "200 train · 40 test" in text and "8×8×1" in text
+    assert page.page.inner_text("#link-text") == "master connected"
+    assert page.page.is_hidden("#banner")
+    page.screenshot("projects")
+    for view in ("train", "predict", "stats", "download", "projects"):
+        page.show(view)
+    assert page.errors == []
+
+
+def test_browser_trainer_and_python_node_train_together(cluster_in_thread: Any, tmp_path: Path,
+                                                        open_page: Callable[..., Page]) -> None:
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path)
+    node = subprocess.Popen(
+        [sys.executable, "-m", "mlitb", "node", "join", c.url, "--project", PROJECT,
+         "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        page = open_page(page_url(c, project=PROJECT))
+        page.show("train")
+        page.page.click("#add-trainer")
+        page.page.click("#add-stats")
+
+        def both_train() -> bool:
+            trainers = [w for w in status(c).workers if w.role == "trainer"]
+            by_client = {w.client: w for w in trainers}
+            return len(trainers) == 2 and set(by_client) == {"browser", "python"} and all(
+                w.state == "training" and (w.samples_per_s or 0) > 0 and w.cached == w.allocated > 0
+                for w in trainers)
+
+        wait_until(both_train, "a browser trainer and a Python node training together", 40)
+        first = status(c).iteration
+        wait_until(lambda: status(c).iteration >= first + 2, "two more iterations", 15)
+        recent = [h for h in status(c).history if h.iteration > first]
+        assert recent and all(h.samples > 0 for h in recent)
+        browser = next(w for w in status(c).workers if w.client == "browser" and w.role == "trainer")
+        assert browser.allocated + next(w.allocated for w in status(c).workers
+                                        if w.client == "python") == 600
+        # The page shows its trainer's state and speed, and the master's view of both.
+        card = page.page.wait_for_selector("article.worker[data-phase=training]")
+        rate = card.query_selector(".rate strong").inner_text()
+        assert rate not in ("–", "0.0"), rate
+        page.page.wait_for_selector("#worker-table tr[data-client=python][data-state=training]")
+        page.page.wait_for_selector("#worker-table tr[data-client=browser][data-state=training]")
+        wait_until(lambda: len(status(c).test_error) >= 1, "a test-error point from the browser", 20)
+        page.screenshot("train")
+        page.show("stats")
+        page.page.wait_for_function(
+            "() => window.mlitb.status && window.mlitb.status.test_error.length > 0")
+        page.page.wait_for_timeout(300)
+        page.screenshot("stats")
+        # Removing the trainer leaves cleanly (close 1000): the master forgets it.
+        page.show("train")
+        page.page.click("article.worker[data-phase=training] button")
+        wait_until(lambda: not any(w.client == "browser" and w.role == "trainer"
+                                   for w in status(c).workers), "the browser trainer to leave", 10)
+        assert page.errors == []
+    finally:
+        node.terminate()
+        try:
+            node.wait(10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+
+
+def test_prediction_on_a_chosen_image_shows_labels(cluster_in_thread: Any, tmp_path: Path,
+                                                   open_page: Callable[..., Page]) -> None:
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path, train=100, test=20)
+    page = open_page(page_url(c, project=PROJECT))
+    page.show("predict")
+    page.page.wait_for_function("() => window.mlitb.tracker && window.mlitb.tracker.hasParams")
+    png = digit_png()
+    page.page.set_input_files("#image-file", {"name": "digit.png", "mimeType": "image/png",
+                                             "buffer": png})
+    page.page.wait_for_selector("#top-labels li[data-label]")
+    rows = page.page.query_selector_all("#top-labels li[data-label]")
+    assert len(rows) == 5
+    labels = [r.get_attribute("data-label") for r in rows]
+    assert set(labels) <= set(LABELS)
+    shown = [float(r.query_selector(".p").inner_text().rstrip("%")) for r in rows]
+    assert shown == sorted(shown, reverse=True) and 0 < shown[0] <= 100
+    # The page's input is exactly the data server's conversion of the same file; its prediction
+    # equals the numpy engine's with the same parameters.
+    from mlitb.dataserver import decode_image
+    from mlitb.nn import Net
+
+    expected = decode_image(png, "x", InputShape(width=8, height=8, channels=1)).images[0]
+    seen = page.page.evaluate("""() => {
+        const c = document.querySelector('#converted');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return Array.from({length: c.width * c.height}, (_, i) => d[4 * i]);
+    }""")
+    assert seen == expected.reshape(-1).tolist()
+    tracker_params = np.array(page.page.evaluate("Array.from(window.mlitb.tracker.net.params)"),
+                              dtype=np.float32)
+    net = Net(DIGITS_SPEC, params=tracker_params)
+    probs = net.predict(np.array(seen, np.float32).reshape(1, 1, 8, 8) / 255 - 0.5)[0]
+    assert LABELS[int(np.argmax(probs))] == labels[0]
+    assert abs(float(probs.max()) * 100 - shown[0]) < 0.1
+    # A camera frame (Chromium's fake camera) goes the same way.
+    page.page.click("#camera-start")
+    page.page.wait_for_selector("#camera-snap:not([hidden])")
+    page.page.wait_for_function("() => document.querySelector('#camera').videoWidth > 0")
+    page.page.click("#camera-snap")
+    page.page.wait_for_function("() => window.mlitb.image && window.mlitb.image.name.startsWith('camera-')")
+    page.page.wait_for_selector("#top-labels li[data-label]")
+    page.page.set_input_files("#image-file", {"name": "digit.png", "mimeType": "image/png",
+                                             "buffer": png})
+    page.page.click("#camera-start")  # stop it
+    page.page.wait_for_function("() => window.mlitb.image.name === 'digit.png'")
+    page.screenshot("predict")
+    assert page.errors == []
+
+
+def test_teaching_a_new_label_grows_the_output_layer(cluster_in_thread: Any, tmp_path: Path,
+                                                     open_page: Callable[..., Page]) -> None:
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path, train=100, test=20)
+    project = c.master.projects[PROJECT]
+    before = project.net.num_params
+    page = open_page(page_url(c, project=PROJECT))
+    page.show("predict")
+    page.page.wait_for_function("() => window.mlitb.tracker && window.mlitb.tracker.hasParams")
+    page.page.set_input_files("#image-file", {"name": "smiley.png", "mimeType": "image/png",
+                                             "buffer": digit_png(3)})
+    page.page.wait_for_selector("#top-labels li[data-label]")
+    page.page.fill("#teach-label", "smiley")
+    page.page.click("#teach-button")
+    page.page.wait_for_selector("#teach-result[data-status='201']")
+    assert "new label" in page.page.inner_text("#teach-result")
+    wait_until(lambda: "smiley" in project.net.labels, "the master to grow the network", 10)
+    assert project.net.labels == [*LABELS, "smiley"]
+    assert project.net.num_params == before + 32 + 1  # one more output: 32 weights and a bias
+    assert c.store.info(PROJECT).labels[-1] == "smiley"
+    assert status(c).data.total == 101
+    # The page's tracker got project_changed and grew its network the same way.
+    page.page.wait_for_function("() => window.mlitb.tracker.labels.includes('smiley')")
+    assert page.page.evaluate("window.mlitb.tracker.net.numParams") == before + 33
+    assert page.page.evaluate("window.mlitb.tracker.hasParams")
+    grown = np.array(page.page.evaluate("Array.from(window.mlitb.tracker.net.params)"), np.float32)
+    np.testing.assert_array_equal(grown, project.net.params)
+    page.page.wait_for_selector("#top-labels li[data-label]")
+    page.screenshot("teach")
+    # An image that is not an image is refused with the data server's reason.
+    page.page.set_input_files("#image-file", {"name": "notes.png", "mimeType": "image/png",
+                                             "buffer": b"not an image"})
+    page.page.wait_for_selector("#top-labels li.error")
+    assert page.errors == []
+
+
+def test_download_gives_a_model_mlitb_loads(cluster_in_thread: Any, tmp_path: Path,
+                                            open_page: Callable[..., Page]) -> None:
+    from mlitb.closure import load_closure
+    from mlitb.nn import load_any, load_model
+
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path, train=100, test=20)
+    page = open_page(page_url(c, project=PROJECT))
+    page.show("download")
+    saved = {}
+    for fmt in ("model", "closure", "convnetjs"):
+        with page.page.expect_download() as info:
+            page.page.click(f"button[data-format={fmt}]")
+        download = info.value
+        assert download.suggested_filename == f"{PROJECT}.{fmt}.json"
+        path = tmp_path / download.suggested_filename
+        download.save_as(path)
+        saved[fmt] = path
+    net = load_model(saved["model"])
+    np.testing.assert_array_equal(net.params, c.master.projects[PROJECT].net.params)
+    assert net.labels == LABELS
+    assert load_any(saved["convnetjs"]).num_params == net.num_params
+    closure = load_closure(saved["closure"])
+    assert closure is not None
+    json.loads(saved["closure"].read_text())
+    page.page.wait_for_selector("#download-result:has-text('Saved')")
+    page.screenshot("download")
+    assert page.errors == []
+
+
+def test_an_unreachable_master_is_shown_clearly(browser: Any, tmp_path: Path,
+                                                open_page: Callable[..., Page]) -> None:
+    from mlitb.bench.browser import serve_static
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with serve_static() as base:
+        page = open_page(f"{base}/?master=ws://127.0.0.1:{port}")
+        page.page.wait_for_selector("#banner:not([hidden])")
+        assert "unreachable" in page.page.inner_text("#banner")
+        assert f"ws://127.0.0.1:{port}" in page.page.inner_text("#banner")
+        assert page.page.inner_text("#link-text") == "master unreachable"
+        assert "cannot be reached" in page.page.inner_text("#projects-empty")
+        page.screenshot("unreachable")
+        # It keeps retrying: the retry button starts another attempt at once.
+        page.page.click("#retry")
+        page.page.wait_for_selector("#banner:not([hidden])")
+    assert all("WebSocket" in e or "ERR_CONNECTION_REFUSED" in e for e in page.errors), page.errors
