@@ -68,8 +68,6 @@ class CreateProjectDialog(ModalScreen[str | None]):
     def _check(self) -> CreateProject | None:
         """The request, or None after marking every field in error."""
         fields = {key: self._field(key) for key in FIELDS}
-        for field in fields.values():
-            field.error = ""
         name = spec = closure = iteration_time = rate = None
         try:
             name = parse_project_name(fields["name"].value)
@@ -88,8 +86,8 @@ class CreateProjectDialog(ModalScreen[str | None]):
             rate = float(parse_number(text)) if text else None
         except ValueError as exc:
             fields["learning_rate"].error = str(exc)
-        if name is None or iteration_time is None or (spec is None and closure is None) or \
-                fields["learning_rate"].error:
+        if name is None or iteration_time is None or (spec is None and closure is None) or (
+                fields["learning_rate"].value and rate is None):
             return None
         optimizer = str(self.query_one("#optimizer", Select).value)
         return CreateProject(request_id="-", name=name,

@@ -9,7 +9,8 @@ from textual.widgets import Input, Label, Static
 
 
 class FormField(Vertical):
-    """``field.value`` is the text typed; set ``field.error`` to show a message inline."""
+    """``field.value`` is the text typed; set ``field.error`` to show a message inline. The
+    message stays until the value changes."""
 
     DEFAULT_CSS = """
     FormField { height: auto; }
@@ -45,6 +46,9 @@ class FormField(Vertical):
     @value.setter
     def value(self, text: str) -> None:
         self.input.value = text
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.error = ""  # a new value: the old complaint no longer applies
 
     def watch_error(self, error: str) -> None:
         self.set_class(bool(error), "-invalid")

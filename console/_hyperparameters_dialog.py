@@ -62,7 +62,6 @@ class HyperparametersDialog(ModalScreen[bool]):
         t_field = self._field(T_FIELD)
         try:
             t = parse_iteration_time(t_field.value)
-            t_field.error = ""
             if t != self.project.iteration_time:
                 iteration_time = t
         except ValueError as exc:
@@ -72,7 +71,6 @@ class HyperparametersDialog(ModalScreen[bool]):
             field = self._field(name)
             try:
                 value = parse_number(field.value)
-                field.error = ""
                 current = self.project.hyperparameters[name]
                 # Untouched fields show the value rounded: only an edited text is a change.
                 if field.value != number(current, 6) and float(value) != current:
@@ -80,7 +78,7 @@ class HyperparametersDialog(ModalScreen[bool]):
             except ValueError as exc:
                 field.error = str(exc)
                 ok = False
-        return (changes, iteration_time) if ok else None
+        return (changes, iteration_time) if ok else None  # errors from the master stay
 
     def _show_error(self, message: str) -> None:
         key = field_of(message, [T_FIELD, *self.names])

@@ -71,7 +71,8 @@ class ProjectsScreen(ConsoleScreen):
                     f"operator token.\nStart the console again with --token TOKEN (or "
                     f"MLITB_OPERATOR_TOKEN);\nwithout a token it connects read-only.")
         elif link is not None and link.phase == "unreachable":
-            text = (f"[b red]Cannot reach the master at {link.url}[/]\n\n{link.message}\n\n"
+            detail = link.message.removeprefix(f"cannot reach the master at {link.url}: ")
+            text = (f"[b red]Cannot reach the master at {link.url}[/]\n\n{detail}\n\n"
                     f"Is `mlitb master` running there? The console keeps trying.")
         elif link is None or link.phase == "connecting":
             text = f"connecting to {link.url if link else 'the master'} …"
