@@ -69,7 +69,7 @@ def torch_model(net: Net) -> Any:
                              stride=d["stride"], padding=d["pad"])
             with torch.no_grad():
                 conv.weight.copy_(torch.from_numpy(layer.params[0]))
-                conv.bias.copy_(torch.from_numpy(layer.params[1]))
+                conv.bias.copy_(torch.from_numpy(layer.params[1]))  # type: ignore[union-attr]
             modules.append(conv)
         elif kind == "pool":
             # Padding never wins in ConvNetJS; torch pads max-pooling with -inf: the same.
@@ -295,13 +295,14 @@ def run(batch_sizes: Sequence[int] = (1, 32), seconds: float = 1.0, rounds: int 
         torch = torch_module() if with_torch else None
         env["torch"] = torch.__version__ if torch is not None else None
         env["torch_skipped"] = not with_torch
-        progress = None
-        if not as_json and sys.stderr.isatty():
-            def progress(msg: str) -> None:
-                print(f"\r{msg}   ", end="", file=sys.stderr, flush=True)
-        rows = measure(batch_sizes, seconds, rounds, with_torch=with_torch, progress=progress,
-                       clock=clock)
-        if progress:
+        show_progress = not as_json and sys.stderr.isatty()
+
+        def progress(msg: str) -> None:
+            print(f"\r{msg}   ", end="", file=sys.stderr, flush=True)
+
+        rows = measure(batch_sizes, seconds, rounds, with_torch=with_torch,
+                       progress=progress if show_progress else None, clock=clock)
+        if show_progress:
             print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
         if torch is not None:
             env["torch_threads"] = torch.get_num_threads()

@@ -73,7 +73,8 @@ def _matmul_tall_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a.T @ b`` for tall, C-contiguous ``a`` (M, F) and ``b`` (M, K): a sum of small products."""
     (m, f), k = a.shape, b.shape[1]
     if not _blas_has_small_gemm():
-        return a.T @ b
+        product: np.ndarray = a.T @ b
+        return product
     rows = _rows_per_piece(k, f)
     full = m - m % rows
     pieces = np.matmul(a[:full].reshape(-1, rows, f).transpose(0, 2, 1),
@@ -299,7 +300,8 @@ class PoolLayer(Layer):
         self.take_left = np.greater_equal(left, right,
                                           out=buf.get("take_left", left.shape, left))
         self.x = x  # for its memory order (channels last after a conv), which dx copies
-        return np.maximum(left, right, out=buf.get("y", left.shape, left))
+        y: np.ndarray = np.maximum(left, right, out=buf.get("y", left.shape, left))
+        return y
 
     def _backward_pairwise(self, dy: np.ndarray) -> np.ndarray:
         buf = self.buffers

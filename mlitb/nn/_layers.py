@@ -132,7 +132,7 @@ class FullyConnectedLayer(Layer):
         # Sample-major (N, C*H*W), so the product is (N, in) @ (in, out) like a conv's.
         self.x2 = x.transpose(1, 0, 2, 3).reshape(n, c * h * w)
         wt, b = self.params
-        y = self.x2 @ wt.T
+        y: np.ndarray = self.x2 @ wt.T
         y += b
         return y.T.reshape(self.out_shape[0], n, 1, 1)
 
@@ -145,12 +145,13 @@ class FullyConnectedLayer(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self.backward_params(dy)
         c, n, h, w = self.x_shape
-        dx2 = dy.reshape(dy.shape[0], n).T @ self.params[0]  # (N, C*H*W)
+        dx2: np.ndarray = dy.reshape(dy.shape[0], n).T @ self.params[0]  # (N, C*H*W)
         return dx2.reshape(n, c, h, w).transpose(1, 0, 2, 3)
 
 
 class ReluLayer(Layer):
     type = "relu"
+    y: np.ndarray
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         self.y = np.maximum(x, 0, out=self.buffers.get("y", x.shape, like=x))
@@ -158,7 +159,9 @@ class ReluLayer(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         # ConvNetJS: no gradient where the output is <= 0
-        return np.multiply(dy, self.y > 0, out=self.buffers.get("dx", dy.shape, like=dy))
+        dx: np.ndarray = np.multiply(dy, self.y > 0,
+                                     out=self.buffers.get("dx", dy.shape, like=dy))
+        return dx
 
 
 class SigmoidLayer(Layer):
