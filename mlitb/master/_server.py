@@ -342,7 +342,11 @@ class Master:
         async with lock:
             if self.projects.get(name) is not project:
                 return
-            snapshot = closure_from_project(project)  # copies, taken between two iterations
+            try:
+                snapshot = closure_from_project(project)  # copies, taken in the event loop
+            except MlitbError as exc:
+                self._event("error", f"project {name}: cannot save its closure: {exc}", name)
+                return
             if project.created is None:
                 project.created = snapshot.created
             provider = self.manifest_provider
