@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
-from mlitb.client import MasterUnreachableError, RequestRefusedError
 from mlitb.console import ConsoleApp, LinkState, ReplayBackend, sample_status
 from mlitb.console._bridge import TrioGuest
 from mlitb.console._create_dialog import CreateProjectDialog
@@ -37,9 +34,12 @@ from mlitb.console._save_dialog import SaveModelDialog
 from mlitb.console._upload_dialog import UploadDialog
 from mlitb.console._validate import field_of, parse_iteration_time, parse_number, read_model_file
 from mlitb.console._workers_table import WorkersTable
+from textual.pilot import Pilot
+from typer.testing import CliRunner
+
+from mlitb.client import MasterUnreachableError, RequestRefusedError
 from mlitb.datasets import DIGITS_SPEC
 from mlitb.protocol import Event, Pause, SetHyperparameters, Status
-from textual.pilot import Pilot
 
 DEADLINE = 30.0
 
@@ -148,7 +148,7 @@ async def test_trio_guest_runs_tasks_and_stops_cleanly() -> None:
         await guest.wait_started()
 
         async def task(word: str) -> None:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             seen.append(word)
 
         guest.start_soon(task, "task")
@@ -489,3 +489,18 @@ def test_cli_console_command_is_registered_and_checks_the_url() -> None:
     assert result.exit_code == 1
     assert "must start with ws://" in result.output
 
+
+
+@pytest.mark.asyncio
+async def test_typing_in_a_dialog_never_triggers_key_bindings() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, CreateProjectDialog), "dialog")
+            await pilot.press("q", "p", "d", "e")
+            await pilot.pause()
+            assert app.is_running and isinstance(app.screen, CreateProjectDialog)
+            assert app.screen.query_one("#field-name", FormField).value == "qpde"
+            assert not backend.requests

@@ -24,8 +24,6 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
-from textual.pilot import Pilot
-
 from mlitb.console import ConsoleApp, LiveBackend
 from mlitb.console._create_dialog import CreateProjectDialog
 from mlitb.console._form_field import FormField
@@ -37,6 +35,8 @@ from mlitb.console._projects_screen import ProjectsScreen
 from mlitb.console._save_dialog import SaveModelDialog
 from mlitb.console._upload_dialog import UploadDialog
 from mlitb.console._workers_table import WorkersTable
+from textual.pilot import Pilot
+
 from mlitb.datasets import DIGITS_SPEC, digits
 
 pytestmark = pytest.mark.slow
@@ -143,17 +143,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             (names[int(y)], image[..., 0]) for image, y in zip(data.images, data.labels)))
     cluster = ClusterThread(tmp / "data").start()
     node: subprocess.Popen[bytes] | None = None
-    log = open(tmp / "node.log", "wb")
     try:
         cluster.call(lambda: cluster.master.create_project(
             PROJECT, DIGITS_SPEC, iteration_time=1.0, labels=names,
             hyperparameters={"learning_rate": 0.01}))
         DataClient(cluster.data_url).upload(PROJECT, zips["train"], split="train",
                                            shape=InputShape(width=8, height=8, channels=1))
-        node = subprocess.Popen(
-            [sys.executable, "-m", "mlitb", "node", "join", cluster.url, "--project", PROJECT,
-             "--workers", "2", "--seed", "0"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with open(tmp / "node.log", "wb") as log:  # the node's output, for a failing test
+            node = subprocess.Popen(
+                [sys.executable, "-m", "mlitb", "node", "join", cluster.url, "--project",
+                 PROJECT, "--workers", "2", "--seed", "0"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         yield Live(cluster, zips, {"train": len(train.labels), "test": len(test.labels)}, tmp)
     finally:
         if node is not None:
@@ -164,7 +164,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait(5)
-        log.close()
         cluster.stop()
 
 
