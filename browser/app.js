@@ -415,7 +415,7 @@ function renderStats() {
       item("training loss", last ? fmt.num(last.loss) : "–"),
       item("samples / iteration", last ? fmt.int(last.samples) : "–"),
       item("trainers", `${trainers.length} · ${fmt.rate(rate)} samples/s`),
-      item("last iteration", `compute ${fmt.s(st.timing.compute)} · reduce ${fmt.s(st.timing.reduce)}`));
+      item("compute / reduce", `${fmt.s(st.timing.compute)} / ${fmt.s(st.timing.reduce)}`));
   }
   const history = st ? st.history : [], tests = st ? st.test_error : [];
   const xLabel = st ? `iteration (T = ${st.iteration_time} s)` : "iteration";

@@ -76,9 +76,14 @@ class Page:
         self.page.wait_for_selector(f"#view-{view}:not([hidden])")
 
     def screenshot(self, name: str) -> None:
+        """docs/images/browser-NAME.png, in 256 colours (a third of the bytes)."""
         if SCREENSHOTS:
+            from PIL import Image
+
             IMAGES.mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(IMAGES / f"browser-{name}.png"))
+            image = Image.open(io.BytesIO(self.page.screenshot())).convert("RGB")
+            image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+                IMAGES / f"browser-{name}.png", optimize=True)
 
     def close(self) -> None:
         self.context.close()
@@ -171,6 +176,22 @@ def test_page_loads_without_errors_and_lists_projects(cluster_in_thread: Any, tm
     for view in ("train", "predict", "stats", "download", "projects"):
         page.show(view)
     assert page.errors == []
+    # A phone: every view fits the screen's width (wide tables scroll inside their box).
+    phone = open_page(page_url(c, project=PROJECT), width=390, height=844)
+    phone.page.wait_for_selector(f"article.project[data-project={PROJECT}]")
+    for view in ("projects", "train", "predict", "stats", "download"):
+        phone.show(view)
+        overflow = phone.page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, (view, overflow)
+    phone.show("train")
+    phone.page.click("#add-trainer")
+    phone.page.wait_for_function("""() => {
+        const rate = document.querySelector('article.worker[data-phase=training] .rate strong');
+        return rate && rate.textContent !== '–';
+    }""")
+    phone.screenshot("phone")
+    assert phone.errors == []
 
 
 def test_browser_trainer_and_python_node_train_together(cluster_in_thread: Any, tmp_path: Path,
@@ -209,12 +230,22 @@ def test_browser_trainer_and_python_node_train_together(cluster_in_thread: Any, 
         page.page.wait_for_selector("#worker-table tr[data-client=python][data-state=training]")
         page.page.wait_for_selector("#worker-table tr[data-client=browser][data-state=training]")
         wait_until(lambda: len(status(c).test_error) >= 1, "a test-error point from the browser", 20)
+        if SCREENSHOTS:  # a curve worth showing
+            wait_until(lambda: status(c).test_error[-1].error < 0.2 or len(status(c).test_error) > 40,
+                       "the test error to fall", 60)
         page.screenshot("train")
         page.show("stats")
         page.page.wait_for_function(
             "() => window.mlitb.status && window.mlitb.status.test_error.length > 0")
         page.page.wait_for_timeout(300)
         page.screenshot("stats")
+        if SCREENSHOTS:  # a prediction of the trained network
+            page.show("predict")
+            page.page.wait_for_function("() => window.mlitb.tracker && window.mlitb.tracker.hasParams")
+            page.page.set_input_files("#image-file", {"name": "digit.png", "mimeType": "image/png",
+                                                     "buffer": digit_png(1)})
+            page.page.wait_for_selector("#top-labels li[data-label]")
+            page.screenshot("predict")
         # Removing the trainer leaves cleanly (close 1000): the master forgets it.
         page.show("train")
         page.page.click("article.worker[data-phase=training] button")
@@ -276,7 +307,6 @@ def test_prediction_on_a_chosen_image_shows_labels(cluster_in_thread: Any, tmp_p
                                              "buffer": png})
     page.page.click("#camera-start")  # stop it
     page.page.wait_for_function("() => window.mlitb.image.name === 'digit.png'")
-    page.screenshot("predict")
     assert page.errors == []
 
 

@@ -358,8 +358,9 @@ async def test_health_projects_and_static_files(tmp_path: Path) -> None:
             assert await trio.to_thread.run_sync(server.client.health) == {
                 "status": "ok", "projects": 0}
             assert (await server.request("GET", "/projects"))[1] == {"projects": []}
-            status, body, _ = await server.request("GET", "/")  # no index.html in the package yet
-            assert status == 404 and "index.html" in body["error"]
+            status, body, headers = await server.request("GET", "/")  # the browser client
+            assert status == 200 and headers["content-type"].startswith("text/html")
+            assert b'<script type="module" src="app.js">' in body
             assert (await server.request("GET", "/__init__.py"))[0] == 404
         site = tmp_path / "site"
         (site / "js").mkdir(parents=True)

@@ -1,10 +1,11 @@
 // A small line chart on a canvas: a few series of (x, y) points, axes with round ticks, a
 // legend. Sized by its CSS box and the device pixel ratio; redraw on resize.
 
-function ticks(min, max, count) {
+function ticks(min, max, count, integer = false) {
   const span = max - min || 1;
   const raw = span / Math.max(count, 1), mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => span / s <= count) || 10 * mag;
+  let step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => span / s <= count) || 10 * mag;
+  if (integer) step = Math.max(1, Math.round(step));
   const out = [];
   for (let v = Math.ceil(min / step) * step; v <= max + step * 1e-9; v += step) out.push(+v.toPrecision(12));
   return out;
@@ -61,7 +62,8 @@ export function drawChart(canvas, opts) {
   }
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
-  for (const v of ticks(x0, x1, Math.max(2, Math.floor(pw / 70)))) {
+  const integerX = all.every((p) => Number.isInteger(p[0]));
+  for (const v of ticks(x0, x1, Math.max(2, Math.floor(pw / 70)), integerX)) {
     ctx.beginPath(); ctx.moveTo(X(v), pad.top + ph); ctx.lineTo(X(v), pad.top + ph + 4); ctx.stroke();
     ctx.fillText(format(v), X(v), pad.top + ph + 6);
   }
