@@ -62,11 +62,12 @@ async def cluster(tmp_path: Path, train_zip: Path, test_zip: Path, **create: Any
 
 
 @asynccontextmanager
-async def node(address: ClusterAddress, tmp_path: Path) -> AsyncIterator[None]:
+async def node(address: ClusterAddress, tmp_path: Path, workers: int = 1
+               ) -> AsyncIterator[None]:
     with open(tmp_path / "node.log", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlitb", "node", "join", address.master_url, "--project",
-             PROJECT, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+             PROJECT, "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             yield
@@ -172,6 +173,38 @@ def test_a_changed_step_is_found(recorded: tuple[Path, Path, Path]) -> None:
     assert not report.identical and report.first_mismatch is not None
     assert report.first_mismatch.iteration == steps[0].iteration
     assert len(report.checks) == 1  # stops at the first difference
+
+
+@pytest.mark.slow
+def test_a_run_with_two_trainers_replays_bit_identically(tmp_path: Path) -> None:
+    """Two worker processes: the second joins while the first trains, the pie-cutter moves
+    data, and steps sum two parts; the record follows all of it."""
+    train_zip, test_zip = write_digits(tmp_path)
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        with trio.fail_after(90):
+            async with cluster(tmp_path, train_zip, test_zip, iteration_time=1.0,
+                               optimizer="adagrad", samples_per_iteration=2 * SAMPLES) \
+                    as (master, address), node(address, tmp_path, workers=2):
+                project = master.projects[PROJECT]
+
+                def steps_with_two_parts() -> int:
+                    record = project.replay_record()
+                    return 0 if record is None else sum(len(s.parts) == 2
+                                                        for s in record.steps)
+
+                while steps_with_two_parts() < 4:
+                    await trio.sleep(0.2)
+                box["closure"] = closure_from_dict(master.closure_of(PROJECT))
+
+    trio.run(main)
+    closure = box["closure"]
+    record = record_of(closure)
+    two = [s for s in record.steps if len(s.parts) == 2]
+    assert len(two) >= 4 and all(sum(n for _, n in s.parts) == 2 * SAMPLES for s in two)
+    report = replay(closure, training_data(closure, [train_zip]))
+    assert report.identical and report.complete, report.first_mismatch
 
 
 def test_no_replay_without_deterministic_mode() -> None:
