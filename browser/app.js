@@ -132,10 +132,15 @@ function selectProject(name, navigate = true, view = null) {
 
 function summaryOf(name) { return state.projects.find((p) => p.name === name) || null; }
 
+let shownProjects = null;
 function renderProjects() {
   const list = $("#project-list"), empty = $("#projects-empty");
-  list.replaceChildren();
   const link = state.link;
+  // Re-render only what changed, so a click never lands on a card being replaced.
+  const key = JSON.stringify([link.state, state.projectsLoaded, state.project, state.projects]);
+  if (key === shownProjects) return;
+  shownProjects = key;
+  list.replaceChildren();
   if (link.state !== "connected" && !state.projectsLoaded) {
     empty.hidden = false;
     empty.textContent = link.state === "unreachable"

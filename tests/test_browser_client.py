@@ -140,6 +140,21 @@ def digit_png(index: int = 0, size: int = 64) -> bytes:
     return out.getvalue()
 
 
+def fetch_config(data_url: str) -> dict[str, Any] | None:
+    """The data server's /config.json, or None while it has none (404)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{data_url}/config.json", timeout=10) as response:
+            config: dict[str, Any] = json.load(response)
+            return config
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
+
+
 def page_url(c: Any, **query: str) -> str:
     from urllib.parse import urlencode
 
@@ -166,7 +181,11 @@ def test_page_loads_without_errors_and_lists_projects(cluster_in_thread: Any, tm
     c = cluster_in_thread
     create_project(c)
     upload_digits(c, tmp_path, train=200, test=40)
-    page = open_page(page_url(c))
+    # Once the cluster serves /config.json, the page finds the master without ?master=.
+    config = fetch_config(c.data_url)
+    if config is not None:
+        assert config["master_url"] == c.url
+    page = open_page(f"{c.data_url}/" if config is not None else page_url(c))
     card = page.page.wait_for_selector(f"article.project[data-project={PROJECT}]")
     text = card.inner_text()
     assert "200 train · 40 test" in text and "8×8×1" in text
@@ -397,3 +416,37 @@ def test_an_unreachable_master_is_shown_clearly(browser: Any, tmp_path: Path,
         page.page.click("#retry")
         page.page.wait_for_selector("#banner:not([hidden])")
     assert all("WebSocket" in e or "ERR_CONNECTION_REFUSED" in e for e in page.errors), page.errors
+
+
+def test_the_page_finds_the_master_through_config_json(cluster_in_thread: Any,
+                                                       open_page: Callable[..., Page]) -> None:
+    """A data server given ``client_config`` tells the page where the master is."""
+    import threading
+    from functools import partial
+
+    from mlitb.dataserver import serve_data_server
+
+    c = cluster_in_thread
+    create_project(c)
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            box["port"] = await nursery.start(partial(
+                serve_data_server, c.store, "127.0.0.1", 0, client_config={"master_url": c.url}))
+            box["stop"] = nursery.cancel_scope
+            box["token"] = trio.lowlevel.current_trio_token()
+            ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        page = open_page(f"http://127.0.0.1:{box['port']}/")
+        page.page.wait_for_selector(f"article.project[data-project={PROJECT}]")
+        assert page.page.inner_text("#master-url") == c.url
+        assert page.errors == []
+    finally:
+        box["token"].run_sync_soon(box["stop"].cancel)
+        thread.join(10)

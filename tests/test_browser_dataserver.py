@@ -31,6 +31,8 @@ async def test_config_json_is_served_when_given(tmp_path: Path) -> None:
             assert headers["content-type"].startswith("application/json")
             status, body, _ = await server.request("GET", "/")  # the page is still there
             assert status == 200 and b"mlitb" in body
+            config["master_url"] = "ws://lab-pc:9000"  # read at each request
+            assert (await server.request("GET", "/config.json"))[1] == config
         async with open_server(tmp_path / "b") as server:
             status, body, _ = await server.request("GET", "/config.json")
             assert status == 404 and "no client configuration" in body["error"]

@@ -80,7 +80,8 @@ async def serve_data_server(
     ``upload_token``: when set, uploads and deletes need ``Authorization: Bearer <token>``.
     ``static``: the browser client's folder (default: the package ``mlitb.browser``).
     ``client_config``: served as ``GET /config.json`` for the browser client (404 when None),
-    e.g. ``{"master_url": "ws://HOST:8000"}``.
+    e.g. ``{"master_url": "ws://HOST:8000"}``; read at every request, so it may be filled in
+    after the server started.
     """
     server = DataServer(store, on_registered=on_registered, check_upload=check_upload,
                         upload_token=upload_token, limits=limits, max_batch_ids=max_batch_ids,

@@ -294,7 +294,9 @@ class DataServer:
         return await self._registered(registration, decoded)
 
     async def config(self, request: Request) -> Response:
-        """``client_config`` for the browser client (e.g. the master's URL); 404 when unset."""
+        """``client_config`` for the browser client (e.g. the master's URL); 404 when unset.
+        The dict is read at every request, so its owner may fill it in after the server
+        started (e.g. once the master's port is known)."""
         if self.client_config is None:
             raise HTTPException(404, "not found: /config.json (no client configuration)")
         return JSONResponse(self.client_config)
