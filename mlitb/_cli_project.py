@@ -78,6 +78,9 @@ def create(
     learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter NAME=VALUE "
                                                    "(repeatable).")] = None,
+    samples_per_iteration: Annotated[int | None, typer.Option(
+        min=1, help="Deterministic mode: budgets in samples (split over the trainers) instead "
+        "of seconds, so the run can be replayed bit for bit from its closure.")] = None,
     master: MasterOption = DEFAULT_MASTER,
     token: TokenOption = None,
 ) -> None:
@@ -90,7 +93,8 @@ def create(
     async def action(op: OperatorClient) -> None:
         await op.request(CreateProject(request_id="-", name=name, spec=tuple(spec),
                                        iteration_time=iteration_time, optimizer=optimizer,
-                                       hyperparameters=hp))
+                                       hyperparameters=hp,
+                                       samples_per_iteration=samples_per_iteration))
 
     _run(master, token, True, action)
     out.print(f"created project {name}")

@@ -64,6 +64,10 @@ def test_create_list_steer_download_delete(master_in_thread, tmp_path):
     assert (closure.net().params == project.net.params).all()
 
     assert invoke(["project", "delete", "demo"], m).exit_code == 0
+    result = invoke(["project", "create", "det", "--model", str(spec),
+                     "--samples-per-iteration", "64"], m)
+    assert result.exit_code == 0, result.output
+    assert m.master.projects["det"].samples_per_iteration == 64
     assert "demo" not in m.master.projects
 
 
