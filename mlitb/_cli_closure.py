@@ -4,8 +4,6 @@ closures."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._cli_common import cli_errors
+from ._files import atomic_write
 from .closure import (
     Closure,
     closure_from_dict,
@@ -226,18 +225,6 @@ def predict(
     out.print(table)
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @closure_app.command("export")
@@ -267,7 +254,7 @@ def export(
         typer.echo(text)
         return
     try:
-        _write_text(output, text + "\n")
+        atomic_write(output, text + "\n")
     except OSError as exc:
         raise MlitbError(f"cannot write {output}: {exc.strerror or exc}") from None
     out.print(f"wrote {output}: {what}, {closure.num_params:,} parameters")

@@ -8,7 +8,6 @@ limit; then it saves the model and lets the nodes leave.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -23,14 +22,15 @@ from rich.live import Live
 from rich.table import Table
 
 from ._cli_common import cli_errors
+from ._cli_project import read_spec
 from .errors import MlitbError
 
 DIGITS_OPTIMIZER = ("adam", 0.02)  # full-batch-like steps: Adam reaches 90% on digits in ~25
 
 
 def _write_digits(folder: Path) -> tuple[Path, Path]:
-    from .datasets import digits
     from .dataserver import write_archive
+    from .datasets import digits
 
     train, test, _ = digits()
     paths = []
@@ -38,20 +38,6 @@ def _write_digits(folder: Path) -> tuple[Path, Path]:
         paths.append(write_archive(folder / name, [(str(label), image[:, :, 0]) for label, image
                                                    in zip(split.labels, split.images)]))
     return paths[0], paths[1]
-
-
-def _read_spec(path: Path) -> list[dict[str, Any]]:
-    try:
-        spec = json.loads(path.read_text())
-    except OSError as exc:
-        raise MlitbError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise MlitbError(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(spec, dict) and "layers" in spec:
-        spec = spec["layers"]
-    if not isinstance(spec, list):
-        raise MlitbError(f"{path}: a model spec is a JSON list of layer definitions")
-    return spec
 
 
 def _view(project: Any, elapsed: float, target: float) -> Group:
@@ -111,7 +97,7 @@ def register_demo(app: typer.Typer) -> None:
             raise MlitbError("--data needs --model SPEC.json (the network for that data)")
         if (test is not None or model is not None) and data is None:
             raise MlitbError("--test and --model go with --data ZIP")
-        spec = DIGITS_SPEC if model is None else _read_spec(model)
+        spec = DIGITS_SPEC if model is None else read_spec(model)
         default_opt = DIGITS_OPTIMIZER if data is None else ("adagrad", 0.01)
         opt = optimizer or default_opt[0]
         lr = learning_rate if learning_rate is not None else (

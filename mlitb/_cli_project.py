@@ -51,7 +51,7 @@ def _hyperparameters(pairs: list[str]) -> dict[str, float]:
     return result
 
 
-def _read_spec(path: Path) -> list[dict[str, Any]]:
+def read_spec(path: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
@@ -85,7 +85,7 @@ def create(
     token: TokenOption = None,
 ) -> None:
     """Create a project from a model spec."""
-    spec = _read_spec(model)
+    spec = read_spec(model)
     hp = _hyperparameters(set_ or [])
     if learning_rate is not None:
         hp["learning_rate"] = learning_rate

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import __version__
+from .._files import atomic_write
 from ..errors import ClosureError, ModelFormatError, OptimizerError
 from ..nn import Net, model_from_dict
 from ..optim import Hyperparameter, Optimizer, make_optimizer
@@ -604,30 +604,8 @@ def closure_from_dict(d: Any) -> Closure:
 def save_closure(closure: Closure, path: str | os.PathLike[str]) -> Path:
     """Write the closure to ``path`` atomically (a temporary file in the same directory, flushed
     to disk, then ``os.replace``): readers see the old file or the new one, never a part."""
-    path = Path(path)
     text = json.dumps(closure_to_dict(closure), indent=1, ensure_ascii=False, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
+    return atomic_write(path, text + "\n")
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)

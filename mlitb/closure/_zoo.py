@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from .._files import atomic_write
 from ..errors import ClosureError
 from ._format import Closure, closure_from_dict, load_closure, parse_closure_json, save_closure
 
@@ -89,7 +89,7 @@ class Zoo:
                 raise ClosureError(f"{source} is in the zoo already, as {entry.name!r}")
         self.root.mkdir(parents=True, exist_ok=True)
         if name == closure.name:
-            _write_bytes(self.path(name), raw)  # the file as it was verified, byte for byte
+            atomic_write(self.path(name), raw)  # the file as it was verified, byte for byte
         else:
             closure = closure.replace(name=name)
             save_closure(closure, self.path(name))
@@ -104,15 +104,3 @@ class Zoo:
         return path
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

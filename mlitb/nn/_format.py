@@ -22,13 +22,13 @@ import binascii
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write
 from ..errors import ModelFormatError
 from ._convnetjs import from_convnetjs
 from ._net import Net
@@ -117,19 +117,7 @@ def model_from_dict(d: Mapping[str, Any]) -> Net:
 def save_model(net: Net, path: str | os.PathLike[str]) -> None:
     """Write the model to ``path`` atomically: a temporary file in the same directory, then
     ``os.replace``, so readers see the old file or the new one, never a part."""
-    path = Path(path)
-    text = json.dumps(model_to_dict(net), indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(model_to_dict(net), indent=1))
 
 
 def _read_json(path: str | os.PathLike[str]) -> Any:
