@@ -42,7 +42,12 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split, lis
             Split(images[test_mask], labels[test_mask]), names)
 
 
+def pixels_to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, C, H, W)`` pixels -> float32 net input in [-0.5, 0.5], as ConvNetJS's demos
+    scale them. Every worker (nodes, the browser, closures' predict) uses this scaling."""
+    return (images.astype(np.float32) / np.float32(255.0)) - np.float32(0.5)
+
+
 def to_input(images: np.ndarray) -> np.ndarray:
-    """uint8 ``(N, H, W, C)`` images -> float32 ``(N, C, H, W)`` in [-0.5, 0.5], as ConvNetJS's
-    demos scale pixels."""
-    return (images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0) - 0.5
+    """uint8 ``(N, H, W, C)`` images (as Pillow gives them) -> float32 ``(N, C, H, W)`` input."""
+    return pixels_to_input(images.transpose(0, 3, 1, 2))

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from mlitb.datasets import pixels_to_input
+
 Shape = tuple[int, int, int]
 IdArray = npt.NDArray[np.int64]
 
@@ -31,12 +33,6 @@ def as_ids(ids: Iterable[int] | npt.NDArray[np.integer]) -> IdArray:
     if isinstance(ids, np.ndarray):
         return ids.astype(np.int64, copy=False).reshape(-1)
     return np.fromiter(ids, dtype=np.int64)
-
-
-def to_float(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """uint8 ``(N, C, H, W)`` -> float32 ``(N, C, H, W)`` in [-0.5, 0.5]: the same numbers as
-    ``mlitb.datasets.to_input`` gives for the same images stored channels-last."""
-    return (images.astype(np.float32) / 255.0) - 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +54,7 @@ class CacheView:
     def batch(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.float32],
                                                           npt.NDArray[np.int64]]:
         """Network inputs and class indices of the given rows (taken from ``self.rows``)."""
-        return to_float(self.images[rows]), self.labels[rows]
+        return pixels_to_input(self.images[rows]), self.labels[rows]
 
     def sorted_rows(self) -> npt.NDArray[np.intp]:
         """The usable rows ordered by data id: an order that does not depend on arrival order."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ..datasets import to_input
+from ..datasets import pixels_to_input
 from ..errors import MlitbError
 from ..nn import Net
 
@@ -61,8 +61,7 @@ def predict_images(net: Net, paths: Sequence[str | os.PathLike[str]],
                    top: int = 3) -> list[Prediction]:
     """The ``top`` best labels of each image (fewer if the net has fewer classes)."""
     images = load_images(paths, net.input_shape)
-    # (N, C, H, W) -> channels-last for to_input, the scaling every worker uses
-    outputs = net.predict(to_input(images.transpose(0, 2, 3, 1)))
+    outputs = net.predict(pixels_to_input(images))
     results = []
     for path, row in zip(paths, outputs):
         best: tuple[tuple[str, float], ...] = ()
