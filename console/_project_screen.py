@@ -36,9 +36,9 @@ class ProjectScreen(ConsoleScreen):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (44, "-tall")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
-        Binding("p", "toggle_pause", "Pause/resume"),
+        Binding("p", "toggle_pause", "Pause"),
         Binding("e", "edit", "Edit"),
-        Binding("x", "remove_worker", "Remove worker"),
+        Binding("x", "remove_worker", "Remove"),
         Binding("u", "upload", "Upload"),
         Binding("s", "save_model", "Save"),
         Binding("1", "panel('workers')", "Workers", show=False),

@@ -18,9 +18,8 @@ from ._screen_base import ConsoleScreen
 
 class ProjectsScreen(ConsoleScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open", "Open"),
         Binding("n", "new_project", "New"),
-        Binding("p", "toggle_pause", "Pause/resume"),
+        Binding("p", "toggle_pause", "Pause"),
         Binding("e", "edit", "Edit"),
         Binding("u", "upload", "Upload"),
         Binding("s", "save_model", "Save"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
+from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
 from mlitb.protocol import ProjectStatus
@@ -21,6 +23,8 @@ def project_row(p: ProjectStatus) -> tuple[Cell, ...]:
 
 
 class ProjectsTable(KeyedTable):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select_cursor", "Open", show=True)]
     COLUMNS = (
         Column("name", "project", 16), Column("state", "state", 7),
         Column("iteration", "iter", 6, right=True), Column("T", "T s", 4, right=True),

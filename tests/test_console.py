@@ -128,6 +128,9 @@ def test_event_store_numbers_and_filters() -> None:
     assert store.last == 4 and len(store) == 3
     assert [e.message for e in store.since(0, "a")] == ["e2", "e3"]
     assert [e.message for e in store.since(3)] == ["e3"]
+    # After a reconnect the master repeats the events it holds: they are not stored twice.
+    assert store.extend(events[1:]) == 0 and store.last == 4
+    assert store.extend([replace(events[0], time=9.0)]) == 1
 
 
 # -- the trio bridge ----------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class ClusterThread:
         self.data_url = ""
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.CancelScope | None = None
+        self._nursery: Any = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> ClusterThread:
@@ -79,6 +80,7 @@ class ClusterThread:
                     self.url = f"ws://127.0.0.1:{port}"
                 self._token = trio.lowlevel.current_trio_token()
                 self._stop = nursery.cancel_scope
+                self._nursery = nursery
                 ready.set()
 
         failure: list[BaseException] = []
@@ -95,6 +97,13 @@ class ClusterThread:
         assert ready.wait(30), "the master did not start"
         assert not failure, f"the master did not start: {failure[0]!r}"
         return self
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Start ``fn(*args)`` as a task of the master's trio run."""
+        assert self._token is not None and self._stop is not None
+        nursery = self._nursery
+        trio.from_thread.run_sync(lambda: nursery.start_soon(fn, *args),
+                                  trio_token=self._token)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._token is not None
@@ -432,3 +441,48 @@ async def test_the_console_reconnects_when_the_master_restarts() -> None:
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def idle_trackers(url: str, count: int) -> None:
+    """``count`` browser trackers that say hello and then just stay connected."""
+    from trio_websocket import open_websocket_url
+
+    from mlitb.protocol import Hello, encode_text
+
+    async def tracker(k: int) -> None:
+        async with open_websocket_url(url) as ws:
+            await ws.send_message(encode_text(Hello(role="tracker", client="browser",
+                                                    host=f"tab-{k:03d}", project=PROJECT)))
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        for k in range(count):
+            nursery.start_soon(tracker, k)
+
+
+@pytest.mark.asyncio
+async def test_stays_responsive_with_500_workers_connected() -> None:
+    cluster = ClusterThread(None).start()
+    try:
+        cluster.call(lambda: cluster.master.create_project(PROJECT, DIGITS_SPEC))
+        cluster.spawn(idle_trackers, cluster.url, 500)
+        async with asyncio.timeout(90):
+            app = ConsoleApp(LiveBackend(cluster.url, TOKEN, interval=0.2), project=PROJECT)
+            async with app.run_test(size=(100, 30)) as pilot:
+                screen = await open_view(app, pilot)
+                table = screen.query_one(WorkersTable)
+                await until(pilot, lambda: table.row_count == 500, "500 rows", timeout=60)
+                # Snapshots keep coming five times a second; the app redraws at most twice a
+                # second from the newest, and a key press is handled at once.
+                received, applied = app.snapshots_received, app.snapshots_applied
+                await pilot.pause(2.0)
+                assert app.snapshots_received - received >= 5
+                assert app.snapshots_applied - applied <= 5
+                start = time.monotonic()
+                await pilot.press("4")
+                await until(pilot, lambda: screen.query_one("#panel-events").has_class(
+                    "-active"), "the events panel", timeout=5)
+                assert time.monotonic() - start < 1.0
+                assert table.row_count == 500
+    finally:
+        cluster.stop()
