@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mlitb.datasets import CIFAR10_SPEC
+
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (tests/ is not in the wheel)
 BROWSER_DIR = Path(str(importlib.resources.files("mlitb.browser")))
 VECTORS_DIR = ROOT / "tests" / "vectors"
@@ -46,16 +48,7 @@ DEFAULT_MOUNTS: dict[str, Path] = {
     "/": BROWSER_DIR,
 }
 
-DEMO_NET: list[dict[str, Any]] = [
-    {"type": "input", "out_sx": 32, "out_sy": 32, "out_depth": 3},
-    {"type": "conv", "sx": 5, "filters": 16, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "softmax", "num_classes": 10},
-]
+DEMO_NET = CIFAR10_SPEC  # the CIFAR-10 demo net of the paper (22,466 parameters)
 
 
 # -- serving and launching -------------------------------------------------------------------------

@@ -33,19 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from mlitb.datasets import CIFAR10_SPEC
 from mlitb.nn import Net
 
-# The CIFAR-10 demo net of the paper and of ConvNetJS (22,466 parameters).
-DEMO_NET: list[dict[str, Any]] = [
-    {"type": "input", "out_sx": 32, "out_sy": 32, "out_depth": 3},
-    {"type": "conv", "sx": 5, "filters": 16, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "softmax", "num_classes": 10},
-]
+DEMO_NET = CIFAR10_SPEC  # the CIFAR-10 demo net of the paper (22,466 parameters)
 
 
 # -- the PyTorch twin of a Net ---------------------------------------------------------------------

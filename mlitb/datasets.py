@@ -6,6 +6,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The CIFAR-10 demo net of the paper and of ConvNetJS (22,466 parameters).
+CIFAR10_SPEC: list[dict[str, object]] = [
+    {"type": "input", "out_sx": 32, "out_sy": 32, "out_depth": 3},
+    {"type": "conv", "sx": 5, "filters": 16, "stride": 1, "pad": 2, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "softmax", "num_classes": 10},
+]
+
 # A small conv net for the 8x8 digits: conv 3x3x8 relu, pool 2, fc 32 relu, softmax 10.
 DIGITS_SPEC: list[dict[str, object]] = [
     {"type": "input", "out_sx": 8, "out_sy": 8, "out_depth": 1},

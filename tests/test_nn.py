@@ -7,19 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlitb.datasets import CIFAR10_SPEC
 from mlitb.errors import ModelFormatError
 from mlitb.nn import NEW_CLASS_BIAS, Net, desugar, normalize
 
-CIFAR = [
-    {"type": "input", "out_sx": 32, "out_sy": 32, "out_depth": 3},
-    {"type": "conv", "sx": 5, "filters": 16, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "conv", "sx": 5, "filters": 20, "stride": 1, "pad": 2, "activation": "relu"},
-    {"type": "pool", "sx": 2, "stride": 2},
-    {"type": "softmax", "num_classes": 10},
-]
+CIFAR = CIFAR10_SPEC
 SMALL = [
     {"type": "input", "out_sx": 6, "out_sy": 6, "out_depth": 2},
     {"type": "conv", "sx": 3, "filters": 4, "pad": 1, "activation": "relu"},

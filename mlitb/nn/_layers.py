@@ -166,6 +166,7 @@ class ReluLayer(Layer):
 
 class SigmoidLayer(Layer):
     type = "sigmoid"
+    y: np.ndarray
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         self.y = (1.0 / (1.0 + np.exp(-x))).astype(F32, copy=False)
@@ -177,6 +178,7 @@ class SigmoidLayer(Layer):
 
 class TanhLayer(Layer):
     type = "tanh"
+    y: np.ndarray
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         self.y = np.tanh(x)
@@ -216,6 +218,7 @@ class DropoutLayer(Layer):
     ``1 - drop_prob`` otherwise, so the expected activation is the same in both modes."""
 
     type = "dropout"
+    keep: np.ndarray | None
 
     def __init__(self, definition: dict[str, Any], in_shape: Shape) -> None:
         super().__init__(definition, in_shape)
@@ -252,6 +255,9 @@ class LocalResponseNormalizationLayer(Layer):
     """``y_i = x_i / (k + alpha/n * sum_{j near i} x_j^2) ** beta`` across channels."""
 
     type = "lrn"
+    x: np.ndarray
+    s: np.ndarray
+    s_pow: np.ndarray
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         d = self.definition
@@ -284,6 +290,7 @@ class LossLayer(Layer):
 
 class SoftmaxLayer(LossLayer):
     type = "softmax"
+    p: np.ndarray
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         z = x.reshape(x.shape[0], x.shape[1])
