@@ -185,7 +185,7 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
         nursery.start_soon(refresh)
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=on_registered,
-            check_upload=check_upload))
+            check_upload=check_upload, client_config={"master_url": url}))
         out.print(f"data server http://{host}:{bound}, registering with {url}")
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import trio
 
-from .dataserver import InputShape, Registration, Store, serve_data_server
+from .dataserver import InputShape, OnRegistered, Registration, Store, serve_data_server
+from .dataserver._app import CheckUpload
 from .errors import UploadError
 from .master import Master, ProjectFiles, RequestError
 
@@ -25,7 +26,7 @@ class ClusterAddress:
     data_url: str
 
 
-def _glue(master: Master) -> tuple[object, object]:
+def _glue(master: Master) -> tuple[OnRegistered, CheckUpload]:
     def on_registered(registration: Registration) -> None:
         try:
             master.register_data(registration.project, registration.split,
@@ -55,10 +56,12 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
     """
     on_registered, check_upload = _glue(master)
     shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+    # The browser page reads the master's URL from /config.json; the port is known only later.
+    client_config: dict[str, str] = {}
     async with trio.open_nursery() as nursery:
         bound_data = await nursery.start(lambda task_status: serve_data_server(
-            store, host, data_port, task_status=task_status,
-            on_registered=on_registered, check_upload=check_upload))  # type: ignore[arg-type]
+            store, host, data_port, task_status=task_status, on_registered=on_registered,
+            check_upload=check_upload, client_config=client_config))
         master.data_url = f"http://{shown}:{bound_data}"
 
         def register_stored(project: str) -> None:
@@ -70,7 +73,8 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
         master.on_project_created.append(register_stored)
         master.manifest_provider = store.manifest
         bound = await nursery.start(master.serve, host, port)
-        task_status.started(ClusterAddress(f"ws://{shown}:{bound}", master.data_url))
+        client_config["master_url"] = f"ws://{shown}:{bound}"
+        task_status.started(ClusterAddress(client_config["master_url"], master.data_url))
 
 
 def _reregister(master: Master, store: Store, project: str) -> None:
