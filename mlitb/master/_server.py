@@ -13,50 +13,32 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from .. import __version__
+from ..closure import Closure
 from ..errors import ClosureError, MlitbError, ModelFormatError, OptimizerError
-from ..nn import Net, model_to_dict, to_convnetjs
+from ..nn import Net
 from ..optim import make_optimizer
 from ..protocol import (
-    BYE_CLOSE_CODES,
     MAX_IDS_PER_MESSAGE,
     MAX_LARGE_TEXT_FRAME,
     MAX_TEXT_FRAME,
-    Ack,
     Allocation,
-    Bye,
-    ByeReason,
     CacheReport,
     CloseCode,
-    CreateProject,
-    DataRegistered,
-    DeleteProject,
     Error,
     Event,
-    GetModel,
     Hello,
-    ListProjects,
     Message,
-    Model,
-    Pause,
     ProjectChanged,
-    ProjectList,
-    RegisterData,
-    RemoveWorker,
     ResultFrame,
-    Resume,
-    SetHyperparameters,
     StatsPoint,
     StatsReport,
     Status,
-    Subscribe,
-    Unsubscribe,
     Welcome,
     WireError,
     Work,
@@ -66,9 +48,10 @@ from ..protocol import (
     encode_parameters,
     encode_text,
 )
-from ..closure import Closure
+from ._connection import Connection, RequestError
 from ._persist import ProjectFiles, Unreadable
 from ._project import LabelConflictError, Member, Project
+from ._requests import answer_request
 
 log = logging.getLogger("mlitb.master")
 
@@ -76,60 +59,9 @@ HELLO_TIMEOUT = 10.0
 PING_INTERVAL = 2.0
 PING_TIMEOUT = 3.0
 MAX_ERRORS = 20
-OUTBOX_SIZE = 64
 MAX_EVENTS = 1_000
 AUTOSAVE_EVERY = 10
 SHUTDOWN_SAVE_TIMEOUT = 60.0
-
-
-class RequestError(MlitbError):
-    """An operator request was well-formed but refused; ``code`` is the protocol error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class Connection:
-    """One client: its WebSocket, who it is, and a bounded outbox drained by its sender task."""
-
-    ws: WebSocketConnection
-    worker_id: int
-    role: str
-    client: str
-    host: str
-    authorized: bool
-    project: str | None
-    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
-    last_heard: float = 0.0
-    subscription: tuple[str | None, float] | None = None
-    events_seen: int = 0
-    close_code: int = CloseCode.NORMAL
-    close_reason: str = ""
-    peer_close_code: int | None = None  # how the client ended it (1006: it just vanished)
-
-    def __post_init__(self) -> None:
-        self.outbox_send, self.outbox_receive = trio.open_memory_channel[str | bytes](OUTBOX_SIZE)
-
-    def send(self, message: Message | bytes) -> None:
-        """Queue without waiting; a client that falls this far behind is dropped."""
-        data = message if isinstance(message, bytes) else encode_text(message)
-        try:
-            self.outbox_send.send_nowait(data)
-        except trio.WouldBlock:
-            self.drop(CloseCode.INTERNAL_ERROR, "too slow: outbox full")
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-
-    def say_bye(self, reason: ByeReason, message: str = "") -> None:
-        self.send(Bye(reason=reason, message=message))
-        self.drop(BYE_CLOSE_CODES[reason], message or reason)
-
-    def drop(self, code: int, reason: str) -> None:
-        """End this connection: flush what is queued (briefly), then close with ``code``."""
-        self.close_code, self.close_reason = code, reason[:120]
-        self.outbox_send.close()
 
 
 class Master:
@@ -698,86 +630,8 @@ class Master:
                                             parameter_version=msg.parameter_version,
                                             samples=msg.samples, error=msg.error))
             return
-        reply = self._operator_request(conn, msg)
+        reply = answer_request(self, conn, msg)
         conn.send(reply)
-
-    def _operator_request(self, conn: Connection, msg: Message) -> Message:
-        request_id: str = getattr(msg, "request_id")
-        if isinstance(msg, CreateProject):
-            if msg.closure is not None:
-                self.create_project_from_closure(
-                    msg.closure, msg.name, iteration_time=msg.iteration_time,
-                    optimizer=msg.optimizer, hyperparameters=dict(msg.hyperparameters),
-                    samples_per_iteration=msg.samples_per_iteration, labels=msg.labels)
-                return Ack(request_id=request_id)
-            self.create_project(msg.name, [dict(d) for d in msg.spec or ()],
-                                iteration_time=msg.iteration_time or 2.0,
-                                optimizer=msg.optimizer or "adagrad",
-                                hyperparameters=dict(msg.hyperparameters),
-                                labels=msg.labels,
-                                samples_per_iteration=msg.samples_per_iteration)
-        elif isinstance(msg, DeleteProject):
-            self.delete_project(msg.project)
-        elif isinstance(msg, (Pause, Resume)):
-            project = self._project(msg.project)
-            project.paused = isinstance(msg, Pause)
-            self._event("paused" if project.paused else "resumed",
-                        f"project {project.name} {'paused' if project.paused else 'resumed'}",
-                        project.name)
-            self._wake(project.name)
-        elif isinstance(msg, SetHyperparameters):
-            project = self._project(msg.project)
-            try:
-                if msg.hyperparameters:
-                    project.set_hyperparameters(**msg.hyperparameters)
-            except OptimizerError as exc:
-                raise RequestError("invalid_value", str(exc)) from None
-            if msg.iteration_time is not None:
-                project.iteration_time = msg.iteration_time
-                self._broadcast_project_changed(project)
-            self._save_soon(project.name)
-            self._event("configured", f"project {project.name}: "
-                        + ", ".join(f"{k}={v:g}" for k, v in msg.hyperparameters.items())
-                        + (f" T={msg.iteration_time:g} s" if msg.iteration_time else ""),
-                        project.name)
-        elif isinstance(msg, RemoveWorker):
-            target = self.connections.get(msg.worker_id)
-            if target is None or target.role == "operator":
-                raise RequestError("unknown_worker", f"no worker with id {msg.worker_id}")
-            target.say_bye("removed", "removed by an operator")
-            self._forget(target, log_event=False)
-            self._event("removed", f"worker {msg.worker_id} removed by an operator",
-                        target.project, msg.worker_id)
-        elif isinstance(msg, RegisterData):
-            names = list(msg.label_names)
-            project = self.register_data(msg.project, msg.split, msg.ids, names)
-            return DataRegistered(request_id=request_id, project=project.name,
-                                  labels=tuple(project.net.labels), train=project.allocator.total,
-                                  test=len(project.test_ids))
-        elif isinstance(msg, Subscribe):
-            if msg.project is not None:
-                self._project(msg.project)
-            first = conn.subscription is None
-            conn.subscription = (msg.project, msg.interval)
-            conn.events_seen = max(0, self._event_count - len(self._events))
-            if first and self._nursery is not None:
-                self._nursery.start_soon(self._publish, conn)
-        elif isinstance(msg, Unsubscribe):
-            conn.subscription = None
-        elif isinstance(msg, ListProjects):
-            return ProjectList(request_id=request_id,
-                               projects=tuple(p.summary() for p in self.projects.values()))
-        elif isinstance(msg, GetModel):
-            project = self._project(msg.project)
-            if msg.format == "closure":
-                model = self.closure_of(project.name)
-            elif msg.format == "convnetjs":
-                model = to_convnetjs(project.net)
-            else:
-                model = model_to_dict(project.net)
-            return Model(request_id=request_id, project=project.name, format=msg.format,
-                         model=model)
-        return Ack(request_id=request_id)
 
     def closure_of(self, name: str) -> dict[str, Any]:
         """The research closure of a project as it is now (docs/closure.md)."""

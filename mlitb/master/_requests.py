@@ -1,0 +1,111 @@
+"""Operator requests: what the master does for each, and the answer it sends back."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import OptimizerError
+from ..nn import model_to_dict, to_convnetjs
+from ..protocol import (
+    Ack,
+    CreateProject,
+    DataRegistered,
+    DeleteProject,
+    GetModel,
+    ListProjects,
+    Message,
+    Model,
+    Pause,
+    ProjectList,
+    RegisterData,
+    RemoveWorker,
+    Resume,
+    SetHyperparameters,
+    Subscribe,
+    Unsubscribe,
+)
+from ._connection import Connection, RequestError
+
+if TYPE_CHECKING:
+    from ._server import Master
+
+
+def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
+    """Carry out ``msg`` (already checked: the sender may send it) and return the answer.
+    Raises ``RequestError`` for well-formed requests the master refuses."""
+    request_id: str = getattr(msg, "request_id")
+    if isinstance(msg, CreateProject):
+        if msg.closure is not None:
+            master.create_project_from_closure(
+                msg.closure, msg.name, iteration_time=msg.iteration_time,
+                optimizer=msg.optimizer, hyperparameters=dict(msg.hyperparameters),
+                samples_per_iteration=msg.samples_per_iteration, labels=msg.labels)
+            return Ack(request_id=request_id)
+        master.create_project(msg.name, [dict(d) for d in msg.spec or ()],
+                            iteration_time=msg.iteration_time or 2.0,
+                            optimizer=msg.optimizer or "adagrad",
+                            hyperparameters=dict(msg.hyperparameters),
+                            labels=msg.labels,
+                            samples_per_iteration=msg.samples_per_iteration)
+    elif isinstance(msg, DeleteProject):
+        master.delete_project(msg.project)
+    elif isinstance(msg, (Pause, Resume)):
+        project = master._project(msg.project)
+        project.paused = isinstance(msg, Pause)
+        master._event("paused" if project.paused else "resumed",
+                    f"project {project.name} {'paused' if project.paused else 'resumed'}",
+                    project.name)
+        master._wake(project.name)
+    elif isinstance(msg, SetHyperparameters):
+        project = master._project(msg.project)
+        try:
+            if msg.hyperparameters:
+                project.set_hyperparameters(**msg.hyperparameters)
+        except OptimizerError as exc:
+            raise RequestError("invalid_value", str(exc)) from None
+        if msg.iteration_time is not None:
+            project.iteration_time = msg.iteration_time
+            master._broadcast_project_changed(project)
+        master._save_soon(project.name)
+        master._event("configured", f"project {project.name}: "
+                    + ", ".join(f"{k}={v:g}" for k, v in msg.hyperparameters.items())
+                    + (f" T={msg.iteration_time:g} s" if msg.iteration_time else ""),
+                    project.name)
+    elif isinstance(msg, RemoveWorker):
+        target = master.connections.get(msg.worker_id)
+        if target is None or target.role == "operator":
+            raise RequestError("unknown_worker", f"no worker with id {msg.worker_id}")
+        target.say_bye("removed", "removed by an operator")
+        master._forget(target, log_event=False)
+        master._event("removed", f"worker {msg.worker_id} removed by an operator",
+                    target.project, msg.worker_id)
+    elif isinstance(msg, RegisterData):
+        names = list(msg.label_names)
+        project = master.register_data(msg.project, msg.split, msg.ids, names)
+        return DataRegistered(request_id=request_id, project=project.name,
+                              labels=tuple(project.net.labels), train=project.allocator.total,
+                              test=len(project.test_ids))
+    elif isinstance(msg, Subscribe):
+        if msg.project is not None:
+            master._project(msg.project)
+        first = conn.subscription is None
+        conn.subscription = (msg.project, msg.interval)
+        conn.events_seen = max(0, master._event_count - len(master._events))
+        if first and master._nursery is not None:
+            master._nursery.start_soon(master._publish, conn)
+    elif isinstance(msg, Unsubscribe):
+        conn.subscription = None
+    elif isinstance(msg, ListProjects):
+        return ProjectList(request_id=request_id,
+                           projects=tuple(p.summary() for p in master.projects.values()))
+    elif isinstance(msg, GetModel):
+        project = master._project(msg.project)
+        if msg.format == "closure":
+            model = master.closure_of(project.name)
+        elif msg.format == "convnetjs":
+            model = to_convnetjs(project.net)
+        else:
+            model = model_to_dict(project.net)
+        return Model(request_id=request_id, project=project.name, format=msg.format,
+                     model=model)
+    return Ack(request_id=request_id)
