@@ -62,6 +62,10 @@ def register_master(app: typer.Typer) -> None:
             min=1, help="Save each project's research closure to DIR/projects every N "
             "iterations (and when its settings change, and on shutdown); a restarted master "
             "resumes every project from it.")] = 10,
+        zoo: Annotated[Path | None, typer.Option(
+            "--zoo", envvar="MLITB_ZOO", file_okay=False, show_default=False,
+            help="The model zoo operators and browsers can start projects from (default: "
+            "DATA_DIR/zoo).")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log events.")] = False,
     ) -> None:
         """Run the master server with its data server (projects, workers, the event loop).
@@ -77,7 +81,10 @@ def register_master(app: typer.Typer) -> None:
         _logging(verbose)
         store = open_store(data_dir)
         files = project_files(data_dir)
-        m = Master(operator_token=operator_token, files=files, autosave_every=autosave_every)
+        from .closure import Zoo
+
+        m = Master(operator_token=operator_token, files=files, autosave_every=autosave_every,
+                   zoo=Zoo(zoo if zoo is not None else data_dir / "zoo"))
         restored, unreadable = m.restore()
         for name in restored:
             p = m.projects[name]

@@ -281,3 +281,36 @@ async def test_removed_worker_gets_bye_and_its_data_is_reallocated():
                 alloc = await b.expect(Allocation, skip=(Work, ParametersFrame))
                 assert alloc.total == 10
                 assert master.projects["p"].allocator.allocation_of(wb.worker_id) == set(range(10))
+
+
+@pytest.mark.trio
+async def test_projects_start_from_the_masters_model_zoo(tmp_path):
+    from mlitb.closure import Zoo, closure_from_project, save_closure
+    from mlitb.master import Project
+    from mlitb.nn import Net
+    from mlitb.optim import make_optimizer
+    from mlitb.protocol import ListZoo, ZooList
+
+    net = Net(SPEC, seed=3, labels=["a", "b", "c"])
+    trained = Project("trained", net, make_optimizer("adam", net.num_params), "adam", 2.0)
+    trained.iteration = trained.parameter_version = 7
+    save_closure(closure_from_project(trained), tmp_path / "trained.closure.json")
+    zoo = Zoo(tmp_path / "zoo")
+    zoo.add(tmp_path / "trained.closure.json")
+    with trio.fail_after(20):
+        async with running_master(zoo=zoo) as (master, port):
+            async with client(port, role="operator", token=TOKEN) as op:
+                await op.expect(Welcome)
+                listing = await op.request(ListZoo(request_id="z"))
+                assert isinstance(listing, ZooList)
+                (entry,) = listing.entries
+                assert (entry.name, entry.iteration, entry.optimizer) == ("trained", 7, "adam")
+                assert entry.input_shape == (4, 1, 1) and entry.labels == ("a", "b", "c")
+                reply = await op.request(CreateProject(request_id="c", name="again",
+                                                       zoo="trained"))
+                assert isinstance(reply, Ack), reply
+                project = master.projects["again"]
+                assert project.iteration == 7 and project.optimizer_name == "adam"
+                assert (project.net.params == net.params).all()
+                missing = await op.request(CreateProject(request_id="m", name="x", zoo="nope"))
+                assert isinstance(missing, Error) and "no entry 'nope'" in missing.message

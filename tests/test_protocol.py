@@ -169,11 +169,12 @@ def _fix_welcome(draw: st.DrawFn, kw: dict[str, Any]) -> None:
         kw["project"] = draw(dataclass_strategy(ProjectInfo))
 
 
-def _fix_one_of(cls: type, a: str, b: str) -> Any:
+def _fix_one_of(cls: type, *names: str) -> Any:
     def fix(draw: st.DrawFn, kw: dict[str, Any]) -> None:
-        keep = draw(st.sampled_from([a, b]))
-        drop = b if keep == a else a
-        kw[drop] = None
+        keep = draw(st.sampled_from(names))
+        for drop in names:
+            if drop != keep:
+                kw[drop] = None
         if kw.get(keep) is None:
             hint = typing.get_type_hints(cls, include_extras=True)[keep]
             kw[keep] = draw(strategy(get_args(hint)[0]))
@@ -215,7 +216,7 @@ def _fix_workers(draw: st.DrawFn, kw: dict[str, Any]) -> None:
 
 FIXUPS = {
     Hello: _fix_hello, Welcome: _fix_welcome,
-    CreateProject: _fix_one_of(CreateProject, "spec", "closure"),
+    CreateProject: _fix_one_of(CreateProject, "spec", "closure", "zoo"),
     Work: _fix_one_of(Work, "seconds", "samples"), Allocation: _fix_ids("added", "removed"),
     CacheReport: _fix_ids("cached", "evicted"), DataCounts: _fix_counts,
     RegisterData: _fix_register, SetHyperparameters: _fix_hyper, ProjectStatus: _fix_workers,
@@ -235,8 +236,8 @@ def test_every_message_round_trips(kind: str, data: st.DataObject) -> None:
 
 
 def test_optional_fields_may_be_omitted() -> None:
-    assert decode_text('{"type":"hello","protocol":1,"role":"trainer","client":"browser",'
-                       '"host":"Firefox on Linux"}') == Hello(role="trainer", client="browser",
+    assert decode_text(f'{{"type":"hello","protocol":{PROTOCOL_VERSION},"role":"trainer",'
+                       '"client":"browser","host":"Firefox on Linux"}') == Hello(role="trainer", client="browser",
                                                               host="Firefox on Linux")
     assert decode_text('{"type":"allocation","total":0}') == Allocation(total=0)
 

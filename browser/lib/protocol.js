@@ -2,7 +2,7 @@
 // frames (PARAMETERS in, RESULT out, DATA_BATCH from the data server). No I/O here; shared by
 // the page and the trainer Web Workers.
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const KIND = { PARAMETERS: 1, RESULT: 2, DATA_BATCH: 3 };
 const HEADER = { 1: 24, 2: 40, 3: 24 };
 

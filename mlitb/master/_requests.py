@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import OptimizerError
+from ..errors import ClosureError, OptimizerError
 from ..nn import model_to_dict, to_convnetjs
 from ..protocol import (
     Ack,
@@ -13,6 +13,7 @@ from ..protocol import (
     DeleteProject,
     GetModel,
     ListProjects,
+    ListZoo,
     Message,
     Model,
     Pause,
@@ -23,10 +24,13 @@ from ..protocol import (
     SetHyperparameters,
     Subscribe,
     Unsubscribe,
+    ZooEntry,
+    ZooList,
 )
 from ._connection import Connection, RequestError
 
 if TYPE_CHECKING:
+    from ..closure import Closure
     from ._server import Master
 
 
@@ -35,9 +39,10 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
     Raises ``RequestError`` for well-formed requests the master refuses."""
     request_id: str = getattr(msg, "request_id")
     if isinstance(msg, CreateProject):
-        if msg.closure is not None:
+        if msg.closure is not None or msg.zoo is not None:
             master.create_project_from_closure(
-                msg.closure, msg.name, iteration_time=msg.iteration_time,
+                msg.closure if msg.closure is not None else _zoo_entry(master, msg.zoo or ""),
+                msg.name, iteration_time=msg.iteration_time,
                 optimizer=msg.optimizer, hyperparameters=dict(msg.hyperparameters),
                 samples_per_iteration=msg.samples_per_iteration, labels=msg.labels)
             return Ack(request_id=request_id)
@@ -95,6 +100,8 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
             master._nursery.start_soon(master._publish, conn)
     elif isinstance(msg, Unsubscribe):
         conn.subscription = None
+    elif isinstance(msg, ListZoo):
+        return ZooList(request_id=request_id, entries=tuple(_zoo_listing(master)))
     elif isinstance(msg, ListProjects):
         return ProjectList(request_id=request_id,
                            projects=tuple(p.summary() for p in master.projects.values()))
@@ -109,3 +116,32 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
         return Model(request_id=request_id, project=project.name, format=msg.format,
                      model=model)
     return Ack(request_id=request_id)
+
+
+def _zoo_entry(master: Master, name: str) -> Closure:
+    if master.zoo is None:
+        raise RequestError("invalid_value", "create_project.zoo: this master has no model zoo "
+                           "(start it with --zoo DIR)")
+    try:
+        return master.zoo.get(name)
+    except ClosureError as exc:
+        raise RequestError("invalid_value", f"create_project.zoo: {exc}") from None
+
+
+def _zoo_listing(master: Master) -> list[ZooEntry]:
+    """The readable entries of the master's zoo, as the protocol shows them."""
+    if master.zoo is None:
+        return []
+    listing = []
+    for entry in master.zoo.entries():
+        closure = entry.closure
+        if closure is None:
+            continue  # unreadable: ``mlitb zoo list`` on the master's machine says why
+        net = closure.net()
+        listing.append(ZooEntry(
+            name=entry.name, parameter_count=net.num_params, input_shape=net.input_shape,
+            labels=tuple(closure.labels), optimizer=closure.optimizer_name,
+            iteration=closure.iteration,
+            test_error=closure.test_error[-1].error if closure.test_error else None,
+            created=closure.created))
+    return listing

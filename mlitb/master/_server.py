@@ -19,7 +19,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from .. import __version__
-from ..closure import Closure
+from ..closure import Closure, Zoo
 from ..errors import ClosureError, MlitbError, ModelFormatError, OptimizerError
 from ..nn import Net
 from ..optim import make_optimizer
@@ -76,10 +76,11 @@ class Master:
 
     def __init__(self, *, operator_token: str | None = None,
                  data_url: str = "http://127.0.0.1:8001", files: ProjectFiles | None = None,
-                 autosave_every: int = AUTOSAVE_EVERY) -> None:
+                 autosave_every: int = AUTOSAVE_EVERY, zoo: Zoo | None = None) -> None:
         if autosave_every < 1:
             raise ValueError(f"autosave_every must be >= 1, got {autosave_every}")
         self.files = files
+        self.zoo = zoo  # closures operators and browsers can start projects from
         self.autosave_every = autosave_every
         self._save_locks: dict[str, trio.Lock] = {}
         self.operator_token = operator_token or secrets.token_urlsafe(16)

@@ -88,6 +88,7 @@ from ._messages import (
     Hello,
     HistoryPoint,
     ListProjects,
+    ListZoo,
     Message,
     MessageBase,
     Model,
@@ -112,6 +113,8 @@ from ._messages import (
     Work,
     WorkerRole,
     WorkerStatus,
+    ZooEntry,
+    ZooList,
 )
 from ._text import check_sender, decode_text, encode_text
 
@@ -132,7 +135,7 @@ __all__ = [
     "ProjectStatus", "ProjectSummary", "RegisterData", "RemoveWorker", "ResultFrame", "ResultKind",
     "Resume", "Role", "ServerMessage", "SetHyperparameters", "Split", "StatsPoint", "StatsReport",
     "Status", "Subscribe", "Timing", "Unsubscribe", "Welcome", "WireError", "Work", "WorkerRole",
-    "WorkerState", "WorkerStatus",
+    "WorkerState", "WorkerStatus", "ZooEntry", "ZooList", "ListZoo",
     "check_sender", "decode_data_batch", "decode_frame", "decode_text", "encode_data_batch",
     "encode_frame", "encode_parameters", "encode_result", "encode_text",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Final, Literal, get_args
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 """Bumped on every change to a message or frame. Peers of different versions never talk: the master
 refuses a hello (and a binary frame) of another version with close code ``VERSION_MISMATCH``."""
 
@@ -15,7 +15,7 @@ MAX_TEXT_FRAME: Final = 1 << 20
 cap a master applies before parsing text from a connection that is not an authorized operator."""
 MAX_LARGE_TEXT_FRAME: Final = 64 << 20
 """Largest text frame of the large types (``create_project``, ``register_data``, ``status``,
-``projects``, ``model``): what the master accepts from authorized operators and what a client should
+``projects``, ``zoo``, ``model``): what the master accepts from authorized operators and what a client should
 accept from the master."""
 MAX_PARAMETERS: Final = 8 << 20
 """Largest parameter vector a project may have: 8 Mi float32 values (32 MiB)."""

@@ -147,7 +147,8 @@ class StatsReport(MessageBase):
 # == operator -> master (requests: the master answers with ack, a reply, or error) =================
 @dataclass(frozen=True, kw_only=True)
 class CreateProject(MessageBase):
-    """A new project from a layer spec, or from a research closure (exactly one of the two).
+    """A new project from a layer spec, a research closure, or an entry of the master's model zoo
+    (exactly one of the three).
 
     ``iteration_time`` / ``optimizer`` null mean the closure's, else 2 s / ``adagrad``;
     ``hyperparameters`` override the optimizer's defaults (or the closure's values).
@@ -161,6 +162,7 @@ class CreateProject(MessageBase):
     name: Name
     spec: Spec | None = None
     closure: JsonObject | None = None
+    zoo: Name | None = None
     iteration_time: IterationTime | None = None
     optimizer: Identifier | None = None
     hyperparameters: Hyperparameters = field(default_factory=dict)
@@ -168,8 +170,8 @@ class CreateProject(MessageBase):
     samples_per_iteration: Positive | None = None
 
     def _check(self) -> None:
-        if (self.spec is None) == (self.closure is None):
-            raise Invalid("exactly one of 'spec' and 'closure' must be given", "spec")
+        if sum(x is not None for x in (self.spec, self.closure, self.zoo)) != 1:
+            raise Invalid("exactly one of 'spec', 'closure' and 'zoo' must be given", "spec")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,6 +275,15 @@ class Unsubscribe(MessageBase):
 @dataclass(frozen=True, kw_only=True)
 class ListProjects(MessageBase):
     TYPE = "list_projects"
+    FROM = _ANYONE
+    request_id: RequestId
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListZoo(MessageBase):
+    """Ask for the master's model zoo: closures a project can be started from."""
+
+    TYPE = "list_zoo"
     FROM = _ANYONE
     request_id: RequestId
 
@@ -531,6 +542,30 @@ class ProjectList(MessageBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ZooEntry:
+    """One closure of the master's zoo; ``test_error``: its latest, if it has one."""
+
+    name: Name
+    parameter_count: Annotated[int, Range(1, MAX_PARAMETERS)]
+    input_shape: Annotated[tuple[Annotated[int, Range(1, 65_535)], ...], Length(3, 3)]
+    labels: Labels
+    optimizer: Identifier
+    iteration: U32
+    test_error: Fraction | None = None
+    created: Annotated[str, Length(1, 64), Printable()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZooList(MessageBase):
+    """The answer to ``list_zoo``."""
+
+    TYPE = "zoo"
+    LARGE = True
+    request_id: RequestId
+    entries: Annotated[tuple[ZooEntry, ...], Length(0, MAX_PROJECTS)]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Model(MessageBase):
     """The answer to ``get_model``: a research closure or a ConvNetJS ``Net.toJSON()`` object."""
 
@@ -545,21 +580,22 @@ class Model(MessageBase):
 ClientMessage = (
     Hello | CacheReport | StatsReport | CreateProject | DeleteProject | Pause | Resume
     | SetHyperparameters | RemoveWorker | RegisterData | Subscribe | Unsubscribe | ListProjects
-    | GetModel
+    | ListZoo | GetModel
 )
 ServerMessage = (
     Welcome | ProjectChanged | Allocation | Work | Error | Bye | Ack | DataRegistered | Status
-    | ProjectList | Model
+    | ProjectList | ZooList | Model
 )
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
     Hello, CacheReport, StatsReport, CreateProject, DeleteProject, Pause, Resume,
-    SetHyperparameters, RemoveWorker, RegisterData, Subscribe, Unsubscribe, ListProjects, GetModel,
+    SetHyperparameters, RemoveWorker, RegisterData, Subscribe, Unsubscribe, ListProjects, ListZoo,
+    GetModel,
 )
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     Welcome, ProjectChanged, Allocation, Work, Error, Bye, Ack, DataRegistered, Status,
-    ProjectList, Model,
+    ProjectList, ZooList, Model,
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (*CLIENT_MESSAGES, *SERVER_MESSAGES)
