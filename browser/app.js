@@ -7,7 +7,7 @@
 
 import { drawChart } from "./lib/chart.js";
 import { convert, decodeFile } from "./lib/image.js";
-import { MasterLink } from "./lib/master.js";
+import { MasterLink, operatorRequest } from "./lib/master.js";
 import { reachable, sameServer } from "./lib/protocol.js";
 import { Tracker } from "./lib/tracker.js";
 import { WorkerPool } from "./lib/trainers.js";
@@ -42,6 +42,7 @@ const state = {
   pool: new WorkerPool(),
   projects: [],
   projectsLoaded: false,
+  zoo: [], // the master's model zoo (list_zoo)
   project: params.get("project") || localStorage.getItem("mlitb.project") || null,
   status: null, // the selected project's latest status snapshot
   events: [],
@@ -102,9 +103,11 @@ async function refreshProjects() {
   try {
     state.projects = await state.link.listProjects();
     state.projectsLoaded = true;
+    state.zoo = await state.link.listZoo();
   } catch (err) {
     return;
   }
+  renderZoo();
   if (!state.projects.some((p) => p.name === state.project)) {
     selectProject(state.projects.length === 1 ? state.projects[0].name : null, false);
   }
@@ -173,6 +176,48 @@ function renderProjects() {
         h("button", { type: "button", onclick: () => selectProject(p.name, true, "predict") }, "Predict"),
         h("button", { type: "button", onclick: () => selectProject(p.name, true, "stats") }, "Stats"),
         h("button", { type: "button", onclick: () => selectProject(p.name, true, "download") }, "Download"))));
+  }
+}
+
+let shownZoo = null;
+function renderZoo() {
+  const entries = state.zoo || [];
+  const key = JSON.stringify(entries);
+  if (key === shownZoo) return;
+  shownZoo = key;
+  $("#zoo").hidden = !entries.length;
+  const list = $("#zoo-list");
+  list.replaceChildren();
+  for (const e of entries) {
+    const name = h("input", { type: "text", value: `${e.name}-run`, "aria-label": "new project name" });
+    const token = h("input", { type: "password", placeholder: "operator token", "aria-label": "operator token" });
+    const start = async (event) => {
+      event.preventDefault();
+      const result = $("#zoo-result");
+      result.dataset.status = "pending";
+      result.textContent = `starting ${name.value} from ${e.name}…`;
+      try {
+        await operatorRequest(state.link.url, token.value,
+          { type: "create_project", name: name.value, zoo: e.name });
+        result.dataset.status = "ok";
+        result.textContent = `started project ${name.value} from ${e.name}: add data and trainers to continue its training`;
+        refreshProjects();
+      } catch (err) {
+        result.dataset.status = "error";
+        result.textContent = `could not start ${name.value}: ${err.message}`;
+      }
+    };
+    list.append(h("article", { class: "card zoo-entry", "data-zoo": e.name },
+      h("header", {}, h("h3", {}, e.name), h("span", { class: "badge" }, e.optimizer)),
+      h("dl", { class: "facts" },
+        h("dt", {}, "parameters"), h("dd", {}, fmt.int(e.parameter_count)),
+        h("dt", {}, "input"), h("dd", {}, `${e.input_shape[2]}×${e.input_shape[1]}×${e.input_shape[0]}`),
+        h("dt", {}, "labels"), h("dd", { title: e.labels.join(", ") }, `${e.labels.length}: ${e.labels.slice(0, 6).join(", ")}`),
+        h("dt", {}, "iterations"), h("dd", {}, fmt.int(e.iteration)),
+        h("dt", {}, "test error"), h("dd", {}, fmt.pct(e.test_error)),
+        h("dt", {}, "created"), h("dd", {}, e.created)),
+      h("form", { class: "actions", onsubmit: start }, name, token,
+        h("button", { type: "submit", class: "primary" }, "Start a project"))));
   }
 }
 

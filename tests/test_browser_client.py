@@ -450,3 +450,36 @@ def test_the_page_finds_the_master_through_config_json(cluster_in_thread: Any,
     finally:
         box["token"].run_sync_soon(box["stop"].cancel)
         thread.join(10)
+
+
+def test_a_project_starts_from_the_masters_model_zoo(cluster_in_thread: Any, tmp_path: Path,
+                                                     open_page: Callable[..., Page]) -> None:
+    from mlitb.closure import Zoo, closure_from_project, save_closure
+    from mlitb.datasets import DIGITS_SPEC
+    from mlitb.master import Project
+    from mlitb.nn import Net
+    from mlitb.optim import make_optimizer
+
+    c = cluster_in_thread
+    net = Net(DIGITS_SPEC, seed=1, labels=LABELS)
+    trained = Project("digits-90", net, make_optimizer("adam", net.num_params), "adam", 1.0)
+    trained.iteration = trained.parameter_version = 25
+    save_closure(closure_from_project(trained), tmp_path / "digits-90.closure.json")
+    zoo = Zoo(tmp_path / "zoo")
+    zoo.add(tmp_path / "digits-90.closure.json")
+    c.master.zoo = zoo
+    page = open_page(page_url(c))
+    card = page.page.wait_for_selector("article.zoo-entry[data-zoo='digits-90']")
+    assert "25" in card.inner_text() and "adam" in card.inner_text()
+    card.query_selector("input[type=password]").fill("wrong")
+    card.query_selector("button[type=submit]").click()
+    page.page.wait_for_selector("#zoo-result[data-status='error']")
+    assert "operator token" in page.page.inner_text("#zoo-result")
+    card.query_selector("input[type=password]").fill(c.token)
+    card.query_selector("button[type=submit]").click()
+    page.page.wait_for_selector("#zoo-result[data-status='ok']")
+    project = wait_until(lambda: c.master.projects.get("digits-90-run"), "the new project", 10)
+    assert project.iteration == 25 and (project.net.params == net.params).all()
+    page.page.wait_for_selector("article.project[data-project='digits-90-run']")
+    page.screenshot("zoo")
+    assert page.errors == []

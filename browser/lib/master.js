@@ -134,6 +134,7 @@ export class MasterLink extends EventTarget {
   }
 
   listProjects() { return this.request({ type: "list_projects" }).then((m) => m.projects); }
+  listZoo() { return this.request({ type: "list_zoo" }).then((m) => m.entries); }
   getModel(project, format) { return this.request({ type: "get_model", project, format }); }
 
   _subscribeMessage() {
@@ -146,4 +147,36 @@ export class MasterLink extends EventTarget {
     this.subscription = { project, interval };
     this._send(this._subscribeMessage());
   }
+}
+
+/**
+ * One operator request that needs the operator token (e.g. create_project), on a connection of
+ * its own: the page's link has no token. Resolves with the answer or rejects with the master's
+ * error message.
+ */
+export function operatorRequest(url, token, message) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    const timer = setTimeout(() => { ws.close(); reject(new Error("the master did not answer in time")); },
+      REQUEST_TIMEOUT_MS);
+    const finish = (fn, value) => { clearTimeout(timer); ws.close(1000); fn(value); };
+    let welcomed = false;
+    ws.onopen = () => ws.send(hello("operator", { token }));
+    ws.onerror = () => {};
+    ws.onclose = (event) => {
+      clearTimeout(timer);
+      reject(new Error(`the connection closed (${describeClose(event.code, event.reason)})`));
+    };
+    ws.onmessage = (event) => {
+      const msg = JSON.parse(event.data);
+      if (msg.type === "error") { finish(reject, new Error(msg.message)); return; }
+      if (!welcomed && msg.type === "welcome") {
+        welcomed = true;
+        if (!msg.authorized) { finish(reject, new Error("this needs the operator token")); return; }
+        ws.send(JSON.stringify({ ...message, request_id: "zoo-1" }));
+        return;
+      }
+      if (msg.request_id === "zoo-1") finish(resolve, msg);
+    };
+  });
 }

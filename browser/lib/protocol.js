@@ -51,9 +51,10 @@ export function browserHost() {
   return text.replace(/[^\x20-\x7e]/g, "").trim().slice(0, 128) || "browser";
 }
 
-export function hello(role, { project = null, host = browserHost() } = {}) {
+export function hello(role, { project = null, token = null, host = browserHost() } = {}) {
   const message = { type: "hello", protocol: PROTOCOL_VERSION, role, client: "browser", host };
   if (role !== "operator") message.project = project;
+  else if (token) message.token = token;
   return JSON.stringify(message);
 }
 
