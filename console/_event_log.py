@@ -28,7 +28,8 @@ class EventLog(RichLog):
     """``add(events)`` appends lines; the newest stays in view."""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(id=id, classes=classes, max_lines=2_000, wrap=True, markup=False, min_width=20,
+        super().__init__(id=id, classes=classes, max_lines=2_000, wrap=True, markup=False,
+                         min_width=20,
                          auto_scroll=True)
         self.count = 0
 

@@ -66,7 +66,8 @@ class _Pending:
 
 
 def backoff(failures: int, first: float = BACKOFF_FIRST, most: float = BACKOFF_MAX) -> float:
-    """Seconds to wait before attempt ``failures + 1``: doubling from ``first``, at most ``most``."""
+    """Seconds to wait before attempt ``failures + 1``: doubling from ``first``, at most
+    ``most``."""
     return float(min(most, first * 2 ** max(0, failures - 1)))
 
 

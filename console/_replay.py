@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from textual.app import App
 
 from mlitb.client import MasterUnreachableError, RequestRefusedError
-from mlitb.errors import MlitbError, ModelFormatError, OptimizerError
+from mlitb.errors import ClosureError, MlitbError, ModelFormatError, OptimizerError
 from mlitb.protocol import (
     Ack,
     ClientMessage,
@@ -160,20 +160,23 @@ class ReplayBackend:
         return Ack(request_id=message.request_id)
 
     def _create(self, message: CreateProject) -> Ack:
+        from mlitb.closure import closure_from_dict
         from mlitb.nn import Net
         from mlitb.optim import make_optimizer
 
         if message.name in self.projects:
             raise RequestRefusedError("project_exists", f"project {message.name!r} exists "
                                       f"already")
-        if message.spec is None:
-            raise RequestRefusedError("invalid_value", "create_project.closure: research "
-                                      "closures are not supported by this master yet; send a spec")
         try:
-            net = Net([dict(layer) for layer in message.spec])
+            if message.spec is not None:
+                net = Net([dict(layer) for layer in message.spec])
+            elif message.closure is not None:
+                net = closure_from_dict(message.closure).net()
+            else:
+                raise RequestRefusedError("invalid_value", "the replayed master has no zoo")
             make_optimizer(message.optimizer or "adagrad", net.num_params,
                            **dict(message.hyperparameters))
-        except (ModelFormatError, OptimizerError) as exc:
+        except (ModelFormatError, OptimizerError, ClosureError) as exc:
             raise RequestRefusedError("invalid_value", str(exc)) from None
         self.projects[message.name] = ProjectStatus(
             name=message.name, state="waiting", iteration=0, parameter_version=0,

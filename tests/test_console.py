@@ -426,11 +426,11 @@ async def test_command_palette_lists_every_action_of_the_screen() -> None:
             await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
             for screen in app.screen_stack[1:]:
                 titles = {c.title for c in app.get_system_commands(screen)}
-                actions = {action for action, _, _ in screen.COMMANDS_LIST}  # type: ignore[attr-defined]
+                listed = screen.COMMANDS_LIST  # type: ignore[attr-defined]
+                actions = {action for action, _, _ in listed}
                 bound = {b.action for b in screen.BINDINGS}  # type: ignore[union-attr]
                 assert bound <= actions, f"{bound - actions} missing from the palette"
-                assert {title for _, title, _ in
-                        screen.COMMANDS_LIST} <= titles  # type: ignore[attr-defined]
+                assert {title for _, title, _ in listed} <= titles
             # Running one from the palette's callback works like the key.
             command = next(c for c in app.get_system_commands(app.screen)
                            if c.title == "Show curves")

@@ -32,6 +32,7 @@ from mlitb.console._link_bar import LinkBar
 from mlitb.console._metric_plot import MetricPlot
 from mlitb.console._project_screen import ProjectScreen
 from mlitb.console._projects_screen import ProjectsScreen
+from mlitb.console._projects_table import ProjectsTable
 from mlitb.console._save_dialog import SaveModelDialog
 from mlitb.console._upload_dialog import UploadDialog
 from mlitb.console._workers_table import WorkersTable
@@ -174,6 +175,20 @@ async def until(pilot: Pilot[None], condition: Callable[[], object], what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await pilot.pause(0.1)
+
+
+async def reaction_time(pilot: Pilot[None], key: str, done: Callable[[], bool]) -> float:
+    """Seconds from pressing ``key`` until ``done()``, watched every 5 ms."""
+    start = time.monotonic()
+
+    async def watch() -> float:
+        while not done():
+            await asyncio.sleep(0.005)
+        return time.monotonic() - start
+
+    watcher = asyncio.create_task(watch())
+    await pilot.press(key)
+    return await asyncio.wait_for(watcher, 5)
 
 
 def trainers_shown(app: ConsoleApp) -> list[str]:
@@ -336,14 +351,14 @@ async def test_create_and_delete_a_project(live: Live) -> None:
             await until(pilot, lambda: live.project("scratch") is not None, "created")
             assert live.project("scratch").optimizer.hyperparameters()["learning_rate"] == 0.05
             await until(pilot, lambda: isinstance(app.screen, ProjectsScreen), "closed")
-            table = app.screen.query_one("#projects")
-            await until(pilot, lambda: "scratch" in table.keys, "a row")  # type: ignore[attr-defined]
-            table.move_cursor(row=table.keys.index("scratch"))  # type: ignore[attr-defined]
+            table = app.screen.query_one("#projects", ProjectsTable)
+            await until(pilot, lambda: "scratch" in table.keys, "a row")
+            table.move_cursor(row=table.keys.index("scratch"))
             await pilot.press("d")
             await pilot.pause()
             await pilot.press("y")
             await until(pilot, lambda: live.project("scratch") is None, "deleted")
-            await until(pilot, lambda: "scratch" not in table.keys, "the row gone")  # type: ignore[attr-defined]
+            await until(pilot, lambda: "scratch" not in table.keys, "the row gone")
 
 
 @pytest.mark.asyncio
@@ -500,9 +515,15 @@ async def test_stays_responsive_with_500_workers_connected(
             await pilot.pause(2.0)
             assert app.snapshots_received - received >= 5
             assert app.snapshots_applied - applied <= 5
-            start = time.monotonic()
-            await pilot.press("4")
-            await until(pilot, lambda: screen.query_one("#panel-events").has_class("-active"),
-                        "the events panel", timeout=5)
-            assert time.monotonic() - start < 1.0
+            # A key takes effect at once: the time from the key press until the panel is
+            # switched (not until Pilot returns, which also waits for the tabs' animation).
+            # The master and the 500 trackers share this box, and the master this process.
+            delays = []
+            for key, panel in (("4", "events"), ("1", "workers"), ("2", "curves"),
+                               ("1", "workers")):
+                shown = screen.query_one(f"#panel-{panel}")
+                delays.append(await reaction_time(pilot, key,
+                                                  lambda shown=shown: shown.has_class("-active")))
+            print("panel switch with 500 workers:", [f"{d * 1000:.0f} ms" for d in delays])
+            assert sorted(delays)[len(delays) // 2] < 0.3, delays
             assert table.row_count == 500
