@@ -359,6 +359,19 @@ async def test_create_and_delete_a_project(live: Live) -> None:
             await pilot.press("y")
             await until(pilot, lambda: live.project("scratch") is None, "deleted")
             await until(pilot, lambda: "scratch" not in table.keys, "the row gone")
+            # A research closure saved by the console starts a project of its own.
+            closure = live.tmp / "saved.closure.json"
+            if closure.exists():  # written by test_save_model_and_research_closure
+                await pilot.press("n")
+                await until(pilot, lambda: isinstance(app.screen, CreateProjectDialog),
+                            "dialog")
+                dialog = app.screen
+                field("name").value = "resumed"
+                field("model").value = str(closure)
+                await pilot.press("enter")
+                await until(pilot, lambda: live.project("resumed") is not None,
+                            "created from the closure")
+                assert live.project("resumed").net.num_params == live.project().net.num_params
 
 
 @pytest.mark.asyncio
