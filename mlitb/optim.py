@@ -335,6 +335,27 @@ class Adam(Optimizer):
         p -= lr * m_hat / (np.sqrt(v_hat) + self._f("eps"))
 
 
+def from_wire(values: Mapping[str, float]) -> dict[str, Hyperparameter]:
+    """Hyperparameters as the wire carries them (every value a JSON number) -> their kinds:
+    counts such as ``lr_decay_every`` from integral numbers, flags such as ``nesterov`` from 0 or
+    1. Unknown names pass through for the optimizer to refuse; a count that is not whole or a flag
+    that is not 0/1 raises ``OptimizerError`` naming the field."""
+    out: dict[str, Hyperparameter] = {}
+    for key, value in values.items():
+        rule = _RULES.get(key)
+        if rule is not None and rule.kind is int and isinstance(value, float):
+            if not value.is_integer():
+                raise OptimizerError(f"{key}: must be a whole number, got {value!r}")
+            out[key] = int(value)
+        elif rule is not None and rule.kind is bool and not isinstance(value, bool):
+            if value not in (0, 1):
+                raise OptimizerError(f"{key}: must be 0 (false) or 1 (true), got {value!r}")
+            out[key] = bool(value)
+        else:
+            out[key] = value
+    return out
+
+
 _CLASSES: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, AdaGrad, Adadelta, Adam)}
 OPTIMIZERS: tuple[str, ...] = ("sgd", "nesterov", "adagrad", "adadelta", "adam")
 

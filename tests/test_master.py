@@ -314,3 +314,25 @@ async def test_projects_start_from_the_masters_model_zoo(tmp_path):
                 assert (project.net.params == net.params).all()
                 missing = await op.request(CreateProject(request_id="m", name="x", zoo="nope"))
                 assert isinstance(missing, Error) and "no entry 'nope'" in missing.message
+
+
+@pytest.mark.trio
+async def test_counts_and_flags_arrive_as_json_numbers_and_are_taken():
+    with trio.fail_after(20):
+        async with running_master() as (master, port):
+            async with client(port, role="operator", token=TOKEN) as op:
+                await op.expect(Welcome)
+                reply = await op.request(CreateProject(
+                    request_id="c", name="s", spec=tuple(SPEC), optimizer="sgd",
+                    hyperparameters={"nesterov": 1.0, "lr_decay_every": 3.0}))
+                assert isinstance(reply, Ack), reply
+                hp = master.projects["s"].optimizer.hyperparameters()
+                assert hp["nesterov"] is True and hp["lr_decay_every"] == 3
+                reply = await op.request(SetHyperparameters(
+                    request_id="1", project="s", hyperparameters={"lr_decay_every": 5.0}))
+                assert isinstance(reply, Ack), reply
+                assert master.projects["s"].optimizer.hyperparameters()["lr_decay_every"] == 5
+                bad = await op.request(SetHyperparameters(
+                    request_id="2", project="s", hyperparameters={"lr_decay_every": 2.5}))
+                assert isinstance(bad, Error) and "lr_decay_every: must be a whole number" in \
+                    bad.message

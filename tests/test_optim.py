@@ -398,3 +398,15 @@ def test_classes_and_names() -> None:
     kinds = {name: type(make_optimizer(name, 1)) for name in OPTIMIZERS}
     assert kinds == {"sgd": SGD, "nesterov": SGD, "adagrad": AdaGrad, "adadelta": Adadelta,
                      "adam": Adam}
+
+
+def test_from_wire_gives_counts_and_flags_their_kinds() -> None:
+    from mlitb.optim import from_wire
+
+    out = from_wire({"lr_decay_every": 4.0, "nesterov": 0.0, "learning_rate": 0.5})
+    assert out == {"lr_decay_every": 4, "nesterov": False, "learning_rate": 0.5}
+    assert type(out["lr_decay_every"]) is int and type(out["nesterov"]) is bool
+    with pytest.raises(OptimizerError, match="lr_decay_every: must be a whole number"):
+        from_wire({"lr_decay_every": 1.5})
+    with pytest.raises(OptimizerError, match="nesterov: must be 0"):
+        from_wire({"nesterov": 0.5})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import ClosureError, OptimizerError
 from ..nn import model_to_dict, to_convnetjs
+from ..optim import Hyperparameter, from_wire
 from ..protocol import (
     Ack,
     CreateProject,
@@ -43,13 +45,13 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
             master.create_project_from_closure(
                 msg.closure if msg.closure is not None else _zoo_entry(master, msg.zoo or ""),
                 msg.name, iteration_time=msg.iteration_time,
-                optimizer=msg.optimizer, hyperparameters=dict(msg.hyperparameters),
+                optimizer=msg.optimizer, hyperparameters=_hyperparameters(msg.hyperparameters),
                 samples_per_iteration=msg.samples_per_iteration, labels=msg.labels)
             return Ack(request_id=request_id)
         master.create_project(msg.name, [dict(d) for d in msg.spec or ()],
                             iteration_time=msg.iteration_time or 2.0,
                             optimizer=msg.optimizer or "adagrad",
-                            hyperparameters=dict(msg.hyperparameters),
+                            hyperparameters=_hyperparameters(msg.hyperparameters),
                             labels=msg.labels,
                             samples_per_iteration=msg.samples_per_iteration)
     elif isinstance(msg, DeleteProject):
@@ -65,7 +67,7 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
         project = master._project(msg.project)
         try:
             if msg.hyperparameters:
-                project.set_hyperparameters(**msg.hyperparameters)
+                project.set_hyperparameters(**from_wire(msg.hyperparameters))
         except OptimizerError as exc:
             raise RequestError("invalid_value", str(exc)) from None
         if msg.iteration_time is not None:
@@ -145,3 +147,10 @@ def _zoo_listing(master: Master) -> list[ZooEntry]:
             test_error=closure.test_error[-1].error if closure.test_error else None,
             created=closure.created))
     return listing
+
+
+def _hyperparameters(values: Mapping[str, float]) -> dict[str, Hyperparameter]:
+    try:
+        return from_wire(values)
+    except OptimizerError as exc:
+        raise RequestError("invalid_value", f"hyperparameters.{exc}") from None
