@@ -1,4 +1,5 @@
-"""Create a project: name, model spec file (or research closure), T, optimizer, learning rate."""
+"""Create a project: name, model spec file (or research closure, or an entry of the master's
+model zoo), T, optimizer, learning rate."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from mlitb.client import RequestRefusedError
 from mlitb.errors import MlitbError, ProtocolError
 from mlitb.optim import OPTIMIZERS
-from mlitb.protocol import Ack, CreateProject
+from mlitb.protocol import Ack, CreateProject, ListZoo, ZooList
 
 from ._backend import Backend
 from ._form_field import FormField
@@ -46,6 +47,10 @@ class CreateProjectDialog(ModalScreen[str | None]):
                 yield FormField("name", key="name", placeholder="digits")
                 yield FormField("model file", key="model",
                                 placeholder="spec.json, model.json or closure.json")
+                with Horizontal(classes="select-row"):
+                    yield Label("or zoo entry", classes="field-label")
+                    yield Select([], prompt="none (the master's zoo is empty)", id="zoo",
+                                 compact=True)
                 yield FormField("T (seconds)", "2", key="T")
                 with Horizontal(classes="select-row"):
                     yield Label("optimizer", classes="field-label")
@@ -61,6 +66,20 @@ class CreateProjectDialog(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         self.query_one("#input-name", Input).focus()
+        self.load_zoo()
+
+    @work(exclusive=True, group="zoo")
+    async def load_zoo(self) -> None:
+        """Offer the master's model zoo (closures a project can continue from)."""
+        try:
+            listing = await self.backend.request(ListZoo(request_id="-"), ZooList)
+        except MlitbError:
+            return  # no zoo to offer: the model file is the way
+        select = self.query_one("#zoo", Select)
+        select.set_options([(f"{e.name} ({e.iteration} iterations)", e.name)
+                            for e in listing.entries])
+        if listing.entries:
+            select.prompt = "none: use the model file"
 
     def _field(self, key: str) -> FormField:
         return self.query_one(f"#field-{key}", FormField)
@@ -73,10 +92,13 @@ class CreateProjectDialog(ModalScreen[str | None]):
             name = parse_project_name(fields["name"].value)
         except ValueError as exc:
             fields["name"].error = str(exc)
-        try:
-            spec, closure = read_model_file(fields["model"].value)
-        except ValueError as exc:
-            fields["model"].error = str(exc)
+        chosen = self.query_one("#zoo", Select).value
+        zoo = chosen if isinstance(chosen, str) else None
+        if zoo is None:
+            try:
+                spec, closure = read_model_file(fields["model"].value)
+            except ValueError as exc:
+                fields["model"].error = str(exc)
         try:
             iteration_time = parse_iteration_time(fields["T"].value)
         except ValueError as exc:
@@ -86,12 +108,14 @@ class CreateProjectDialog(ModalScreen[str | None]):
             rate = float(parse_number(text)) if text else None
         except ValueError as exc:
             fields["learning_rate"].error = str(exc)
-        if name is None or iteration_time is None or (spec is None and closure is None) or (
+        if name is None or iteration_time is None or (
+                spec is None and closure is None and zoo is None) or (
                 fields["learning_rate"].value and rate is None):
             return None
         optimizer = str(self.query_one("#optimizer", Select).value)
         return CreateProject(request_id="-", name=name,
                              spec=tuple(spec) if spec is not None else None, closure=closure,
+                             zoo=zoo,
                              iteration_time=iteration_time, optimizer=optimizer,
                              hyperparameters={} if rate is None else {"learning_rate": rate})
 

@@ -27,6 +27,7 @@ from mlitb.protocol import (
     Event,
     GetModel,
     ListProjects,
+    ListZoo,
     Model,
     Pause,
     ProjectList,
@@ -37,6 +38,7 @@ from mlitb.protocol import (
     SetHyperparameters,
     Split,
     Status,
+    ZooList,
     encode_text,
 )
 
@@ -138,6 +140,8 @@ class ReplayBackend:
                 for p in self.projects.values()))
         if isinstance(message, GetModel):
             return self._model(message)
+        if isinstance(message, ListZoo):
+            return ZooList(request_id=message.request_id, entries=())
         return ack
 
     def _configure(self, message: SetHyperparameters) -> Ack:

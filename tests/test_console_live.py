@@ -540,3 +540,32 @@ async def test_stays_responsive_with_500_workers_connected(
             print("panel switch with 500 workers:", [f"{d * 1000:.0f} ms" for d in delays])
             assert sorted(delays)[len(delays) // 2] < 0.3, delays
             assert table.row_count == 500
+
+
+@pytest.mark.asyncio
+async def test_a_project_starts_from_the_masters_model_zoo(live: Live) -> None:
+    from textual.widgets import Select
+
+    from mlitb.closure import Zoo, closure_from_project, save_closure
+
+    async with asyncio.timeout(DEADLINE):
+        source = live.project()
+        file = live.tmp / "zoo-source.closure.json"
+        live.cluster.call(lambda: save_closure(closure_from_project(source), file))
+        zoo = Zoo(live.tmp / "zoo")
+        zoo.add(file, name="from-zoo")
+        live.cluster.call(lambda: setattr(live.master, "zoo", zoo))
+        app = live.app(project=None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.status is not None, "a status")
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, CreateProjectDialog), "dialog")
+            dialog = app.screen
+            select = dialog.query_one("#zoo", Select)
+            await until(pilot, lambda: select.prompt == "none: use the model file",
+                        "the zoo's entries")
+            select.value = "from-zoo"
+            dialog.query_one("#field-name", FormField).value = "zoo-run"
+            await pilot.press("enter")
+            await until(pilot, lambda: live.project("zoo-run") is not None, "created from zoo")
+            assert live.project("zoo-run").net.num_params == source.net.num_params
