@@ -49,19 +49,19 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                 samples_per_iteration=msg.samples_per_iteration, labels=msg.labels)
             return Ack(request_id=request_id)
         master.create_project(msg.name, [dict(d) for d in msg.spec or ()],
-                            iteration_time=msg.iteration_time or 2.0,
-                            optimizer=msg.optimizer or "adagrad",
-                            hyperparameters=_hyperparameters(msg.hyperparameters),
-                            labels=msg.labels,
-                            samples_per_iteration=msg.samples_per_iteration)
+                              iteration_time=msg.iteration_time or 2.0,
+                              optimizer=msg.optimizer or "adagrad",
+                              hyperparameters=_hyperparameters(msg.hyperparameters),
+                              labels=msg.labels,
+                              samples_per_iteration=msg.samples_per_iteration)
     elif isinstance(msg, DeleteProject):
         master.delete_project(msg.project)
     elif isinstance(msg, (Pause, Resume)):
         project = master._project(msg.project)
         project.paused = isinstance(msg, Pause)
         master._event("paused" if project.paused else "resumed",
-                    f"project {project.name} {'paused' if project.paused else 'resumed'}",
-                    project.name)
+                      f"project {project.name} {'paused' if project.paused else 'resumed'}",
+                      project.name)
         master._wake(project.name)
     elif isinstance(msg, SetHyperparameters):
         project = master._project(msg.project)
@@ -75,9 +75,9 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
             master._broadcast_project_changed(project)
         master._save_soon(project.name)
         master._event("configured", f"project {project.name}: "
-                    + ", ".join(f"{k}={v:g}" for k, v in msg.hyperparameters.items())
-                    + (f" T={msg.iteration_time:g} s" if msg.iteration_time else ""),
-                    project.name)
+                      + ", ".join(f"{k}={v:g}" for k, v in msg.hyperparameters.items())
+                      + (f" T={msg.iteration_time:g} s" if msg.iteration_time else ""),
+                      project.name)
     elif isinstance(msg, RemoveWorker):
         target = master.connections.get(msg.worker_id)
         if target is None or target.role == "operator":
@@ -85,7 +85,7 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
         target.say_bye("removed", "removed by an operator")
         master._forget(target, log_event=False)
         master._event("removed", f"worker {msg.worker_id} removed by an operator",
-                    target.project, msg.worker_id)
+                      target.project, msg.worker_id)
     elif isinstance(msg, RegisterData):
         names = list(msg.label_names)
         project = master.register_data(msg.project, msg.split, msg.ids, names)
