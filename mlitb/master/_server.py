@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -24,10 +23,8 @@ from ..errors import ClosureError, MlitbError, ModelFormatError, OptimizerError
 from ..nn import Net
 from ..optim import make_optimizer
 from ..protocol import (
-    MAX_IDS_PER_MESSAGE,
     MAX_LARGE_TEXT_FRAME,
     MAX_TEXT_FRAME,
-    Allocation,
     CacheReport,
     CloseCode,
     Error,
@@ -41,7 +38,6 @@ from ..protocol import (
     Status,
     Welcome,
     WireError,
-    Work,
     check_sender,
     decode_frame,
     decode_text,
@@ -49,6 +45,7 @@ from ..protocol import (
     encode_text,
 )
 from ._connection import Connection, RequestError
+from ._loop import run_project_loop, send_ids
 from ._persist import ProjectFiles, Unreadable
 from ._project import LabelConflictError, Member, Project
 from ._requests import answer_request
@@ -338,7 +335,7 @@ class Master:
             self._broadcast_project_changed(project)
         if new_test:
             for w in project.of_role("stats"):
-                self._send_ids(self.connections[w], new_test, [], len(project.test_ids))
+                send_ids(self.connections[w], new_test, [], len(project.test_ids))
         self._event("data", f"project {name}: {len(ids)} {split} ids registered", name)
         self._wake(name)
         return project
@@ -362,68 +359,7 @@ class Master:
         assert self._nursery is not None
         scope = trio.CancelScope()
         self._scopes[name] = scope
-        self._nursery.start_soon(self._run_loop, name, scope)
-
-    async def _run_loop(self, name: str, scope: trio.CancelScope) -> None:
-        with scope:
-            project = self.projects[name]
-            while True:
-                self._wakeups[name] = trio.Event()
-                start = self._now()
-                joined = project.admit_pending()
-                for w in joined:
-                    self._event("joined", f"worker {w} joined project {name}", name, w)
-                self._flush_allocations(project)
-                if project.paused or not project.ready_trainers():
-                    with trio.move_on_after(project.iteration_time):
-                        await self._wakeups[name].wait()
-                    continue
-                it = project.plan_iteration(start)
-                frame = encode_parameters(project.net.params,
-                                          parameter_version=project.parameter_version,
-                                          iteration=project.iteration)
-                for w, order in it.orders.items():
-                    conn = self.connections[w]
-                    conn.send(frame)
-                    conn.send(Work(iteration=project.iteration,
-                                   parameter_version=project.parameter_version,
-                                   seconds=order.seconds, samples=order.samples))
-                for w in project.of_role("tracker") + project.of_role("stats"):
-                    self.connections[w].send(frame)
-                it.sent_at = self._now()
-                # Deterministic mode waits for every result (a worker that leaves drops its
-                # order); otherwise late workers do not hold the iteration hostage.
-                with trio.move_on_at(math.inf if project.deterministic else it.deadline):
-                    while not it.complete():
-                        await self._wakeups[name].wait()
-                        self._wakeups[name] = trio.Event()
-                reduce_start = self._now()
-                summary = project.finish_iteration(reduce_start)
-                project.timing = type(project.timing)(
-                    compute=project.timing.compute, wait=project.timing.wait,
-                    reduce=self._now() - reduce_start, broadcast=project.timing.broadcast)
-                if summary.workers < len(it.orders):
-                    log.info("%s: %d of %d results by the deadline", name, summary.workers,
-                             len(it.orders))
-                if self.files is not None and project.iteration % self.autosave_every == 0:
-                    # Between iterations, and before the next starts: a kill loses at most
-                    # autosave_every iterations.
-                    await self.save_project(name)
-                await trio.sleep_until(start + project.iteration_time)
-
-    def _flush_allocations(self, project: Project) -> None:
-        for w, change in project.allocator.take_changes().items():
-            conn = self.connections.get(w)
-            if conn is not None:
-                total = len(project.allocator.allocation_of(w))
-                self._send_ids(conn, sorted(change.added), sorted(change.removed), total)
-
-    def _send_ids(self, conn: Connection, added: list[int], removed: list[int],
-                  total: int) -> None:
-        step = MAX_IDS_PER_MESSAGE
-        for i in range(0, max(len(added), len(removed), 1), step // 2):
-            conn.send(Allocation(added=tuple(added[i:i + step // 2]),
-                                 removed=tuple(removed[i:i + step // 2]), total=total))
+        self._nursery.start_soon(run_project_loop, self, name, scope)
 
     # -- connections --------------------------------------------------------------------------------
     async def _handle(self, request: WebSocketRequest) -> None:
@@ -506,7 +442,7 @@ class Master:
         if project is not None:
             project.add_member(Member(worker_id, hello.role, hello.client, hello.host))
             if hello.role == "stats" and project.test_ids:
-                self._send_ids(conn, list(project.test_ids), [], len(project.test_ids))
+                send_ids(conn, list(project.test_ids), [], len(project.test_ids))
             if hello.role in ("tracker", "stats"):
                 conn.send(encode_parameters(project.net.params,
                                             parameter_version=project.parameter_version,

@@ -1,0 +1,89 @@
+"""The event loop of one project (DESIGN.md, "The event loop of one project"), as a trio task.
+
+Each iteration: admit joiners, flush allocation changes, plan budgeted work orders, broadcast one
+parameters frame and the orders, wait for the results (or the deadline), reduce, autosave every
+N iterations, and sleep until the iteration's T is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..protocol import MAX_IDS_PER_MESSAGE, Allocation, Work, encode_parameters
+from ._connection import Connection
+from ._project import Project
+
+if TYPE_CHECKING:
+    from ._server import Master
+
+log = logging.getLogger("mlitb.master")
+
+
+async def run_project_loop(master: Master, name: str, scope: trio.CancelScope) -> None:
+    """The event loop of one project (DESIGN.md), until ``scope`` is cancelled."""
+    with scope:
+        project = master.projects[name]
+        while True:
+            master._wakeups[name] = trio.Event()
+            start = master._now()
+            joined = project.admit_pending()
+            for w in joined:
+                master._event("joined", f"worker {w} joined project {name}", name, w)
+            flush_allocations(master, project)
+            if project.paused or not project.ready_trainers():
+                with trio.move_on_after(project.iteration_time):
+                    await master._wakeups[name].wait()
+                continue
+            it = project.plan_iteration(start)
+            frame = encode_parameters(project.net.params,
+                                      parameter_version=project.parameter_version,
+                                      iteration=project.iteration)
+            for w, order in it.orders.items():
+                conn = master.connections[w]
+                conn.send(frame)
+                conn.send(Work(iteration=project.iteration,
+                               parameter_version=project.parameter_version,
+                               seconds=order.seconds, samples=order.samples))
+            for w in project.of_role("tracker") + project.of_role("stats"):
+                master.connections[w].send(frame)
+            it.sent_at = master._now()
+            # Deterministic mode waits for every result (a worker that leaves drops its
+            # order); otherwise late workers do not hold the iteration hostage.
+            with trio.move_on_at(math.inf if project.deterministic else it.deadline):
+                while not it.complete():
+                    await master._wakeups[name].wait()
+                    master._wakeups[name] = trio.Event()
+            reduce_start = master._now()
+            summary = project.finish_iteration(reduce_start)
+            project.timing = type(project.timing)(
+                compute=project.timing.compute, wait=project.timing.wait,
+                reduce=master._now() - reduce_start, broadcast=project.timing.broadcast)
+            if summary.workers < len(it.orders):
+                log.info("%s: %d of %d results by the deadline", name, summary.workers,
+                         len(it.orders))
+            if master.files is not None and project.iteration % master.autosave_every == 0:
+                # Between iterations, and before the next starts: a kill loses at most
+                # autosave_every iterations.
+                await master.save_project(name)
+            await trio.sleep_until(start + project.iteration_time)
+
+
+def flush_allocations(master: Master, project: Project) -> None:
+    """Send each trainer what changed in its share since the last flush."""
+    for w, change in project.allocator.take_changes().items():
+        conn = master.connections.get(w)
+        if conn is not None:
+            total = len(project.allocator.allocation_of(w))
+            send_ids(conn, sorted(change.added), sorted(change.removed), total)
+
+
+def send_ids(conn: Connection, added: list[int], removed: list[int], total: int) -> None:
+    """Allocation messages, split to respect the protocol's id limit."""
+    step = MAX_IDS_PER_MESSAGE
+    for i in range(0, max(len(added), len(removed), 1), step // 2):
+        conn.send(Allocation(added=tuple(added[i:i + step // 2]),
+                             removed=tuple(removed[i:i + step // 2]), total=total))
