@@ -26,15 +26,15 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from mlitb.client import (
     MasterUnreachableError,
     OperatorClient,
-    RequestRefusedError,
     check_master_url,
+    close_stream,
     open_operator,
+    reply_as,
 )
 from mlitb.errors import AuthError, MlitbError, ProtocolError, UploadError
 from mlitb.protocol import (
     Bye,
     ClientMessage,
-    Error,
     ListProjects,
     Message,
     ProjectList,
@@ -116,7 +116,7 @@ class MasterLink:
                 self._op = None
                 self._fail_pending()
                 if ws is not None:
-                    await _close_stream(ws)
+                    await close_stream(ws)
             failures += 1
             delay = backoff(failures, self.first_backoff)
             self._set(LinkState("lost" if was_connected else "unreachable", self.url, reason,
@@ -187,26 +187,9 @@ class MasterLink:
             self._pending.pop(request_id, None)
         if pending.error is not None:
             raise pending.error
-        reply = pending.reply
-        if isinstance(reply, Error):
-            raise RequestRefusedError(reply.code, reply.message)
-        if not isinstance(reply, expect):
-            raise ProtocolError(f"expected {expect.__name__} from the master, got "
-                                f"{type(reply).__name__}")
-        return reply
-
-
-async def _close_stream(ws: WebSocketConnection) -> None:
-    """trio-websocket 0.12 keeps the TCP stream of an abnormally closed connection open until
-    garbage collection: close it now, so a master that restarts sees no stale socket."""
-    stream = getattr(ws, "_stream", None)
-    if stream is None:
-        return
-    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-        try:
-            await stream.aclose()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        if pending.reply is None:
+            raise ProtocolError(f"the master gave no answer to {type(message).__name__}")
+        return reply_as(pending.reply, expect)
 
 
 async def run_in_daemon_thread(fn: Callable[[], M]) -> M:

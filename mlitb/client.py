@@ -63,6 +63,29 @@ def _describe(exc: ConnectionClosed) -> str:
     return f"code {reason.code}" + (f": {reason.reason}" if reason.reason else "")
 
 
+def reply_as(reply: Message, expect: type[M]) -> M:
+    """The master's answer to a request: ``expect``, or ``RequestRefusedError`` for an error."""
+    if isinstance(reply, Error):
+        raise RequestRefusedError(reply.code, reply.message)
+    if not isinstance(reply, expect):
+        raise ProtocolError(f"expected {expect.__name__} from the master, got "
+                            f"{type(reply).__name__}")
+    return reply
+
+
+async def close_stream(ws: WebSocketConnection) -> None:
+    """trio-websocket 0.12 keeps the TCP stream of an abnormally closed connection open until
+    garbage collection: close it now (a master that restarts sees no stale socket)."""
+    stream = getattr(ws, "_stream", None)
+    if stream is None:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        try:
+            await stream.aclose()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
 def check_master_url(url: str) -> str:
     """Refuse anything but ws:// and wss:// URLs, with a clear message."""
     if not url.startswith(("ws://", "wss://")) or len(url) < 6:
@@ -109,12 +132,7 @@ class OperatorClient:
                 continue
             if getattr(reply, "request_id", None) != message.request_id:
                 continue
-            if isinstance(reply, Error):
-                raise RequestRefusedError(reply.code, reply.message)
-            if not isinstance(reply, expect):
-                raise ProtocolError(f"expected {expect.__name__} from the master, got "
-                                    f"{type(reply).__name__}")
-            return reply
+            return reply_as(reply, expect)
 
     async def list_projects(self) -> tuple[ProjectSummary, ...]:
         reply = await self.request(ListProjects(request_id="-"), ProjectList)
@@ -146,6 +164,7 @@ async def open_operator(url: str, token: str | None = None, *,
                     raise ProtocolError("the master answered the hello with a binary frame")
                 first = decode_text(data, max_size=MAX_LARGE_TEXT_FRAME)
             if isinstance(first, Error):
+                await close_stream(ws)  # the master closes right after its error
                 if first.code == "bad_token":
                     raise AuthError("the master refused the operator token (check --token / "
                                     "MLITB_OPERATOR_TOKEN)")
