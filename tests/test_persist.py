@@ -75,6 +75,7 @@ async def test_a_saved_project_is_restored_as_it_was(tmp_path: Path) -> None:
                               labels=["a", "b", "c"])
         master.create_project("q", SPEC, samples_per_iteration=16)
         train_by_hand(master, "p")
+        master.projects["q"].paused = True  # as an operator's pause leaves it
         await master.save_project("p")
         await master.save_project("q")
         first = load_closure(files.path("p"))
@@ -92,6 +93,7 @@ async def test_a_saved_project_is_restored_as_it_was(tmp_path: Path) -> None:
         same_state(master.projects["q"], restarted.projects["q"])
         assert restarted.projects["p"].created == first.created
         assert restarted.projects["q"].deterministic
+        assert restarted.projects["q"].paused and not restarted.projects["p"].paused
 
 
 @pytest.mark.trio

@@ -64,6 +64,8 @@ class LoopSettings:
     """The latency/work-budget policy's knobs (``mlitb.master.BudgetConfig`` fields)."""
     seeds: dict[str, int] = field(default_factory=dict)
     """Named random seeds (e.g. ``init``), as the master records them."""
+    paused: bool = False
+    """An operator paused the project; a master restarted from this closure keeps it paused."""
 
     def __post_init__(self) -> None:
         if self.deterministic and self.samples_per_iteration is None:
@@ -278,7 +280,8 @@ def closure_from_project(project: Project,
         iteration_time=float(project.iteration_time), samples_per_iteration=samples,
         deterministic=bool(getattr(project, "deterministic", samples is not None)),
         budget_config={k: float(v) for k, v in dataclasses.asdict(project.budgets.config).items()},
-        seeds=dict(seeds if seeds is not None else getattr(project, "seeds", {}) or {}))
+        seeds=dict(seeds if seeds is not None else getattr(project, "seeds", {}) or {}),
+        paused=bool(getattr(project, "paused", False)))
     updated = _timestamp(now or datetime.now(UTC))
     created = created or getattr(project, "created", None)
     record_of = getattr(project, "replay_record", None)
@@ -354,7 +357,7 @@ def closure_to_dict(closure: Closure) -> dict[str, Any]:
                  "samples_per_iteration": loop.samples_per_iteration,
                  "deterministic": loop.deterministic, "allocation": loop.allocation,
                  "budget": {"policy": loop.budget_policy, "config": dict(loop.budget_config)},
-                 "seeds": dict(loop.seeds)},
+                 "seeds": dict(loop.seeds), "paused": loop.paused},
         "iteration": c.iteration, "parameter_version": c.parameter_version,
         "data": _data_json(c.data),
         "history": {
@@ -461,7 +464,8 @@ def _loop(loop: Mapping[str, Any]) -> LoopSettings:
                         samples_per_iteration=samples, deterministic=bool(loop["deterministic"]),
                         allocation=loop["allocation"],
                         budget_config=_budget_config(loop["budget"]["config"]),
-                        seeds={k: int(v) for k, v in loop["seeds"].items()})
+                        seeds={k: int(v) for k, v in loop["seeds"].items()},
+                        paused=bool(loop.get("paused", False)))  # optional: older closures
 
 
 def _split(s: Mapping[str, Any], labels: tuple[str, ...], where: str) -> SplitManifest:

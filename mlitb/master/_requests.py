@@ -63,6 +63,7 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                       f"project {project.name} {'paused' if project.paused else 'resumed'}",
                       project.name)
         master._wake(project.name)
+        master._save_soon(project.name)  # a restarted master keeps the project as it is
     elif isinstance(msg, SetHyperparameters):
         project = master._project(msg.project)
         try:

@@ -235,6 +235,7 @@ class Master:
                 continue
             project = Project.from_closure(closure, keep_record=True)
             project.created = closure.created
+            project.paused = closure.loop.paused  # a restart does not undo an operator's pause
             self._add(project, f"project {project.name} restored at iteration "
                       f"{project.iteration} (parameter version {project.parameter_version})",
                       save=False)
