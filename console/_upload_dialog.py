@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +21,10 @@ from ._format import describe_error
 from ._messages import UploadProgress
 
 
+class UploadCancelledError(MlitbError):
+    """The operator closed the upload dialog while the upload was under way."""
+
+
 class UploadDialog(ModalScreen[None]):
     """Train data feeds the trainers; test data feeds the stats workers' test-error curve."""
 
@@ -30,6 +35,7 @@ class UploadDialog(ModalScreen[None]):
         self.project = project
         self.backend = backend
         self.result: dict[str, object] | None = None
+        self._cancelled = threading.Event()
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="upload"):
@@ -60,9 +66,10 @@ class UploadDialog(ModalScreen[None]):
         if event.button.id == "upload-button":
             self.upload()
         else:
-            self.dismiss(None)
+            self.action_close()
 
     def action_close(self) -> None:
+        self._cancelled.set()  # an upload in flight stops at its next block: nothing is stored
         self.dismiss(None)
 
     def on_upload_progress(self, message: UploadProgress) -> None:
@@ -74,6 +81,8 @@ class UploadDialog(ModalScreen[None]):
                if message.sent >= message.total else ""))
 
     def _progress(self, sent: int, total: int) -> None:
+        if self._cancelled.is_set():  # raised in the upload's thread: the request is abandoned
+            raise UploadCancelledError("the upload was cancelled")
         try:  # called from the upload's thread; post_message is thread-safe
             self.post_message(UploadProgress(sent, total))
         except RuntimeError:  # the app has closed

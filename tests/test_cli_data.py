@@ -69,3 +69,33 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(cluster_in_thread, tmp_pa
     assert "digits" not in c.store.projects() or len(c.store.ids("digits")) == 0
     result = invoke(["data", "upload", str(empty), "--project", "nope"], c)
     assert result.exit_code == 1 and "no project named 'nope'" in result.output
+
+
+def test_an_upload_abandoned_mid_stream_stores_nothing(cluster_in_thread, tmp_path):
+    """What the console's upload dialog does when it is closed during an upload: its progress
+    callback raises in the upload's thread, the request is abandoned, nothing is stored."""
+    import pytest
+
+    from mlitb.dataserver import DataClient, InputShape
+
+    c = cluster_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(DIGITS_SPEC))
+    assert invoke(["project", "create", "digits", "--model", str(spec)], c).exit_code == 0
+    train, _, _ = digits()
+    archive = digits_zip(tmp_path / "train.zip", train, 1000)
+
+    class Stop(Exception):
+        pass
+
+    def progress(sent, total):
+        if sent > total // 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        DataClient(c.data_url).upload("digits", archive,
+                                      shape=InputShape(width=8, height=8, channels=1),
+                                      progress=progress)
+    assert c.master.projects["digits"].allocator.total == 0
+    result = invoke(["data", "upload", str(archive), "--project", "digits"], c)
+    assert result.exit_code == 0 and "stored 1000 training images" in result.output

@@ -400,6 +400,33 @@ async def test_upload_shows_progress_and_the_result(tmp_path: Path) -> None:
                                                     .render())
 
 
+
+@pytest.mark.asyncio
+async def test_closing_the_upload_dialog_abandons_the_upload(tmp_path: Path) -> None:
+    from mlitb.console._upload_dialog import UploadCancelledError
+
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app()
+        backend.upload_delay = 0.5
+        archive = tmp_path / "train.zip"
+        archive.write_bytes(b"PK" + bytes(4000))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("u")
+            await until(pilot, lambda: isinstance(app.screen, UploadDialog), "dialog")
+            dialog = app.screen
+            assert isinstance(dialog, UploadDialog)
+            dialog.query_one("#field-archive", FormField).value = str(archive)
+            await pilot.press("enter")
+            await pilot.pause()
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, UploadDialog), "closed")
+            # The upload's next progress report (in its thread, for a live master) raises.
+            with pytest.raises(UploadCancelledError):
+                dialog._progress(1, 2)
+            assert dialog.result is None
+
+
 @pytest.mark.asyncio
 async def test_save_model_writes_a_loadable_file(tmp_path: Path) -> None:
     from mlitb.nn import load_model
