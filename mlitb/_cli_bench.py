@@ -45,8 +45,7 @@ def loop(
     nodes: Annotated[str, typer.Option(help="Comma-separated node counts.")] = "1,2",
     json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """Loop throughput with local nodes (CIFAR-10 demo net, T = 2 s) and the master's round
-    cost with many simulated workers."""
+    """Loop throughput with local nodes and the master's round cost with simulated workers."""
     from mlitb.bench import loop as bench_loop
 
     try:
@@ -56,3 +55,12 @@ def loop(
     if not counts or min(counts) < 1:
         raise typer.BadParameter("at least one node count >= 1", param_hint="--nodes")
     bench_loop.run(iterations, simulated, counts, as_json=json)
+
+
+@bench_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                     "help_option_names": []})
+def browser(ctx: typer.Context) -> None:
+    """The JS engine in headless Chromium next to ConvNetJS 0.3 and numpy (its own --help)."""
+    from mlitb.bench import browser as bench_browser
+
+    raise typer.Exit(bench_browser.main(ctx.args))
