@@ -7,6 +7,7 @@ N iterations, and sleep until the iteration's T is up.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -32,7 +33,8 @@ async def run_project_loop(master: Master, name: str, scope: trio.CancelScope) -
             start = master._now()
             joined = project.admit_pending()
             for w in joined:
-                master._event("joined", f"worker {w} joined project {name}", name, w)
+                master._event("joined", f"worker {w} admitted to project {name}'s data "
+                              "allocation", name, w)
             flush_allocations(master, project)
             if project.paused or not project.ready_trainers():
                 with trio.move_on_after(project.iteration_time):
@@ -59,9 +61,8 @@ async def run_project_loop(master: Master, name: str, scope: trio.CancelScope) -
                     master._wakeups[name] = trio.Event()
             reduce_start = master._now()
             summary = project.finish_iteration(reduce_start)
-            project.timing = type(project.timing)(
-                compute=project.timing.compute, wait=project.timing.wait,
-                reduce=master._now() - reduce_start, broadcast=project.timing.broadcast)
+            project.timing = dataclasses.replace(project.timing,
+                                                 reduce=master._now() - reduce_start)
             if summary.workers < len(it.orders):
                 log.info("%s: %d of %d results by the deadline", name, summary.workers,
                          len(it.orders))
