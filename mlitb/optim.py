@@ -139,6 +139,9 @@ class Optimizer:
         self.l2_mul = np.ones(n, F32) if l2_mul is None else _vector("l2_mul", l2_mul, n)
         self._acc = {slot: np.zeros(n, F32) for slot in self.SLOTS}
         self._t = 0
+        self.lr_scale = 1.0
+        """The schedule's multiplier of the learning rate for the next steps (set by the project
+        each iteration, ``mlitb.training.lr_factor``); not a hyperparameter, not state."""
 
     @property
     def learning_rate(self) -> float:
@@ -185,7 +188,7 @@ class Optimizer:
         if self._hp["l1_decay"]:
             g += self._f("l1_decay") * self.l1_mul * np.sign(params)
         self._t += 1
-        self._update(params, g, self.learning_rate)
+        self._update(params, g, self.learning_rate * self.lr_scale)
         if self._t % int(self._hp["lr_decay_every"]) == 0:
             lr = self.learning_rate
             # The floor stops the decay; it never raises a rate an operator set below it.

@@ -1,9 +1,11 @@
-"""What a worker computes, without I/O: budgeted gradient sums and test-set evaluation.
+"""What a worker computes, without I/O: budgeted gradient sums, local steps, test evaluation.
 
 ``compute_gradient`` answers one ``work`` order. With a time budget it loops
 ``accumulate_gradient`` over small random batches of the cache, checking the clock between batches
 and sizing the last ones from the measured rate so the budget is respected; in deterministic mode
-it processes exactly ``samples`` samples in an order fixed by a seed and the iteration. The clock
+it processes exactly ``samples`` samples in an order fixed by a seed and the iteration.
+``compute_local`` answers a ``local`` project's order with inner optimizer steps over the same
+batches and returns the parameter delta. The clock
 is injected (``time.perf_counter`` in production), so tests run budgets of any length instantly.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,6 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from mlitb.nn import BatchStats
+from mlitb.optim import Optimizer
+from mlitb.protocol import MAX_STEPS
+from mlitb.training import augment
 
 from ._cache import CacheView
 
@@ -36,6 +41,8 @@ class Trainable(Protocol):
     @property
     def num_params(self) -> int: ...
     @property
+    def params(self) -> npt.NDArray[np.float32]: ...
+    @property
     def grads(self) -> npt.NDArray[np.float32]: ...
     def zero_grads(self) -> None: ...
     def accumulate_gradient(self, x: np.ndarray, y: np.ndarray) -> BatchStats: ...
@@ -51,6 +58,8 @@ class ComputeResult:
     loss_sum: float
     compute_seconds: float
     vector: npt.NDArray[np.float32]
+    steps: int = 0
+    """Inner optimizer steps (local steps; 0 for a gradient sum)."""
 
     @property
     def loss(self) -> float | None:
@@ -114,6 +123,45 @@ def _finish(net: Trainable, samples: int, correct: int, loss_sum: float,
                          compute_seconds=seconds, vector=vector)
 
 
+def _batches(view: CacheView, *, seconds: float | None, samples: int | None,
+             rng: np.random.Generator | None, seed: int, iteration: int, clock: Clock,
+             pacer: Pacer | None, max_batch: int, should_stop: Callable[[], bool] | None,
+             start: float) -> Iterator[npt.NDArray[np.intp]]:
+    """The rows of each batch of one work order (see ``compute_gradient``). With a time budget
+    the time from one batch to the next (the caller's work on it) feeds the pacer."""
+    if (seconds is None) == (samples is None):
+        raise ValueError("give exactly one of seconds and samples")
+    if samples is not None:
+        order = deterministic_order(view, samples, seed, iteration)
+        for i in range(0, order.size, max_batch):
+            if should_stop is not None and should_stop():
+                return
+            yield order[i:i + max_batch]
+        return
+    assert seconds is not None
+    pacer = pacer if pacer is not None else Pacer()
+    rng = rng if rng is not None else np.random.default_rng()
+    order = view.rows[rng.permutation(len(view))]
+    cursor, total = 0, 0
+    while True:
+        if should_stop is not None and should_stop():
+            return
+        now = clock()
+        n = pacer.batch_for(seconds - (now - start), max_batch)
+        if n == 0:
+            if total:
+                return
+            n = 1  # at least one sample, so the master always learns this worker's speed
+        if cursor + n > order.size:  # a new pass over the cache, in a new order
+            order = np.concatenate([order[cursor:], view.rows[rng.permutation(len(view))]])
+            cursor = 0
+        rows = order[cursor:cursor + n]
+        cursor += n
+        yield rows
+        pacer.update(rows.size, clock() - now)
+        total += rows.size
+
+
 def compute_gradient(
     net: Trainable,
     view: CacheView,
@@ -127,15 +175,19 @@ def compute_gradient(
     pacer: Pacer | None = None,
     max_batch: int = MAX_BATCH,
     should_stop: Callable[[], bool] | None = None,
+    shift: int = 0,
+    flip: bool = False,
 ) -> ComputeResult:
     """The gradient sum over as many cached samples as the budget allows.
 
     Exactly one of ``seconds`` (time budget: random batches drawn with ``rng``) and ``samples``
     (deterministic mode: ``deterministic_order(view, samples, seed, iteration)``, in batches of
     ``max_batch``) must be given. With a time budget at least one sample is computed, and the
-    last batches shrink to what the measured rate says still fits. ``net`` must already hold the parameters of the work order; its
-    gradients are zeroed first. ``should_stop`` is polled between batches (the worker is
-    leaving). An empty view gives ``samples == 0`` and a zero vector.
+    last batches shrink to what the measured rate says still fits. ``net`` must already hold
+    the parameters of the work order; its gradients are zeroed first. ``should_stop`` is polled
+    between batches (the worker is leaving). ``shift``/``flip``: augmentation
+    (``mlitb.training.augment``), drawn from ``rng`` (deterministic mode: from ``seed`` and
+    ``iteration``). An empty view gives ``samples == 0`` and a zero vector.
     """
     if (seconds is None) == (samples is None):
         raise ValueError("give exactly one of seconds and samples")
@@ -143,43 +195,86 @@ def compute_gradient(
     net.zero_grads()
     if len(view) == 0:
         return empty_result(net.num_params, max(clock() - start, 0.0))
+    aug_rng = _augment_rng(rng, samples, seed, iteration)
     total, correct, loss_sum = 0, 0, 0.0
-    if samples is not None:
-        order = deterministic_order(view, samples, seed, iteration)
-        for i in range(0, order.size, max_batch):
-            if should_stop is not None and should_stop():
-                break
-            x, y = view.batch(order[i:i + max_batch])
-            stats = net.accumulate_gradient(x, y)
-            total, correct, loss_sum = (total + stats.count, correct + stats.correct,
-                                        loss_sum + stats.loss)
-        return _finish(net, total, correct, loss_sum, max(clock() - start, 0.0))
-
-    assert seconds is not None
-    pacer = pacer if pacer is not None else Pacer()
-    rng = rng if rng is not None else np.random.default_rng()
-    order = view.rows[rng.permutation(len(view))]
-    cursor = 0
-    while True:
-        if should_stop is not None and should_stop():
-            break
-        now = clock()
-        n = pacer.batch_for(seconds - (now - start), max_batch)
-        if n == 0:
-            if total:
-                break
-            n = 1  # at least one sample, so the master always learns this worker's speed
-        if cursor + n > order.size:  # a new pass over the cache, in a new order
-            order = np.concatenate([order[cursor:], view.rows[rng.permutation(len(view))]])
-            cursor = 0
-        x, y = view.batch(order[cursor:cursor + n])
-        cursor += n
-        stats = net.accumulate_gradient(x, y)
-        after = clock()
-        pacer.update(stats.count, after - now)
+    for rows in _batches(view, seconds=seconds, samples=samples, rng=rng, seed=seed,
+                         iteration=iteration, clock=clock, pacer=pacer, max_batch=max_batch,
+                         should_stop=should_stop, start=start):
+        x, y = view.batch(rows)
+        stats = net.accumulate_gradient(augment(x, aug_rng, shift=shift, flip=flip), y)
         total, correct, loss_sum = (total + stats.count, correct + stats.correct,
                                     loss_sum + stats.loss)
     return _finish(net, total, correct, loss_sum, max(clock() - start, 0.0))
+
+
+def _augment_rng(rng: np.random.Generator | None, samples: int | None, seed: int,
+                 iteration: int) -> np.random.Generator:
+    """Augmentation's draws: from the worker's generator, or in deterministic mode from the
+    seed and iteration (a stream of its own, apart from the sample order's)."""
+    if samples is not None or rng is None:
+        return np.random.default_rng([seed & 0xFFFFFFFF, iteration & 0xFFFFFFFF, 1])
+    return rng
+
+
+def compute_local(
+    net: Trainable,
+    view: CacheView,
+    inner: Optimizer,
+    *,
+    learning_rate: float,
+    batch_size: int,
+    seconds: float | None = None,
+    samples: int | None = None,
+    rng: np.random.Generator | None = None,
+    seed: int = 0,
+    iteration: int = 0,
+    clock: Clock = time.perf_counter,
+    pacer: Pacer | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    shift: int = 0,
+    flip: bool = False,
+) -> ComputeResult:
+    """Local steps: inner optimizer steps on batches of ``batch_size`` cached samples until the
+    budget is spent; the result's vector is the parameter delta (after - before).
+
+    Budgets and batches are as in ``compute_gradient`` (``batch_size`` takes ``max_batch``'s
+    place). Each batch is augmented, its gradient averaged, and ``inner`` (the worker's, whose
+    state carries over between rounds) steps ``net``'s parameters with ``learning_rate``, the
+    round's rate. Loss and accuracy are those of each batch before its step. At most
+    ``MAX_STEPS`` steps. A diverged net (non-finite parameters) answers "nothing computed".
+    """
+    if (seconds is None) == (samples is None):
+        raise ValueError("give exactly one of seconds and samples")
+    start = clock()
+    if len(view) == 0:
+        return empty_result(net.num_params, max(clock() - start, 0.0))
+    inner.set_hyperparameters(learning_rate=learning_rate)
+    before = net.params.copy()
+    aug_rng = _augment_rng(rng, samples, seed, iteration)
+    total, correct, loss_sum, steps = 0, 0, 0.0, 0
+    for rows in _batches(view, seconds=seconds, samples=samples, rng=rng, seed=seed,
+                         iteration=iteration, clock=clock, pacer=pacer, max_batch=batch_size,
+                         should_stop=should_stop, start=start):
+        x, y = view.batch(rows)
+        net.zero_grads()
+        stats = net.accumulate_gradient(augment(x, aug_rng, shift=shift, flip=flip), y)
+        grad = net.grads
+        if not np.isfinite(grad).all():
+            break  # a diverged step: keep what the earlier ones did
+        grad /= np.float32(stats.count)
+        inner.step(net.params, grad)
+        steps += 1
+        total, correct, loss_sum = (total + stats.count, correct + stats.correct,
+                                    loss_sum + stats.loss)
+        if steps >= MAX_STEPS:
+            break
+    seconds_spent = max(clock() - start, 0.0)
+    delta = net.params - before
+    if not (math.isfinite(loss_sum) and bool(np.isfinite(delta).all())):
+        return empty_result(net.num_params, seconds_spent)
+    return ComputeResult(samples=total, correct=correct, loss_sum=max(loss_sum, 0.0),
+                         compute_seconds=seconds_spent, vector=delta.astype(np.float32),
+                         steps=steps)
 
 
 @dataclass(frozen=True)

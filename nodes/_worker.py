@@ -38,6 +38,7 @@ from trio_websocket import (
 from mlitb import __version__
 from mlitb.errors import MlitbError
 from mlitb.nn import Net
+from mlitb.optim import Optimizer, from_wire, make_optimizer
 from mlitb.protocol import (
     MAX_IDS_PER_MESSAGE,
     MAX_LARGE_TEXT_FRAME,
@@ -51,6 +52,7 @@ from mlitb.protocol import (
     ProjectChanged,
     ProjectInfo,
     ResultFrame,
+    ResultKind,
     StatsReport,
     Welcome,
     WireError,
@@ -67,6 +69,7 @@ from ._compute import (
     Evaluation,
     Pacer,
     compute_gradient,
+    compute_local,
     empty_result,
     evaluate,
 )
@@ -196,6 +199,9 @@ class Worker:
             None if options.seed is None else [options.seed, options.index])
         # Kept across connections.
         self.net: Net | None = None
+        self.inner: Optimizer | None = None
+        """A ``local`` project's inner optimizer: its state carries over between rounds."""
+        self._inner_key: tuple[str, int] | None = None
         self.cache: DataCache | None = None
         self._cache_key: tuple[str, Shape] | None = None
         # Per connection.
@@ -408,6 +414,7 @@ class Worker:
             self._log(logging.WARNING, f"the master runs mlitb {welcome.server_version}, this "
                       f"node {__version__}")
         self._apply_project(info)
+        self.inner, self._inner_key = None, None  # a joiner's inner optimizer starts from zero
         assert self.cache is not None
         self.cache.clear_allocation()
         self._source: DataSource = self._data_source_factory(self.data_url, info.name,
@@ -644,21 +651,54 @@ class Worker:
             return empty_result(self._num_params())
         view = cache.snapshot()
         seed = self.options.seed or 0
+        info = self.info
+        assert info is not None
+        training = info.training
+        inner = self._inner_optimizer(info, net, fresh=order.samples is not None) \
+            if training.algorithm == "local" else None
+        learning_rate = order.learning_rate if order.learning_rate is not None else \
+            float(info.hyperparameters.get("learning_rate", 0.01))
 
         def run() -> ComputeResult:
             net.params = params.vector
+            if inner is not None:
+                return compute_local(
+                    net, view, inner, learning_rate=learning_rate,
+                    batch_size=training.batch_size, seconds=order.seconds,
+                    samples=order.samples, rng=self.rng, seed=seed, iteration=order.iteration,
+                    clock=self._clock, pacer=self.pacer, should_stop=lambda: self._stopping,
+                    shift=training.shift, flip=training.flip)
             return compute_gradient(
                 net, view, seconds=order.seconds, samples=order.samples, rng=self.rng,
                 seed=seed, iteration=order.iteration, clock=self._clock, pacer=self.pacer,
-                max_batch=self.options.max_batch, should_stop=lambda: self._stopping)
+                max_batch=self.options.max_batch, should_stop=lambda: self._stopping,
+                shift=training.shift, flip=training.flip)
 
         return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
 
+    def _inner_optimizer(self, info: ProjectInfo, net: Net, *, fresh: bool) -> Optimizer:
+        """The inner optimizer for this round: the one kept from the last round with the
+        project's current hyperparameters, or a new one (first round, another optimizer or
+        net size, or ``fresh``: deterministic rounds each start from zero). The master's
+        schedule sets the learning rate, so the inner optimizer's own step decay is off."""
+        hp = from_wire({k: v for k, v in info.hyperparameters.items() if k != "lr_decay"})
+        key = (info.optimizer, net.num_params)
+        if fresh or self.inner is None or self._inner_key != key:
+            l1, l2 = net.decay_multipliers()
+            self.inner = make_optimizer(info.optimizer, net.num_params, **hp,
+                                        l1_mul=l1, l2_mul=l2)
+            self._inner_key = key
+        else:
+            self.inner.set_hyperparameters(**hp)
+        return self.inner
+
     def _send_result(self, order: Work, result: ComputeResult) -> None:
+        local = self.info is not None and self.info.training.algorithm == "local"
         self._send(encode_result(
             result.vector, parameter_version=order.parameter_version, samples=result.samples,
             correct=result.correct, loss_sum=result.loss_sum,
-            compute_seconds=result.compute_seconds))
+            compute_seconds=result.compute_seconds, steps=result.steps,
+            kind=ResultKind.PARAMETER_DELTA if local else ResultKind.GRADIENT_SUM))
         self.results_sent += 1
         changes: dict[str, object] = {"results": self.results_sent, "iteration": order.iteration,
                                       "phase": self._phase()}

@@ -46,6 +46,7 @@ from mlitb.protocol import (
     ResultKind,
     SetHyperparameters,
     Status,
+    Training,
     Welcome,
     WireError,
     Work,
@@ -207,6 +208,11 @@ def _fix_hyper(draw: st.DrawFn, kw: dict[str, Any]) -> None:
         kw["iteration_time"] = 2.0
 
 
+def _fix_training(draw: st.DrawFn, kw: dict[str, Any]) -> None:
+    if kw.get("schedule", "constant") != "constant" and kw.get("horizon") is None:
+        kw["horizon"] = draw(st.floats(1.0, 1e9))
+
+
 def _fix_workers(draw: st.DrawFn, kw: dict[str, Any]) -> None:
     seen: dict[int, Any] = {}
     for w in kw.get("workers", ()):
@@ -220,6 +226,7 @@ FIXUPS = {
     Work: _fix_one_of(Work, "seconds", "samples"), Allocation: _fix_ids("added", "removed"),
     CacheReport: _fix_ids("cached", "evicted"), DataCounts: _fix_counts,
     RegisterData: _fix_register, SetHyperparameters: _fix_hyper, ProjectStatus: _fix_workers,
+    Training: _fix_training,
 }
 
 

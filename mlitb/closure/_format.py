@@ -30,7 +30,8 @@ from .._files import atomic_write
 from ..errors import ClosureError, ModelFormatError, OptimizerError
 from ..nn import Net, model_from_dict
 from ..optim import Hyperparameter, Optimizer, make_optimizer
-from ..protocol import HistoryPoint, StatsPoint
+from ..protocol import HistoryPoint, StatsPoint, Training
+from ..training import TrainingError, make_outer, training_from_json, training_to_json
 from ._canonical import canonical_json
 from ._manifest import DataManifest, SplitManifest, manifest_from_store
 from ._record import ReplayOrigin, ReplayRecord, ReplayStep, parse_share
@@ -66,6 +67,12 @@ class LoopSettings:
     """Named random seeds (e.g. ``init``), as the master records them."""
     paused: bool = False
     """An operator paused the project; a master restarted from this closure keeps it paused."""
+    training: Training = field(default_factory=Training)
+    """How the project trains: the algorithm, schedule and augmentation (``mlitb.training``)."""
+    samples_trained: int = 0
+    """Samples the project's steps have covered so far (the schedule's progress)."""
+    seconds_trained: float = 0.0
+    """Seconds of iterations that stepped so far (the schedule's progress in seconds)."""
 
     def __post_init__(self) -> None:
         if self.deterministic and self.samples_per_iteration is None:
@@ -116,6 +123,10 @@ class Closure:
     replay: ReplayRecord | None = None
     """The replay record of a deterministic run (``mlitb closure replay``); written only with a
     data manifest, whose training samples its shares index."""
+    outer_step: int = 0
+    outer_velocity: F32Array | None = None
+    """A ``local`` project's outer optimizer (``mlitb.training.make_outer``): its step count
+    and momentum; None for ``gradient`` projects."""
 
     def __post_init__(self) -> None:
         now = _timestamp(datetime.now(UTC))
@@ -129,6 +140,8 @@ class Closure:
         if self.decay_multipliers is not None:
             l1, l2 = self.decay_multipliers
             object.__setattr__(self, "decay_multipliers", (_frozen(l1), _frozen(l2)))
+        if self.outer_velocity is not None:
+            object.__setattr__(self, "outer_velocity", _frozen(self.outer_velocity))
 
     @property
     def num_params(self) -> int:
@@ -162,6 +175,19 @@ class Closure:
         except OptimizerError as exc:
             raise ClosureError(f"optimizer: {exc}") from None
         return opt
+
+    def outer(self) -> Optimizer | None:
+        """A new outer optimizer in the recorded state (``local`` projects), else None."""
+        if self.loop.training.algorithm != "local":
+            return None
+        outer = make_outer(self.loop.training, self.num_params)
+        velocity = self.outer_velocity if self.outer_velocity is not None else \
+            np.zeros(self.num_params, np.float32)
+        try:
+            outer.load_state({"velocity": velocity.copy(), "step": self.outer_step})
+        except OptimizerError as exc:
+            raise ClosureError(f"optimizer.outer: {exc}") from None
+        return outer
 
     def model_dict(self) -> dict[str, Any]:
         """The model alone, in our model format (``mlitb.nn.model_from_dict`` reads it)."""
@@ -281,7 +307,16 @@ def closure_from_project(project: Project,
         deterministic=bool(getattr(project, "deterministic", samples is not None)),
         budget_config={k: float(v) for k, v in dataclasses.asdict(project.budgets.config).items()},
         seeds=dict(seeds if seeds is not None else getattr(project, "seeds", {}) or {}),
-        paused=bool(getattr(project, "paused", False)))
+        paused=bool(getattr(project, "paused", False)),
+        training=getattr(project, "training", None) or Training(),
+        samples_trained=int(getattr(project, "samples_trained", 0)),
+        seconds_trained=float(getattr(project, "seconds_trained", 0.0)))
+    outer = getattr(project, "outer", None)
+    outer_step, outer_velocity = 0, None
+    if outer is not None:
+        outer_state = outer.state()
+        outer_step = int(outer_state["step"])
+        outer_velocity = outer_state["velocity"]
     updated = _timestamp(now or datetime.now(UTC))
     created = created or getattr(project, "created", None)
     record_of = getattr(project, "replay_record", None)
@@ -293,7 +328,8 @@ def closure_from_project(project: Project,
         optimizer_state={k: v for k, v in state.items() if isinstance(v, np.ndarray)},
         loop=loop, iteration=project.iteration, parameter_version=project.parameter_version,
         data=manifest, history=tuple(project.history), test_error=tuple(project.test_error),
-        decay_multipliers=decay, created=created or updated, updated=updated, replay=replay)
+        decay_multipliers=decay, created=created or updated, updated=updated, replay=replay,
+        outer_step=outer_step, outer_velocity=outer_velocity)
 
 
 # -- to JSON -------------------------------------------------------------------------------------
@@ -344,6 +380,9 @@ def closure_to_dict(closure: Closure) -> dict[str, Any]:
         optimizer["decay_multipliers"] = {
             "l1_mul": _vector_json(l1, "optimizer.decay_multipliers.l1_mul"),
             "l2_mul": _vector_json(l2, "optimizer.decay_multipliers.l2_mul")}
+    if c.outer_velocity is not None:
+        optimizer["outer"] = {"step": c.outer_step, "velocity": _vector_json(
+            c.outer_velocity, "optimizer.outer.velocity")}
     loop = c.loop
     body: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
@@ -357,7 +396,10 @@ def closure_to_dict(closure: Closure) -> dict[str, Any]:
                  "samples_per_iteration": loop.samples_per_iteration,
                  "deterministic": loop.deterministic, "allocation": loop.allocation,
                  "budget": {"policy": loop.budget_policy, "config": dict(loop.budget_config)},
-                 "seeds": dict(loop.seeds), "paused": loop.paused},
+                 "seeds": dict(loop.seeds), "paused": loop.paused,
+                 "training": training_to_json(loop.training),
+                 "progress": {"samples": loop.samples_trained,
+                              "seconds": loop.seconds_trained}},
         "iteration": c.iteration, "parameter_version": c.parameter_version,
         "data": _data_json(c.data),
         "history": {
@@ -460,12 +502,20 @@ def _loop(loop: Mapping[str, Any]) -> LoopSettings:
     if policy != expected:
         raise ClosureError(f"loop.budget.policy: is {policy!r}, but loop.samples_per_iteration "
                            f"is {samples} (which needs {expected!r})")
+    try:
+        training = training_from_json(loop.get("training", {}))
+    except TrainingError as exc:
+        raise ClosureError(f"loop.{exc}") from None
+    progress = loop.get("progress", {})
     return LoopSettings(iteration_time=float(loop["iteration_time"]),
                         samples_per_iteration=samples, deterministic=bool(loop["deterministic"]),
                         allocation=loop["allocation"],
                         budget_config=_budget_config(loop["budget"]["config"]),
                         seeds={k: int(v) for k, v in loop["seeds"].items()},
-                        paused=bool(loop.get("paused", False)))  # optional: older closures
+                        # Optional: closures written before these fields existed.
+                        paused=bool(loop.get("paused", False)), training=training,
+                        samples_trained=int(progress.get("samples", 0)),
+                        seconds_trained=float(progress.get("seconds", 0.0)))
 
 
 def _split(s: Mapping[str, Any], labels: tuple[str, ...], where: str) -> SplitManifest:
@@ -589,6 +639,14 @@ def closure_from_dict(d: Any) -> Closure:
                                   samples=int(p["samples"]), error=float(p["error"]))
                        for p in h["test_error"])
     replay = _replay(d["replay"], d, net, o["name"], decay, data) if "replay" in d else None
+    outer_step, outer_velocity = 0, None
+    if "outer" in o:
+        if loop.training.algorithm != "local":
+            raise ClosureError("optimizer.outer: only a 'local' project has an outer optimizer "
+                               f"(loop.training.algorithm is {loop.training.algorithm!r})")
+        outer_step = int(o["outer"]["step"])
+        outer_velocity = _vector(o["outer"]["velocity"], net.num_params,
+                                 "optimizer.outer.velocity")
     if "content_sha256" in d:
         body = {k: v for k, v in d.items() if k != "content_sha256"}
         if hashlib.sha256(canonical_json(body)).hexdigest() != d["content_sha256"]:
@@ -601,7 +659,8 @@ def closure_from_dict(d: Any) -> Closure:
         iteration=int(d["iteration"]), parameter_version=int(d["parameter_version"]),
         data=data, history=history, test_error=test_error, decay_multipliers=decay,
         created=d["created"], updated=d["updated"], software_name=d["software"]["name"],
-        software_version=d["software"]["version"], replay=replay)
+        software_version=d["software"]["version"], replay=replay, outer_step=outer_step,
+        outer_velocity=outer_velocity)
 
 
 # -- files -----------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ async def run_project_loop(master: Master, name: str, scope: trio.CancelScope) -
                 conn.send(frame)
                 conn.send(Work(iteration=project.iteration,
                                parameter_version=project.parameter_version,
-                               seconds=order.seconds, samples=order.samples))
+                               seconds=order.seconds, samples=order.samples,
+                               learning_rate=order.learning_rate))
             for w in project.of_role("tracker") + project.of_role("stats"):
                 master.connections[w].send(frame)
             it.sent_at = master._now()

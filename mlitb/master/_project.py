@@ -28,12 +28,14 @@ from ..protocol import (
     ResultKind,
     StatsPoint,
     Timing,
+    Training,
     WorkerStatus,
 )
+from ..training import check_training, lr_factor, make_outer, progress
 from ._allocator import Allocator
 from ._budget import BudgetConfig, BudgetPolicy
 from ._deterministic import Recorder
-from ._reduce import ReduceSummary, reduce_gradient_sums
+from ._reduce import ReduceSummary, reduce_gradient_sums, reduce_parameter_deltas
 
 if TYPE_CHECKING:
     from ..closure import Closure, ReplayRecord
@@ -65,6 +67,8 @@ class WorkOrder:
     worker_id: int
     seconds: float | None
     samples: int | None
+    learning_rate: float | None = None
+    """``local`` projects: the inner optimizer's learning rate this round."""
 
 
 @dataclass
@@ -88,6 +92,11 @@ class Iteration:
 class Project:
     """The state of one project between and during iterations.
 
+    ``training`` (``mlitb.training``) chooses the algorithm: ``gradient`` steps ``optimizer``
+    here on the averaged gradient; ``local`` sends ``optimizer``'s name and hyperparameters to
+    the trainers as their inner optimizer and steps ``outer`` here on the averaged delta. The
+    learning-rate schedule follows ``samples_trained`` / ``seconds_trained``.
+
     ``samples_per_iteration`` set: deterministic mode. Work is counted in samples, only trainers
     whose whole allocation is cached get work, results are summed in a fixed order (by their
     share's first data id, which does not depend on worker ids) and every step is recorded for
@@ -98,14 +107,23 @@ class Project:
                  iteration_time: float, *, samples_per_iteration: int | None = None,
                  reducer: Reducer = reduce_gradient_sums,
                  seeds: dict[str, int] | None = None,
-                 budget_config: BudgetConfig | None = None) -> None:
+                 budget_config: BudgetConfig | None = None,
+                 training: Training | None = None) -> None:
         self.name = name
         self.net = net
         self.optimizer = optimizer
         self.optimizer_name = optimizer_name
         self.iteration_time = iteration_time
         self.samples_per_iteration = samples_per_iteration
+        self.training = check_training(training) if training is not None else Training()
+        self.outer: Optimizer | None = None
+        if self.training.algorithm == "local":
+            self.outer = make_outer(self.training, net.num_params)
+            if reducer is reduce_gradient_sums:
+                reducer = reduce_parameter_deltas
         self.reducer = reducer
+        self.samples_trained = 0
+        self.seconds_trained = 0.0
         self.paused = False
         self.iteration = 0
         self.parameter_version = 0
@@ -137,7 +155,10 @@ class Project:
                       closure.optimizer_name, loop.iteration_time,
                       samples_per_iteration=loop.samples_per_iteration, seeds=dict(loop.seeds),
                       budget_config=BudgetConfig(**loop.budget_config)
-                      if loop.budget_config else None)
+                      if loop.budget_config else None, training=loop.training)
+        project.outer = closure.outer()
+        project.samples_trained = loop.samples_trained
+        project.seconds_trained = loop.seconds_trained
         project.iteration = closure.iteration
         project.parameter_version = closure.parameter_version
         project.history.extend(closure.history)
@@ -161,6 +182,37 @@ class Project:
         self.optimizer.set_hyperparameters(**changes)
         if changes and self.recorder is not None:
             self.recorder.reset()
+
+    def set_training(self, training: Training) -> None:
+        """New training settings from the next iteration: the schedule, augmentation, batch
+        size and the outer optimizer (its momentum is kept); not the algorithm. Raises
+        ``TrainingError``."""
+        training = self.check_training(training)
+        if self.outer is not None:
+            nesterov = training.outer_optimizer == "nesterov"
+            self.outer.set_hyperparameters(
+                learning_rate=training.outer_learning_rate, nesterov=nesterov,
+                momentum=training.outer_momentum if nesterov else 0.0)
+        if training != self.training and self.recorder is not None:
+            self.recorder.reset()
+        self.training = training
+
+    def check_training(self, training: Training) -> Training:
+        """``training`` checked as ``set_training`` would take it (nothing changes)."""
+        from ..training import TrainingError
+
+        training = check_training(training)
+        if training.algorithm != self.training.algorithm:
+            raise TrainingError(f"training.algorithm: project {self.name} trains with "
+                                f"{self.training.algorithm!r}; the algorithm is chosen at "
+                                "creation (start a new project from its closure to change it)")
+        return training
+
+    @property
+    def lr_factor(self) -> float:
+        """The schedule's multiplier of the learning rate now."""
+        return lr_factor(self.training, progress(self.training, self.samples_trained,
+                                                 self.seconds_trained))
 
     # -- membership -----------------------------------------------------------------------------
     def add_member(self, member: Member) -> None:
@@ -219,6 +271,8 @@ class Project:
             index_map = self.net.add_class(name)
             l1, l2 = self.net.decay_multipliers()
             self.optimizer.grow(index_map, self.net.num_params, l1_mul=l1, l2_mul=l2)
+            if self.outer is not None:
+                self.outer.grow(index_map, self.net.num_params)
             grown.append(len(self.net.labels) - 1)
         if grown and self.recorder is not None:
             self.recorder.reset()  # another net: replay starts from the grown one
@@ -277,13 +331,19 @@ class Project:
                                 self.optimizer)
             shares = {w: self.train_positions(self.allocator.allocation_of(w))
                       for w in trainers}
+        factor = self.lr_factor
+        inner_lr: float | None = None
+        if self.outer is not None:
+            inner_lr = self.optimizer.learning_rate * factor
+        else:
+            self.optimizer.lr_scale = factor
         for w in trainers:
             if self.samples_per_iteration is not None:
                 share = -(-self.samples_per_iteration // len(trainers))
-                orders[w] = WorkOrder(w, None, max(1, share))
+                orders[w] = WorkOrder(w, None, max(1, share), inner_lr)
             else:
                 seconds = max(0.001, self.budgets.budget(w, t))
-                orders[w] = WorkOrder(w, seconds, None)
+                orders[w] = WorkOrder(w, seconds, None, inner_lr)
                 self.members[w].budget_s = seconds
         self.current = Iteration(self.iteration, self.parameter_version, now, now + t, orders,
                                  shares=shares)
@@ -324,14 +384,18 @@ class Project:
         else:
             order = sorted(it.results)
         ordered = [it.results[w][0] for w in order]
-        summary = self.reducer(ordered, self.net.params, self.optimizer)
+        stepper = self.outer if self.outer is not None else self.optimizer
+        summary = self.reducer(ordered, self.net.params, stepper)
         if summary.stepped:
+            kind = ResultKind.GRADIENT_SUM if self.outer is None else ResultKind.PARAMETER_DELTA
             if self.recorder is not None:
                 self.recorder.step(it.number, [
                     (it.shares[w], it.results[w][0].samples) for w in order
                     if it.results[w][0].samples > 0 and w in it.shares
-                    and it.results[w][0].kind is ResultKind.GRADIENT_SUM], self.net.params)
+                    and it.results[w][0].kind is kind], self.net.params)
             self.parameter_version += 1
+            self.samples_trained += summary.samples
+            self.seconds_trained += max(0.0, now - it.started_at)
             accuracy = summary.correct / summary.samples if self.net.is_classifier else None
             self.history.append(HistoryPoint(iteration=self.iteration, samples=summary.samples,
                                              loss=summary.loss_sum / summary.samples,
@@ -353,7 +417,10 @@ class Project:
                            spec=tuple(self.net.spec()), labels=tuple(self.net.labels),
                            iteration_time=self.iteration_time, iteration=self.iteration,
                            parameter_version=self.parameter_version,
-                           parameter_count=self.net.num_params)
+                           parameter_count=self.net.num_params, training=self.training,
+                           optimizer=self.optimizer_name,
+                           hyperparameters={k: float(v) for k, v in
+                                            self.optimizer.hyperparameters().items()})
 
     def data_counts(self) -> DataCounts:
         stats = self.allocator.statistics()
@@ -383,6 +450,7 @@ class Project:
                              iteration=self.iteration, parameter_version=self.parameter_version,
                              iteration_time=self.iteration_time,
                              optimizer=self.optimizer_name, hyperparameters=hp,
+                             training=self.training,
                              timing=self.timing, history=tuple(self.history),
                              test_error=tuple(self.test_error), data=self.data_counts(),
                              workers=tuple(workers))

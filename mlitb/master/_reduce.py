@@ -1,9 +1,12 @@
 """The reduce step: turn one iteration's results into one optimizer step (paper §3.3.1.3).
 
-This is the seam DESIGN.md keeps open: a reducer is one function of (results, parameters,
-optimizer). Today's workers return gradient *sums*; the reducer adds them, divides by the number of
-samples they cover (so each sample weighs the same, whoever computed it) and lets the optimizer
-step. A later reducer (parameter deltas, robust aggregation) has the same signature.
+A reducer is one function of (results, parameters, optimizer). ``gradient`` projects' workers
+return gradient *sums*: ``reduce_gradient_sums`` adds them, divides by the number of samples they
+cover (so each sample weighs the same, whoever computed it) and lets the optimizer step.
+``local`` projects' workers return parameter *deltas* after their inner steps:
+``reduce_parameter_deltas`` averages them weighted by samples and lets the outer optimizer step
+on minus that average (``mlitb.training``). A later reducer (robust aggregation) has the same
+signature.
 """
 
 from __future__ import annotations
@@ -47,4 +50,24 @@ def reduce_gradient_sums(results: Sequence[ResultFrame], params: np.ndarray,
         total += r.vector
     total /= np.float32(samples)
     optimizer.step(params, total)
+    return summary
+
+
+def reduce_parameter_deltas(results: Sequence[ResultFrame], params: np.ndarray,
+                            optimizer: Optimizer) -> ReduceSummary:
+    """Average the parameter deltas weighted by samples, step ``params`` in place with the
+    outer ``optimizer`` on minus that average (outer SGD with learning rate 1 and no momentum
+    makes the new parameters the workers' weighted average)."""
+    useful = [r for r in results if r.samples > 0 and r.kind is ResultKind.PARAMETER_DELTA]
+    samples = sum(r.samples for r in useful)
+    summary = ReduceSummary(samples=samples, loss_sum=sum(r.loss_sum for r in useful),
+                            correct=sum(r.correct for r in useful), workers=len(results),
+                            stepped=samples > 0)
+    if not useful:
+        return summary
+    total = np.zeros_like(params, dtype=np.float32)
+    for r in useful:  # the caller's order, for a reproducible sum
+        total += np.float32(r.samples) * r.vector
+    total /= np.float32(samples)
+    optimizer.step(params, np.negative(total))
     return summary

@@ -29,6 +29,7 @@ from ..protocol import (
     ZooEntry,
     ZooList,
 )
+from ..training import TrainingError
 from ._connection import Connection, RequestError
 
 if TYPE_CHECKING:
@@ -46,14 +47,16 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                 msg.closure if msg.closure is not None else _zoo_entry(master, msg.zoo or ""),
                 msg.name, iteration_time=msg.iteration_time,
                 optimizer=msg.optimizer, hyperparameters=_hyperparameters(msg.hyperparameters),
-                samples_per_iteration=msg.samples_per_iteration, labels=msg.labels)
+                samples_per_iteration=msg.samples_per_iteration, labels=msg.labels,
+                training=msg.training)
             return Ack(request_id=request_id)
         master.create_project(msg.name, [dict(d) for d in msg.spec or ()],
                               iteration_time=msg.iteration_time or 2.0,
                               optimizer=msg.optimizer or "adagrad",
                               hyperparameters=_hyperparameters(msg.hyperparameters),
                               labels=msg.labels,
-                              samples_per_iteration=msg.samples_per_iteration)
+                              samples_per_iteration=msg.samples_per_iteration,
+                              training=msg.training)
     elif isinstance(msg, DeleteProject):
         master.delete_project(msg.project)
     elif isinstance(msg, (Pause, Resume)):
@@ -67,17 +70,26 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
     elif isinstance(msg, SetHyperparameters):
         project = master._project(msg.project)
         try:
+            if msg.training is not None:
+                project.check_training(msg.training)
             if msg.hyperparameters:
                 project.set_hyperparameters(**from_wire(msg.hyperparameters))
-        except OptimizerError as exc:
+            if msg.training is not None:
+                project.set_training(msg.training)
+        except (OptimizerError, TrainingError) as exc:
             raise RequestError("invalid_value", str(exc)) from None
         if msg.iteration_time is not None:
             project.iteration_time = msg.iteration_time
+        if msg.iteration_time is not None or msg.training is not None or (
+                msg.hyperparameters and project.outer is not None):
+            # Workers read T, the training settings and (local) the inner optimizer's
+            # hyperparameters from their project info.
             master._broadcast_project_changed(project)
         master._save_soon(project.name)
         master._event("configured", f"project {project.name}: "
                       + ", ".join(f"{k}={v:g}" for k, v in msg.hyperparameters.items())
-                      + (f" T={msg.iteration_time:g} s" if msg.iteration_time else ""),
+                      + (f" T={msg.iteration_time:g} s" if msg.iteration_time else "")
+                      + (" training settings" if msg.training is not None else ""),
                       project.name)
     elif isinstance(msg, RemoveWorker):
         target = master.connections.get(msg.worker_id)

@@ -7,6 +7,7 @@ project. Time comes from trio's clock, so tests can run iterations under a MockC
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -36,6 +37,7 @@ from ..protocol import (
     StatsPoint,
     StatsReport,
     Status,
+    Training,
     Welcome,
     WireError,
     check_sender,
@@ -44,6 +46,7 @@ from ..protocol import (
     encode_parameters,
     encode_text,
 )
+from ..training import TrainingError, check_training
 from ._connection import Connection, RequestError
 from ._loop import run_project_loop, send_ids
 from ._persist import ProjectFiles, Unreadable
@@ -147,8 +150,11 @@ class Master:
                        iteration_time: float = 2.0, optimizer: str = "adagrad",
                        hyperparameters: dict[str, float] | None = None,
                        labels: Sequence[str] = (), seed: int | None = None,
-                       samples_per_iteration: int | None = None) -> Project:
-        """Create and start a project. Raises RequestError for a name in use or a bad spec."""
+                       samples_per_iteration: int | None = None,
+                       training: Training | None = None) -> Project:
+        """Create and start a project. ``training``: the algorithm, schedule and augmentation
+        (default: the paper's gradient algorithm). Raises RequestError for a name in use or a
+        bad spec or setting."""
         if name in self.projects:
             raise RequestError("project_exists", f"project {name!r} exists already")
         try:
@@ -156,13 +162,13 @@ class Master:
             l1, l2 = net.decay_multipliers()
             opt = make_optimizer(optimizer, net.num_params, **(hyperparameters or {}),
                                  l1_mul=l1, l2_mul=l2)
-        except (ModelFormatError, OptimizerError) as exc:
+            project = Project(name, net, opt, optimizer, iteration_time,
+                              samples_per_iteration=samples_per_iteration,
+                              seeds={} if seed is None else {"init": seed}, training=training)
+        except (ModelFormatError, OptimizerError, TrainingError) as exc:
             raise RequestError("invalid_value", str(exc)) from None
-        project = Project(name, net, opt, optimizer, iteration_time,
-                          samples_per_iteration=samples_per_iteration,
-                          seeds={} if seed is None else {"init": seed})
         self._add(project, f"project {name} created ({net.num_params} parameters, "
-                  f"{optimizer}, T={iteration_time:g} s"
+                  f"{optimizer}, {project.training.algorithm}, T={iteration_time:g} s"
                   + (f", {samples_per_iteration} samples per iteration, deterministic"
                      if samples_per_iteration is not None else "") + ")")
         return project
@@ -171,14 +177,16 @@ class Master:
             self, closure: Closure | Mapping[str, Any], name: str | None = None, *,
             iteration_time: float | None = None, optimizer: str | None = None,
             hyperparameters: dict[str, float] | None = None,
-            samples_per_iteration: int | None = None, labels: Sequence[str] = ()) -> Project:
+            samples_per_iteration: int | None = None, labels: Sequence[str] = (),
+            training: Training | None = None) -> Project:
         """Create and start a project that continues a research closure (a ``Closure`` or its
         JSON object, checked): its net, optimizer and state, T, loop settings, iteration
         counters and history, under ``name`` (default: the closure's). ``iteration_time``,
         ``samples_per_iteration``: None keeps the closure's. ``optimizer``: None or the
         closure's keeps its state; another starts that optimizer afresh. ``hyperparameters``
-        change the (kept or new) optimizer's. A deterministic project starts a new replay
-        record here. Raises RequestError for a name in use or a closure that fails its checks.
+        change the (kept or new) optimizer's. ``training``: None keeps the closure's; other
+        settings (even another algorithm) start from here, with a fresh outer optimizer. A
+        deterministic project starts a new replay record here. Raises RequestError for a name in use or a closure that fails its checks.
         """
         from ..closure import closure_from_dict
 
@@ -206,7 +214,20 @@ class Master:
                                                   loop.samples_per_iteration),
                 deterministic=changes.get("samples_per_iteration",
                                           loop.samples_per_iteration) is not None,
-                allocation=loop.allocation, budget_config=loop.budget_config, seeds=loop.seeds))
+                allocation=loop.allocation, budget_config=loop.budget_config, seeds=loop.seeds,
+                training=loop.training, samples_trained=loop.samples_trained,
+                seconds_trained=loop.seconds_trained))
+        if training is not None:
+            try:
+                training = check_training(training)
+            except TrainingError as exc:
+                raise RequestError("invalid_value", str(exc)) from None
+            if training != closure.loop.training:
+                fresh = training.algorithm != closure.loop.training.algorithm
+                closure = closure.replace(
+                    loop=dataclasses.replace(closure.loop, training=training),
+                    outer_step=0 if fresh else closure.outer_step,
+                    outer_velocity=None if fresh else closure.outer_velocity)
         try:
             project = Project.from_closure(closure, name)
             if optimizer is not None and optimizer != closure.optimizer_name:
@@ -216,7 +237,7 @@ class Master:
                 project.optimizer_name = optimizer
             if hyperparameters:
                 project.set_hyperparameters(**hyperparameters)
-        except (ClosureError, ModelFormatError, OptimizerError) as exc:
+        except (ClosureError, ModelFormatError, OptimizerError, TrainingError) as exc:
             raise RequestError("invalid_value", str(exc)) from None
         self._add(project, f"project {name} created from the closure of {closure.name} "
                   f"(iteration {closure.iteration}, {project.net.num_params} parameters, "

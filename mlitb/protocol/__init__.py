@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._errors import WireError
 from ._frames import (
     MAGIC,
+    MAX_STEPS,
     DataBatchFrame,
     Frame,
     FrameKind,
@@ -108,6 +109,7 @@ from ._messages import (
     Status,
     Subscribe,
     Timing,
+    Training,
     Unsubscribe,
     Welcome,
     Work,
@@ -123,7 +125,7 @@ __all__ = [
     "MAX_BINARY_FRAME", "MAX_DATA_FRAME", "MAX_EVENTS_PER_STATUS", "MAX_HISTORY_POINTS",
     "MAX_HOST_LENGTH", "MAX_HYPERPARAMETERS", "MAX_IDS_PER_MESSAGE", "MAX_ITERATION_TIME",
     "MAX_JSON_DEPTH", "MAX_LABELS", "MAX_LABEL_LENGTH", "MAX_LARGE_TEXT_FRAME", "MAX_LAYERS",
-    "MAX_NAME_LENGTH", "MAX_PARAMETERS", "MAX_PROJECTS", "MAX_REQUEST_ID_LENGTH",
+    "MAX_NAME_LENGTH", "MAX_PARAMETERS", "MAX_PROJECTS", "MAX_REQUEST_ID_LENGTH", "MAX_STEPS",
     "MAX_STATUS_INTERVAL", "MAX_TEXT_FRAME", "MAX_TEXT_LENGTH", "MAX_TOKEN_LENGTH", "MAX_U32",
     "MAX_URL_LENGTH", "MAX_WORKERS_PER_STATUS", "MESSAGE_TYPES", "MIN_ITERATION_TIME",
     "MIN_STATUS_INTERVAL", "PROTOCOL_VERSION", "ROLES", "SERVER_MESSAGES",
@@ -134,8 +136,8 @@ __all__ = [
     "ParametersFrame", "Pause", "ProjectChanged", "ProjectInfo", "ProjectList", "ProjectState",
     "ProjectStatus", "ProjectSummary", "RegisterData", "RemoveWorker", "ResultFrame", "ResultKind",
     "Resume", "Role", "ServerMessage", "SetHyperparameters", "Split", "StatsPoint", "StatsReport",
-    "Status", "Subscribe", "Timing", "Unsubscribe", "Welcome", "WireError", "Work", "WorkerRole",
-    "WorkerState", "WorkerStatus", "ZooEntry", "ZooList", "ListZoo",
+    "Status", "Subscribe", "Timing", "Training", "Unsubscribe", "Welcome", "WireError", "Work",
+    "WorkerRole", "WorkerState", "WorkerStatus", "ZooEntry", "ZooList", "ListZoo",
     "check_sender", "decode_data_batch", "decode_frame", "decode_text", "encode_data_batch",
     "encode_frame", "encode_parameters", "encode_result", "encode_text",
 ]

@@ -53,15 +53,18 @@ class ResultKind(IntEnum):
     GRADIENT_SUM = 1
     """The vector is the sum of per-sample gradients over ``samples`` samples."""
     PARAMETER_DELTA = 2
-    """Reserved for local steps: the vector is (parameters after) - (parameters received)."""
+    """Local steps: the vector is (parameters after ``steps`` inner optimizer steps) -
+    (parameters received); ``samples`` counts the samples those steps saw."""
 
 
 _COMMON = struct.Struct("<2sBBHH")
 # common, parameter_version, iteration, count, 4 reserved bytes
 _PARAMETERS = struct.Struct("<2sBBHH III4x")
-# common, parameter_version, result kind, 3 reserved, samples, correct, loss_sum,
+# common, parameter_version, result kind, 1 reserved, steps (u16), samples, correct, loss_sum,
 # compute_seconds, count
-_RESULT = struct.Struct("<2sBBHH IB3xIIdfI")
+_RESULT = struct.Struct("<2sBBHH IBxHIIdfI")
+MAX_STEPS: Final = 0xFFFF
+"""The most inner steps one result may report (a worker stops stepping there)."""
 # common, count, depth, height, width, 6 reserved bytes
 _DATA = struct.Struct("<2sBBHH IHHH6x")
 _HEADERS: Final = {FrameKind.PARAMETERS: _PARAMETERS, FrameKind.RESULT: _RESULT,
@@ -92,6 +95,8 @@ class ResultFrame:
     compute_seconds: float
     """Wall time the worker spent computing (the master subtracts it to estimate latency)."""
     vector: npt.NDArray[np.float32]
+    steps: int = 0
+    """Inner optimizer steps taken (``PARAMETER_DELTA``; 0 for gradient sums)."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -149,6 +154,7 @@ def encode_result(
     correct: int = 0,
     compute_seconds: float = 0.0,
     kind: ResultKind = ResultKind.GRADIENT_SUM,
+    steps: int = 0,
 ) -> bytes:
     """A RESULT frame. The vector is not scanned for NaN/Inf here; the receiver does that."""
     array = _vector(vector, "result")
@@ -160,9 +166,13 @@ def encode_result(
         if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value)
                 and value >= 0):
             raise _bad(f"result.{name}: must be a finite number >= 0, got {value!r:.40}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or \
+            not 0 <= steps <= MAX_STEPS:
+        raise _bad(f"result.steps: must be an integer between 0 and {MAX_STEPS}, got {steps!r:.40}")
     header = _RESULT.pack(
         MAGIC, PROTOCOL_VERSION, FrameKind.RESULT, _RESULT.size, 0,
-        _u32(parameter_version, "result.parameter_version"), ResultKind(kind), samples, correct,
+        _u32(parameter_version, "result.parameter_version"), ResultKind(kind), int(steps),
+        samples, correct,
         float(loss_sum), float(compute_seconds), array.size,
     )
     return b"".join((header, array.data))
@@ -196,7 +206,8 @@ def encode_frame(frame: ParametersFrame | ResultFrame | DataBatchFrame) -> bytes
     if isinstance(frame, ResultFrame):
         return encode_result(frame.vector, parameter_version=frame.parameter_version,
                              samples=frame.samples, loss_sum=frame.loss_sum, correct=frame.correct,
-                             compute_seconds=frame.compute_seconds, kind=frame.kind)
+                             compute_seconds=frame.compute_seconds, kind=frame.kind,
+                             steps=frame.steps)
     return encode_data_batch(frame.ids, frame.labels, frame.pixels)
 
 
@@ -266,7 +277,7 @@ def decode_frame(
         vector = _floats(data, "parameters", _PARAMETERS.size, size, count, expected_length)
         return ParametersFrame(parameter_version=version, iteration=iteration, vector=vector)
     if kind is FrameKind.RESULT:
-        (_, _, _, _, _, version, result_kind, samples, correct, loss_sum, seconds,
+        (_, _, _, _, _, version, result_kind, steps, samples, correct, loss_sum, seconds,
          count) = _RESULT.unpack_from(data)
         if result_kind not in _RESULT_KIND_VALUES:
             raise _bad(f"result.kind: unknown result kind {result_kind}", field="kind")
@@ -284,7 +295,7 @@ def decode_frame(
                        field="vector")
         return ResultFrame(parameter_version=version, kind=ResultKind(result_kind),
                            samples=samples, correct=correct, loss_sum=loss_sum,
-                           compute_seconds=seconds, vector=vector)
+                           compute_seconds=seconds, vector=vector, steps=steps)
     raise _bad("data_batch.kind: data batches come over HTTP from the data server, not over the "
                "WebSocket; use decode_data_batch", field="kind")
 

@@ -97,6 +97,45 @@ def _disjoint(a: tuple[int, ...], b: tuple[int, ...], name_a: str, name_b: str) 
         raise Invalid(f"must not share ids with '{name_a}'", name_b)
 
 
+# == training settings (shared by create_project, set_hyperparameters, welcome, closures) ========
+Algorithm = Literal["gradient", "local"]
+OuterOptimizer = Literal["average", "nesterov"]
+ScheduleKind = Literal["constant", "cosine", "linear"]
+HorizonUnit = Literal["samples", "seconds"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    """How a project trains (``mlitb.training`` computes with it; docs/protocol.md explains it).
+
+    ``algorithm``: ``gradient`` (the paper's: workers return gradient sums, the master averages
+    them into one optimizer step per iteration) or ``local`` (workers take optimizer steps of
+    ``batch_size`` samples on their own data for their whole budget and return the parameter
+    delta; the master averages the deltas and applies the outer optimizer). The learning-rate
+    schedule scales the project's learning rate by the progress over ``horizon`` (samples or
+    seconds of training): a linear warmup over the first ``warmup`` of it, then ``cosine`` or
+    ``linear`` decay to ``final_lr`` times the peak; ``constant`` (or no horizon) keeps it.
+    ``shift`` / ``flip``: random translation by up to that many pixels (zero padded) and
+    horizontal flips of training images, drawn by the workers."""
+
+    algorithm: Algorithm = "gradient"
+    batch_size: Annotated[int, Range(1, 1024)] = 32
+    outer_optimizer: OuterOptimizer = "average"
+    outer_learning_rate: Annotated[float, Range(0.001, 10.0)] = 1.0
+    outer_momentum: Annotated[float, Range(0.0, 0.999)] = 0.9
+    schedule: ScheduleKind = "constant"
+    horizon: Annotated[float, Range(1.0, 1e15)] | None = None
+    horizon_unit: HorizonUnit = "samples"
+    warmup: Fraction = 0.0
+    final_lr: Fraction = 0.0
+    shift: Annotated[int, Range(0, 16)] = 0
+    flip: bool = False
+
+    def _check(self) -> None:
+        if self.schedule != "constant" and self.horizon is None:
+            raise Invalid(f"schedule {self.schedule!r} needs a horizon", "horizon")
+
+
 # == client -> master ==============================================================================
 @dataclass(frozen=True, kw_only=True)
 class Hello(MessageBase):
@@ -168,6 +207,8 @@ class CreateProject(MessageBase):
     hyperparameters: Hyperparameters = field(default_factory=dict)
     labels: Labels = ()
     samples_per_iteration: Positive | None = None
+    training: Training | None = None
+    """How the project trains; null: the closure's, else the paper's algorithm."""
 
     def _check(self) -> None:
         if sum(x is not None for x in (self.spec, self.closure, self.zoo)) != 1:
@@ -212,11 +253,14 @@ class SetHyperparameters(MessageBase):
     project: Name
     hyperparameters: Hyperparameters = field(default_factory=dict)
     iteration_time: IterationTime | None = None
+    training: Training | None = None
+    """New training settings: the schedule, the outer optimizer and augmentation may change
+    live; the algorithm is the project's for good."""
 
     def _check(self) -> None:
-        if not self.hyperparameters and self.iteration_time is None:
-            raise Invalid("must change something: give hyperparameters or iteration_time",
-                          "hyperparameters")
+        if not self.hyperparameters and self.iteration_time is None and self.training is None:
+            raise Invalid("must change something: give hyperparameters, iteration_time or "
+                          "training", "hyperparameters")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,6 +354,11 @@ class ProjectInfo:
     iteration: U32
     parameter_version: U32
     parameter_count: Annotated[int, Range(1, MAX_PARAMETERS)]
+    training: Training = field(default_factory=Training)
+    optimizer: Identifier = "adagrad"
+    """The project's optimizer: the master's (``gradient``) or the workers' inner one
+    (``local``), with ``hyperparameters``."""
+    hyperparameters: Hyperparameters = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,6 +413,8 @@ class Work(MessageBase):
     parameter_version: U32
     seconds: Annotated[float, Range(0.001, MAX_ITERATION_TIME)] | None = None
     samples: Positive | None = None
+    learning_rate: Annotated[float, Range(0.0, 1e6)] | None = None
+    """``local`` projects: the inner optimizer's learning rate for this round (the schedule's)."""
 
     def _check(self) -> None:
         if (self.seconds is None) == (self.samples is None):
@@ -493,6 +544,7 @@ class ProjectStatus:
     iteration_time: IterationTime
     optimizer: Identifier
     hyperparameters: Hyperparameters = field(default_factory=dict)
+    training: Training = field(default_factory=Training)
     timing: Timing = field(default_factory=Timing)
     history: Annotated[tuple[HistoryPoint, ...], Length(0, MAX_HISTORY_POINTS)] = ()
     test_error: Annotated[tuple[StatsPoint, ...], Length(0, MAX_HISTORY_POINTS)] = ()
