@@ -5,7 +5,10 @@ mlitb.nn._vectors``). Here (a) Python checks that the committed file still match
 engine, so a change of the engine's math that is not carried into the vectors fails; (b) headless
 Chromium runs every vector through browser/engine (browser/engine/test.html) and each output,
 loss, gradient and input gradient must agree within the file's tolerance (1e-5 relative to
-scale), and every bad spec must fail with Python's message.
+scale), and every bad spec must fail with Python's message; (c) the inner optimizers of a
+``local`` project (browser/engine/optim.js) take the steps mlitb.optim takes, state carried from
+the first step to the second, and the augmentation transform (browser/engine/augment.js) moves
+and mirrors as mlitb.training.augment does, its random draws in range and seeded.
 
 The browser half needs ``pip install playwright`` and Debian's Chromium at /usr/bin/chromium
 (``apt-get install -y chromium``); without them it skips and says why.
@@ -71,6 +74,27 @@ def test_committed_vectors_match_a_fresh_generation(committed: dict[str, Any]) -
         assert old_a[key] == new_a[key], f"add_class: {key} differs; {REGENERATE}"
     for key in ("predict", "predict_after"):
         assert _rel(decode(new_a[key]), decode(old_a[key])) <= TOLERANCE
+    assert len(committed["inner_steps"]) == len(fresh["inner_steps"]), REGENERATE
+    for old, new in zip(committed["inner_steps"], fresh["inner_steps"]):
+        for key in ("name", "optimizer", "hyperparameters", "spec", "params", "n", "x", "targets"):
+            assert old[key] == new[key], f"inner steps {old['name']}: {key} differs; {REGENERATE}"
+        for key in ("grads", "params_after"):
+            for a, b in zip(old[key], new[key], strict=True):
+                assert _rel(decode(b), decode(a)) <= TOLERANCE, f"{old['name']}: {key}; {REGENERATE}"
+        assert _rel(np.array(new["loss"]), np.array(old["loss"])) <= TOLERANCE, old["name"]
+    assert committed["augmentation"] == fresh["augmentation"], REGENERATE
+
+
+def test_inner_step_vectors_cover_every_optimizer(committed: dict[str, Any]) -> None:
+    from mlitb.optim import OPTIMIZERS
+
+    steps = committed["inner_steps"]
+    assert {v["optimizer"] for v in steps} == set(OPTIMIZERS)
+    assert all(len(v["params_after"]) == len(v["grads"]) == 2 for v in steps)
+    # Two steps move the parameters differently from twice the first: the state counts.
+    for v in steps:
+        start, one, two = (decode(a) for a in (v["params"], *v["params_after"]))
+        assert not np.allclose(two - one, one - start, rtol=1e-3), v["name"]
 
 
 def test_vectors_agree_with_the_public_api(committed: dict[str, Any]) -> None:
@@ -149,6 +173,66 @@ def test_bad_specs_fail_with_pythons_messages(results: list[dict[str, Any]],
     rows = [r for r in results if r["name"].startswith("bad spec")]
     assert len(rows) == len(committed["bad_specs"])
     assert all(r["ok"] for r in rows), _failures(rows)
+
+
+def test_inner_steps_match_mlitb_optim(results: list[dict[str, Any]],
+                                       committed: dict[str, Any]) -> None:
+    """Each optimizer's two steps, on numpy's gradients and end to end (this engine's gradient,
+    in each chunk and SIMD mode), land where mlitb.optim's did."""
+    rows = [r for r in results if r["name"].startswith("inner steps:")]
+    assert len(rows) == 5 * len(committed["inner_steps"])
+    assert all(r["ok"] for r in rows), _failures(rows)
+    given = [r for r in rows if r["name"].endswith("(given gradients)")]
+    assert all(set(r["errors"]) == {"params after 1", "params after 2", "steps"} for r in given)
+
+
+def test_augmentation_matches_mlitb_training(results: list[dict[str, Any]],
+                                             committed: dict[str, Any]) -> None:
+    rows = [r for r in results if r["name"].startswith("augmentation")]
+    assert len(rows) == len(committed["augmentation"]) and all(r["ok"] for r in rows), _failures(rows)
+
+
+def test_augmentation_draws_are_in_range_and_seeded(page: Any) -> None:
+    got = _js(page, """
+        const draw = (seed) => E.drawAugmentation(new E.Random(seed).random, 4000, {shift: 3, flip: true});
+        const a = draw(7), b = draw(7), c = draw(8);
+        const same = (p, q) => ['dy', 'dx', 'flip'].every((k) => p[k].every((v, i) => v === q[k][i]));
+        const values = new Set([...a.dy, ...a.dx]);
+        const none = E.drawAugmentation(Math.random, 5, {shift: 0, flip: false});
+        // augment() leaves the batch alone when there is nothing to do, else writes `out`.
+        const x = new Float32Array(2 * 3 * 4).fill(1), out = new Float32Array(x.length);
+        const untouched = E.augment(x, out, 2, [1, 3, 4], Math.random, {}) === x;
+        const moved = E.augment(x, out, 2, [1, 3, 4], new E.Random(1).random, {shift: 2}) === out;
+        return {same: same(a, b), differs: !same(a, c), min: Math.min(...values),
+                max: Math.max(...values), distinct: values.size,
+                flipped: a.flip.reduce((s, v) => s + v, 0) / a.flip.length,
+                none: [...none.dy, ...none.dx, ...none.flip].every((v) => v === 0),
+                untouched, moved};
+    """)
+    assert got["same"] and got["differs"] and got["none"] and got["untouched"] and got["moved"]
+    assert (got["min"], got["max"], got["distinct"]) == (-3, 3, 7)
+    assert 0.45 < got["flipped"] < 0.55
+
+
+def test_optimizer_refuses_what_python_refuses(page: Any) -> None:
+    got = _js(page, """
+        const msgs = [];
+        for (const f of [() => E.makeOptimizer('rmsprop', 3),
+                         () => E.makeOptimizer('adam', 3, {momentum: 0.9}),
+                         () => E.makeOptimizer('sgd', 3, {nesterov: 0.5}),
+                         () => E.makeOptimizer('nesterov', 3, {nesterov: 0}),
+                         () => E.makeOptimizer('sgd', 2).step(new Float32Array(2), [NaN, 0])]) {
+          try { f(); msgs.push('no error'); } catch (e) { msgs.push(e.name + ': ' + e.message); }
+        }
+        const n = E.makeOptimizer('nesterov', 2, {nesterov: 1, lr_decay_every: 2});
+        return {msgs, nesterov: n.hp.nesterov && n.name === 'sgd', every: n.hp.lr_decay_every};
+    """)
+    assert got["msgs"][0].startswith("OptimizerError: name: unknown optimizer 'rmsprop'")
+    assert got["msgs"][1].startswith("OptimizerError: momentum: unknown hyperparameter for adam")
+    assert got["msgs"][2].startswith("OptimizerError: nesterov: must be 0 (false) or 1 (true)")
+    assert got["msgs"][3] == "OptimizerError: nesterov: must be true for the 'nesterov' optimizer"
+    assert got["msgs"][4].startswith("OptimizerError: grad: contains NaN")
+    assert got["nesterov"] is True and got["every"] == 2
 
 
 def test_add_class_matches(results: list[dict[str, Any]]) -> None:

@@ -1,8 +1,11 @@
 // Runs the numpy engine's test vectors (tests/vectors/engine.json, made by
-// `python -m mlitb.nn._vectors`) through this engine and reports, per case and quantity, the
-// max abs difference relative to scale (the max abs of the expected values).
+// `python -m mlitb.nn._vectors`) through this engine, its optimizers (optim.js) and its
+// augmentation (augment.js), and reports, per case and quantity, the max abs difference
+// relative to scale (the max abs of the expected values).
 
+import { shiftFlip } from "./augment.js";
 import { Net } from "./index.js";
+import { makeOptimizer } from "./optim.js";
 import { fusedSupported, supported as simdSupported } from "./simd.js";
 
 // Chunks of 8 and 3 samples (so batches split unevenly), with SIMD products (fused multiply-add
@@ -93,6 +96,41 @@ function runAddClass(a) {
   };
 }
 
+/** A local round's inner steps: the optimizer alone on the mean gradients numpy stepped on
+ * ("given"), or end to end, with this engine computing each step's gradient ("net"): zero the
+ * gradients, accumulate the batch, step on gradient / n. Parameters after every step compared. */
+function runInnerSteps(v, { chunk, simd, fma, given }) {
+  const net = new Net(v.spec, { params: decodeFloat32(v.params), chunk, simd, fma });
+  const [l1Mul, l2Mul] = net.decayMultipliers();
+  const opt = makeOptimizer(v.optimizer, net.numParams, v.hyperparameters, { l1Mul, l2Mul });
+  const x = decodeFloat32(v.x), errors = {};
+  v.params_after.forEach((expected, k) => {
+    let grad;
+    if (given) {
+      grad = decodeFloat32(v.grads[k]);
+    } else {
+      net.zeroGrads();
+      const stats = net.accumulateGradient(x, Int32Array.from(v.targets));
+      errors[`loss ${k + 1}`] = relativeError([v.loss[k]], [stats.loss]);
+      grad = net.grads;
+      for (let i = 0; i < grad.length; i++) grad[i] /= stats.count;
+      errors[`grad ${k + 1}`] = relativeError(decodeFloat32(v.grads[k]), grad);
+    }
+    opt.step(net.params, grad);
+    errors[`params after ${k + 1}`] = relativeError(decodeFloat32(expected), net.params);
+  });
+  errors.steps = opt.t === v.params_after.length ? 0 : Infinity;
+  return errors;
+}
+
+/** The shift/flip transform with numpy's offsets and flips given. */
+function runAugmentation(a) {
+  const x = decodeFloat32(a.x), out = new Float32Array(x.length).fill(NaN);
+  shiftFlip(x, out, a.n, a.shape, { dy: Int32Array.from(a.dy), dx: Int32Array.from(a.dx),
+    flip: Uint8Array.from(a.flips) });
+  return { out: relativeError(decodeFloat32(a.out), out) };
+}
+
 /** Every check: [{name, errors: {quantity: relative error}, ok, message?}]. Each case runs in
  * each of `modes` ({chunk, simd}); `simd: true` fails where the browser lacks wasm SIMD. */
 export function runVectors(vectors, { modes = DEFAULT_MODES } = {}) {
@@ -115,5 +153,14 @@ export function runVectors(vectors, { modes = DEFAULT_MODES } = {}) {
   }
   vectors.bad_specs.forEach((b, i) => row(`bad spec ${i}: ${b.error}`, () => runBadSpec(b)));
   row("add_class", () => runAddClass(vectors.add_class));
+  for (const v of vectors.inner_steps || []) {
+    row(`inner steps: ${v.name} (given gradients)`, () => runInnerSteps(v, { given: true, chunk: 8, simd: false, fma: false }));
+    for (const { chunk, simd, fma } of modes) {
+      const mode = simd ? (fma ? "simd fma" : "simd") : "js";
+      row(`inner steps: ${v.name} (net, chunk ${chunk}, ${mode})`, () => runInnerSteps(v, { given: false, chunk, simd, fma }));
+    }
+  }
+  (vectors.augmentation || []).forEach((a, i) => row(
+    `augmentation ${i}: shift ${a.shift}, flip ${a.flip}`, () => runAugmentation(a)));
   return rows;
 }

@@ -9,6 +9,8 @@
 //   kernels.js  matrix products and im2col/col2im: SIMD where it can, plain JS otherwise
 //   simd.js     WebAssembly SIMD kernels, assembled byte by byte at load time (no .wasm file)
 //   random.js   seedable uniforms and normals
+//   optim.js    the optimizers of mlitb/optim.py (a `local` project's inner steps)
+//   augment.js  random shifts and flips of a training batch (mlitb/training.py's augment)
 //   test.html + check.js   run the numpy test vectors (tests/vectors) in a browser
 //
 // API
@@ -25,6 +27,10 @@
 //   net.evaluate(x, targets) -> { loss, correct, count }, grads untouched
 //   net.addClass(label) -> Int32Array: new index of each old parameter
 //   net.decayMultipliers() -> [l1, l2] Float32Arrays laid out as params
+//   makeOptimizer(name, numParams, hyperparameters, { l1Mul, l2Mul }) -> opt;
+//       opt.step(params, meanGrad): one step in place, state (opt.state, opt.t) carried over
+//   augment(x, out, n, [C, H, W], random, { shift, flip }) -> out (or x when there is nothing
+//       to do); drawAugmentation / shiftFlip: the draws and the transform apart
 // x is a Float32Array (or any array-like) of N samples in (N, C, H, W) order; targets are N class
 // indices (softmax, svm) or N*K values (regression).
 //
@@ -41,4 +47,6 @@
 export { Net, DEFAULT_CHUNK, NEW_CLASS_BIAS, LAYER_CLASSES } from "./net.js";
 export { desugar, normalize, ModelFormatError, LAYER_TYPES, LOSS_TYPES } from "./spec.js";
 export { Random } from "./random.js";
+export { Optimizer, OptimizerError, OPTIMIZERS, SGD, AdaGrad, Adadelta, Adam, makeOptimizer } from "./optim.js";
+export { augment, drawAugmentation, shiftFlip } from "./augment.js";
 export { supported as simdSupported, fusedSupported as fmaSupported } from "./simd.js";

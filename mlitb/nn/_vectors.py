@@ -9,8 +9,13 @@ One JSON object: ``cases`` (a small net per layer type and setting, and the CIFA
 each with the spec as written, the normalised spec, parameters, inputs ``x`` (N, C, H, W),
 targets, the dropout masks drawn (training mode), the outputs of that pass, the summed loss, the
 correct count, the gradient SUMS and the gradient by the input; ``predict`` (test-mode outputs);
-``bad_specs`` with Python's error message for each; ``add_class`` before and after. Float arrays
-are base64 of little-endian float32. Everything comes from fixed seeds.
+``bad_specs`` with Python's error message for each; ``add_class`` before and after;
+``inner_steps``: a ``local`` project's inner optimizer (``mlitb.optim``) taking two steps on one
+batch of a small net, per optimizer and setting, with the mean gradients stepped on and the
+parameters after each step (the second step covers the state carried over); ``augmentation``:
+``mlitb.training.augment`` with the offsets and flips given explicitly (numpy's random streams
+are not the browser's). Float arrays are base64 of little-endian float32. Everything comes from
+fixed seeds.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ import numpy as np
 
 from ..datasets import CIFAR10_SPEC
 from ..errors import ModelFormatError
+from ..optim import from_wire, make_optimizer
 from ._layers import F32, DropoutLayer
 from ._net import Net
 
 FORMAT = "mlitb-engine-vectors"
-VERSION = 1
+VERSION = 2
 # Max abs difference relative to scale (max abs of the expected array) that a reimplementation
 # must meet, and that the committed file must meet against the current numpy engine.
 TOLERANCE = 1e-5
@@ -244,6 +250,108 @@ def make_case(index: int, name: str, spec: list[dict[str, Any]], n: int, kind: s
     }
 
 
+# Inner steps: (name, optimizer, hyperparameters as the wire carries them: every value a number,
+# flags 0/1). Decay is on in most, so the per-layer multipliers (biases 0) count; the net has
+# conv decay multipliers of its own. tanh, not relu: no dead units, so no mean gradient is so
+# near 0 that float32 noise in it would change an adaptive step (checked in _inner_steps).
+INNER_SPEC: list[dict[str, Any]] = [
+    _inp(2, 3, 3),
+    {"type": "conv", "sx": 2, "filters": 3, "activation": "tanh", "l1_decay_mul": 0.5,
+     "l2_decay_mul": 2.0},
+    {"type": "fc", "num_neurons": 4, "activation": "tanh"},
+    _softmax(3),
+]
+INNER_OPTIMIZERS: list[tuple[str, str, dict[str, float]]] = [
+    ("sgd, momentum 0.9, l1 and l2 decay", "sgd",
+     {"learning_rate": 0.1, "momentum": 0.9, "l1_decay": 0.001, "l2_decay": 0.01}),
+    ("sgd, no momentum", "sgd", {"learning_rate": 0.1, "momentum": 0.0, "l2_decay": 0.01}),
+    ("sgd, nesterov flag 1", "sgd", {"learning_rate": 0.1, "momentum": 0.8, "nesterov": 1.0}),
+    ("nesterov", "nesterov", {"learning_rate": 0.05, "momentum": 0.9, "l1_decay": 0.001}),
+    ("sgd, lr decay 0.5 to lr_min 0.03", "sgd",
+     {"learning_rate": 0.1, "momentum": 0.5, "lr_decay": 0.5, "lr_decay_every": 1.0,
+      "lr_min": 0.03}),
+    ("adagrad", "adagrad", {"learning_rate": 0.05, "eps": 1e-8, "l2_decay": 0.001}),
+    ("adadelta", "adadelta", {"learning_rate": 1.0, "ro": 0.9, "eps": 1e-6, "l2_decay": 0.001}),
+    ("adam", "adam",
+     {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-8, "l2_decay": 0.001}),
+]
+INNER_BATCH = 6
+INNER_STEPS = 2
+
+
+def _inner_steps() -> list[dict[str, Any]]:
+    """Per optimizer: two inner steps of a local round on one batch, as a worker takes them
+    (zero the gradients, accumulate the batch, step on the mean gradient)."""
+    net = Net(INNER_SPEC, seed=14)  # a seed whose gradients pass the check below
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((INNER_BATCH, *net.input_shape)).astype(F32)
+    y = rng.integers(0, net.num_outputs, size=INNER_BATCH)
+    start = net.params.copy()
+    l1, l2 = net.decay_multipliers()
+    out = []
+    for name, optimizer, hyperparameters in INNER_OPTIMIZERS:
+        net.params = start.copy()  # adopted, not copied: steps must not move `start`
+        opt = make_optimizer(optimizer, net.num_params, **from_wire(hyperparameters),
+                             l1_mul=l1, l2_mul=l2)
+        grads, after, losses = [], [], []
+        for _ in range(INNER_STEPS):
+            net.zero_grads()
+            stats = net.accumulate_gradient(x, y)
+            grad = net.grads / F32(stats.count)
+            smallest = float(np.abs(grad).min())
+            assert smallest > 1e-3 * float(np.abs(grad).max()), (name, smallest)
+            opt.step(net.params, grad)
+            grads.append(_b64(grad))
+            after.append(_b64(net.params))
+            losses.append(float(stats.loss))
+        out.append({"name": name, "optimizer": optimizer, "hyperparameters": hyperparameters,
+                    "spec": INNER_SPEC, "params": _b64(start), "n": INNER_BATCH, "x": _b64(x),
+                    "targets": [int(t) for t in y], "grads": grads, "params_after": after,
+                    "loss": losses})
+    return out
+
+
+# Augmentation: (shift, flip, dy, dx, flips) with the draws given, on a batch of 4 (2, 4, 5)
+# images. An offset as large as the image leaves it all zeros.
+AUGMENTATIONS: list[tuple[int, bool, list[int], list[int], list[int]]] = [
+    (2, False, [-2, 0, 1, 2], [1, -2, 0, 2], [0, 0, 0, 0]),
+    (0, True, [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0]),
+    (4, True, [4, -1, 0, -3], [-4, 2, 3, 0], [1, 1, 0, 1]),
+]
+
+
+class _GivenDraws:
+    """Stands in for ``augment``'s generator: returns the offsets and flips given, checking that
+    they are asked for in the order and range ``augment`` documents."""
+
+    def __init__(self, shift: int, dy: list[int], dx: list[int], flips: list[int]) -> None:
+        self.shift, self.offsets, self.flips = shift, [dy, dx] if shift else [], flips
+
+    def integers(self, low: int, high: int, size: int) -> np.ndarray:
+        assert (low, high) == (-self.shift, self.shift + 1) and self.offsets
+        values = np.array(self.offsets.pop(0))
+        assert values.size == size and np.abs(values).max(initial=0) <= self.shift
+        return values
+
+    def random(self, size: int) -> np.ndarray:
+        assert not self.offsets and len(self.flips) == size  # the shifts come first
+        return np.where(np.array(self.flips) == 1, 0.25, 0.75)
+
+
+def _augmentations() -> list[dict[str, Any]]:
+    from ..training import augment
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 2, 4, 5)).astype(F32)
+    out = []
+    for shift, flip, dy, dx, flips in AUGMENTATIONS:
+        draws = _GivenDraws(shift, dy, dx, flips)
+        result = augment(x, draws, shift=shift, flip=flip)  # type: ignore[arg-type]
+        out.append({"shape": list(x.shape[1:]), "n": x.shape[0], "x": _b64(x), "shift": shift,
+                    "flip": flip, "dy": dy, "dx": dx, "flips": flips, "out": _b64(result)})
+    return out
+
+
 def _bad_spec(spec: Any) -> dict[str, Any]:
     try:
         Net(spec)
@@ -276,19 +384,26 @@ def generate() -> dict[str, Any]:
         "cases": [make_case(i, *case) for i, case in enumerate(CASES)],
         "bad_specs": [_bad_spec(s) for s in BAD_SPECS],
         "add_class": _add_class(),
+        "inner_steps": _inner_steps(),
+        "augmentation": _augmentations(),
     }
 
 
 def dumps(vectors: Mapping[str, Any]) -> str:
-    """The file's text: one case per line, so diffs stay readable."""
-    head = {k: v for k, v in vectors.items() if k not in ("cases", "bad_specs")}
-    lines = [json.dumps(head)[:-1] + ","]
-    for key in ("cases", "bad_specs"):
-        items: Sequence[Any] = vectors[key]
-        lines.append(f' "{key}": [')
-        lines += ["  " + json.dumps(item) + ("," if i < len(items) - 1 else "")
-                  for i, item in enumerate(items)]
-        lines.append(" ]" + ("," if key == "cases" else ""))
+    """The file's text: one field per line, and one item of each list per line, so diffs stay
+    readable."""
+    lines = ["{"]
+    keys = list(vectors)
+    for i, key in enumerate(keys):
+        value, end = vectors[key], "," if i < len(keys) - 1 else ""
+        if isinstance(value, list) and value:
+            items: Sequence[Any] = value
+            lines.append(f" {json.dumps(key)}: [")
+            lines += ["  " + json.dumps(item) + ("," if j < len(items) - 1 else "")
+                      for j, item in enumerate(items)]
+            lines.append(" ]" + end)
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}{end}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
