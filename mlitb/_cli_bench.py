@@ -57,6 +57,37 @@ def loop(
     bench_loop.run(iterations, simulated, counts, as_json=json)
 
 
+@bench_app.command()
+def train(
+    nodes: Annotated[str, typer.Option(
+        help="Comma-separated node counts; the first two give the speedup.")] = "2,1",
+    seconds: Annotated[float, typer.Option(
+        min=5.0, max=3600.0, help="Training time of each run (the schedule's horizon).")] = 60.0,
+    target: Annotated[float, typer.Option(min=0.01, max=1.0,
+                                          help="The test accuracy to time.")] = 0.7,
+    algorithm: Annotated[str, typer.Option(help="local (the demo's recipe) or gradient "
+                                                "(the paper's AdaGrad recipe).")] = "local",
+    torch: Annotated[bool, typer.Option(
+        "--torch/--no-torch", help="Run PyTorch on one thread too, when it is installed.")]
+    = True,
+    torch_seconds: Annotated[float, typer.Option(min=5.0, max=3600.0,
+                                                 help="PyTorch's training time.")] = 120.0,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Time to a CIFAR-10 test accuracy through master, data server and local nodes."""
+    from mlitb.bench import train as bench_train
+
+    try:
+        counts = [int(n) for n in nodes.split(",") if n.strip()]
+    except ValueError:
+        raise typer.BadParameter("comma-separated integers", param_hint="--nodes") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("at least one node count >= 1", param_hint="--nodes")
+    if algorithm not in ("local", "gradient"):
+        raise typer.BadParameter("local or gradient", param_hint="--algorithm")
+    bench_train.run(counts, seconds, target, algorithm, torch, torch_seconds, json)
+
+
 @bench_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                      "help_option_names": []})
 def browser(ctx: typer.Context) -> None:

@@ -93,6 +93,11 @@ def join(
              "stats: evaluate them on the project's test set.")] = Task.train,
     seed: Annotated[int | None, typer.Option(
         min=0, help="Seed the workers' random batches (and deterministic orders).")] = None,
+    stats_share: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="stats: the share of one core to use. It evaluates a fixed "
+        "subset of 1,000 test images per report and the whole test set every 10th report, "
+        "then pauses so the trainers keep the rest (1: every parameter version, at once).")]
+    = 0.1,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also show the workers' debug lines.")] = False,
 ) -> None:
@@ -104,6 +109,6 @@ def join(
 
     config = NodeConfig(url=url, project=project, task=task.value,
                         workers=workers if workers is not None else default_workers(task),
-                        seed=seed, verbose=verbose)
+                        seed=seed, verbose=verbose, stats_share=stats_share)
     code = run_node(config)
     raise typer.Exit(code)

@@ -48,7 +48,7 @@ def training_from_json(value: Mapping[str, Any]) -> Training:
     try:
         training: Training = _FROM_JSON(dict(value))
     except Invalid as exc:
-        raise TrainingError(f"training.{exc}") from None
+        raise TrainingError(f"training.{exc.where()}: {exc.reason}") from None
     return training
 
 
@@ -58,7 +58,7 @@ def training_to_json(training: Training) -> dict[str, Any]:
     try:
         out: dict[str, Any] = _TO_JSON(training)
     except Invalid as exc:
-        raise TrainingError(f"training.{exc}") from None
+        raise TrainingError(f"training.{exc.where()}: {exc.reason}") from None
     return out
 
 

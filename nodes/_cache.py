@@ -60,6 +60,13 @@ class CacheView:
         """The usable rows ordered by data id: an order that does not depend on arrival order."""
         return self.rows[np.argsort(self.ids[self.rows], kind="stable")]
 
+    def subset(self, count: int) -> CacheView:
+        """The view of the ``count`` usable rows with the smallest ids: the same subset for the
+        same data, whenever it arrived (the data server numbers a shuffled upload, so the
+        smallest ids are a sample of every class)."""
+        return CacheView(images=self.images, labels=self.labels, ids=self.ids,
+                         rows=self.sorted_rows()[:max(0, count)])
+
 
 class DataCache:
     """Downloaded data vectors of one project (one input shape), and the worker's allocation."""

@@ -58,6 +58,7 @@ class NodeConfig:
     task: Task = "train"
     workers: int = 1
     seed: int | None = None
+    stats_share: float = 0.1
     verbose: bool = False
     host: str = field(default_factory=_host_name)
     grace: float = 3.0
@@ -67,7 +68,8 @@ class NodeConfig:
 
     def worker_options(self, index: int) -> WorkerOptions:
         return WorkerOptions(url=self.url, role=ROLE_OF_TASK[self.task], project=self.project,
-                             host=self.host, index=index, seed=self.seed)
+                             host=self.host, index=index, seed=self.seed,
+                             stats_share=self.stats_share)
 
 
 # -- the worker process ---------------------------------------------------------------------------

@@ -124,6 +124,13 @@ class WorkerOptions:
     download_retry: float = 1.0
     """First pause before retrying a failed data download (doubling up to 10 s)."""
     max_batch: int = 32
+    stats_share: float = 0.1
+    """A stats worker's share of one core: after an evaluation of c seconds it waits until
+    c / stats_share seconds have passed (1.0: evaluate every new parameter version at once)."""
+    stats_subset: int = 1000
+    """A stats worker evaluates this many test ids (a fixed subset)..."""
+    stats_full_every: int = 10
+    """...and the whole test set every this many reports (and the first time)."""
     keep_inactive: int = 1_000_000
     """Ids no longer allocated stay cached (re-allocation prefers workers that cached an id) up to
     this many; beyond it the oldest are evicted and reported."""
@@ -710,6 +717,7 @@ class Worker:
 
     async def _evaluator(self) -> None:
         evaluated: int | None = None
+        reports = 0
         while True:
             self._wake_eval = trio.Event()
             params, net, cache = self.params, self.net, self.cache
@@ -722,13 +730,24 @@ class Worker:
                 continue
             assert params is not None and net is not None and cache is not None
             view = cache.snapshot()
+            options = self.options
+            full = reports % max(1, options.stats_full_every) == 0
+            if not full and len(view) > options.stats_subset:
+                view = view.subset(options.stats_subset)
 
             def run() -> Evaluation:
                 net.params = params.vector
                 return evaluate(net, view, clock=self._clock, should_stop=lambda: self._stopping)
 
+            started = self._clock()
             result = await trio.to_thread.run_sync(run, abandon_on_cancel=True)
             evaluated = params.parameter_version
+            reports += 1
+            # Keep to a share of one core: the trainers on this machine need the rest.
+            share = min(max(options.stats_share, 1e-3), 1.0)
+            rest = result.compute_seconds / share - (self._clock() - started)
+            if rest > 0:
+                await trio.sleep(rest)
             if result.samples == 0:
                 continue
             loss = result.loss if result.loss is not None and math.isfinite(result.loss) \

@@ -1,0 +1,317 @@
+"""Time to accuracy: CIFAR-10 to 70% test accuracy through the real system, and PyTorch beside it.
+
+For each node count (default 2, then 1) it runs the real thing on this machine: a master with its
+embedded data server, the CIFAR-10 demo net, the training zip uploaded over HTTP (not timed), and
+one ``mlitb node join --workers N`` process with N trainer processes. The clock starts at the
+first work order. The benchmark copies the parameters after every step (cheap: 90 KB) and, once
+training is over, evaluates them on the whole test set, so the curve costs the workers nothing.
+It prints the test-accuracy curve over time, the time to the target and the best accuracy.
+
+The recipe is the project's (``--algorithm local`` with Nesterov SGD inner steps, a warmup +
+cosine schedule over ``--seconds``, shift + flip augmentation); ``--algorithm gradient`` runs
+the paper's AdaGrad recipe for comparison. With PyTorch installed, the same net trains on one
+thread with a good recipe (SGD-Nesterov, batch 64, the same schedule and augmentation) in the
+same invocation, its clock paused while it is evaluated, and the ratio is printed.
+
+Data: ../shared/data/cifar10-{train,test}.zip (skips with a reason when missing).
+
+    python bench/train.py [--nodes 2,1] [--seconds 60] [--target 0.7] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from mlitb.bench.engine import DEMO_NET, blas_info, one_thread, torch_model
+from mlitb.protocol import Training
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PROJECT = "cifar"
+EVERY = 3.0
+"""Seconds of training between two evaluated points of the curve."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the project trains (``create_project``'s settings)."""
+
+    optimizer: str
+    hyperparameters: dict[str, float]
+    training: Training
+    iteration_time: float = 1.0
+
+
+def recipe(algorithm: str, seconds: float) -> Recipe:
+    """The demo's CIFAR-10 recipe for a run of ``seconds`` (``mlitb demo`` uses the same)."""
+    from mlitb.recipes import cifar10_recipe
+
+    optimizer, hp, training, t = cifar10_recipe(algorithm, seconds)
+    return Recipe(optimizer, hp, training, t)
+
+
+@dataclass
+class Curve:
+    """Test accuracy over training time (seconds since the first work order)."""
+
+    label: str
+    points: list[tuple[float, float]] = field(default_factory=list)
+    samples: int = 0
+    seconds: float = 0.0
+
+    def time_to(self, target: float) -> float | None:
+        return next((t for t, acc in self.points if acc >= target), None)
+
+    @property
+    def best(self) -> float:
+        return max((acc for _, acc in self.points), default=0.0)
+
+
+def _decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from mlitb.dataserver._ingest import InputShape, decode_archive
+
+    decoded = decode_archive(path, InputShape(width=32, height=32, channels=3))
+    return decoded.images, decoded.labels.astype(np.int64)
+
+
+def _accuracy(params: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    from mlitb.datasets import pixels_to_input
+    from mlitb.nn import Net
+
+    net = Net(DEMO_NET, params=params)
+    correct = 0
+    for i in range(0, len(y), 500):
+        correct += net.evaluate(pixels_to_input(x[i:i + 500]), y[i:i + 500]).correct
+    return correct / len(y)
+
+
+# -- the real system --------------------------------------------------------------------------------
+async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, train_zip: Path,
+                      log: Any) -> tuple[list[tuple[float, np.ndarray]], int]:
+    from mlitb.cluster import open_store, serve_cluster
+    from mlitb.dataserver import DataClient
+    from mlitb.master import Master
+
+    master = Master()
+    store = open_store(folder / f"store-{nodes}")
+    snapshots: list[tuple[float, np.ndarray]] = []
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(lambda task_status: serve_cluster(
+            master, store, "127.0.0.1", 0, 0, task_status=task_status))
+        project = master.create_project(PROJECT, DEMO_NET, iteration_time=rec.iteration_time,
+                                        optimizer=rec.optimizer,
+                                        hyperparameters=rec.hyperparameters, seed=0,
+                                        training=rec.training)
+        print(f"  uploading {train_zip.name} (not timed)", file=log, flush=True)
+        await trio.to_thread.run_sync(lambda: DataClient(address.data_url).upload(PROJECT,
+                                                                                   train_zip))
+        proc = subprocess.Popen([sys.executable, "-m", "mlitb", "node", "join",
+                                 address.master_url, "--project", PROJECT, "--workers",
+                                 str(nodes), "--seed", "0"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            with trio.fail_after(120):
+                while project.current is None:
+                    await trio.sleep(0.005)
+            start = trio.current_time()
+            version = project.parameter_version
+            last_print = 0.0
+            while (now := trio.current_time() - start) < seconds:
+                if project.parameter_version != version:
+                    version = project.parameter_version
+                    snapshots.append((now, project.net.params.copy()))
+                if now - last_print >= 10:
+                    last_print = now
+                    print(f"  {now:5.0f} s  iteration {project.iteration}  "
+                          f"{project.samples_trained:,} samples", file=log, flush=True)
+                await trio.sleep(0.02)
+            samples = project.samples_trained
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            nursery.cancel_scope.cancel()
+    return snapshots, samples
+
+
+def run_system(nodes: int, rec: Recipe, seconds: float, train_zip: Path,
+               test: tuple[np.ndarray, np.ndarray], log: Any) -> Curve:
+    """Train with ``nodes`` trainer processes for ``seconds``; the curve of every ``EVERY`` s."""
+    with tempfile.TemporaryDirectory(prefix="mlitb-bench-train-") as tmp:
+        snapshots, samples = trio.run(_run_system, nodes, rec, seconds, Path(tmp), train_zip,
+                                      log)
+    curve = Curve(f"mlitb, {nodes} node{'s' if nodes > 1 else ''}", samples=samples,
+                  seconds=seconds)
+    print(f"  evaluating {len(snapshots)} steps' parameters on {len(test[1]):,} test images",
+          file=log, flush=True)
+    chosen: list[tuple[float, np.ndarray]] = []
+    for t, params in snapshots:
+        if not chosen or t - chosen[-1][0] >= EVERY:
+            chosen.append((t, params))
+    if snapshots and chosen[-1][0] != snapshots[-1][0]:
+        chosen.append(snapshots[-1])
+    curve.points = [(t, _accuracy(p, *test)) for t, p in chosen]
+    return curve
+
+
+# -- PyTorch on one thread --------------------------------------------------------------------------
+def run_torch(seconds: float, target: float, train: tuple[np.ndarray, np.ndarray],
+              test: tuple[np.ndarray, np.ndarray], log: Any) -> Curve | None:
+    """The same net in PyTorch on one thread: SGD-Nesterov (lr 0.05, momentum 0.9, weight decay
+    5e-4), batch 64, the warmup + cosine schedule over ``seconds``, shift 4 + flip. The clock
+    stops while it is evaluated (every ``EVERY`` s of training)."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    from mlitb.nn import Net
+    from mlitb.training import lr_factor
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = torch_model(Net(DEMO_NET, seed=0))
+    peak = 0.05
+    opt = torch.optim.SGD(model.parameters(), lr=peak, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)
+    schedule = Training(schedule="cosine", horizon=seconds, horizon_unit="seconds", warmup=0.15)
+    x_train = torch.from_numpy(train[0].astype(np.float32) / 255.0 - 0.5)
+    y_train = torch.from_numpy(train[1])
+    x_test = torch.from_numpy(test[0].astype(np.float32) / 255.0 - 0.5)
+    y_test = torch.from_numpy(test[1])
+    curve = Curve("PyTorch, 1 thread", seconds=seconds)
+    gen = torch.Generator().manual_seed(0)
+    trained, next_eval = 0.0, EVERY
+    while trained < seconds:
+        for idx in torch.randperm(len(y_train), generator=gen).split(64):
+            tick = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = peak * lr_factor(schedule, trained / seconds)
+            xb = F.pad(x_train[idx], (4, 4, 4, 4))
+            dy, dx = (int(v) for v in torch.randint(0, 9, (2,), generator=gen))
+            xb = xb[:, :, dy:dy + 32, dx:dx + 32]  # one shift per batch: cheap, as good here
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            opt.zero_grad()
+            F.cross_entropy(model(xb), y_train[idx]).backward()
+            opt.step()
+            curve.samples += len(idx)
+            trained += time.perf_counter() - tick
+            if trained >= next_eval or trained >= seconds:
+                next_eval += EVERY
+                with torch.no_grad():
+                    correct = sum(int((model(x_test[i:i + 1000]).argmax(1)
+                                       == y_test[i:i + 1000]).sum())
+                                  for i in range(0, len(y_test), 1000))
+                curve.points.append((trained, correct / len(y_test)))
+                if correct / len(y_test) >= target and trained >= seconds / 2:
+                    print(f"  PyTorch reached {target:.0%} at {trained:.0f} s", file=log,
+                          flush=True)
+            if trained >= seconds:
+                break
+    return curve
+
+
+# -- report -----------------------------------------------------------------------------------------
+def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: float = 0.7,
+        algorithm: str = "local", with_torch: bool = True, torch_seconds: float = 120.0,
+        as_json: bool = False) -> dict[str, Any]:
+    train_zip, test_zip = DATA / "cifar10-train.zip", DATA / "cifar10-test.zip"
+    if not (train_zip.exists() and test_zip.exists()):
+        print(f"skipped: the CIFAR-10 zips are not at {DATA} (see ../shared/data/README.md)")
+        return {"skipped": f"no CIFAR-10 zips at {DATA}"}
+    log = sys.stderr if as_json else sys.stdout
+    print(f"decoding {test_zip.name} for evaluation", file=log, flush=True)
+    test = _decode(test_zip)
+    rec = recipe(algorithm, seconds)
+    curves: list[Curve] = []
+    for n in node_counts:
+        print(f"mlitb with {n} node(s), {algorithm}, {seconds:g} s", file=log, flush=True)
+        curves.append(run_system(n, rec, seconds, train_zip, test, log))
+    torch_curve = None
+    if with_torch:
+        print(f"PyTorch, one thread, {torch_seconds:g} s", file=log, flush=True)
+        with one_thread():
+            torch_curve = run_torch(torch_seconds, target, _decode(train_zip), test, log)
+        if torch_curve is None:
+            print("  PyTorch is not installed: no reference run", file=log)
+    result: dict[str, Any] = {
+        "target": target, "seconds": seconds, "algorithm": algorithm,
+        "recipe": {"optimizer": rec.optimizer, "hyperparameters": rec.hyperparameters,
+                   "training": asdict(rec.training), "iteration_time": rec.iteration_time},
+        "blas": blas_info(),
+        "runs": [{"label": c.label, "time_to_target": c.time_to(target), "best": c.best,
+                  "samples": c.samples, "samples_per_s": c.samples / c.seconds if c.seconds
+                  else None, "curve": c.points} for c in curves + ([torch_curve]
+                                                                    if torch_curve else [])],
+    }
+    times = {c.label: c.time_to(target) for c in curves}
+    if len(curves) >= 2 and all(times.get(c.label) for c in curves[:2]):
+        result["speedup"] = times[curves[1].label] / times[curves[0].label]  # type: ignore
+    if torch_curve is not None and curves and curves[0].time_to(target) and \
+            torch_curve.time_to(target):
+        result["torch_over_mlitb"] = torch_curve.time_to(target) / curves[0].time_to(target)  # type: ignore
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return result
+    _print(result, target)
+    return result
+
+
+def _print(result: dict[str, Any], target: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    for run_ in result["runs"]:
+        table = Table("seconds", "test accuracy", title=run_["label"], title_justify="left")
+        for t, acc in run_["curve"]:
+            table.add_row(f"{t:.1f}", f"{acc:.1%}")
+        out.print(table)
+    summary = Table("run", f"time to {target:.0%}", "best", "samples/s")
+    for run_ in result["runs"]:
+        ttt = run_["time_to_target"]
+        summary.add_row(run_["label"], "not reached" if ttt is None else f"{ttt:.1f} s",
+                        f"{run_['best']:.1%}", f"{run_['samples_per_s'] or 0:,.0f}")
+    out.print(summary)
+    if "speedup" in result:
+        out.print(f"speedup of the first node count over the second: {result['speedup']:.2f}x")
+    if "torch_over_mlitb" in result:
+        out.print(f"PyTorch's time to {target:.0%} / mlitb's: {result['torch_over_mlitb']:.2f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", default="2,1", help="comma-separated node counts")
+    parser.add_argument("--seconds", type=float, default=60.0, help="training time per run")
+    parser.add_argument("--target", type=float, default=0.7)
+    parser.add_argument("--algorithm", choices=("local", "gradient"), default="local")
+    parser.add_argument("--torch-seconds", type=float, default=120.0)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    counts = [int(n) for n in args.nodes.split(",") if n.strip()]
+    run(counts, args.seconds, args.target, args.algorithm, not args.no_torch,
+        args.torch_seconds, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
