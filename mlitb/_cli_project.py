@@ -16,7 +16,8 @@ from ._cli_common import cli_errors
 from .client import OperatorClient, open_operator
 from .errors import MlitbError
 from .optim import OPTIMIZERS
-from .protocol import CreateProject, DeleteProject, Pause, Resume, SetHyperparameters
+from .protocol import CreateProject, DeleteProject, Pause, Resume, SetHyperparameters, Training
+from .training import training_from_json
 
 MasterOption = Annotated[str, typer.Option("--master", "-m", envvar="MLITB_MASTER",
                                            help="The master's WebSocket URL.")]
@@ -51,6 +52,27 @@ def _hyperparameters(pairs: list[str]) -> dict[str, float]:
     return result
 
 
+TRAINING_HELP = ("Training setting NAME=VALUE (repeatable): algorithm=local|gradient, "
+                 "batch_size, outer_optimizer=average|nesterov, outer_learning_rate, "
+                 "outer_momentum, schedule=constant|cosine|linear, horizon, "
+                 "horizon_unit=samples|seconds, warmup, final_lr, shift, flip=true|false "
+                 "(docs/protocol.md).")
+
+
+def _training(pairs: list[str], base: dict[str, Any] | None = None) -> Training:
+    """``NAME=VALUE`` pairs (values as JSON, or plain words) over ``base``, checked."""
+    values = dict(base or {})
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MlitbError(f"--training takes NAME=VALUE, got {pair!r}")
+        try:
+            values[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key.strip()] = value.strip()
+    return training_from_json(values)
+
+
 def read_spec(path: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
@@ -81,11 +103,14 @@ def create(
     samples_per_iteration: Annotated[int | None, typer.Option(
         min=1, help="Deterministic mode: budgets in samples (split over the trainers) instead "
         "of seconds, so the run can be replayed bit for bit from its closure.")] = None,
+    training: Annotated[list[str] | None, typer.Option("--training", help=TRAINING_HELP)]
+    = None,
     master: MasterOption = DEFAULT_MASTER,
     token: TokenOption = None,
 ) -> None:
     """Create a project from a model spec."""
     spec = read_spec(model)
+    settings = _training(training) if training else None
     hp = _hyperparameters(set_ or [])
     if learning_rate is not None:
         hp["learning_rate"] = learning_rate
@@ -94,7 +119,8 @@ def create(
         await op.request(CreateProject(request_id="-", name=name, spec=tuple(spec),
                                        iteration_time=iteration_time, optimizer=optimizer,
                                        hyperparameters=hp,
-                                       samples_per_iteration=samples_per_iteration))
+                                       samples_per_iteration=samples_per_iteration,
+                                       training=settings))
 
     _run(master, token, True, action)
     out.print(f"created project {name}")
@@ -145,15 +171,28 @@ def set_hyperparameters(
     set_: Annotated[list[str] | None, typer.Option("--set", help="NAME=VALUE (repeatable).")]
     = None,
     iteration_time: Annotated[float | None, typer.Option(min=1.0, max=30.0)] = None,
+    training: Annotated[list[str] | None, typer.Option(
+        "--training", help="Change training settings NAME=VALUE (repeatable): the schedule, "
+        "augmentation, batch size, outer optimizer; the others stay.")] = None,
     master: MasterOption = DEFAULT_MASTER,
     token: TokenOption = None,
 ) -> None:
-    """Change hyperparameters or T of a running project."""
+    """Change hyperparameters, T or training settings of a running project."""
     hp = _hyperparameters(set_ or [])
-    if not hp and iteration_time is None:
-        raise MlitbError("nothing to change: give --set NAME=VALUE or --iteration-time")
-    _run(master, token, True, lambda op: op.request(SetHyperparameters(
-        request_id="-", project=name, hyperparameters=hp, iteration_time=iteration_time)))
+    if not hp and iteration_time is None and not training:
+        raise MlitbError("nothing to change: give --set NAME=VALUE, --iteration-time or "
+                         "--training NAME=VALUE")
+    pairs = list(training or [])
+
+    async def action(op: OperatorClient) -> None:
+        settings = None
+        if pairs:  # the project's settings now, from its closure, with the changes on top
+            closure = await op.get_model(name, "closure")
+            settings = _training(pairs, closure.get("loop", {}).get("training", {}))
+        await op.request(SetHyperparameters(request_id="-", project=name, hyperparameters=hp,
+                                            iteration_time=iteration_time, training=settings))
+
+    _run(master, token, True, action)
     out.print(f"updated project {name}")
 
 

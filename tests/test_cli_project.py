@@ -91,3 +91,33 @@ def test_errors_are_one_clear_line(master_in_thread, tmp_path):
     assert result.exit_code == 1 and "cannot reach the master" in result.output
     result = runner.invoke(app, ["project", "list", "--master", "http://x"])
     assert result.exit_code == 1 and "ws://" in result.output
+
+
+def test_training_settings_at_creation_and_live(master_in_thread, tmp_path):
+    m = master_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    result = invoke(["project", "create", "loc", "--model", str(spec), "--optimizer", "nesterov",
+                     "--training", "algorithm=local", "--training", "batch_size=16",
+                     "--training", "schedule=cosine", "--training", "horizon=1000",
+                     "--training", "flip=true"], m)
+    assert result.exit_code == 0, result.output
+    project = m.master.projects["loc"]
+    training = project.training
+    assert (training.algorithm, training.batch_size, training.schedule, training.flip) == \
+        ("local", 16, "cosine", True)
+    assert project.outer is not None
+    # live: the schedule changes, the rest stays
+    result = invoke(["project", "set", "loc", "--training", "horizon=50",
+                     "--training", "warmup=0.2"], m)
+    assert result.exit_code == 0, result.output
+    assert (project.training.horizon, project.training.warmup) == (50, 0.2)
+    assert project.training.batch_size == 16 and project.training.flip
+    # refused, one clear line, nothing changed
+    result = invoke(["project", "set", "loc", "--training", "algorithm=gradient"], m)
+    assert result.exit_code == 1 and "training.algorithm" in result.output
+    assert project.training.algorithm == "local"
+    result = invoke(["project", "create", "bad", "--model", str(spec),
+                     "--training", "schedule=cosine"], m)
+    assert result.exit_code == 1 and "training.horizon" in result.output, result.output
+    assert "bad" not in m.master.projects
