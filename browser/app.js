@@ -256,7 +256,10 @@ function renderTrainers() {
     const title = `${w.role === "stats" ? "Stats worker" : "Trainer"} ${w.key}`;
     const detail = w.role === "stats"
       ? [h("dt", {}, "test error"), h("dd", {}, fmt.pct(s.testError))]
-      : [h("dt", {}, "loss"), h("dd", {}, fmt.num(s.loss))];
+      : [h("dt", {}, "loss"), h("dd", {}, fmt.num(s.loss)),
+        h("dt", {}, "training"), h("dd", { class: "training" }, s.algorithm === "local"
+          ? `local steps${s.steps === null || s.steps === undefined ? "" : ` (${fmt.int(s.steps)} last round)`}`
+          : s.algorithm === "gradient" ? "gradient sums" : "–")];
     return h("article", { class: "card worker", "data-key": w.key, "data-phase": phase },
       h("header", {}, h("h3", {}, title), h("span", { class: `badge ${phase}` }, phase)),
       h("div", { class: "rate" }, h("strong", {}, fmt.rate(s.samplesPerS)), " samples/s"),

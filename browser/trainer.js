@@ -6,8 +6,11 @@
 //   hello(role, project) -> welcome(spec, labels, data_url) -> build the Net
 //   allocation(added, removed) -> fetch the ids from the data server in batches -> cache_report
 //   PARAMETERS frame (version v) + work(v, seconds | samples)
-//       -> gradient sums over random cached batches until the budget is spent (the clock is
-//          checked between small batches) -> one RESULT frame per work order, always
+//       gradient project: the gradient sum over random cached batches until the budget is
+//          spent (the clock is checked between small batches)
+//       local project: inner optimizer steps on batches of batch_size until the budget is
+//          spent; the parameter delta (nodes/_compute.py compute_local is the reference)
+//       (batches augmented by the project's shift/flip) -> one RESULT frame per order, always
 //   project_changed -> rebuild the Net (a new label grew the output layer)
 //   stats role: evaluate each new parameter version on the cached test ids -> stats_report
 //   bye / close: final codes stop the worker; others reconnect with backoff
@@ -15,11 +18,11 @@
 // The page talks to it with postMessage: {cmd: "start", url, project, role, pageOrigin, host} and
 // {cmd: "stop"}; it answers {type: "status", ...} snapshots and {type: "log", level, text}.
 
-import { Net } from "./engine/index.js";
+import { Net, Random, augment, makeOptimizer } from "./engine/index.js";
 import { DataCache } from "./lib/cache.js";
 import {
-  CLOSE, FINAL_CLOSE_CODES, decodeDataBatch, decodeParameters, describeClose, encodeResult,
-  formatIds, hello, reachable, sameServer,
+  CLOSE, FINAL_CLOSE_CODES, MAX_STEPS, RESULT_KIND, decodeDataBatch, decodeParameters,
+  describeClose, encodeResult, formatIds, hello, reachable, sameServer,
 } from "./lib/protocol.js";
 
 const MAX_BATCH = 32; // as nodes/_compute.py: big enough for the engine, small enough for a budget
@@ -33,6 +36,12 @@ let options = null; // {url, project, role, pageOrigin, host}
 let stopping = false;
 let session = null; // the current connection's state
 let net = null, info = null, cache = null, cacheKey = null; // kept across connections
+// A local project's inner optimizer: its state (momentum, Adam's moments and step count, ...)
+// carries over from round to round, as the Python node's does. It starts from zero when this
+// worker (re)joins, when the project's optimizer or the parameter count changes, and in every
+// deterministic round.
+let inner = null, innerKey = null;
+const augmentRandom = new Random(); // augmentation draws under time budgets (seeded at random)
 let attempt = 0, lastReason = "";
 const pacer = { rate: null, update(samples, seconds) {
   if (samples <= 0 || seconds <= 0) return;
@@ -42,8 +51,12 @@ const pacer = { rate: null, update(samples, seconds) {
 const status = {
   phase: "starting", workerId: null, project: null, iteration: null, parameterVersion: null,
   allocated: 0, cached: 0, results: 0, samplesPerS: null, loss: null, testError: null,
-  message: "", simd: null, dataUrl: null,
+  message: "", simd: null, dataUrl: null, algorithm: null, steps: null,
 };
+
+/** The project's training settings (older masters send none: the paper's gradient algorithm). */
+const DEFAULT_TRAINING = { algorithm: "gradient", batch_size: 32, shift: 0, flip: false };
+const trainingOf = (p) => ({ ...DEFAULT_TRAINING, ...(p && p.training) });
 
 // -- talking to the page ------------------------------------------------------------------------
 function post(changes = {}) {
@@ -190,13 +203,14 @@ function onWelcome(s, welcome) {
   const announced = reachable(welcome.data_url, new URL(options.url).hostname);
   s.dataUrl = sameServer(announced, options.pageOrigin) ? options.pageOrigin : announced;
   applyProject(welcome.project);
+  inner = null; innerKey = null; // a joiner's inner optimizer starts from zero
   cache.clearAllocation();
   s.maxIds = null;
   log("info", `joined project ${welcome.project.name} as ${options.role} ${welcome.worker_id} ` +
     `(${welcome.project.parameter_count} parameters, T=${welcome.project.iteration_time} s)`);
   post({ phase: phase(), workerId: welcome.worker_id, project: welcome.project.name,
     iteration: welcome.project.iteration, parameterVersion: null, results: 0, message: "",
-    simd: net.simd, dataUrl: s.dataUrl });
+    simd: net.simd, dataUrl: s.dataUrl, algorithm: trainingOf(info).algorithm, steps: null });
 }
 
 const shapeOf = (p) => [p.spec[0].out_depth, p.spec[0].out_sy, p.spec[0].out_sx];
@@ -236,7 +250,7 @@ function onProjectChanged(s, p) {
   }
   for (const id of cache.missing()) s.want.add(id); // e.g. ids skipped for an unknown label
   if (s.want.size) download(s);
-  post({ phase: phase() });
+  post({ phase: phase(), algorithm: trainingOf(info).algorithm });
 }
 
 function onFrame(s, buf) {
@@ -358,10 +372,13 @@ function answerWork(s) {
     // Orders that piled up behind a long computation are stale: each still gets one (empty)
     // result, and the newest is computed.
     const result = s.work.length ? emptyResult(0) : compute(s, order);
+    const local = trainingOf(info).algorithm === "local";
     send(s, encodeResult(result.vector, { parameterVersion: order.parameter_version,
       samples: result.samples, correct: result.correct, lossSum: result.lossSum,
-      computeSeconds: result.computeSeconds }));
-    const changes = { results: status.results + 1, iteration: order.iteration, phase: phase() };
+      computeSeconds: result.computeSeconds, steps: result.steps,
+      kind: local ? RESULT_KIND.PARAMETER_DELTA : RESULT_KIND.GRADIENT_SUM }));
+    const changes = { results: status.results + 1, iteration: order.iteration, phase: phase(),
+      steps: local ? result.steps : null };
     if (result.samples) {
       changes.loss = result.lossSum / result.samples;
       if (result.computeSeconds > 0) changes.samplesPerS = result.samples / result.computeSeconds;
@@ -371,17 +388,39 @@ function answerWork(s) {
 }
 
 function emptyResult(seconds) {
-  return { samples: 0, correct: 0, lossSum: 0, computeSeconds: seconds,
+  return { samples: 0, correct: 0, lossSum: 0, computeSeconds: seconds, steps: 0,
     vector: new Float32Array(info ? info.parameter_count : 0) };
 }
 
 let scratch = null;
-function buffers(size) {
-  if (!scratch || scratch.size !== size) {
-    scratch = { size, x: new Float32Array(MAX_BATCH * size), t: new Int32Array(MAX_BATCH), rows: new Int32Array(MAX_BATCH) };
+/** Batch buffers for `batch` samples of `size` values: inputs, targets and augmented inputs. */
+function buffers(size, batch) {
+  if (!scratch || scratch.size !== size || scratch.batch < batch) {
+    scratch = { size, batch, x: new Float32Array(batch * size), t: new Int32Array(batch),
+      augmented: new Float32Array(batch * size) };
   }
   return scratch;
 }
+
+/** This round's inner optimizer (nodes/_worker.py _inner_optimizer): the one kept from the last
+ * round with the project's current hyperparameters, or a new one (first round, another optimizer
+ * or parameter count, or `fresh`). The master's schedule sets each round's learning rate, so the
+ * optimizer's own step decay (lr_decay) is left out. Throws OptimizerError. */
+function innerOptimizer(fresh) {
+  const hp = { ...info.hyperparameters };
+  delete hp.lr_decay;
+  const key = `${info.optimizer}|${net.numParams}`;
+  if (fresh || inner === null || innerKey !== key) {
+    const [l1Mul, l2Mul] = net.decayMultipliers(); // biases 0, as in ConvNetJS
+    inner = makeOptimizer(info.optimizer, net.numParams, hp, { l1Mul, l2Mul });
+    innerKey = key;
+  } else {
+    inner.setHyperparameters(hp);
+  }
+  return inner;
+}
+
+const allFinite = (a) => { for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false; return true; };
 
 function shuffled(rows, random) {
   const a = Int32Array.from(rows);
@@ -402,7 +441,13 @@ function seeded(seed) { // mulberry32: deterministic orders for work orders give
   };
 }
 
-/** The gradient sum over as many cached samples as the budget allows (nodes/_compute.py). */
+/**
+ * One work order (nodes/_compute.py): as many cached samples as the budget allows, in random
+ * batches (or exactly `order.samples` in deterministic mode), each augmented by the project's
+ * shift/flip. A gradient project sums the gradient over them; a local project takes one inner
+ * optimizer step per batch (gradient / n, the round's learning rate) and answers with the
+ * parameter delta and the number of steps. Loss and accuracy are each batch's before its step.
+ */
 function compute(s, order) {
   const start = performance.now();
   const params = s.params;
@@ -411,32 +456,61 @@ function compute(s, order) {
       `v${params ? params.parameterVersion : null}: answering with 0 samples`);
     return emptyResult(0);
   }
+  const training = trainingOf(info), local = training.algorithm === "local";
+  const deterministic = Boolean(order.samples);
   net.params = params.vector;
   net.zeroGrads();
   const rows = cache.usable(net.isClassifier ? net.numOutputs : 0);
   if (!rows.length) return emptyResult((performance.now() - start) / 1000);
-  const { x, t } = buffers(cache.size);
-  let total = 0, correct = 0, lossSum = 0;
+  let opt = null, before = null;
+  if (local) {
+    try {
+      opt = innerOptimizer(deterministic); // deterministic rounds start from zero
+      const rate = order.learning_rate ?? opt.learningRate; // else the project's rate
+      opt.setHyperparameters({ learning_rate: rate });
+    } catch (err) {
+      log("error", `cannot take inner steps with optimizer ${info.optimizer}: ${err.message}; answering with 0 samples`);
+      inner = null;
+      return emptyResult((performance.now() - start) / 1000);
+    }
+    before = Float32Array.from(net.params);
+  }
+  const maxBatch = local ? training.batch_size : MAX_BATCH;
+  const { x, t, augmented } = buffers(cache.size, maxBatch);
+  // Augmentation's draws: the worker's generator, or in deterministic mode a stream of the
+  // iteration's own (a different generator from the sample order's).
+  const random = deterministic ? new Random(order.iteration).random : augmentRandom.random;
+  let total = 0, correct = 0, lossSum = 0, steps = 0;
+  /** One batch; false: stop the round (a diverged gradient, or the most steps one result holds). */
   const step = (batchRows) => {
-    const n = batchRows.length;
+    const n = batchRows.length, began = performance.now();
     cache.fill(batchRows, x, t);
-    const before = performance.now();
-    const stats = net.accumulateGradient(x.subarray(0, n * cache.size), t.subarray(0, n));
-    pacer.update(stats.count, (performance.now() - before) / 1000);
+    const input = augment(x, augmented, n, cache.shape, random, training).subarray(0, n * cache.size);
+    if (local) net.zeroGrads();
+    const stats = net.accumulateGradient(input, t.subarray(0, n));
+    if (local) {
+      const grads = net.grads;
+      if (!allFinite(grads)) return false; // keep what the earlier steps did
+      for (let i = 0; i < grads.length; i++) grads[i] /= stats.count;
+      opt.step(net.params, grads);
+      steps++;
+    }
+    pacer.update(stats.count, (performance.now() - began) / 1000);
     total += stats.count; correct += stats.correct; lossSum += stats.loss;
+    return !(local && steps >= MAX_STEPS);
   };
-  if (order.samples) { // deterministic mode: exactly `samples`, passes over the ids in id order
+  if (deterministic) { // exactly `samples`, passes over the ids in id order
     const sorted = Int32Array.from(rows).sort((a, b) => cache.ids[a] - cache.ids[b]);
-    const random = seeded(order.iteration * 2654435761);
-    let sequence = shuffled(sorted, random), at = 0;
+    const orderRandom = seeded(order.iteration * 2654435761);
+    let sequence = shuffled(sorted, orderRandom), at = 0;
     for (let done = 0; done < order.samples && !stopping;) {
-      const n = Math.min(MAX_BATCH, order.samples - done);
+      const n = Math.min(maxBatch, order.samples - done);
       const batch = new Int32Array(n);
       for (let i = 0; i < n; i++) {
-        if (at === sequence.length) { sequence = shuffled(sorted, random); at = 0; }
+        if (at === sequence.length) { sequence = shuffled(sorted, orderRandom); at = 0; }
         batch[i] = sequence[at++];
       }
-      step(batch);
+      if (!step(batch)) break;
       done += n;
     }
   } else {
@@ -444,8 +518,8 @@ function compute(s, order) {
     let sequence = shuffled(rows, Math.random), at = 0;
     for (;;) {
       const elapsed = (performance.now() - start) / 1000;
-      let n = budget - elapsed <= 0 ? 0 : pacer.rate === null ? FIRST_BATCH
-        : Math.max(0, Math.min(MAX_BATCH, Math.floor((budget - elapsed) * pacer.rate)));
+      let n = budget - elapsed <= 0 ? 0 : pacer.rate === null ? Math.min(FIRST_BATCH, maxBatch)
+        : Math.max(0, Math.min(maxBatch, Math.floor((budget - elapsed) * pacer.rate)));
       if (n === 0) {
         if (total) break;
         n = 1; // at least one sample, so the master always learns this worker's speed
@@ -455,20 +529,22 @@ function compute(s, order) {
         if (at === sequence.length) { sequence = shuffled(rows, Math.random); at = 0; }
         batch[i] = sequence[at++];
       }
-      step(batch);
-      if (stopping) break;
+      if (!step(batch) || stopping) break;
     }
   }
   const seconds = (performance.now() - start) / 1000;
-  const grads = net.grads;
-  let finite = Number.isFinite(lossSum);
-  for (let i = 0; finite && i < grads.length; i++) finite = Number.isFinite(grads[i]);
-  if (!finite) { // a diverged net: the master would refuse the frame
-    log("warning", "the gradient is not finite: answering with 0 samples");
+  let vector;
+  if (local) {
+    vector = new Float32Array(net.numParams);
+    for (let i = 0; i < vector.length; i++) vector[i] = net.params[i] - before[i];
+  } else {
+    vector = new Float32Array(net.grads);
+  }
+  if (!Number.isFinite(lossSum) || !allFinite(vector)) { // a diverged net: the master would refuse the frame
+    log("warning", `the ${local ? "parameter delta" : "gradient"} is not finite: answering with 0 samples`);
     return emptyResult(seconds);
   }
-  return { samples: total, correct, lossSum: Math.max(lossSum, 0), computeSeconds: seconds,
-    vector: new Float32Array(grads) };
+  return { samples: total, correct, lossSum: Math.max(lossSum, 0), computeSeconds: seconds, vector, steps };
 }
 
 /** Stats workers: evaluate the newest parameters on the whole cached test share. */

@@ -10,6 +10,11 @@ data; the "master" is a trio-websocket server in this test that plays one scenar
 3. project_changed (a new class) -> the network is rebuilt, results have the new length;
 4. bye + close 4003 (removed) -> the worker stops and does not reconnect.
 
+A second scenario is a ``local`` project (local SGD): deterministic rounds are answered with the
+parameter delta of inner optimizer steps that equals numpy's (mlitb.optim, fresh each round),
+time-budget rounds with PARAMETER_DELTA results and their step counts, and augmentation changes
+what a round computes.
+
 Needs Playwright and Debian's Chromium (skips and says why without them).
 """
 
@@ -29,6 +34,7 @@ from trio_websocket import WebSocketConnection, serve_websocket
 
 from mlitb.dataserver import Decoded, Store, serve_data_server
 from mlitb.nn import Net, normalize
+from mlitb.optim import from_wire, make_optimizer
 from mlitb.protocol import (
     Allocation,
     Bye,
@@ -37,6 +43,8 @@ from mlitb.protocol import (
     ProjectChanged,
     ProjectInfo,
     ResultFrame,
+    ResultKind,
+    Training,
     Welcome,
     Work,
     decode_frame,
@@ -52,17 +60,19 @@ LABELS = ("a", "b", "c")
 N = 10
 
 
-def info(spec: list[dict[str, Any]], labels: tuple[str, ...], version: int) -> ProjectInfo:
+def info(spec: list[dict[str, Any]], labels: tuple[str, ...], version: int,
+         **extra: Any) -> ProjectInfo:
     net = Net(spec)
     return ProjectInfo(name="p", state="running", spec=tuple(spec), labels=labels,
                        iteration_time=1.0, iteration=version, parameter_version=version,
-                       parameter_count=net.num_params)
+                       parameter_count=net.num_params, **extra)
 
 
 class Scenario:
     """The scripted master. ``log`` records what happened; failures are kept in ``error``."""
 
     def __init__(self, data_url: str, images: np.ndarray, labels: np.ndarray) -> None:
+        self.project = info(SPEC, LABELS, 1)
         self.data_url, self.images, self.labels = data_url, images, labels
         self.sessions = 0
         self.log: list[str] = []
@@ -94,7 +104,7 @@ class Scenario:
             assert "on" in hello.host  # "Chromium 1xx on Linux"
             await ws.send_message(encode_text(Welcome(
                 worker_id=self.sessions, role="trainer", data_url=self.data_url,
-                server_version="0.1.0", project=info(SPEC, LABELS, 1))))
+                server_version="0.1.0", project=self.project)))
             if self.sessions == 1:
                 await self.first(ws)
             elif self.sessions == 2:
@@ -118,14 +128,7 @@ class Scenario:
 
     async def second(self, ws: WebSocketConnection) -> None:
         self.log.append("reconnected")
-        await ws.send_message(encode_text(Allocation(added=tuple(range(N)), total=N)))
-        cached: set[int] = set()
-        with trio.fail_after(10):
-            while cached != set(range(N)):
-                report = await self.receive(ws)
-                assert isinstance(report, CacheReport), report
-                cached |= set(report.cached)
-        self.log.append("cached")
+        await self.cache_all(ws)
         # Exactly one pass over the 10 cached samples: the sum does not depend on the order.
         await ws.send_message(encode_parameters(self.params, parameter_version=2, iteration=2))
         await ws.send_message(encode_text(Work(iteration=2, parameter_version=2, samples=N)))
@@ -163,6 +166,96 @@ class Scenario:
         self.log.append("removed")
         self.done.set()
 
+    async def cache_all(self, ws: WebSocketConnection) -> None:
+        await ws.send_message(encode_text(Allocation(added=tuple(range(N)), total=N)))
+        cached: set[int] = set()
+        with trio.fail_after(10):
+            while cached != set(range(N)):
+                report = await self.receive(ws)
+                assert isinstance(report, CacheReport), report
+                cached |= set(report.cached)
+        self.log.append("cached")
+
+
+# The inner optimizer of the local scenario, as the master sends it: every hyperparameter of the
+# project's optimizer as a number. lr_decay must be ignored (the master's schedule sets the rate
+# of each round): with it, the second step would take half the learning rate.
+INNER_HP = {"learning_rate": 0.05, "momentum": 0.9, "nesterov": 0.0, "l1_decay": 0.0,
+            "l2_decay": 0.001, "lr_decay": 0.5, "lr_decay_every": 1.0, "lr_min": 0.0}
+ROUND_LR = 0.2
+
+
+class LocalScenario(Scenario):
+    """A ``local`` project with batch_size N: in a deterministic round of 2N samples each batch
+    is one whole pass over the cache, so the two inner steps do not depend on the order."""
+
+    def __init__(self, data_url: str, images: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__(data_url, images, labels)
+        self.training = Training(algorithm="local", batch_size=N)
+        self.project = info(SPEC, LABELS, 1, training=self.training, optimizer="sgd",
+                            hyperparameters=INNER_HP)
+
+    def expected_delta(self, steps: int) -> tuple[np.ndarray, float]:
+        """numpy's delta and loss sum after ``steps`` full-batch steps of a fresh optimizer."""
+        net = Net(SPEC, params=self.params.copy())
+        l1, l2 = net.decay_multipliers()
+        hp = from_wire({k: v for k, v in INNER_HP.items() if k != "lr_decay"})
+        opt = make_optimizer("sgd", net.num_params, **hp, l1_mul=l1, l2_mul=l2)
+        opt.set_hyperparameters(learning_rate=ROUND_LR)
+        x = self.images.astype(np.float32) / 255.0 - 0.5
+        loss = 0.0
+        for _ in range(steps):
+            net.zero_grads()
+            stats = net.accumulate_gradient(x, self.labels.astype(np.int64))
+            loss += stats.loss
+            opt.step(net.params, net.grads / np.float32(stats.count))
+        return net.params - self.params, loss
+
+    async def round(self, ws: WebSocketConnection, version: int, **budget: Any) -> ResultFrame:
+        await ws.send_message(encode_parameters(self.params, parameter_version=version,
+                                                iteration=version))
+        await ws.send_message(encode_text(Work(iteration=version, parameter_version=version,
+                                               learning_rate=ROUND_LR, **budget)))
+        result = await self.result(ws)
+        assert result.parameter_version == version and result.kind is ResultKind.PARAMETER_DELTA
+        return result
+
+    def check_deterministic(self, result: ResultFrame, what: str) -> None:
+        expected, loss = self.expected_delta(2)
+        assert (result.samples, result.steps) == (2 * N, 2), what
+        assert math.isclose(result.loss_sum, loss, rel_tol=1e-5), what
+        scale = float(np.abs(expected).max())
+        err = float(np.abs(result.vector - expected).max())
+        assert err <= 1e-5 * scale, f"{what}: off by {err / scale:.1e}"
+
+    async def second(self, ws: WebSocketConnection) -> None:
+        self.log.append("reconnected")
+        await self.cache_all(ws)
+        self.check_deterministic(await self.round(ws, 2, samples=2 * N), "first round")
+        self.log.append("deterministic delta matches numpy")
+        # Time budgets: inner steps until the budget is spent, their state kept between rounds.
+        for version in (3, 4):
+            result = await self.round(ws, version, seconds=0.3)
+            assert result.steps >= 1 and 1 <= result.samples <= result.steps * N, result
+            assert result.compute_seconds <= 0.6 and np.abs(result.vector).max() > 0, result
+        self.log.append("time budget: steps")
+        # A deterministic round starts the inner optimizer from zero again.
+        self.check_deterministic(await self.round(ws, 5, samples=2 * N), "after timed rounds")
+        self.log.append("deterministic round starts fresh")
+        # Augmentation (drawn by the worker): the same round computes something else.
+        augmented = Training(algorithm="local", batch_size=N, shift=2, flip=True)
+        await ws.send_message(encode_text(ProjectChanged(project=info(
+            SPEC, LABELS, 6, training=augmented, optimizer="sgd", hyperparameters=INNER_HP))))
+        result = await self.round(ws, 6, samples=2 * N)
+        expected, _ = self.expected_delta(2)
+        assert (result.samples, result.steps) == (2 * N, 2)
+        assert float(np.abs(result.vector - expected).max()) > 1e-3 * float(np.abs(expected).max())
+        self.log.append("augmented")
+        await ws.send_message(encode_text(Bye(reason="removed", message="scripted removal")))
+        await ws.aclose(4003, "removed")
+        self.log.append("removed")
+        self.done.set()
+
 
 @pytest.fixture(scope="module")
 def chromium() -> Any:
@@ -177,7 +270,9 @@ def chromium() -> Any:
         browser.close()
 
 
-def test_trainer_worker_follows_the_protocol(chromium: Any, tmp_path: Path) -> None:
+def run_worker(chromium: Any, tmp_path: Path, make: type[Scenario]) -> tuple[Scenario, Any]:
+    """Serve the data, play ``make``'s scenario as the master and start one trainer worker in a
+    page; returns the finished scenario and the page (its ``statuses``, ``logs``, ``errors``)."""
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (N, 3, 4, 4), dtype=np.uint8)
     labels = (np.arange(N) % 3).astype(np.uint32)
@@ -199,7 +294,7 @@ def test_trainer_worker_follows_the_protocol(chromium: Any, tmp_path: Path) -> N
         async with trio.open_nursery() as nursery:
             data_port = await nursery.start(partial(serve_data_server, store, "127.0.0.1", 0,
                                                     static=static))
-            scenario = Scenario(f"http://127.0.0.1:{data_port}", images, labels)
+            scenario = make(f"http://127.0.0.1:{data_port}", images, labels)
             server = await nursery.start(partial(serve_websocket, scenario.handler, "127.0.0.1",
                                                  0, None))
             box.update(scenario=scenario, data_port=data_port, master_port=server.port)
@@ -213,7 +308,7 @@ def test_trainer_worker_follows_the_protocol(chromium: Any, tmp_path: Path) -> N
     thread.start()
     assert ready.wait(10)
     page = chromium.new_page()
-    errors: list[str] = []
+    page.errors = errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     try:
@@ -232,6 +327,15 @@ def test_trainer_worker_follows_the_protocol(chromium: Any, tmp_path: Path) -> N
         scenario: Scenario = box["scenario"]
         if scenario.error is not None:
             raise scenario.error
+    except BaseException:
+        page.close()
+        raise
+    return scenario, page
+
+
+def test_trainer_worker_follows_the_protocol(chromium: Any, tmp_path: Path) -> None:
+    scenario, page = run_worker(chromium, tmp_path, Scenario)
+    try:
         assert scenario.log == ["empty result", "reconnected", "cached", "gradient matches numpy",
                                 "time budget kept", "rebuilt", "removed"], scenario.log
         assert scenario.sessions == 2
@@ -241,6 +345,20 @@ def test_trainer_worker_follows_the_protocol(chromium: Any, tmp_path: Path) -> N
         assert phases[-1] == "stopped" and "4003" in statuses[-1]["message"]
         logs = page.evaluate("window.logs")
         assert any("reconnecting in" in entry["text"] for entry in logs), logs
-        assert errors == []
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+def test_trainer_worker_takes_local_steps(chromium: Any, tmp_path: Path) -> None:
+    scenario, page = run_worker(chromium, tmp_path, LocalScenario)
+    try:
+        assert scenario.log == ["empty result", "reconnected", "cached",
+                                "deterministic delta matches numpy", "time budget: steps",
+                                "deterministic round starts fresh", "augmented", "removed"], \
+            scenario.log
+        statuses = [s for s in page.evaluate("window.statuses") if s["type"] == "status"]
+        assert any(s["algorithm"] == "local" and (s["steps"] or 0) >= 1 for s in statuses)
+        assert page.errors == []
     finally:
         page.close()

@@ -81,12 +81,22 @@ export function decodeParameters(buf, expectedLength = null) {
     vector: new Float32Array(buf, 24, n) };
 }
 
-/** The RESULT frame answering one work order (kind 1: gradient sum). */
-export function encodeResult(vector, { parameterVersion, samples, correct, lossSum, computeSeconds }) {
+/** What a RESULT frame's vector is: a gradient sum (`gradient` projects) or the parameter
+ * delta after inner optimizer steps (`local` projects). */
+export const RESULT_KIND = { GRADIENT_SUM: 1, PARAMETER_DELTA: 2 };
+/** The most inner steps one result may report (a u16 in the header): a trainer stops there. */
+export const MAX_STEPS = 0xffff;
+
+/** The RESULT frame answering one work order. `steps`: inner optimizer steps taken (0 for a
+ * gradient sum). */
+export function encodeResult(vector, { parameterVersion, samples, correct, lossSum, computeSeconds,
+  kind = RESULT_KIND.GRADIENT_SUM, steps = 0 }) {
+  if (!Number.isInteger(steps) || steps < 0 || steps > MAX_STEPS) throw new RangeError(`steps must be 0 to ${MAX_STEPS}, got ${steps}`);
   const buf = new ArrayBuffer(40 + 4 * vector.length), v = new DataView(buf);
   v.setUint8(0, 0x4d); v.setUint8(1, 0x4c); v.setUint8(2, PROTOCOL_VERSION); v.setUint8(3, KIND.RESULT);
   v.setUint16(4, 40, true); v.setUint16(6, 0, true);
-  v.setUint32(8, parameterVersion, true); v.setUint8(12, 1);
+  v.setUint32(8, parameterVersion, true); v.setUint8(12, kind); v.setUint8(13, 0);
+  v.setUint16(14, steps, true);
   v.setUint32(16, samples, true); v.setUint32(20, correct, true);
   v.setFloat64(24, lossSum, true); v.setFloat32(32, computeSeconds, true);
   v.setUint32(36, vector.length, true);
