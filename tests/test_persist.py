@@ -25,7 +25,7 @@ from mlitb.closure import closure_from_dict, closure_from_project, load_closure,
 from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import DataClient, write_archive
 from mlitb.master import Master, ProjectFiles, RequestError
-from mlitb.protocol import CreateProject, HistoryPoint, StatsPoint
+from mlitb.protocol import CreateProject, HistoryPoint, StatsPoint, Training
 
 SPEC = [{"type": "input", "out_sx": 2, "out_sy": 2, "out_depth": 1},
         {"type": "fc", "num_neurons": 4, "activation": "relu"},
@@ -288,10 +288,15 @@ async def processes() -> AsyncIterator[list[subprocess.Popen[bytes]]]:
             p.wait()
 
 
+LOCAL = Training(algorithm="local", batch_size=16, outer_optimizer="nesterov",
+                 outer_learning_rate=0.7, schedule="cosine", horizon=100_000, warmup=0.1)
+
+
 @pytest.mark.trio
 @pytest.mark.slow
+@pytest.mark.parametrize("training", [None, LOCAL], ids=["gradient", "local"])
 async def test_a_killed_master_resumes_from_its_last_autosave(
-        tmp_path: Path, digit_zips: tuple[Path, Path]) -> None:
+        tmp_path: Path, digit_zips: tuple[Path, Path], training: Training | None) -> None:
     train_zip, _ = digit_zips
     data_dir = tmp_path / "data"
     with trio.fail_after(120):
@@ -304,7 +309,8 @@ async def test_a_killed_master_resumes_from_its_last_autosave(
                 await op.request(CreateProject(request_id="-", name="digits",
                                                spec=tuple(DIGITS_SPEC), iteration_time=1.0,
                                                optimizer="adam",
-                                               hyperparameters={"learning_rate": 0.01}))
+                                               hyperparameters={"learning_rate": 0.01},
+                                               training=training))
             await trio.to_thread.run_sync(lambda: DataClient(data_url).upload("digits",
                                                                               train_zip))
             node_log = open(tmp_path / "node.log", "wb")
@@ -325,6 +331,11 @@ async def test_a_killed_master_resumes_from_its_last_autosave(
             assert 0 < saved.parameter_version <= saved.iteration
             assert list(saved.history) == [p for p in before.history
                                            if p.iteration < saved.iteration]
+            assert saved.loop.training == (training or Training())
+            if training is not None:  # the outer optimizer's momentum and the schedule's clock
+                assert saved.outer_velocity is not None and saved.outer_step > 0
+                assert np.abs(saved.outer_velocity).sum() > 0
+                assert 0 < saved.loop.samples_trained <= before.loop.samples_trained
 
             port, data_port = url.rsplit(":", 1)[1], data_url.rsplit(":", 1)[1]
             log2 = tmp_path / "master2.log"
@@ -341,6 +352,9 @@ async def test_a_killed_master_resumes_from_its_last_autosave(
             async with open_operator(url, TOKEN) as op:
                 now = closure_from_dict(await op.get_model("digits", "closure"))
             assert now.parameter_version > saved.parameter_version
+            if training is not None:  # resumed where the autosave left off, not from zero
+                assert now.outer_step > saved.outer_step
+                assert now.loop.samples_trained > saved.loop.samples_trained
             assert list(now.history)[:len(saved.history)] == list(saved.history)
             assert now.created == saved.created
             # SIGTERM: the master stops cleanly and saves the project as it is.
