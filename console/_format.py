@@ -102,8 +102,25 @@ def train_error_series(history: tuple[HistoryPoint, ...]) -> tuple[list[float], 
     return [float(p.iteration) for p in points], [1.0 - (p.accuracy or 0.0) for p in points]
 
 
-def test_error_series(points: tuple[StatsPoint, ...]) -> tuple[list[float], list[float]]:
-    return [float(p.iteration) for p in points], [p.error for p in points]
+def test_error_series(points: tuple[StatsPoint, ...], test_count: int = 0, *,
+                      whole: bool = True) -> tuple[list[float], list[float]]:
+    """The points over the whole test set (``whole``), or those over a subset of it: a stats
+    worker evaluates a fixed subset per report and the whole set every few reports."""
+    chosen = [p for p in points if (p.samples >= test_count) == whole]
+    return [float(p.iteration) for p in chosen], [p.error for p in chosen]
+
+
+def training_line(project: ProjectStatus) -> str:
+    """The algorithm, and what its schedule and augmentation are, in a few words."""
+    t = project.training
+    if t.algorithm == "local":
+        text = f"local steps (batch {t.batch_size}, outer {t.outer_optimizer})"
+    else:
+        text = "gradient"
+    if t.schedule != "constant" and t.horizon is not None:
+        text += f" · {t.schedule} over {t.horizon:g} {t.horizon_unit}"
+    augment = [f"shift {t.shift}"] * bool(t.shift) + ["flip"] * t.flip
+    return text + (f" · {' + '.join(augment)}" if augment else "")
 
 
 NEUTRAL = {"l1_decay": 0.0, "l2_decay": 0.0, "lr_decay": 1.0, "lr_min": 0.0}

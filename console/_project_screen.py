@@ -132,7 +132,10 @@ class ProjectScreen(ConsoleScreen):
         self.query_one("#loss-plot", MetricPlot).show(
             [Series("loss", *loss_series(project.history), color="cyan")])
         self.query_one("#error-plot", MetricPlot).show(
-            [Series("test", *test_error_series(project.test_error), color="red"),
+            [Series("test", *test_error_series(project.test_error, project.data.test),
+                    color="red"),
+             Series("test subset", *test_error_series(project.test_error, project.data.test,
+                                                      whole=False), color="magenta"),
              Series("train", *train_error_series(project.history), color="green")])
 
     # -- remove a worker -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from textual.widget import Widget
 
 from mlitb.protocol import ProjectStatus
 
-from ._format import count, hyperparameter_line, seconds, state_text
+from ._format import count, hyperparameter_line, seconds, state_text, training_line
 
 
 def summary_text(p: ProjectStatus) -> Text:
@@ -20,6 +20,7 @@ def summary_text(p: ProjectStatus) -> Text:
                          + (f" +{others}" if others else "") + "\n")
     line.append(f"{p.optimizer} ", style="bold")
     line.append(hyperparameter_line(p))
+    line.append(f" · {training_line(p)}")
     line.append(f" · data {count(p.data.total)} train + {count(p.data.test)} test",
                 style="dim")
     return line

@@ -535,3 +535,20 @@ async def test_typing_in_a_dialog_never_triggers_key_bindings() -> None:
             assert app.screen.query_one("#field-name", FormField).value == "qpde"
             # The dialog only asked for the master's zoo; no key reached an action.
             assert [type(r).__name__ for r in backend.requests] == ["ListZoo"]
+
+
+def test_the_curve_tells_the_whole_test_set_from_a_subset_and_the_summary_the_algorithm():
+    from mlitb.console._format import test_error_series, training_line
+    from mlitb.protocol import StatsPoint, Training
+
+    points = tuple(StatsPoint(iteration=i, parameter_version=i, samples=n, error=e)
+                   for i, n, e in ((1, 360, 0.5), (2, 100, 0.4), (3, 100, 0.3), (4, 360, 0.2)))
+    assert test_error_series(points, 360) == ([1.0, 4.0], [0.5, 0.2])
+    assert test_error_series(points, 360, whole=False) == ([2.0, 3.0], [0.4, 0.3])
+    status = sample_status().projects[0]
+    local = replace(status, training=Training(
+        algorithm="local", batch_size=16, schedule="cosine", horizon=60,
+        horizon_unit="seconds", shift=4, flip=True))
+    assert training_line(local) == ("local steps (batch 16, outer average) · cosine over 60 "
+                                    "seconds · shift 4 + flip")
+    assert training_line(status) == "gradient"
