@@ -30,6 +30,7 @@ from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import DataClient, write_archive
 from mlitb.errors import ClosureError
 from mlitb.master import Master
+from mlitb.protocol import Training
 
 PROJECT = "digits"
 SAMPLES = 64
@@ -76,28 +77,37 @@ async def node(address: ClusterAddress, tmp_path: Path, workers: int = 1
             process.wait()
 
 
+def record_run(tmp_path: Path, train_zip: Path, test_zip: Path, steps: int = STEPS,
+               **create: Any) -> dict[str, Any]:
+    """The closure (JSON object) of a deterministic project created with ``create`` after
+    ``steps`` steps trained by one real node process."""
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        with trio.fail_after(90):
+            async with cluster(tmp_path, train_zip, test_zip, iteration_time=1.0,
+                               samples_per_iteration=SAMPLES, **create) as (master, address), \
+                    node(address, tmp_path):
+                project = master.projects[PROJECT]
+                while project.parameter_version < steps:
+                    await trio.sleep(0.2)
+                box["closure"] = master.closure_of(PROJECT)
+
+    trio.run(main)
+    closure: dict[str, Any] = box["closure"]
+    return closure
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A deterministic run of at least 20 steps with one real node process: its closure file,
     the training zip and the test zip."""
     tmp_path = tmp_path_factory.mktemp("recorded")
     train_zip, test_zip = write_digits(tmp_path)
-    box: dict[str, Any] = {}
-
-    async def main() -> None:
-        with trio.fail_after(90):
-            async with cluster(tmp_path, train_zip, test_zip, iteration_time=1.0, optimizer="adam",
-                               hyperparameters={"learning_rate": 0.01},
-                               samples_per_iteration=SAMPLES, seed=7) as (master, address), \
-                    node(address, tmp_path):
-                project = master.projects[PROJECT]
-                while project.parameter_version < STEPS:
-                    await trio.sleep(0.2)
-                box["closure"] = master.closure_of(PROJECT)
-
-    trio.run(main)
+    closure = record_run(tmp_path, train_zip, test_zip, optimizer="adam",
+                         hyperparameters={"learning_rate": 0.01}, seed=7)
     path = tmp_path / "run.closure.json"
-    path.write_text(json.dumps(box["closure"]))
+    path.write_text(json.dumps(closure))
     return path, train_zip, test_zip
 
 
@@ -205,6 +215,72 @@ def test_a_run_with_two_trainers_replays_bit_identically(tmp_path: Path) -> None
     assert len(two) >= 4 and all(sum(n for _, n in s.parts) == 2 * SAMPLES for s in two)
     report = replay(closure, training_data(closure, [train_zip]))
     assert report.identical and report.complete, report.first_mismatch
+
+
+SCHEDULED: dict[str, dict[str, Any]] = {
+    # Local steps: a fresh inner Adam per round at the scheduled rate, DiLoCo's outer Nesterov.
+    "local": dict(optimizer="adam", hyperparameters={"learning_rate": 0.01}, training=Training(
+        algorithm="local", batch_size=8, outer_optimizer="nesterov", outer_learning_rate=0.7,
+        schedule="cosine", horizon=SAMPLES * STEPS, warmup=0.2, shift=1, flip=True)),
+    # The paper's algorithm with a schedule on the master's optimizer and augmentation.
+    "gradient": dict(optimizer="sgd", hyperparameters={"learning_rate": 0.05, "momentum": 0.9},
+                     training=Training(schedule="linear", horizon=SAMPLES * STEPS, warmup=0.2,
+                                       final_lr=0.1, shift=1, flip=True)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(SCHEDULED))
+def test_a_scheduled_run_replays_bit_identically(case: str, tmp_path: Path) -> None:
+    import dataclasses
+
+    from mlitb.closure import ReplayRecord
+    from mlitb.training import lr_factor, progress
+
+    create = SCHEDULED[case]
+    training = create["training"]
+    train_zip, test_zip = write_digits(tmp_path)
+    d = record_run(tmp_path, train_zip, test_zip, seed=5, **create)
+    closure = closure_from_dict(d)
+    record = record_of(closure)
+    assert closure.loop.training == training
+    assert len(record.steps) >= STEPS and record.origin.iteration == 0
+    assert ("outer" in d["replay"]["origin"]) == (case == "local")
+    # Each step's factor is the schedule's at the samples trained before it (warmup, decay).
+    for k, step in enumerate(record.steps):
+        assert step.lr_scale == lr_factor(training, progress(training, k * SAMPLES, 0.0))
+    assert len({s.lr_scale for s in record.steps}) >= STEPS - 1
+    data = training_data(closure, [train_zip])
+    report = replay(closure, data)
+    assert report.identical and report.complete, report.first_mismatch
+    assert report.checks[-1].actual == closure.parameters_sha256
+    losses = {p.iteration: p.loss for p in closure.history}
+    for check in report.checks:
+        assert check.loss == pytest.approx(losses[check.iteration], rel=1e-9)
+    # Without the recorded factors (as an old reader would take them) the first step differs.
+    flat = closure.replace(replay=ReplayRecord(
+        origin=record.origin, shares=record.shares, seed=record.seed,
+        max_batch=record.max_batch,
+        steps=tuple(dataclasses.replace(s, lr_scale=1.0) for s in record.steps)))
+    changed = replay(flat, data, iterations=3)
+    assert not changed.identical and changed.first_mismatch is not None
+    assert changed.first_mismatch.iteration == record.steps[0].iteration
+
+
+@pytest.mark.slow
+def test_a_closure_without_schedule_factors_reads_and_replays(
+        recorded: tuple[Path, Path, Path]) -> None:
+    """A closure written before schedules (no lr_scale, no outer origin) reads with factor 1
+    and still replays."""
+    path, train_zip, _ = recorded
+    d = json.loads(path.read_text())
+    assert all("lr_scale" not in step for step in d["replay"]["steps"])  # constant: not written
+    assert "outer" not in d["replay"]["origin"]
+    closure = closure_from_dict(d)
+    record = record_of(closure)
+    assert all(s.lr_scale == 1.0 for s in record.steps) and record.origin.outer_velocity is None
+    report = replay(closure, training_data(closure, [train_zip]), iterations=3)
+    assert report.identical and len(report.checks) == 3
 
 
 def test_no_replay_without_deterministic_mode() -> None:
@@ -356,3 +432,64 @@ def test_shares_round_trip_and_bad_ones_are_named() -> None:
                          ("a", "not a position"), ("3,1", "must increase")]:
         with pytest.raises(ClosureError, match=message):
             parse_share(bad, "replay.shares[0]")
+
+
+def test_a_local_record_keeps_the_schedule_and_the_outer_momentum() -> None:
+    """A local project records each step's factor and, at a record's origin, the outer
+    optimizer's momentum (a restarted record starts mid-run with a non-zero one); both survive
+    the closure, and a step without ``lr_scale`` reads as 1."""
+    from mlitb.closure import DataManifest, SplitManifest, closure_from_project
+    from mlitb.master import Project
+    from mlitb.master._project import Member
+    from mlitb.nn import Net
+    from mlitb.optim import make_optimizer
+    from mlitb.protocol import ResultFrame, ResultKind
+    from mlitb.training import lr_factor, progress
+
+    training = Training(algorithm="local", outer_optimizer="nesterov", schedule="cosine",
+                        horizon=60, warmup=0.2)
+    net = Net(SMALL, seed=3, labels=["a", "b", "c"])
+    project = Project("p", net, make_optimizer("adam", net.num_params), "adam", 1.0,
+                      samples_per_iteration=6, training=training)
+    project.add_data("train", range(100, 112))
+    project.add_member(Member(1, "trainer", "python", "h"))
+    project.admit_pending()
+    project.allocator.mark_cached(1, project.allocator.allocation_of(1))
+
+    def run(iterations: int) -> None:
+        for _ in range(iterations):
+            it = project.plan_iteration(0.0)
+            delta = share_vector(project.iteration, net.num_params) * np.float32(1e-6)
+            assert project.accept_result(1, ResultFrame(
+                parameter_version=it.parameter_version, kind=ResultKind.PARAMETER_DELTA,
+                samples=6, correct=1, loss_sum=2.0, compute_seconds=0.1, vector=delta,
+                steps=1), 0.5) is None
+            project.finish_iteration(1.0)
+
+    run(3)
+    first = project.replay_record()
+    assert first is not None and project.outer is not None
+    assert [s.lr_scale for s in first.steps] == [
+        lr_factor(training, progress(training, 6 * k, 0.0)) for k in range(3)]
+    assert first.origin.outer_velocity is not None and not first.origin.outer_velocity.any()
+    project.set_hyperparameters(learning_rate=0.02)  # a new record, from the state now
+    velocity = project.outer.state()["velocity"]
+    assert isinstance(velocity, np.ndarray) and velocity.any()
+    run(2)
+    record = project.replay_record()
+    assert record is not None and record.origin.outer_step == 3
+    assert record.origin.outer_velocity is not None
+    assert np.array_equal(record.origin.outer_velocity, velocity)
+
+    manifest = DataManifest(("a", "b", "c"), SplitManifest(
+        tuple(f"{i:064x}" for i in range(12)), tuple("abc"[i % 3] for i in range(12))))
+    d = closure_to_dict(closure_from_project(project, manifest))
+    back = closure_from_dict(d).replay
+    assert back is not None and back.steps == record.steps
+    assert back.origin.outer_step == 3 and back.origin.outer_velocity is not None
+    assert np.array_equal(back.origin.outer_velocity, velocity)
+    for step in d["replay"]["steps"]:
+        step.pop("lr_scale", None)
+    d.pop("content_sha256")
+    old = closure_from_dict(d).replay
+    assert old is not None and all(s.lr_scale == 1.0 for s in old.steps)

@@ -352,16 +352,26 @@ def _optimizer_state_json(state: Mapping[str, F32Array], where: str) -> dict[str
 
 def _replay_json(r: ReplayRecord) -> dict[str, Any]:
     o = r.origin
-    return {"seed": r.seed, "max_batch": r.max_batch,
-            "origin": {"iteration": o.iteration, "parameter_version": o.parameter_version,
-                       "parameters": _vector_json(o.parameters, "replay.origin.parameters"),
-                       "optimizer": {"hyperparameters": dict(o.hyperparameters),
-                                     "step": o.optimizer_step,
-                                     "state": _optimizer_state_json(
-                                         o.optimizer_state, "replay.origin.optimizer.state")}},
+    origin: dict[str, Any] = {
+        "iteration": o.iteration, "parameter_version": o.parameter_version,
+        "parameters": _vector_json(o.parameters, "replay.origin.parameters"),
+        "optimizer": {"hyperparameters": dict(o.hyperparameters), "step": o.optimizer_step,
+                      "state": _optimizer_state_json(o.optimizer_state,
+                                                     "replay.origin.optimizer.state")}}
+    if o.outer_velocity is not None:
+        origin["outer"] = {"step": o.outer_step, "velocity": _vector_json(
+            o.outer_velocity, "replay.origin.outer.velocity")}
+    return {"seed": r.seed, "max_batch": r.max_batch, "origin": origin,
             "shares": list(r.shares),
-            "steps": [{"iteration": s.iteration, "parts": [[k, n] for k, n in s.parts],
-                       "sha256": s.sha256} for s in r.steps]}
+            "steps": [_replay_step_json(s) for s in r.steps]}
+
+
+def _replay_step_json(s: ReplayStep) -> dict[str, Any]:
+    out: dict[str, Any] = {"iteration": s.iteration, "parts": [[k, n] for k, n in s.parts],
+                           "sha256": s.sha256}
+    if s.lr_scale != 1.0:  # absent: 1.0, as in closures written before schedules
+        out["lr_scale"] = s.lr_scale
+    return out
 
 
 def closure_to_dict(closure: Closure) -> dict[str, Any]:
@@ -571,10 +581,15 @@ def _replay(r: Mapping[str, Any], d: Mapping[str, Any], net: Net, optimizer_name
                            f"{optimizer_name} keeps {list(opt.SLOTS)}")
     state = {slot: _vector(oo["state"][slot], n, f"replay.origin.optimizer.state.{slot}")
              for slot in opt.SLOTS}
+    outer = o.get("outer")
     origin = ReplayOrigin(iteration=int(o["iteration"]),
                           parameter_version=int(o["parameter_version"]), parameters=params,
                           hyperparameters=opt.hyperparameters(), optimizer_step=int(oo["step"]),
-                          optimizer_state=state)
+                          optimizer_state=state,
+                          outer_step=int(outer["step"]) if outer is not None else 0,
+                          outer_velocity=_vector(outer["velocity"], n,
+                                                 "replay.origin.outer.velocity")
+                          if outer is not None else None)
     if origin.iteration > d["iteration"] or origin.parameter_version > d["parameter_version"]:
         raise ClosureError(f"replay.origin: iteration {origin.iteration}, parameter version "
                            f"{origin.parameter_version} is past the closure's")
@@ -600,7 +615,7 @@ def _replay(r: Mapping[str, Any], d: Mapping[str, Any], net: Net, optimizer_name
             if samples < 1:
                 raise ClosureError(f"{where}.parts[{k}]: a part needs at least 1 sample")
         steps.append(ReplayStep(it, tuple((int(a), int(b)) for a, b in step["parts"]),
-                                step["sha256"]))
+                                step["sha256"], float(step.get("lr_scale", 1.0))))
     if len(steps) != d["parameter_version"] - origin.parameter_version:
         raise ClosureError(f"replay.steps: {len(steps)} steps, but the parameter version went "
                            f"from {origin.parameter_version} to {d['parameter_version']}")

@@ -82,22 +82,30 @@ class ReplayOrigin:
     hyperparameters: dict[str, Hyperparameter]
     optimizer_step: int
     optimizer_state: dict[str, F32Array]
+    outer_step: int = 0
+    outer_velocity: F32Array | None = None
+    """A ``local`` project's outer optimizer (``mlitb.training.make_outer``) before the first
+    step: its step count and momentum (None: not a local project)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", _frozen(self.parameters))
         object.__setattr__(self, "optimizer_state",
                            {k: _frozen(v) for k, v in self.optimizer_state.items()})
+        if self.outer_velocity is not None:
+            object.__setattr__(self, "outer_velocity", _frozen(self.outer_velocity))
 
 
 @dataclass(frozen=True)
 class ReplayStep:
     """One optimizer step: ``parts`` are ``(share index, samples)`` in the order the results
     were summed; ``sha256`` is the hash of the parameters after the step (little-endian
-    float32 bytes)."""
+    float32 bytes); ``lr_scale`` the learning-rate schedule's factor of the step (the gradient
+    optimizer's ``lr_scale``, or the multiplier of a local project's inner learning rate)."""
 
     iteration: int
     parts: tuple[tuple[int, int], ...]
     sha256: str
+    lr_scale: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,10 +2,12 @@
 
 ``replay`` starts from the record's origin (parameters and optimizer state), and for every
 recorded step recomputes each part exactly as a Python node computed it (``compute_gradient``
-in deterministic mode over the part's share, with the recorded seed, iteration and batch size,
-on one BLAS thread as node workers run), sums the parts in the recorded order with the master's
-own reduce function and optimizer, and compares the SHA-256 of the parameters with the recorded
-one. The training images come from upload zips, decoded exactly as the data server decodes
+in deterministic mode over the part's share, with the recorded seed, iteration and batch size
+and the closure's augmentation, on one BLAS thread as node workers run; ``local`` closures:
+``compute_local`` with a fresh inner optimizer at the step's scheduled learning rate), reduces
+the parts in the recorded order with the master's own reduce function and optimizer (at the
+step's schedule factor; ``local``: the outer optimizer from the origin's state), and compares
+the SHA-256 of the parameters with the recorded one. The training images come from upload zips, decoded exactly as the data server decodes
 them and matched to the closure's manifest by content hash.
 """
 
@@ -17,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +27,14 @@ import numpy.typing as npt
 from ..errors import ClosureError
 from ._format import Closure
 from ._manifest import SplitManifest, match_manifest
-from ._record import ReplayRecord
+from ._record import ReplayRecord, ReplayStep
+
+if TYPE_CHECKING:
+    from ..master import ReduceSummary
+    from ..nn import Net
+    from ..nodes._cache import CacheView
+    from ..nodes._compute import ComputeResult
+    from ..protocol import ResultFrame, ResultKind
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,11 +157,7 @@ def replay(closure: Closure, data: TrainingData, *, iterations: int | None = Non
            keep_going: bool = False) -> ReplayReport:
     """Re-run the first ``iterations`` recorded steps (default all) and compare each step's
     parameters with the recorded hash. Stops at the first difference unless ``keep_going``."""
-    from ..master import parameters_sha256, reduce_gradient_sums
-    from ..nodes._cache import CacheView
-    from ..nodes._compute import compute_gradient
-    from ..optim import make_optimizer
-    from ..protocol import ResultFrame, ResultKind
+    from ..master import parameters_sha256
 
     record = record_of(closure)
     worker = closure.net()
@@ -163,37 +169,16 @@ def replay(closure: Closure, data: TrainingData, *, iterations: int | None = Non
         raise ClosureError("the training data does not match the closure's manifest")
     origin = record.origin
     params = origin.parameters.copy()
-    if closure.decay_multipliers is not None:
-        l1, l2 = (m.copy() for m in closure.decay_multipliers)
-    else:
-        l1, l2 = worker.decay_multipliers()
-    optimizer = make_optimizer(closure.optimizer_name, closure.num_params,
-                               **origin.hyperparameters, l1_mul=l1, l2_mul=l2)
-    optimizer.load_state({**{k: v.copy() for k, v in origin.optimizer_state.items()},
-                          "step": origin.optimizer_step})
-    ids = np.arange(data.images.shape[0], dtype=np.int64)
-    views: dict[int, CacheView] = {}
+    step_once = _local_stepper(closure, worker, data) if closure.loop.training.algorithm == \
+        "local" else _gradient_stepper(closure, worker, data)
     steps = record.steps if iterations is None else record.steps[:max(0, iterations)]
     checks: list[StepCheck] = []
     max_diff = 0.0
     start = time.perf_counter()
     with _one_blas_thread():
         for step in steps:
-            frames = []
-            for share, samples in step.parts:
-                if share not in views:
-                    views[share] = CacheView(images=data.images, labels=data.labels, ids=ids,
-                                             rows=record.share(share).astype(np.intp))
-                worker.params = params.copy()
-                result = compute_gradient(worker, views[share], samples=samples,
-                                          seed=record.seed, iteration=step.iteration,
-                                          max_batch=record.max_batch)
-                frames.append(ResultFrame(
-                    parameter_version=0, kind=ResultKind.GRADIENT_SUM, samples=result.samples,
-                    correct=result.correct, loss_sum=result.loss_sum,
-                    compute_seconds=result.compute_seconds, vector=result.vector))
             before = params.copy()
-            summary = reduce_gradient_sums(frames, params, optimizer)
+            summary = step_once(step, params)
             if not summary.stepped:  # the workers computed nothing: cannot be the recording
                 params = before
             check = StepCheck(step.iteration, step.sha256, parameters_sha256(params),
@@ -212,6 +197,112 @@ def replay(closure: Closure, data: TrainingData, *, iterations: int | None = Non
     return ReplayReport(checks=tuple(checks), recorded_steps=len(record.steps),
                         origin_iteration=origin.iteration, max_abs_difference=max_diff,
                         seconds=time.perf_counter() - start)
+
+
+StepOnce = Callable[[ReplayStep, npt.NDArray[np.float32]], "ReduceSummary"]
+"""Recompute one recorded step's parts and reduce them into the parameters (in place)."""
+
+
+class _Views:
+    """The cache view of each share, as a node's cache holds exactly that share."""
+
+    def __init__(self, record: ReplayRecord, data: TrainingData) -> None:
+        self._record, self._data = record, data
+        self._ids = np.arange(data.images.shape[0], dtype=np.int64)
+        self._views: dict[int, CacheView] = {}
+
+    def __getitem__(self, share: int) -> CacheView:
+        from ..nodes._cache import CacheView
+
+        if share not in self._views:
+            self._views[share] = CacheView(
+                images=self._data.images, labels=self._data.labels, ids=self._ids,
+                rows=self._record.share(share).astype(np.intp))
+        return self._views[share]
+
+
+def _frame(result: ComputeResult, kind: ResultKind) -> ResultFrame:
+    from ..protocol import ResultFrame
+
+    return ResultFrame(parameter_version=0, kind=kind, samples=result.samples,
+                       correct=result.correct, loss_sum=result.loss_sum,
+                       compute_seconds=result.compute_seconds, vector=result.vector,
+                       steps=result.steps)
+
+
+def _gradient_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnce:
+    """``gradient``: each part is a node's ``compute_gradient``; the master's optimizer steps on
+    their average with the schedule's factor of that step."""
+    from ..master import reduce_gradient_sums
+    from ..nodes._compute import compute_gradient
+    from ..optim import make_optimizer
+    from ..protocol import ResultKind
+
+    record = record_of(closure)
+    origin, training = record.origin, closure.loop.training
+    if closure.decay_multipliers is not None:
+        l1, l2 = (m.copy() for m in closure.decay_multipliers)
+    else:
+        l1, l2 = worker.decay_multipliers()
+    optimizer = make_optimizer(closure.optimizer_name, closure.num_params,
+                               **origin.hyperparameters, l1_mul=l1, l2_mul=l2)
+    optimizer.load_state({**{k: v.copy() for k, v in origin.optimizer_state.items()},
+                          "step": origin.optimizer_step})
+    views = _Views(record, data)
+
+    def step_once(step: ReplayStep, params: npt.NDArray[np.float32]) -> ReduceSummary:
+        frames = []
+        for share, samples in step.parts:
+            worker.params = params.copy()
+            result = compute_gradient(worker, views[share], samples=samples, seed=record.seed,
+                                      iteration=step.iteration, max_batch=record.max_batch,
+                                      shift=training.shift, flip=training.flip)
+            frames.append(_frame(result, ResultKind.GRADIENT_SUM))
+        optimizer.lr_scale = step.lr_scale  # as plan_iteration set it for this iteration
+        return reduce_gradient_sums(frames, params, optimizer)
+
+    return step_once
+
+
+def _local_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnce:
+    """``local``: each part is a node's ``compute_local`` with a fresh inner optimizer (as a
+    node builds one every deterministic round); the outer optimizer, from the origin's state,
+    steps on the averaged delta."""
+    from ..master._reduce import reduce_parameter_deltas
+    from ..nodes._compute import compute_local
+    from ..optim import make_optimizer
+    from ..protocol import ResultKind
+    from ..training import make_outer
+
+    record = record_of(closure)
+    origin, training = record.origin, closure.loop.training
+    outer = make_outer(training, closure.num_params)
+    velocity = origin.outer_velocity if origin.outer_velocity is not None else \
+        np.zeros(closure.num_params, np.float32)
+    outer.load_state({"velocity": velocity.copy(), "step": origin.outer_step})
+    # The node's inner optimizer: the project's hyperparameters without the step decay (the
+    # schedule sets the rate), its own net's decay multipliers.
+    inner_hp = {k: v for k, v in origin.hyperparameters.items() if k != "lr_decay"}
+    l1, l2 = worker.decay_multipliers()
+    # The master's inner template never steps, so its rate stays the origin's all record long.
+    base_lr = float(origin.hyperparameters["learning_rate"])
+    views = _Views(record, data)
+
+    def step_once(step: ReplayStep, params: npt.NDArray[np.float32]) -> ReduceSummary:
+        frames = []
+        for share, samples in step.parts:
+            worker.params = params.copy()
+            inner = make_optimizer(closure.optimizer_name, closure.num_params, **inner_hp,
+                                   l1_mul=l1.copy(), l2_mul=l2.copy())
+            result = compute_local(worker, views[share], inner,
+                                   learning_rate=base_lr * step.lr_scale,
+                                   batch_size=training.batch_size, samples=samples,
+                                   seed=record.seed, iteration=step.iteration,
+                                   shift=training.shift, flip=training.flip)
+            frames.append(_frame(result, ResultKind.PARAMETER_DELTA))
+        return reduce_parameter_deltas(frames, params, outer)
+
+    return step_once
 
 
 def _expected_parameters(closure: Closure, digest: str) -> npt.NDArray[np.float32] | None:

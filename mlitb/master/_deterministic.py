@@ -59,16 +59,23 @@ class Recorder:
         self._shares, self._share_index, self._steps = [], {}, []
 
     def begin(self, iteration: int, parameter_version: int, params: npt.NDArray[np.float32],
-              optimizer: Optimizer) -> None:
-        """Called before each iteration; takes the origin if no record is open."""
+              optimizer: Optimizer, outer: Optimizer | None = None) -> None:
+        """Called before each iteration; takes the origin if no record is open. ``outer``: a
+        local project's outer optimizer, whose momentum the replay must start from too."""
         if self.origin is not None:
             return
         state = optimizer.state()
         step = int(state.pop("step"))
+        outer_step, outer_velocity = 0, None
+        if outer is not None:
+            outer_state = outer.state()
+            outer_step = int(outer_state.pop("step"))
+            outer_velocity = next(v for v in outer_state.values() if isinstance(v, np.ndarray))
         self.origin = ReplayOrigin(
             iteration=iteration, parameter_version=parameter_version, parameters=params,
             hyperparameters=optimizer.hyperparameters(), optimizer_step=step,
-            optimizer_state={k: v for k, v in state.items() if isinstance(v, np.ndarray)})
+            optimizer_state={k: v for k, v in state.items() if isinstance(v, np.ndarray)},
+            outer_step=outer_step, outer_velocity=outer_velocity)
 
     def share(self, positions: npt.NDArray[np.int64]) -> int:
         """The index of a share (positions in the training manifest), added if new."""
@@ -80,15 +87,16 @@ class Recorder:
         return index
 
     def step(self, iteration: int, parts: list[tuple[npt.NDArray[np.int64], int]],
-             params: npt.NDArray[np.float32]) -> None:
+             params: npt.NDArray[np.float32], lr_scale: float = 1.0) -> None:
         """Record one optimizer step: ``parts`` are (share positions, samples) in the order they
-        were summed; ``params`` the parameters after the step. Ignored without an origin (the
-        record was reset during the iteration)."""
+        were summed; ``params`` the parameters after the step; ``lr_scale`` the schedule's
+        factor the iteration was planned with. Ignored without an origin (the record was reset
+        during the iteration)."""
         if self.origin is None:
             return
         self._steps.append(ReplayStep(
             iteration=iteration, parts=tuple((self.share(p), n) for p, n in parts),
-            sha256=parameters_sha256(params)))
+            sha256=parameters_sha256(params), lr_scale=float(lr_scale)))
 
     def record(self) -> ReplayRecord | None:
         """A snapshot of the record (None before the first iteration of a record)."""

@@ -84,6 +84,8 @@ class Iteration:
     results: dict[int, tuple[ResultFrame, float]] = field(default_factory=dict)
     shares: dict[int, npt.NDArray[np.int64]] = field(default_factory=dict)
     """Deterministic mode: each ordered trainer's share, as positions in the training data."""
+    lr_scale: float = 1.0
+    """The schedule's factor this iteration was planned with (recorded for replay)."""
 
     def complete(self) -> bool:
         return set(self.results) >= set(self.orders)
@@ -328,7 +330,7 @@ class Project:
         shares: dict[int, npt.NDArray[np.int64]] = {}
         if self.recorder is not None:
             self.recorder.begin(self.iteration, self.parameter_version, self.net.params,
-                                self.optimizer)
+                                self.optimizer, self.outer)
             shares = {w: self.train_positions(self.allocator.allocation_of(w))
                       for w in trainers}
         factor = self.lr_factor
@@ -346,7 +348,7 @@ class Project:
                 orders[w] = WorkOrder(w, seconds, None, inner_lr)
                 self.members[w].budget_s = seconds
         self.current = Iteration(self.iteration, self.parameter_version, now, now + t, orders,
-                                 shares=shares)
+                                 shares=shares, lr_scale=factor)
         return self.current
 
     def accept_result(self, worker_id: int, frame: ResultFrame, now: float) -> str | None:
@@ -392,7 +394,7 @@ class Project:
                 self.recorder.step(it.number, [
                     (it.shares[w], it.results[w][0].samples) for w in order
                     if it.results[w][0].samples > 0 and w in it.shares
-                    and it.results[w][0].kind is kind], self.net.params)
+                    and it.results[w][0].kind is kind], self.net.params, it.lr_scale)
             self.parameter_version += 1
             self.samples_trained += summary.samples
             self.seconds_trained += max(0.0, now - it.started_at)
