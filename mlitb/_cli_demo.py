@@ -147,7 +147,8 @@ def register_demo(app: typer.Typer) -> None:
         if algorithm not in ("local", "gradient"):
             raise typer.BadParameter("local or gradient", param_hint="--algorithm")
         spec = DIGITS_SPEC if model is None else read_spec(model)
-        channels = int(spec[0].get("out_depth", 1))
+        depth = spec[0].get("out_depth", 1)
+        channels = depth if isinstance(depth, int) else 1
         if data is None:
             recipe = digits_recipe(algorithm)
         else:

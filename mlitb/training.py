@@ -108,8 +108,8 @@ def augment(x: npt.NDArray[np.float32], rng: np.random.Generator, *, shift: int 
     n, _, h, w = x.shape
     out = np.zeros_like(x)
     if shift:
-        dy = rng.integers(-shift, shift + 1, size=n)
-        dx = rng.integers(-shift, shift + 1, size=n)
+        dy = np.atleast_1d(rng.integers(-shift, shift + 1, size=n)).tolist()
+        dx = np.atleast_1d(rng.integers(-shift, shift + 1, size=n)).tolist()
         for i in range(n):
             sy, sx = int(dy[i]), int(dx[i])
             out[i, :, max(sy, 0):h + min(sy, 0), max(sx, 0):w + min(sx, 0)] = \
