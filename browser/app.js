@@ -257,7 +257,7 @@ function renderTrainers() {
     const detail = w.role === "stats"
       ? [h("dt", {}, "test error"), h("dd", {}, fmt.pct(s.testError))]
       : [h("dt", {}, "loss"), h("dd", {}, fmt.num(s.loss)),
-        h("dt", {}, "training"), h("dd", { class: "training" }, s.algorithm === "local"
+        h("dt", {}, "training"), h("dd", { class: "algorithm" }, s.algorithm === "local"
           ? `local steps${s.steps === null || s.steps === undefined ? "" : ` (${fmt.int(s.steps)} last round)`}`
           : s.algorithm === "gradient" ? "gradient sums" : "–")];
     return h("article", { class: "card worker", "data-key": w.key, "data-phase": phase },

@@ -103,7 +103,11 @@ def open_page(browser: Any) -> Iterator[Callable[..., Page]]:
         page.close()
 
 
-def create_project(c: Any, name: str = PROJECT, *, iteration_time: float = 1.0) -> None:
+def create_project(c: Any, name: str = PROJECT, *, iteration_time: float = 1.0,
+                   optimizer: str | None = None, hyperparameters: dict[str, float] | None = None,
+                   training: Any = None) -> None:
+    """``create_project`` through the operator protocol; ``training``: an
+    ``mlitb.protocol.Training`` (None: the paper's gradient algorithm)."""
     from mlitb.client import open_operator
     from mlitb.protocol import CreateProject
 
@@ -112,8 +116,9 @@ def create_project(c: Any, name: str = PROJECT, *, iteration_time: float = 1.0) 
             async with open_operator(c.url, c.token, need_token=True) as op:
                 await op.request(CreateProject(
                     request_id="-", name=name, spec=tuple(DIGITS_SPEC),  # type: ignore[arg-type]
-                    iteration_time=iteration_time, labels=tuple(LABELS),
-                    hyperparameters={"learning_rate": 0.05}))
+                    iteration_time=iteration_time, labels=tuple(LABELS), optimizer=optimizer,
+                    hyperparameters=hyperparameters or {"learning_rate": 0.05},
+                    training=training))
 
     trio.run(main)
 
@@ -270,6 +275,76 @@ def test_browser_trainer_and_python_node_train_together(cluster_in_thread: Any, 
         page.page.click("article.worker[data-phase=training] button")
         wait_until(lambda: not any(w.client == "browser" and w.role == "trainer"
                                    for w in status(c).workers), "the browser trainer to leave", 10)
+        assert page.errors == []
+    finally:
+        node.terminate()
+        try:
+            node.wait(10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+
+
+def test_browser_trainer_and_python_node_train_one_local_project(
+        cluster_in_thread: Any, tmp_path: Path, open_page: Callable[..., Page]) -> None:
+    """Local SGD across clients: the browser's Web Worker and a Python node each take Adam inner
+    steps on their own share (augmented by random shifts) and return parameter deltas, which the
+    master averages. Every result the master accepts is recorded here, so the test sees both
+    clients' deltas arrive, not just the master's summary."""
+    from mlitb.protocol import ResultKind, Training
+
+    c = cluster_in_thread
+    create_project(c, optimizer="adam", hyperparameters={"learning_rate": 0.005},
+                   training=Training(algorithm="local", batch_size=16, shift=1))
+    project = c.master.projects[PROJECT]
+    assert project.training.algorithm == "local"
+    accepted: list[tuple[int, Any, int, int]] = []  # (worker id, kind, samples, steps)
+    accept = project.accept_result
+
+    def recording(worker_id: int, frame: Any, now: float) -> str | None:
+        refused = accept(worker_id, frame, now)
+        if refused is None:
+            accepted.append((worker_id, frame.kind, frame.samples, frame.steps))
+        return refused
+
+    project.accept_result = recording  # type: ignore[method-assign]
+    upload_digits(c, tmp_path)
+    node = subprocess.Popen(
+        [sys.executable, "-m", "mlitb", "node", "join", c.url, "--project", PROJECT,
+         "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        page = open_page(page_url(c, project=PROJECT))
+        page.show("train")
+        page.page.click("#add-trainer")
+
+        def trainers() -> dict[str, Any]:
+            return {w.client: w for w in status(c).workers if w.role == "trainer"}
+
+        def both_train() -> bool:
+            by_client = trainers()
+            return set(by_client) == {"browser", "python"} and all(
+                w.state == "training" and (w.samples_per_s or 0) > 0 and w.cached == w.allocated > 0
+                for w in by_client.values())
+
+        wait_until(both_train, "a browser trainer and a Python node training a local project", 40)
+        first, version = status(c).iteration, status(c).parameter_version
+        ids = {client: w.worker_id for client, w in trainers().items()}
+        wait_until(lambda: status(c).iteration >= first + 6, "six more iterations", 20)
+        assert status(c).parameter_version >= version + 5
+        for client, worker_id in ids.items():
+            mine = [r for r in list(accepted) if r[0] == worker_id and r[2] > 0]
+            assert len(mine) >= 3, (client, accepted)
+            assert all(kind is ResultKind.PARAMETER_DELTA and steps >= 1 and samples <= 16 * steps
+                       for _, kind, samples, steps in mine), (client, mine)
+        recent = [h for h in status(c).history if h.iteration > first]
+        assert recent and all(h.samples > 0 for h in recent)
+        history = [h.loss for h in status(c).history if h.samples > 0]
+        assert len(history) >= 8
+        assert sum(history[-3:]) / 3 < 0.8 * sum(history[:3]) / 3, history
+        # The page says how its trainer trains.
+        card = page.page.wait_for_selector("article.worker[data-phase=training]")
+        page.page.wait_for_function("""() => /local steps \\(\\d/.test(
+            document.querySelector('article.worker[data-phase=training] .algorithm').textContent)""")
+        assert "local steps" in card.inner_text()
         assert page.errors == []
     finally:
         node.terminate()
