@@ -111,7 +111,8 @@ def augment(x: npt.NDArray[np.float32], rng: np.random.Generator, *, shift: int 
         dy = np.atleast_1d(rng.integers(-shift, shift + 1, size=n)).tolist()
         dx = np.atleast_1d(rng.integers(-shift, shift + 1, size=n)).tolist()
         for i in range(n):
-            sy, sx = int(dy[i]), int(dx[i])
+            # A shift past the image's size leaves nothing of it (all zeros), as in the browser.
+            sy, sx = max(-h, min(h, int(dy[i]))), max(-w, min(w, int(dx[i])))
             out[i, :, max(sy, 0):h + min(sy, 0), max(sx, 0):w + min(sx, 0)] = \
                 x[i, :, max(-sy, 0):h - max(sy, 0), max(-sx, 0):w - max(sx, 0)]
     else:
