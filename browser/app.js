@@ -464,7 +464,7 @@ function renderStats() {
     const item = (label, value) => h("div", { class: "stat" }, h("span", {}, label), h("strong", {}, value));
     summary.replaceChildren(
       item("iteration", fmt.int(st.iteration)),
-      item("test error", test ? fmt.pct(test.error) : "–"),
+      item("test error", test ? `${fmt.pct(test.error)} (${test.samples >= st.data.test ? "all" : "a subset of"} ${fmt.int(test.samples)})` : "–"),
       item("training loss", last ? fmt.num(last.loss) : "–"),
       item("samples / iteration", last ? fmt.int(last.samples) : "–"),
       item("trainers", `${trainers.length} · ${fmt.rate(rate)} samples/s`),
@@ -476,7 +476,11 @@ function renderStats() {
     xLabel, yMin: 0, percent: true,
     empty: "no test error yet: add a stats worker (Train tab) or run `mlitb node join … --task stats`",
     series: [
-      { label: "test error", color: "#d1495b", points: tests.map((p) => [p.iteration, p.error]), dots: true },
+      // A stats worker evaluates a fixed subset per report and the whole test set every few.
+      { label: "test error (whole test set)", color: "#d1495b", dots: true,
+        points: tests.filter((p) => p.samples >= st.data.test).map((p) => [p.iteration, p.error]) },
+      { label: "test error (subset)", color: "#e8a0a8", dots: true, width: 1,
+        points: tests.filter((p) => p.samples < st.data.test).map((p) => [p.iteration, p.error]) },
       { label: "training error", color: "#8fb3e8", width: 1.5, dashed: true,
         points: history.filter((p) => p.accuracy !== null && p.samples > 0).map((p) => [p.iteration, 1 - p.accuracy]) },
     ],

@@ -262,6 +262,8 @@ def test_browser_trainer_and_python_node_train_together(cluster_in_thread: Any, 
         page.page.wait_for_function(
             "() => window.mlitb.status && window.mlitb.status.test_error.length > 0")
         page.page.wait_for_timeout(300)
+        # The browser's stats worker evaluates the whole test set, and the page says so.
+        assert "(all " in page.page.inner_text("#stats-summary")
         page.screenshot("stats")
         if SCREENSHOTS:  # a prediction of the trained network
             page.show("predict")
