@@ -10,6 +10,17 @@ bench_app = typer.Typer(help="Measure speed: figures and ratios to a reference i
                         no_args_is_help=True)
 
 
+def _node_counts(nodes: str) -> list[int]:
+    """``--nodes``: comma-separated counts, each at least 1."""
+    try:
+        counts = [int(n) for n in nodes.split(",") if n.strip()]
+    except ValueError:
+        raise typer.BadParameter("comma-separated integers", param_hint="--nodes") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("at least one node count >= 1", param_hint="--nodes")
+    return counts
+
+
 @bench_app.command()
 def engine(
     batch_sizes: Annotated[str, typer.Option(
@@ -48,12 +59,7 @@ def loop(
     """Loop throughput with local nodes and the master's round cost with simulated workers."""
     from mlitb.bench import loop as bench_loop
 
-    try:
-        counts = [int(n) for n in nodes.split(",") if n.strip()]
-    except ValueError:
-        raise typer.BadParameter("comma-separated integers", param_hint="--nodes") from None
-    if not counts or min(counts) < 1:
-        raise typer.BadParameter("at least one node count >= 1", param_hint="--nodes")
+    counts = _node_counts(nodes)
     bench_loop.run(iterations, simulated, counts, as_json=json)
 
 
@@ -77,12 +83,7 @@ def train(
     """Time to a CIFAR-10 test accuracy through master, data server and local nodes."""
     from mlitb.bench import train as bench_train
 
-    try:
-        counts = [int(n) for n in nodes.split(",") if n.strip()]
-    except ValueError:
-        raise typer.BadParameter("comma-separated integers", param_hint="--nodes") from None
-    if not counts or min(counts) < 1:
-        raise typer.BadParameter("at least one node count >= 1", param_hint="--nodes")
+    counts = _node_counts(nodes)
     if algorithm not in ("local", "gradient"):
         raise typer.BadParameter("local or gradient", param_hint="--algorithm")
     bench_train.run(counts, seconds, target, algorithm, torch, torch_seconds, json)

@@ -31,6 +31,17 @@ class ReduceSummary:
     stepped: bool
 
 
+def _useful(results: Sequence[ResultFrame], kind: ResultKind
+            ) -> tuple[list[ResultFrame], ReduceSummary]:
+    """The results of ``kind`` that cover samples, and what they cover together. Results with
+    no samples (or of the other algorithm's kind) count as present but add nothing."""
+    useful = [r for r in results if r.samples > 0 and r.kind is kind]
+    samples = sum(r.samples for r in useful)
+    return useful, ReduceSummary(samples=samples, loss_sum=sum(r.loss_sum for r in useful),
+                                 correct=sum(r.correct for r in useful), workers=len(results),
+                                 stepped=samples > 0)
+
+
 def reduce_gradient_sums(results: Sequence[ResultFrame], params: np.ndarray,
                          optimizer: Optimizer) -> ReduceSummary:
     """Sum gradient sums, divide by the total sample count, step ``params`` in place.
@@ -38,13 +49,10 @@ def reduce_gradient_sums(results: Sequence[ResultFrame], params: np.ndarray,
     Results with no samples count as present but add nothing; with no samples at all the
     parameters stay as they are (``stepped`` is False).
     """
-    useful = [r for r in results if r.samples > 0 and r.kind is ResultKind.GRADIENT_SUM]
-    samples = sum(r.samples for r in useful)
-    summary = ReduceSummary(samples=samples, loss_sum=sum(r.loss_sum for r in useful),
-                            correct=sum(r.correct for r in useful), workers=len(results),
-                            stepped=samples > 0)
+    useful, summary = _useful(results, ResultKind.GRADIENT_SUM)
     if not useful:
         return summary
+    samples = summary.samples
     total = np.zeros_like(params, dtype=np.float32)
     for r in useful:  # a fixed order (the caller's) keeps the sum reproducible
         total += r.vector
@@ -58,13 +66,10 @@ def reduce_parameter_deltas(results: Sequence[ResultFrame], params: np.ndarray,
     """Average the parameter deltas weighted by samples, step ``params`` in place with the
     outer ``optimizer`` on minus that average (outer SGD with learning rate 1 and no momentum
     makes the new parameters the workers' weighted average)."""
-    useful = [r for r in results if r.samples > 0 and r.kind is ResultKind.PARAMETER_DELTA]
-    samples = sum(r.samples for r in useful)
-    summary = ReduceSummary(samples=samples, loss_sum=sum(r.loss_sum for r in useful),
-                            correct=sum(r.correct for r in useful), workers=len(results),
-                            stepped=samples > 0)
+    useful, summary = _useful(results, ResultKind.PARAMETER_DELTA)
     if not useful:
         return summary
+    samples = summary.samples
     total = np.zeros_like(params, dtype=np.float32)
     for r in useful:  # the caller's order, for a reproducible sum
         total += np.float32(r.samples) * r.vector
