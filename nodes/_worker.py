@@ -320,7 +320,7 @@ class Worker:
                 return await self._serve(ws)
             finally:
                 # After an abnormal close trio-websocket 0.12 leaves the TCP stream open until
-                # garbage collection (DESIGN.md): close it now, before reconnecting.
+                # garbage collection: close it now, before reconnecting.
                 stream = getattr(ws, "_stream", None)
                 if stream is not None and ws.closed is not None:
                     with trio.CancelScope(shield=True):

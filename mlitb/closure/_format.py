@@ -51,7 +51,7 @@ F32Array = npt.NDArray[np.float32]
 # -- the in-memory form ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoopSettings:
-    """How the project's event loop runs (DESIGN.md, "The event loop of one project")."""
+    """How the project's event loop runs (docs/architecture.md, "One iteration of a project")."""
 
     iteration_time: float
     """T, seconds per iteration."""

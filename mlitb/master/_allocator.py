@@ -5,7 +5,7 @@ For every id the allocator records the trainer it is *allocated* to (or none: "t
 kept in the *pool*) and the set of trainers that have it *cached* (as they report it). It is a
 plain object without I/O or clocks: the master's event loop calls it and broadcasts what changed.
 
-How the master uses it, once per iteration (DESIGN.md, "The event loop of one project")::
+How the master uses it, once per iteration (docs/architecture.md, "One iteration of a project")::
 
     alloc.add_data(new_ids)          # step 1: ids registered since the last iteration
     alloc.join(worker)               # step 2: each new trainer

@@ -1,4 +1,4 @@
-"""Latency and work budget per worker (paper §3.3.1.4, DESIGN.md event loop step 4).
+"""Latency and work budget per worker (paper §3.3.1.4; docs/architecture.md, the loop's step 4).
 
 Workers have no batch size: the master tells each one how long to compute next time so that its
 result reaches the master by the end of the iteration of length ``T``. This module holds, per

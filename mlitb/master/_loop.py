@@ -1,4 +1,4 @@
-"""The event loop of one project (DESIGN.md, "The event loop of one project"), as a trio task.
+"""The event loop of one project (docs/architecture.md, "One iteration of a project"), as a trio task.
 
 Each iteration: admit joiners, flush allocation changes, plan budgeted work orders, broadcast one
 parameters frame and the orders, wait for the results (or the deadline), reduce, autosave every
@@ -25,7 +25,7 @@ log = logging.getLogger("mlitb.master")
 
 
 async def run_project_loop(master: Master, name: str, scope: trio.CancelScope) -> None:
-    """The event loop of one project (DESIGN.md), until ``scope`` is cancelled."""
+    """The event loop of one project (docs/architecture.md), until ``scope`` is cancelled."""
     with scope:
         project = master.projects[name]
         while True:
