@@ -98,7 +98,7 @@ def _accuracy(params: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     return correct / len(y)
 
 
-# -- the real system --------------------------------------------------------------------------------
+# -- the real system -------------------------------------------------------------------------------
 async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, train_zip: Path,
                       log: Any) -> tuple[list[tuple[float, np.ndarray]], int]:
     from mlitb.cluster import open_store, serve_cluster
@@ -171,7 +171,7 @@ def run_system(nodes: int, rec: Recipe, seconds: float, train_zip: Path,
     return curve
 
 
-# -- PyTorch on one thread --------------------------------------------------------------------------
+# -- PyTorch on one thread -------------------------------------------------------------------------
 def run_torch(seconds: float, target: float, train: tuple[np.ndarray, np.ndarray],
               test: tuple[np.ndarray, np.ndarray], log: Any) -> Curve | None:
     """The same net in PyTorch on one thread: SGD-Nesterov (lr 0.05, momentum 0.9, weight decay
@@ -229,7 +229,7 @@ def run_torch(seconds: float, target: float, train: tuple[np.ndarray, np.ndarray
     return curve
 
 
-# -- report -----------------------------------------------------------------------------------------
+# -- report ----------------------------------------------------------------------------------------
 def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: float = 0.7,
         algorithm: str = "local", with_torch: bool = True, torch_seconds: float = 120.0,
         as_json: bool = False) -> dict[str, Any]:
@@ -262,12 +262,13 @@ def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: floa
                   else None, "curve": c.points} for c in curves + ([torch_curve]
                                                                     if torch_curve else [])],
     }
-    times = {c.label: c.time_to(target) for c in curves}
-    if len(curves) >= 2 and all(times.get(c.label) for c in curves[:2]):
-        result["speedup"] = times[curves[1].label] / times[curves[0].label]  # type: ignore
-    if torch_curve is not None and curves and curves[0].time_to(target) and \
-            torch_curve.time_to(target):
-        result["torch_over_mlitb"] = torch_curve.time_to(target) / curves[0].time_to(target)  # type: ignore
+    first, second = (c.time_to(target) for c in curves[:2]) if len(curves) >= 2 else (None, None)
+    if first and second:
+        result["speedup"] = second / first
+    ours = curves[0].time_to(target) if curves else None
+    theirs = torch_curve.time_to(target) if torch_curve is not None else None
+    if ours and theirs:
+        result["torch_over_mlitb"] = theirs / ours
     if as_json:
         print(json.dumps(result, indent=2))
         return result

@@ -26,12 +26,12 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import MlitbError
-from .optim import SGD, Optimizer
+from .optim import SGD, Hyperparameter, Optimizer, make_optimizer
 from .protocol import Training
 from .protocol._schema import Invalid, converter
 
-__all__ = ["Training", "TrainingError", "augment", "lr_factor", "make_outer", "progress",
-           "training_from_json", "training_to_json"]
+__all__ = ["Training", "TrainingError", "augment", "inner_hyperparameters", "lr_factor",
+           "make_inner", "make_outer", "progress", "training_from_json", "training_to_json"]
 
 _FROM_JSON = converter(Training, True)
 _TO_JSON = converter(Training, False)
@@ -123,7 +123,24 @@ def augment(x: npt.NDArray[np.float32], rng: np.random.Generator, *, shift: int 
     return out
 
 
-# -- the outer step (local) -----------------------------------------------------------------------
+# -- the inner and outer optimizers (local) -------------------------------------------------------
+def inner_hyperparameters(hyperparameters: Mapping[str, Hyperparameter]
+                          ) -> dict[str, Hyperparameter]:
+    """The project's hyperparameters as a worker's inner optimizer takes them: without the
+    step decay, since the master's schedule sets each round's learning rate."""
+    return {k: v for k, v in hyperparameters.items() if k != "lr_decay"}
+
+
+def make_inner(optimizer: str, hyperparameters: Mapping[str, Hyperparameter],
+               net: Any) -> Optimizer:
+    """A fresh inner optimizer for ``net`` (a ``mlitb.nn.Net``), as every worker and the
+    replay build it: the project's optimizer and ``inner_hyperparameters``, the net's own
+    decay multipliers."""
+    l1, l2 = net.decay_multipliers()
+    return make_optimizer(optimizer, net.num_params, **inner_hyperparameters(hyperparameters),
+                          l1_mul=l1, l2_mul=l2)
+
+
 def make_outer(training: Training, num_params: int) -> Optimizer:
     """The master's outer optimizer of a ``local`` project: SGD on the negated average delta.
 

@@ -38,7 +38,7 @@ from trio_websocket import (
 from mlitb import __version__
 from mlitb.errors import MlitbError
 from mlitb.nn import Net
-from mlitb.optim import Optimizer, from_wire, make_optimizer
+from mlitb.optim import Optimizer, from_wire
 from mlitb.protocol import (
     MAX_IDS_PER_MESSAGE,
     MAX_LARGE_TEXT_FRAME,
@@ -62,6 +62,7 @@ from mlitb.protocol import (
     encode_result,
     encode_text,
 )
+from mlitb.training import inner_hyperparameters, make_inner
 
 from ._cache import DataCache, IdArray, Shape
 from ._compute import (
@@ -688,15 +689,13 @@ class Worker:
         project's current hyperparameters, or a new one (first round, another optimizer or
         net size, or ``fresh``: deterministic rounds each start from zero). The master's
         schedule sets the learning rate, so the inner optimizer's own step decay is off."""
-        hp = from_wire({k: v for k, v in info.hyperparameters.items() if k != "lr_decay"})
+        hp = from_wire(info.hyperparameters)
         key = (info.optimizer, net.num_params)
         if fresh or self.inner is None or self._inner_key != key:
-            l1, l2 = net.decay_multipliers()
-            self.inner = make_optimizer(info.optimizer, net.num_params, **hp,
-                                        l1_mul=l1, l2_mul=l2)
+            self.inner = make_inner(info.optimizer, hp, net)
             self._inner_key = key
         else:
-            self.inner.set_hyperparameters(**hp)
+            self.inner.set_hyperparameters(**inner_hyperparameters(hp))
         return self.inner
 
     def _send_result(self, order: Work, result: ComputeResult) -> None:

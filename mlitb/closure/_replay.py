@@ -7,8 +7,9 @@ and the closure's augmentation, on one BLAS thread as node workers run; ``local`
 ``compute_local`` with a fresh inner optimizer at the step's scheduled learning rate), reduces
 the parts in the recorded order with the master's own reduce function and optimizer (at the
 step's schedule factor; ``local``: the outer optimizer from the origin's state), and compares
-the SHA-256 of the parameters with the recorded one. The training images come from upload zips, decoded exactly as the data server decodes
-them and matched to the closure's manifest by content hash.
+the SHA-256 of the parameters with the recorded one. The training images come from upload
+zips, decoded exactly as the data server decodes them and matched to the closure's manifest by
+content hash.
 """
 
 from __future__ import annotations
@@ -270,9 +271,8 @@ def _local_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnc
     steps on the averaged delta."""
     from ..master._reduce import reduce_parameter_deltas
     from ..nodes._compute import compute_local
-    from ..optim import make_optimizer
     from ..protocol import ResultKind
-    from ..training import make_outer
+    from ..training import make_inner, make_outer
 
     record = record_of(closure)
     origin, training = record.origin, closure.loop.training
@@ -280,10 +280,6 @@ def _local_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnc
     velocity = origin.outer_velocity if origin.outer_velocity is not None else \
         np.zeros(closure.num_params, np.float32)
     outer.load_state({"velocity": velocity.copy(), "step": origin.outer_step})
-    # The node's inner optimizer: the project's hyperparameters without the step decay (the
-    # schedule sets the rate), its own net's decay multipliers.
-    inner_hp = {k: v for k, v in origin.hyperparameters.items() if k != "lr_decay"}
-    l1, l2 = worker.decay_multipliers()
     # The master's inner template never steps, so its rate stays the origin's all record long.
     base_lr = float(origin.hyperparameters["learning_rate"])
     views = _Views(record, data)
@@ -292,8 +288,7 @@ def _local_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnc
         frames = []
         for share, samples in step.parts:
             worker.params = params.copy()
-            inner = make_optimizer(closure.optimizer_name, closure.num_params, **inner_hp,
-                                   l1_mul=l1.copy(), l2_mul=l2.copy())
+            inner = make_inner(closure.optimizer_name, origin.hyperparameters, worker)
             result = compute_local(worker, views[share], inner,
                                    learning_rate=base_lr * step.lr_scale,
                                    batch_size=training.batch_size, samples=samples,

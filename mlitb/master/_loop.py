@@ -1,4 +1,5 @@
-"""The event loop of one project (docs/architecture.md, "One iteration of a project"), as a trio task.
+"""The event loop of one project as a trio task (docs/architecture.md, "One iteration of a
+project").
 
 Each iteration: admit joiners, flush allocation changes, plan budgeted work orders, broadcast one
 parameters frame and the orders, wait for the results (or the deadline), reduce, autosave every

@@ -186,7 +186,8 @@ class Master:
         closure's keeps its state; another starts that optimizer afresh. ``hyperparameters``
         change the (kept or new) optimizer's. ``training``: None keeps the closure's; other
         settings (even another algorithm) start from here, with a fresh outer optimizer. A
-        deterministic project starts a new replay record here. Raises RequestError for a name in use or a closure that fails its checks.
+        deterministic project starts a new replay record here. Raises RequestError for a name
+        in use or a closure that fails its checks.
         """
         from ..closure import closure_from_dict
 
