@@ -4,6 +4,11 @@ project").
 Each iteration: admit joiners, flush allocation changes, plan budgeted work orders, broadcast one
 parameters frame and the orders, wait for the results (or the deadline), reduce, autosave every
 N iterations, and sleep until the iteration's T is up.
+
+An error inside one iteration stays in its project: a refused step (``StepRefused``: the reduced
+step was not finite) skips the step with an ``error`` event; anything else (a bug, a value no check
+caught) is logged with its traceback and pauses the project with the reason in an ``error`` event.
+The master and its other projects go on (docs/security.md).
 """
 
 from __future__ import annotations
@@ -30,49 +35,65 @@ async def run_project_loop(master: Master, name: str, scope: trio.CancelScope) -
     with scope:
         project = master.projects[name]
         while True:
+            try:
+                await run_iteration(master, name, project)
+            except Exception as exc:  # noqa: BLE001 (contained: the master must not go down)
+                log.exception("project %s: error in its event loop", name)
+                project.current = None
+                project.paused = True
+                master._event("error", f"project {name} paused: its event loop failed with "
+                              f"{type(exc).__name__}: {exc} (resume it to try again)", name)
+                master._save_soon(name)
+
+
+async def run_iteration(master: Master, name: str, project: Project) -> None:
+    """One pass of the loop: an iteration, or a wait while paused or without trainers."""
+    master._wakeups[name] = trio.Event()
+    start = master._now()
+    joined = project.admit_pending()
+    for w in joined:
+        master._event("joined", f"worker {w} admitted to project {name}'s data "
+                      "allocation", name, w)
+    flush_allocations(master, project)
+    if project.paused or not project.ready_trainers():
+        with trio.move_on_after(project.iteration_time):
+            await master._wakeups[name].wait()
+        return
+    it = project.plan_iteration(start)
+    frame = encode_parameters(project.net.params,
+                              parameter_version=project.parameter_version,
+                              iteration=project.iteration)
+    for w, order in it.orders.items():
+        conn = master.connections[w]
+        conn.send(frame)
+        conn.send(Work(iteration=project.iteration,
+                       parameter_version=project.parameter_version,
+                       seconds=order.seconds, samples=order.samples,
+                       learning_rate=order.learning_rate))
+    for w in project.of_role("tracker") + project.of_role("stats"):
+        master.connections[w].send(frame)
+    it.sent_at = master._now()
+    # Deterministic mode waits for every result (a worker that leaves drops its
+    # order); otherwise late workers do not hold the iteration hostage.
+    with trio.move_on_at(math.inf if project.deterministic else it.deadline):
+        while not it.complete():
+            await master._wakeups[name].wait()
             master._wakeups[name] = trio.Event()
-            start = master._now()
-            joined = project.admit_pending()
-            for w in joined:
-                master._event("joined", f"worker {w} admitted to project {name}'s data "
-                              "allocation", name, w)
-            flush_allocations(master, project)
-            if project.paused or not project.ready_trainers():
-                with trio.move_on_after(project.iteration_time):
-                    await master._wakeups[name].wait()
-                continue
-            it = project.plan_iteration(start)
-            frame = encode_parameters(project.net.params,
-                                      parameter_version=project.parameter_version,
-                                      iteration=project.iteration)
-            for w, order in it.orders.items():
-                conn = master.connections[w]
-                conn.send(frame)
-                conn.send(Work(iteration=project.iteration,
-                               parameter_version=project.parameter_version,
-                               seconds=order.seconds, samples=order.samples,
-                               learning_rate=order.learning_rate))
-            for w in project.of_role("tracker") + project.of_role("stats"):
-                master.connections[w].send(frame)
-            it.sent_at = master._now()
-            # Deterministic mode waits for every result (a worker that leaves drops its
-            # order); otherwise late workers do not hold the iteration hostage.
-            with trio.move_on_at(math.inf if project.deterministic else it.deadline):
-                while not it.complete():
-                    await master._wakeups[name].wait()
-                    master._wakeups[name] = trio.Event()
-            reduce_start = master._now()
-            summary = project.finish_iteration(reduce_start)
-            project.timing = dataclasses.replace(project.timing,
-                                                 reduce=master._now() - reduce_start)
-            if summary.workers < len(it.orders):
-                log.info("%s: %d of %d results by the deadline", name, summary.workers,
-                         len(it.orders))
-            if master.files is not None and project.iteration % master.autosave_every == 0:
-                # Between iterations, and before the next starts: a kill loses at most
-                # autosave_every iterations.
-                await master.save_project(name)
-            await trio.sleep_until(start + project.iteration_time)
+    reduce_start = master._now()
+    summary = project.finish_iteration(reduce_start)
+    project.timing = dataclasses.replace(project.timing,
+                                         reduce=master._now() - reduce_start)
+    if project.refused is not None:
+        master._event("error", f"project {name}: iteration {it.number}'s step was refused: "
+                      f"{project.refused}", name)
+    if summary.workers < len(it.orders):
+        log.info("%s: %d of %d results by the deadline", name, summary.workers,
+                 len(it.orders))
+    if master.files is not None and project.iteration % master.autosave_every == 0:
+        # Between iterations, and before the next starts: a kill loses at most
+        # autosave_every iterations.
+        await master.save_project(name)
+    await trio.sleep_until(start + project.iteration_time)
 
 
 def flush_allocations(master: Master, project: Project) -> None:

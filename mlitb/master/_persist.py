@@ -10,6 +10,7 @@ plain blocking file I/O; the master runs them in a thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from ..closure import Closure, load_closure, save_closure
+from .._files import atomic_write
+from ..closure import Closure, closure_from_dict, closure_to_dict, load_closure
+from ..closure._format import parse_closure_json
 from ..errors import ClosureError
 
 log = logging.getLogger("mlitb.master")
@@ -50,8 +53,16 @@ class ProjectFiles:
                       if not p.name.startswith("."))
 
     def save(self, closure: Closure) -> Path:
-        """Write the closure of ``closure.name`` atomically."""
-        return save_closure(closure, self.path(closure.name))
+        """Write the closure of ``closure.name`` atomically, after reading the text back as
+        ``load_closure`` will: a closure that could not be restored is never written (the
+        ``ClosureError`` says why; the previous file stays)."""
+        text = json.dumps(closure_to_dict(closure), indent=1, ensure_ascii=False,
+                          allow_nan=False)
+        try:
+            closure_from_dict(parse_closure_json(text))
+        except ClosureError as exc:
+            raise ClosureError(f"not written, it could not be read back: {exc}") from None
+        return atomic_write(self.path(closure.name), text + "\n")
 
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)

@@ -7,10 +7,12 @@ it passes in.
 
 from __future__ import annotations
 
+import math
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +22,7 @@ from ..nn import Net
 from ..optim import Optimizer
 from ..protocol import (
     MAX_HISTORY_POINTS,
+    MAX_U32,
     DataCounts,
     HistoryPoint,
     ProjectInfo,
@@ -38,10 +41,29 @@ from ._budget import BudgetConfig, BudgetPolicy
 from ._deterministic import Recorder
 from ._reduce import ReduceSummary, reduce_gradient_sums, reduce_parameter_deltas
 
+MAX_SAMPLES_PER_SECOND: Final = 1_000_000
+"""The most samples a result of a work order given in seconds may claim per second of the
+iteration (the fastest engine does a few thousand per second on the smallest nets): a larger claim
+is refused at intake, so no trainer weighs more than this however much it lies (docs/security.md)."""
+MAX_SAMPLES_TRAINED: Final = (1 << 53) - 1
+"""``samples_trained`` saturates here (a JSON-safe integer, the closure's ``count``)."""
+
 if TYPE_CHECKING:
     from ..closure import Closure, ReplayRecord
 
 Reducer = Callable[[Sequence[ResultFrame], np.ndarray, Optimizer], ReduceSummary]
+
+
+class Refusal(str):
+    """Why a result was refused (a str, so it reads as the message) and the protocol error code
+    the trainer is answered with."""
+
+    code: str
+
+    def __new__(cls, message: str, code: str = "stale_result") -> Refusal:
+        self = super().__new__(cls, message)
+        self.code = code
+        return self
 
 
 class LabelConflictError(MlitbError):
@@ -143,6 +165,8 @@ class Project:
         self.test_ids: list[int] = []
         self.labels_registered = False
         self.current: Iteration | None = None
+        self.refused: str | None = None
+        """Why the last iteration's step was refused (None: it stepped, or had nothing)."""
         self.history: deque[HistoryPoint] = deque(maxlen=MAX_HISTORY_POINTS)
         self.test_error: deque[StatsPoint] = deque(maxlen=MAX_HISTORY_POINTS)
         self.timing = Timing()
@@ -352,16 +376,27 @@ class Project:
                                  shares=shares, lr_scale=factor)
         return self.current
 
-    def accept_result(self, worker_id: int, frame: ResultFrame, now: float) -> str | None:
+    def max_samples(self, order: WorkOrder) -> int:
+        """The most samples a result of ``order`` may cover: the order's samples in
+        deterministic mode, else ``MAX_SAMPLES_PER_SECOND`` over the iteration's T."""
+        if order.samples is not None:
+            return order.samples
+        return math.ceil(MAX_SAMPLES_PER_SECOND * max(self.iteration_time, order.seconds or 0.0))
+
+    def accept_result(self, worker_id: int, frame: ResultFrame, now: float) -> Refusal | None:
         """Record a trainer's result; returns why it was refused, or None."""
         it = self.current
         if it is None or frame.parameter_version != it.parameter_version:
-            return (f"result for parameter version {frame.parameter_version} is stale "
-                    f"(current: {self.parameter_version})")
+            return Refusal(f"result for parameter version {frame.parameter_version} is stale "
+                           f"(current: {self.parameter_version})")
         if worker_id not in it.orders:
-            return "no work order is open for this worker"
+            return Refusal("no work order is open for this worker")
         if worker_id in it.results:
-            return "a result for this work order was already received"
+            return Refusal("a result for this work order was already received")
+        allowed = self.max_samples(it.orders[worker_id])
+        if frame.samples > allowed:
+            return Refusal(f"result.samples: {frame.samples} is more than the work order allows "
+                           f"({allowed}); the result was dropped", "invalid_value")
         it.results[worker_id] = (frame, now)
         return None
 
@@ -388,7 +423,13 @@ class Project:
             order = sorted(it.results)
         ordered = [it.results[w][0] for w in order]
         stepper = self.outer if self.outer is not None else self.optimizer
-        summary = self.reducer(ordered, self.net.params, stepper)
+        self.refused = None
+        try:
+            summary = self.reducer(ordered, self.net.params, stepper)
+        except MlitbError as exc:  # StepRefused (the reducers restore the model) or a bad value
+            self.refused = str(exc)
+            summary = ReduceSummary(samples=0, loss_sum=0.0, correct=0, workers=len(ordered),
+                                    stepped=False)
         if summary.stepped:
             kind = ResultKind.GRADIENT_SUM if self.outer is None else ResultKind.PARAMETER_DELTA
             if self.recorder is not None:
@@ -397,11 +438,16 @@ class Project:
                     if it.results[w][0].samples > 0 and w in it.shares
                     and it.results[w][0].kind is kind], self.net.params, it.lr_scale)
             self.parameter_version += 1
-            self.samples_trained += summary.samples
+            self.samples_trained = min(self.samples_trained + summary.samples,
+                                       MAX_SAMPLES_TRAINED)
             self.seconds_trained += max(0.0, now - it.started_at)
             accuracy = summary.correct / summary.samples if self.net.is_classifier else None
-            self.history.append(HistoryPoint(iteration=self.iteration, samples=summary.samples,
-                                             loss=summary.loss_sum / summary.samples,
+            loss = summary.loss_sum / summary.samples
+            # The wire's counters are u32 and its numbers finite: totals saturate.
+            self.history.append(HistoryPoint(iteration=min(self.iteration, MAX_U32),
+                                             samples=min(summary.samples, MAX_U32),
+                                             loss=loss if math.isfinite(loss)
+                                             else sys.float_info.max,
                                              accuracy=accuracy))
         self.iteration += 1
         computes = [f.compute_seconds for f, _ in it.results.values()]

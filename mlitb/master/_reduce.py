@@ -7,6 +7,11 @@ cover (so each sample weighs the same, whoever computed it) and lets the optimiz
 ``reduce_parameter_deltas`` averages them weighted by samples and lets the outer optimizer step
 on minus that average (``mlitb.training``). A later reducer (robust aggregation) has the same
 signature.
+
+Every reducer steps through ``guarded_step``: a step that would leave a non-finite value in the
+parameters or the optimizer's state (a float32 sum that overflowed, AdaGrad's accumulator of a
+1e30 gradient) is refused with ``StepRefused`` and the parameters and optimizer are left exactly
+as they were (docs/security.md).
 """
 
 from __future__ import annotations
@@ -16,8 +21,50 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import MlitbError, OptimizerError
 from ..optim import Optimizer
 from ..protocol import ResultFrame, ResultKind
+
+
+class StepRefused(MlitbError):
+    """The reduced step would have made the model or its optimizer non-finite; nothing changed."""
+
+
+def _finite(values: np.ndarray) -> bool:
+    return bool(np.isfinite(values).all())
+
+
+def guarded_step(optimizer: Optimizer, params: np.ndarray, direction: np.ndarray,
+                 what: str = "gradient") -> None:
+    """``optimizer.step(params, direction)``, committed only if every parameter and every
+    accumulator of the optimizer stays finite; otherwise ``StepRefused`` and the parameters,
+    the optimizer's state and its (decayed) learning rate are restored as they were."""
+    if not _finite(direction):
+        raise StepRefused(f"the reduced {what} is not finite (a float32 overflow of the "
+                          "results' sum?); the step was refused and the model kept as it was")
+    saved_params = params.copy()
+    saved_state = optimizer.state()
+    saved_hp = optimizer.hyperparameters()
+    reason = None
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            optimizer.step(params, direction)
+    except OptimizerError as exc:
+        reason = str(exc)
+    if reason is None:
+        if not _finite(params):
+            reason = "the step would make parameters NaN or infinite"
+        else:
+            bad = [k for k, v in optimizer.state().items()
+                   if isinstance(v, np.ndarray) and not _finite(v)]
+            if bad:
+                reason = (f"the step would make the {optimizer.name} state "
+                          f"{', '.join(bad)} NaN or infinite")
+    if reason is not None:
+        params[...] = saved_params
+        optimizer.load_state(saved_state)
+        optimizer.set_hyperparameters(**saved_hp)
+        raise StepRefused(f"{reason}; the step was refused and the model kept as it was")
 
 
 @dataclass(frozen=True)
@@ -54,10 +101,11 @@ def reduce_gradient_sums(results: Sequence[ResultFrame], params: np.ndarray,
         return summary
     samples = summary.samples
     total = np.zeros_like(params, dtype=np.float32)
-    for r in useful:  # a fixed order (the caller's) keeps the sum reproducible
-        total += r.vector
-    total /= np.float32(samples)
-    optimizer.step(params, total)
+    with np.errstate(over="ignore", invalid="ignore"):  # guarded_step refuses a non-finite sum
+        for r in useful:  # a fixed order (the caller's) keeps the sum reproducible
+            total += r.vector
+        total /= np.float32(samples)
+    guarded_step(optimizer, params, total)
     return summary
 
 
@@ -71,8 +119,9 @@ def reduce_parameter_deltas(results: Sequence[ResultFrame], params: np.ndarray,
         return summary
     samples = summary.samples
     total = np.zeros_like(params, dtype=np.float32)
-    for r in useful:  # the caller's order, for a reproducible sum
-        total += np.float32(r.samples) * r.vector
-    total /= np.float32(samples)
-    optimizer.step(params, np.negative(total))
+    with np.errstate(over="ignore", invalid="ignore"):  # guarded_step refuses a non-finite sum
+        for r in useful:  # the caller's order, for a reproducible sum
+            total += np.float32(r.samples) * r.vector
+        total /= np.float32(samples)
+    guarded_step(optimizer, params, np.negative(total), "parameter delta")
     return summary

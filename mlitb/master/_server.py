@@ -24,6 +24,8 @@ from ..errors import ClosureError, MlitbError, ModelFormatError, OptimizerError
 from ..nn import Net
 from ..optim import make_optimizer
 from ..protocol import (
+    MAX_BINARY_FRAME,
+    MAX_HELLO_FRAME,
     MAX_LARGE_TEXT_FRAME,
     MAX_TEXT_FRAME,
     CacheReport,
@@ -112,7 +114,8 @@ class Master:
                     self._start_loop(name)
                 server = await nursery.start(lambda task_status: serve_websocket(
                     self._handle, host, port, None, handler_nursery=nursery,
-                    max_message_size=MAX_LARGE_TEXT_FRAME, receive_buffer_size=256 * 1024,
+                    # Strangers get a small limit until their hello (``_welcome`` raises it).
+                    max_message_size=MAX_HELLO_FRAME, receive_buffer_size=64 * 1024,
                     message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
                 self.port = server.port
                 log.info("master listening on ws://%s:%d", host, server.port)
@@ -297,7 +300,9 @@ class Master:
                 return
             try:
                 snapshot = closure_from_project(project)  # copies, taken in the event loop
-            except MlitbError as exc:
+            except Exception as exc:  # noqa: BLE001 (an autosave never takes the master down)
+                if not isinstance(exc, MlitbError):
+                    log.exception("project %s: cannot snapshot its closure", name)
                 self._event("error", f"project {name}: cannot save its closure: {exc}", name)
                 return
             if project.created is None:
@@ -315,9 +320,11 @@ class Master:
 
             try:
                 await trio.to_thread.run_sync(write)
-            except (OSError, MlitbError) as exc:
-                self._event("error", f"project {name}: autosave to {files.path(name)} failed: "
-                            f"{exc}", name)
+            except Exception as exc:  # noqa: BLE001 (an autosave never takes the master down)
+                if not isinstance(exc, (OSError, MlitbError)):
+                    log.exception("project %s: autosave failed", name)
+                self._event("error", f"project {name}: autosave to {files.path(name)} failed "
+                            f"(the previous file is kept): {exc}", name)
             if self.projects.get(name) is not project:  # deleted while it was being written
                 files.remove(name)
 
@@ -403,6 +410,11 @@ class Master:
                 nursery.cancel_scope.deadline = self._now() + 2.0
         except ConnectionClosed:
             pass
+        except Exception:  # noqa: BLE001 (one connection's failure never stops the master)
+            log.exception("connection %s: unexpected error; closing it",
+                          conn.worker_id if conn is not None else "before hello")
+            if conn is not None:
+                conn.close_code, conn.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
         finally:
             if conn is not None:
                 self._forget(conn)
@@ -453,6 +465,11 @@ class Master:
                     f"{len(self.projects)} projects)")
                 raise WireError(what, code="unknown_project", close_code=CloseCode.NO_PROJECT)
             project = self.projects[name]
+        # The frame limit after the hello (trio-websocket reads it per message, so it holds
+        # from the next message on): large text for authorized operators, one result frame for
+        # trainers, MAX_TEXT_FRAME for everyone else.
+        ws._max_message_size = (MAX_LARGE_TEXT_FRAME if authorized else MAX_BINARY_FRAME
+                                if hello.role == "trainer" else MAX_TEXT_FRAME)
         worker_id = next(self._ids)
         conn = Connection(ws=ws, worker_id=worker_id, role=hello.role, client=hello.client,
                           host=hello.host, authorized=authorized,
@@ -550,6 +567,11 @@ class Master:
             except RequestError as exc:
                 conn.send(Error(code=exc.code, message=str(exc)[:2048],  # type: ignore[arg-type]
                                 request_id=request_id))
+            except Exception as exc:  # noqa: BLE001 (a bug answers "internal"; the master goes on)
+                log.exception("worker %d (%s): error handling a message", conn.worker_id,
+                              conn.host)
+                conn.send(Error(code="internal", message=f"the master failed on this message: "
+                                f"{type(exc).__name__}: {exc}"[:2048], request_id=request_id))
 
     def _on_frame(self, conn: Connection, data: bytes) -> None:
         if conn.role != "trainer":
@@ -563,7 +585,7 @@ class Master:
             raise WireError("workers send result frames only", code="bad_frame")
         refused = project.accept_result(conn.worker_id, frame, self._now())
         if refused is not None:
-            conn.send(Error(code="stale_result", message=refused))
+            conn.send(Error(code=refused.code, message=refused))  # type: ignore[arg-type]
         else:
             self._wake(project.name)
 
@@ -604,7 +626,11 @@ class Master:
                 manifest = self.manifest_provider(name)
             except MlitbError:  # no data stored yet
                 manifest = None
-        return closure_to_dict(closure_from_project(project, manifest))
+        try:
+            return closure_to_dict(closure_from_project(project, manifest))
+        except ClosureError as exc:
+            raise RequestError("internal", f"project {name}: its closure cannot be written: "
+                               f"{exc}") from None
 
     def status(self, project: str | None) -> Status:
         names = [project] if project is not None else list(self.projects)
@@ -616,11 +642,16 @@ class Master:
         """Send status snapshots to a subscriber until it unsubscribes or leaves."""
         while conn.subscription is not None and conn.worker_id in self.connections:
             name, interval = conn.subscription
-            snapshot = self.status(name)
-            missed = self._event_count - conn.events_seen
-            events = list(self._events)[-min(missed, len(self._events)):] if missed else []
-            conn.events_seen = self._event_count
-            snapshot = Status(time=snapshot.time, projects=snapshot.projects,
-                              events=tuple(events[-256:]))
-            conn.send(snapshot)
+            try:
+                snapshot = self.status(name)
+                missed = self._event_count - conn.events_seen
+                events = list(self._events)[-min(missed, len(self._events)):] if missed else []
+                conn.events_seen = self._event_count
+                snapshot = Status(time=snapshot.time, projects=snapshot.projects,
+                                  events=tuple(events[-256:]))
+                conn.send(snapshot)
+            except Exception as exc:  # noqa: BLE001 (a status that fails to encode is a bug)
+                log.exception("status for worker %d failed", conn.worker_id)
+                conn.send(Error(code="internal", message=f"the master could not send a status: "
+                                f"{type(exc).__name__}: {exc}"[:2048]))
             await trio.sleep(interval)

@@ -17,6 +17,11 @@ MAX_LARGE_TEXT_FRAME: Final = 64 << 20
 """Largest text frame of the large types (``create_project``, ``register_data``, ``status``,
 ``projects``, ``zoo``, ``model``): what the master accepts from authorized operators and what a client should
 accept from the master."""
+MAX_HELLO_FRAME: Final = 64 << 10
+"""Largest WebSocket message the master reads from a connection that has not said hello yet (a
+hello is far smaller); a larger one is closed with ``MESSAGE_TOO_BIG`` after at most this many
+bytes are buffered. After the welcome: ``MAX_LARGE_TEXT_FRAME`` for authorized operators,
+``MAX_BINARY_FRAME`` for trainers, ``MAX_TEXT_FRAME`` for everyone else."""
 MAX_PARAMETERS: Final = 8 << 20
 """Largest parameter vector a project may have: 8 Mi float32 values (32 MiB)."""
 MAX_BINARY_FRAME: Final = MAX_PARAMETERS * 4 + 64
@@ -100,7 +105,7 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008
     """The hello carried a wrong operator token."""
     MESSAGE_TOO_BIG = 1009
-    """A frame over its size limit."""
+    """A frame over its size limit (before the hello: over ``MAX_HELLO_FRAME``)."""
     INTERNAL_ERROR = 1011
     """The master failed on this connection; others are unaffected."""
     VERSION_MISMATCH = 4000
