@@ -13,7 +13,8 @@ from pathlib import Path
 import trio
 
 from .dataserver import InputShape, OnRegistered, Registration, Store, serve_data_server
-from .dataserver._app import CheckUpload
+from .dataserver import LabelConflictError
+from .dataserver._app import CheckUpload, PlanLabels
 from .errors import UploadError
 from .master import Master, ProjectFiles, RequestError
 
@@ -26,7 +27,7 @@ class ClusterAddress:
     data_url: str
 
 
-def _glue(master: Master) -> tuple[OnRegistered, CheckUpload]:
+def _glue(master: Master) -> tuple[OnRegistered, CheckUpload, PlanLabels]:
     def on_registered(registration: Registration) -> None:
         try:
             master.register_data(registration.project, registration.split,
@@ -41,7 +42,14 @@ def _glue(master: Master) -> tuple[OnRegistered, CheckUpload]:
         c, h, w = found.net.input_shape
         return InputShape(width=w, height=h, channels=c)
 
-    return on_registered, check_upload
+    def plan_labels(project: str, names: tuple[str, ...]) -> tuple[str, ...]:
+        # The store numbers labels as the model does, before anything is stored.
+        try:
+            return master.plan_labels(project, names)
+        except RequestError as exc:
+            raise LabelConflictError(str(exc)) from None
+
+    return on_registered, check_upload, plan_labels
 
 
 async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
@@ -52,21 +60,27 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
     """Run ``master`` and a data server over ``store`` until cancelled; reports the URLs.
 
     Data already in the store (from an earlier run) is registered again for projects the master
-    knows. ``public_host``: the host name workers should use (default: ``host``).
+    knows; data whose labels contradict the project's is left unregistered with an ``error``
+    event (the master starts all the same). Uploads are stored under the label list the
+    master's model numbers (``Master.plan_labels``), so their registration cannot conflict. ``public_host``: the host name workers should use (default: ``host``).
     """
-    on_registered, check_upload = _glue(master)
+    on_registered, check_upload, plan_labels = _glue(master)
     shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
     # The browser page reads the master's URL from /config.json; the port is known only later.
     client_config: dict[str, str] = {}
     async with trio.open_nursery() as nursery:
         bound_data = await nursery.start(lambda task_status: serve_data_server(
             store, host, data_port, task_status=task_status, on_registered=on_registered,
-            check_upload=check_upload, client_config=client_config))
+            check_upload=check_upload, plan_labels=plan_labels, client_config=client_config))
         master.data_url = f"http://{shown}:{bound_data}"
 
         def register_stored(project: str) -> None:
             if project in store.projects():
-                _reregister(master, store, project)
+                try:
+                    _reregister(master, store, project)
+                except RequestError as exc:  # a store written before labels were planned
+                    master._event("error", f"project {project}: its stored data was not "
+                                  f"registered: {exc}", project)
 
         for project in list(master.projects):
             register_stored(project)

@@ -24,6 +24,7 @@ from ._app import (
     CheckUpload,
     DataServer,
     OnRegistered,
+    PlanLabels,
     TooLargeError,
     decode_image,
 )
@@ -31,6 +32,7 @@ from ._archive import write_archive
 from ._client import DataClient, Progress
 from ._errors import (
     DataServerError,
+    LabelConflictError,
     ShapeMismatchError,
     StoreError,
     UnknownIdsError,
@@ -52,7 +54,7 @@ __all__ = [
     "DEFAULT_LIMITS", "DEFAULT_PORT", "IMAGE_FORMATS", "JUNK_NAMES", "MAX_BATCH_BYTES",
     "MAX_BATCH_IDS",
     "CheckUpload", "DataClient", "DataServer", "DataServerError", "DatasetInfo", "Decoded",
-    "InputShape", "OnRegistered", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
+    "InputShape", "LabelConflictError", "OnRegistered", "PlanLabels", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
     "StoreError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
     "decode_archive", "decode_image", "format_ids", "parse_ids", "serve_data_server", "write_archive",
 ]
@@ -67,6 +69,7 @@ async def serve_data_server(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     on_registered: OnRegistered | None = None,
     check_upload: CheckUpload | None = None,
+    plan_labels: PlanLabels | None = None,
     upload_token: str | None = None,
     limits: UploadLimits = DEFAULT_LIMITS,
     max_batch_ids: int = MAX_BATCH_IDS,
@@ -76,7 +79,8 @@ async def serve_data_server(
 ) -> None:
     """Serve ``store`` over HTTP until cancelled; report the bound port (useful with port 0).
 
-    ``on_registered``, ``check_upload``: the master's seams (see ``OnRegistered``, ``CheckUpload``).
+    ``on_registered``, ``check_upload``, ``plan_labels``: the master's seams (see
+    ``OnRegistered``, ``CheckUpload``, ``PlanLabels``).
     ``upload_token``: when set, uploads and deletes need ``Authorization: Bearer <token>``.
     ``static``: the browser client's folder (default: the package ``mlitb.browser``).
     ``client_config``: served as ``GET /config.json`` for the browser client (404 when None),
@@ -84,6 +88,7 @@ async def serve_data_server(
     after the server started.
     """
     server = DataServer(store, on_registered=on_registered, check_upload=check_upload,
+                        plan_labels=plan_labels,
                         upload_token=upload_token, limits=limits, max_batch_ids=max_batch_ids,
                         max_batch_bytes=max_batch_bytes, static=static,
                         client_config=client_config)

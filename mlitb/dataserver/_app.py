@@ -38,7 +38,13 @@ from mlitb.protocol import (
     encode_data_batch,
 )
 
-from ._errors import ShapeMismatchError, StoreError, UnknownIdsError, UnknownProjectError
+from ._errors import (
+    LabelConflictError,
+    ShapeMismatchError,
+    StoreError,
+    UnknownIdsError,
+    UnknownProjectError,
+)
 from ._ids import parse_ids
 from ._ingest import (
     DEFAULT_LIMITS,
@@ -56,6 +62,11 @@ CheckUpload = Callable[[str, str], InputShape | None]
 """Called with (project, split) before an upload is read: raise ``UploadError`` (400) or
 ``UnknownProjectError`` (404) to refuse it; return the project's input shape, if known, so the
 upload may omit width/height/channels (given ones must match)."""
+PlanLabels = Callable[[str, tuple[str, ...]], tuple[str, ...] | None]
+"""Called with (project, the label list the store would have after an upload: stored labels, then
+the upload's new ones) before the upload is stored: the label list the project's model numbers
+them by (the store adopts it), None to keep the store's own; raise ``LabelConflictError`` (409)
+to refuse the upload."""
 MAX_BATCH_IDS = 16_384
 MAX_BATCH_BYTES = 64 << 20
 MAX_ID_LIST_BYTES = 1 << 20
@@ -74,7 +85,7 @@ def _status(error: Exception) -> int:
         return 401
     if isinstance(error, (UnknownProjectError, UnknownIdsError)):
         return 404
-    if isinstance(error, ShapeMismatchError):
+    if isinstance(error, (ShapeMismatchError, LabelConflictError)):
         return 409
     if isinstance(error, StoreError) and isinstance(error.__cause__, OSError):
         return 500
@@ -104,7 +115,8 @@ class DataServer:
     """The request handlers and their configuration; ``app`` is the ASGI application."""
 
     def __init__(self, store: Store, *, on_registered: OnRegistered | None = None,
-                 check_upload: CheckUpload | None = None, upload_token: str | None = None, limits: UploadLimits = DEFAULT_LIMITS,
+                 check_upload: CheckUpload | None = None, plan_labels: PlanLabels | None = None,
+                 upload_token: str | None = None, limits: UploadLimits = DEFAULT_LIMITS,
                  max_batch_ids: int = MAX_BATCH_IDS, max_batch_bytes: int = MAX_BATCH_BYTES,
                  static: Traversable | None = None,
                  client_config: dict[str, Any] | None = None) -> None:
@@ -113,6 +125,7 @@ class DataServer:
         self.static_root = static or importlib.resources.files("mlitb.browser")
         self.on_registered = on_registered
         self.check_upload = check_upload
+        self.plan_labels = plan_labels
         self.upload_token = upload_token
         self.limits = limits
         self.max_batch_ids = min(max_batch_ids, MAX_IDS_PER_MESSAGE)
@@ -202,6 +215,12 @@ class DataServer:
             raise
         return path
 
+    def _labels_for(self, project: str, decoded: Decoded) -> tuple[str, ...] | None:
+        """The label list to store the upload under (``plan_labels``), or None."""
+        if self.plan_labels is None:
+            return None
+        return self.plan_labels(project, self.store.labels_with(project, decoded.label_names))
+
     async def _register(self, registration: Registration) -> None:
         if self.on_registered is not None:
             result = self.on_registered(registration)
@@ -245,8 +264,9 @@ class DataServer:
             async with self._upload_lock:
                 decoded = await trio.to_thread.run_sync(
                     decode_archive, path, shape, self.limits, abandon_on_cancel=True)
-                registration = await trio.to_thread.run_sync(
-                    self.store.add, project, decoded, _split(split))
+                labels = self._labels_for(project, decoded)
+                registration = await trio.to_thread.run_sync(partial(
+                    self.store.add, project, decoded, _split(split), labels=labels))
         finally:
             await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
         return await self._registered(registration, decoded)
@@ -289,8 +309,9 @@ class DataServer:
         async with self._upload_lock:
             decoded = await trio.to_thread.run_sync(
                 decode_image, data, label, shape, self.limits, name[:200])
-            registration = await trio.to_thread.run_sync(
-                self.store.add, project, decoded, _split(split))
+            labels = self._labels_for(project, decoded)
+            registration = await trio.to_thread.run_sync(partial(
+                self.store.add, project, decoded, _split(split), labels=labels))
         return await self._registered(registration, decoded)
 
     async def config(self, request: Request) -> Response:

@@ -29,6 +29,11 @@ class ShapeMismatchError(StoreError):
     """An upload's input shape differs from the shape the project's dataset already has."""
 
 
+class LabelConflictError(StoreError):
+    """An upload's labels cannot be given the indices the project's model uses for them (the
+    store's label list is not a prefix of the model's); refused before anything is stored."""
+
+
 class DataServerError(MlitbError):
     """``DataClient``: the data server answered with an error status; ``status`` is the HTTP status
     and the message is the server's own (``{"error": ...}``)."""

@@ -33,7 +33,13 @@ import numpy.typing as npt
 from mlitb.protocol import MAX_LABELS, MAX_NAME_LENGTH, MAX_U32
 
 from . import _files
-from ._errors import ShapeMismatchError, StoreError, UnknownIdsError, UnknownProjectError
+from ._errors import (
+    LabelConflictError,
+    ShapeMismatchError,
+    StoreError,
+    UnknownIdsError,
+    UnknownProjectError,
+)
 from ._files import FORMAT, RECORD
 from ._ids import format_ids
 from ._ingest import Decoded, InputShape
@@ -163,8 +169,22 @@ class Store:
                 "sha256": [hashes[i:i + 64] for i in range(0, len(hashes), 64)]}
 
     # -- writing --------------------------------------------------------------------------------
-    def add(self, project: str, decoded: Decoded, split: Split = "train") -> Registration:
-        """Append a decoded upload as new ids; all of it is committed, or none of it."""
+    def labels_with(self, project: str, names: Sequence[str]) -> tuple[str, ...]:
+        """The project's label list as ``add`` would make it for an upload naming ``names``
+        (the stored labels, then the new ones in the upload's order)."""
+        state = self._projects.get(project)
+        labels: tuple[str, ...] = () if state is None else state.labels
+        return labels + tuple(name for name in names if name not in labels)
+
+    def add(self, project: str, decoded: Decoded, split: Split = "train", *,
+            labels: Sequence[str] | None = None) -> Registration:
+        """Append a decoded upload as new ids; all of it is committed, or none of it.
+
+        ``labels``: the project's label list as its model numbers it (the master's
+        ``plan_labels``): the stored labels must be a prefix of it and it must name every label
+        of the upload; it becomes the stored list (before any new label of the upload), so a
+        label's index here is its output's index in the model. Otherwise
+        ``LabelConflictError`` and nothing is stored."""
         check_project_name(project)
         if split not in SPLITS:
             raise StoreError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -181,8 +201,15 @@ class Store:
             first = 0 if old is None else old.count
             if first + n - 1 > MAX_U32:
                 raise StoreError(f"project {project!r}: {n} more ids would pass the largest id")
-            labels: tuple[str, ...] = () if old is None else old.labels
-            labels += tuple(name for name in decoded.label_names if name not in labels)
+            stored: tuple[str, ...] = () if old is None else old.labels
+            if labels is not None:
+                planned = tuple(labels)
+                if planned[:len(stored)] != stored or len(set(planned)) != len(planned):
+                    raise LabelConflictError(
+                        f"project {project!r}: the stored labels {list(stored[:8])} are not "
+                        f"the model's {list(planned[:8])} in the same order; nothing was stored")
+                stored = planned
+            labels = stored + tuple(name for name in decoded.label_names if name not in stored)
             if len(labels) > MAX_LABELS:
                 raise StoreError(f"project {project!r}: {len(labels)} labels, over the limit "
                                  f"of {MAX_LABELS}")

@@ -276,6 +276,20 @@ class Project:
         return "running" if self.trainers() or self.pending_joins else "waiting"
 
     # -- data -------------------------------------------------------------------------------------
+    def plan_labels(self, names: Sequence[str]) -> list[str]:
+        """The label list to store data naming ``names`` (the data's whole label list) under,
+        so that each label's index is its output's index here: this project's labels as
+        ``register_labels`` will leave them (a first upload renames the outputs it names), then
+        the labels it does not have yet (outputs that will be added). Registering the result
+        never conflicts. Nothing changes here."""
+        names, old = list(names), list(self.net.labels)
+        base = old
+        if not self.labels_registered:
+            renamed = names[:len(old)] + [x for x in old[len(names):] if x not in names]
+            if len(set(renamed)) == len(renamed) == len(old):
+                base = renamed
+        return base + [name for name in names if name not in base]
+
     def register_labels(self, names: Sequence[str]) -> list[int]:
         """Adopt the data server's label list (append-only, so index i is the same everywhere).
 

@@ -350,6 +350,11 @@ class Master:
             raise RequestError("unknown_project", f"no project named {name!r}")
         return project
 
+    def plan_labels(self, name: str, names: Sequence[str]) -> tuple[str, ...]:
+        """The label list the data server stores an upload naming ``names`` under
+        (``Project.plan_labels``): registering it afterwards cannot conflict."""
+        return tuple(self._project(name).plan_labels(names))
+
     def register_data(self, name: str, split: str, ids: Sequence[int],
                       label_names: Sequence[str]) -> Project:
         """Called (directly, or through ``register_data`` messages) by the data server."""
