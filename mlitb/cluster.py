@@ -12,7 +12,15 @@ from pathlib import Path
 
 import trio
 
-from .dataserver import InputShape, OnRegistered, Registration, Store, serve_data_server
+from .dataserver import (
+    DEFAULT_LIMITS,
+    InputShape,
+    OnRegistered,
+    Registration,
+    Store,
+    UploadLimits,
+    serve_data_server,
+)
 from .dataserver import LabelConflictError
 from .dataserver._app import CheckUpload, PlanLabels
 from .errors import UploadError
@@ -55,12 +63,13 @@ def _glue(master: Master) -> tuple[OnRegistered, CheckUpload, PlanLabels]:
 async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
                         port: int = 8000, data_port: int = 8001, *,
                         public_host: str | None = None,
+                        limits: UploadLimits = DEFAULT_LIMITS,
                         task_status: trio.TaskStatus[ClusterAddress] = trio.TASK_STATUS_IGNORED,
                         ) -> None:
     """Run ``master`` and a data server over ``store`` until cancelled; reports the URLs.
 
     Data already in the store (from an earlier run) is registered again for projects the master
-    knows; data whose labels contradict the project's is left unregistered with an ``error``
+    knows (``limits``: the data server's upload limits); data whose labels contradict the project's is left unregistered with an ``error``
     event (the master starts all the same). Uploads are stored under the label list the
     master's model numbers (``Master.plan_labels``), so their registration cannot conflict. ``public_host``: the host name workers should use (default: ``host``).
     """
@@ -71,7 +80,8 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
     async with trio.open_nursery() as nursery:
         bound_data = await nursery.start(lambda task_status: serve_data_server(
             store, host, data_port, task_status=task_status, on_registered=on_registered,
-            check_upload=check_upload, plan_labels=plan_labels, client_config=client_config))
+            check_upload=check_upload, plan_labels=plan_labels, client_config=client_config,
+            limits=limits))
         master.data_url = f"http://{shown}:{bound_data}"
 
         def register_stored(project: str) -> None:

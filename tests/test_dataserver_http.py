@@ -51,12 +51,20 @@ class Server:
 
     async def request(self, method: str, path: str, body: Any = None,
                       headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-        """A raw request in a thread; JSON bodies are parsed."""
+        """A raw request in a thread; JSON bodies are parsed. Writes get the content type the
+        data server asks of them unless ``headers`` name one."""
+        headers = dict(headers or {})
+        if method == "POST" and not any(k.lower() == "content-type" for k in headers):
+            if "/uploads" in path:
+                headers["Content-Type"] = "application/zip"
+            elif "/images" in path:
+                headers["Content-Type"] = "image/png"
+
         def run() -> tuple[int, Any, dict[str, str]]:
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
             try:
                 try:
-                    connection.request(method, path, body=body, headers=headers or {})
+                    connection.request(method, path, body=body, headers=headers)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # refused before the body was read: the answer is still there
                 response = connection.getresponse()
@@ -238,7 +246,8 @@ async def test_a_client_gone_mid_upload_leaves_nothing(tmp_path: Path,
         async with open_server(tmp_path / "s") as server:
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
             await stream.send_all(f"POST /projects/p/uploads?{SHAPE_QUERY} HTTP/1.1\r\n"
-                                  "Host: x\r\nContent-Length: 100000\r\n\r\n".encode()
+                                  "Host: x\r\nContent-Type: application/zip\r\n"
+                                  "Content-Length: 100000\r\n\r\n".encode()
                                   + bytes(3000))
             while not list(server.store.tmp_dir.iterdir()):  # the spool file exists...
                 await trio.sleep(0.01)

@@ -19,6 +19,7 @@ from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
 from ._app import (
+    BODY_TIMEOUT,
     MAX_BATCH_BYTES,
     MAX_BATCH_IDS,
     CheckUpload,
@@ -76,12 +77,14 @@ async def serve_data_server(
     max_batch_bytes: int = MAX_BATCH_BYTES,
     static: Traversable | None = None,
     client_config: dict[str, Any] | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> None:
     """Serve ``store`` over HTTP until cancelled; report the bound port (useful with port 0).
 
     ``on_registered``, ``check_upload``, ``plan_labels``: the master's seams (see
     ``OnRegistered``, ``CheckUpload``, ``PlanLabels``).
     ``upload_token``: when set, uploads and deletes need ``Authorization: Bearer <token>``.
+    ``body_timeout``: seconds a request body may stall before it is answered 408.
     ``static``: the browser client's folder (default: the package ``mlitb.browser``).
     ``client_config``: served as ``GET /config.json`` for the browser client (404 when None),
     e.g. ``{"master_url": "ws://HOST:8000"}``; read at every request, so it may be filled in
@@ -91,7 +94,7 @@ async def serve_data_server(
                         plan_labels=plan_labels,
                         upload_token=upload_token, limits=limits, max_batch_ids=max_batch_ids,
                         max_batch_bytes=max_batch_bytes, static=static,
-                        client_config=client_config)
+                        client_config=client_config, body_timeout=body_timeout)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

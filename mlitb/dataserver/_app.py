@@ -15,7 +15,7 @@ import logging
 import mimetypes
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -40,6 +40,7 @@ from mlitb.protocol import (
 
 from ._errors import (
     LabelConflictError,
+    ProjectDeletedError,
     ShapeMismatchError,
     StoreError,
     UnknownIdsError,
@@ -53,6 +54,7 @@ from ._ingest import (
     UploadLimits,
     _decode_into,
     decode_archive,
+    nfc,
 )
 from ._store import SPLITS, Registration, Split, Store, check_project_name
 
@@ -71,6 +73,11 @@ MAX_BATCH_IDS = 16_384
 MAX_BATCH_BYTES = 64 << 20
 MAX_ID_LIST_BYTES = 1 << 20
 _SPOOL_CHUNK = 1 << 20
+BODY_TIMEOUT = 30.0
+"""Seconds a request body may go without sending a byte before it is answered 408."""
+SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data",
+                                  "text/plain"})
+"""Content types another web page may POST here without a CORS preflight: writes refuse them."""
 log = logging.getLogger(__name__)
 
 
@@ -78,14 +85,30 @@ class TooLargeError(MlitbError):
     """A request body was over its limit (answered 413)."""
 
 
+class BodyTimeoutError(MlitbError):
+    """A request body stalled for longer than the body timeout (answered 408)."""
+
+
+class CrossOriginError(MlitbError):
+    """A write that another web page could have sent (answered 403 or 415)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _status(error: Exception) -> int:
     if isinstance(error, TooLargeError):
         return 413
+    if isinstance(error, BodyTimeoutError):
+        return 408
+    if isinstance(error, CrossOriginError):
+        return error.status
     if isinstance(error, AuthError):
         return 401
     if isinstance(error, (UnknownProjectError, UnknownIdsError)):
         return 404
-    if isinstance(error, (ShapeMismatchError, LabelConflictError)):
+    if isinstance(error, (ShapeMismatchError, LabelConflictError, ProjectDeletedError)):
         return 409
     if isinstance(error, StoreError) and isinstance(error.__cause__, OSError):
         return 500
@@ -119,8 +142,10 @@ class DataServer:
                  upload_token: str | None = None, limits: UploadLimits = DEFAULT_LIMITS,
                  max_batch_ids: int = MAX_BATCH_IDS, max_batch_bytes: int = MAX_BATCH_BYTES,
                  static: Traversable | None = None,
-                 client_config: dict[str, Any] | None = None) -> None:
+                 client_config: dict[str, Any] | None = None,
+                 body_timeout: float = BODY_TIMEOUT) -> None:
         self.store = store
+        self.body_timeout = body_timeout
         self.client_config = client_config
         self.static_root = static or importlib.resources.files("mlitb.browser")
         self.on_registered = on_registered
@@ -148,6 +173,40 @@ class DataServer:
             HTTPException: _error_response, MlitbError: _error_response})
 
     # -- helpers --------------------------------------------------------------------------------
+    def _check_write(self, request: Request, *, body: bool = True) -> None:
+        """Refuse a write another web page could make a visitor's browser send (CSRF): an
+        ``Origin`` other than this server's, or (with a body) a content type a page may POST
+        without a CORS preflight. This server sends no CORS headers, so a cross-origin request
+        of any other type never gets past the browser's preflight."""
+        origin = request.headers.get("origin")
+        if origin is not None:
+            own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+            if origin.rstrip("/").lower() != own.lower():
+                raise CrossOriginError(f"a write from another origin ({origin[:100]!r}) is "
+                                       "refused: upload from this server's page, the CLI or "
+                                       "the API", 403)
+        if body:
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if not kind or kind in SIMPLE_CONTENT_TYPES:
+                raise CrossOriginError(f"a write needs the body's own Content-Type "
+                                       f"(application/zip for an upload, the image's type for "
+                                       f"one image), got {kind[:60] or 'none'!r}", 415)
+
+    async def _body(self, request: Request) -> AsyncIterator[bytes]:
+        """The request body's chunks; ``BodyTimeoutError`` when none comes for
+        ``body_timeout`` seconds."""
+        chunks = request.stream().__aiter__()
+        while True:
+            with trio.move_on_after(self.body_timeout) as waited:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+            if waited.cancelled_caught:
+                raise BodyTimeoutError(f"the request body stalled for {self.body_timeout:g} s; "
+                                       "nothing was stored")
+            yield chunk
+
     def _authorize(self, request: Request) -> None:
         if self.upload_token is None:
             return
@@ -198,7 +257,7 @@ class DataServer:
         try:
             async with trio.wrap_file(os.fdopen(fd, "wb")) as file:
                 size, pending = 0, bytearray()
-                async for chunk in request.stream():
+                async for chunk in self._body(request):
                     size += len(chunk)
                     if size > limit:
                         raise TooLargeError(f"the upload is over the limit of {limit} bytes")
@@ -220,6 +279,17 @@ class DataServer:
         if self.plan_labels is None:
             return None
         return self.plan_labels(project, self.store.labels_with(project, decoded.label_names))
+
+    async def _store(self, project: str, split: str, decoded: Decoded,
+                     generation: int) -> Registration:
+        """Store a decoded upload, unless its project was deleted (here or on the master)
+        while it was being read and decoded: then nothing is stored."""
+        if self.check_upload is not None:
+            self.check_upload(project, split)  # the master's project is still there
+        labels = self._labels_for(project, decoded)
+        return await trio.to_thread.run_sync(partial(
+            self.store.add, project, decoded, _split(split), labels=labels,
+            generation=generation))
 
     async def _register(self, registration: Registration) -> None:
         if self.on_registered is not None:
@@ -248,25 +318,26 @@ class DataServer:
 
     async def delete_project(self, request: Request) -> Response:
         self._authorize(request)
+        self._check_write(request, body=False)
         project = self._project(request)
         await trio.to_thread.run_sync(self.store.delete, project)
         return JSONResponse({"deleted": project})
 
     async def upload(self, request: Request) -> Response:
         self._authorize(request)
+        self._check_write(request)
         project = self._project(request)
         split = request.query_params.get("split", "train")
         if split not in SPLITS:
             raise UploadError(f"split must be 'train' or 'test', got {split[:20]!r}")
         shape = self._upload_shape(request, project, split)
+        generation = self.store.generation(project)
         path = await self._spool(request)
         try:
             async with self._upload_lock:
                 decoded = await trio.to_thread.run_sync(
                     decode_archive, path, shape, self.limits, abandon_on_cancel=True)
-                labels = self._labels_for(project, decoded)
-                registration = await trio.to_thread.run_sync(partial(
-                    self.store.add, project, decoded, _split(split), labels=labels))
+                registration = await self._store(project, split, decoded, generation)
         finally:
             await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
         return await self._registered(registration, decoded)
@@ -281,7 +352,11 @@ class DataServer:
         try:
             await self._register(registration)
         except Exception as error:  # the data is stored; say so, and that the master missed it
-            log.exception("registering ids %d-%d of %r failed", ids[0], ids[-1], project)
+            if isinstance(error, MlitbError):
+                log.error("registering ids %d-%d of %r failed: %s", ids[0], ids[-1], project,
+                          error)
+            else:
+                log.exception("registering ids %d-%d of %r failed", ids[0], ids[-1], project)
             body["error"] = (f"stored as ids {ids[0]}-{ids[-1]}, but registering them with the "
                              f"master failed: {error}")
             return JSONResponse(body, status_code=502)
@@ -291,6 +366,7 @@ class DataServer:
         """One labelled image as the raw body (the browser's "teach"): validated and converted
         like an image in a zip, stored as one new id, registered like an upload."""
         self._authorize(request)
+        self._check_write(request)
         project = self._project(request)
         split = request.query_params.get("split", "train")
         if split not in SPLITS:
@@ -299,19 +375,19 @@ class DataServer:
         if not 1 <= len(label) <= MAX_LABEL_LENGTH or not label.isprintable():
             raise UploadError(f"label must be 1-{MAX_LABEL_LENGTH} printable characters, got "
                               f"{label[:20]!r}")
+        label = nfc(label)
         name = request.query_params.get("name", "") or "the image"
         shape = self._upload_shape(request, project, split)
+        generation = self.store.generation(project)
         limit = self.limits.max_file_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdecimal() and int(declared) > limit:
             raise TooLargeError(f"the image is {declared} bytes, over the limit of {limit}")
-        data = await _read_small_body(request, limit, "the image")
+        data = await _read_small_body(self._body(request), limit, "the image")
         async with self._upload_lock:
             decoded = await trio.to_thread.run_sync(
                 decode_image, data, label, shape, self.limits, name[:200])
-            labels = self._labels_for(project, decoded)
-            registration = await trio.to_thread.run_sync(partial(
-                self.store.add, project, decoded, _split(split), labels=labels))
+            registration = await self._store(project, split, decoded, generation)
         return await self._registered(registration, decoded)
 
     async def config(self, request: Request) -> Response:
@@ -328,7 +404,8 @@ class DataServer:
         if shape is None:
             raise UnknownProjectError(f"project {project!r}: no data has been uploaded")
         if request.method == "POST":
-            text = (await _read_small_body(request, MAX_ID_LIST_BYTES)).decode("ascii", "replace")
+            text = (await _read_small_body(self._body(request), MAX_ID_LIST_BYTES)
+                    ).decode("ascii", "replace")
         else:
             text = request.query_params.get("ids", "")
         max_count = self.max_ids(shape)
@@ -380,9 +457,10 @@ def _split(value: str) -> Split:
     return "test" if value == "test" else "train"
 
 
-async def _read_small_body(request: Request, limit: int, what: str = "the id list") -> bytes:
+async def _read_small_body(chunks: AsyncIterator[bytes], limit: int,
+                           what: str = "the id list") -> bytes:
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         body += chunk
         if len(body) > limit:
             hint = "; split the request" if what == "the id list" else ""

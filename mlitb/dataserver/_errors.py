@@ -34,6 +34,10 @@ class LabelConflictError(StoreError):
     store's label list is not a prefix of the model's); refused before anything is stored."""
 
 
+class ProjectDeletedError(StoreError):
+    """The project was deleted while an upload to it was being read or decoded."""
+
+
 class DataServerError(MlitbError):
     """``DataClient``: the data server answered with an error status; ``status`` is the HTTP status
     and the message is the server's own (``{"error": ...}``)."""

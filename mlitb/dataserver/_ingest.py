@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import stat
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -72,8 +73,10 @@ class UploadLimits:
 
     max_archive_bytes: int = 1 << 30
     """Size of the zip file itself (the HTTP layer stops spooling past it: 413)."""
-    max_entries: int = 200_000
-    """Entries in the central directory, folders and junk included."""
+    max_entries: int = 60_000
+    """Entries in the central directory, folders and junk included: the real need is CIFAR-10's
+    50,000 training images (and their folders) in one zip; an operator raises it for larger
+    archives or lowers it (docs/security.md). Checked before any entry is looked at."""
     max_file_bytes: int = 16 << 20
     """Uncompressed size of one entry."""
     max_total_bytes: int = 2 << 30
@@ -119,9 +122,19 @@ class _Entry:
 
 
 # -- pass 1: the central directory --------------------------------------------------------------
+def nfc(text: str) -> str:
+    """Unicode NFC: one spelling of a name however the archiver wrote it (``café`` in NFC and in
+    NFD is one label)."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _check_name(info: zipfile.ZipInfo) -> list[str]:
-    """The entry's path components; raise for anything that could escape or confuse the layout."""
-    name = info.filename
+    """The entry's path components (NFC); raise for anything that could escape or confuse the
+    layout."""
+    if "\0" in info.orig_filename:  # zipfile cuts the name at a NUL: look at the raw one
+        raise UploadError(f"{info.orig_filename!r}: a NUL character is not allowed in entry "
+                          "names")
+    name = nfc(info.filename)
     if "\\" in name:
         raise UploadError(f"{name!r}: backslashes are not allowed in entry names")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -184,9 +197,11 @@ def plan_archive(zf: zipfile.ZipFile, archive_bytes: int, limits: UploadLimits) 
     total = 0
     for info in infos:
         parts = _check_name(info)
-        if info.filename in seen:
-            raise UploadError(f"{info.filename!r}: appears twice in the archive")
-        seen.add(info.filename)
+        name = "/".join(parts)
+        if name in seen:
+            raise UploadError(f"{info.filename!r}: appears twice in the archive (names are "
+                              "compared in Unicode NFC)")
+        seen.add(name)
         if info.is_dir() or _is_junk(parts):
             continue
         if info.file_size > limits.max_file_bytes:

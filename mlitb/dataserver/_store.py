@@ -35,6 +35,7 @@ from mlitb.protocol import MAX_LABELS, MAX_NAME_LENGTH, MAX_U32
 from . import _files
 from ._errors import (
     LabelConflictError,
+    ProjectDeletedError,
     ShapeMismatchError,
     StoreError,
     UnknownIdsError,
@@ -113,6 +114,7 @@ class Store:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._projects: dict[str, _Project] = {}
+        self._generations: dict[str, int] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir()
@@ -176,8 +178,13 @@ class Store:
         labels: tuple[str, ...] = () if state is None else state.labels
         return labels + tuple(name for name in names if name not in labels)
 
+    def generation(self, project: str) -> int:
+        """How many times the project was deleted: ``add(generation=...)`` refuses an upload
+        that began before a delete."""
+        return self._generations.get(project, 0)
+
     def add(self, project: str, decoded: Decoded, split: Split = "train", *,
-            labels: Sequence[str] | None = None) -> Registration:
+            labels: Sequence[str] | None = None, generation: int | None = None) -> Registration:
         """Append a decoded upload as new ids; all of it is committed, or none of it.
 
         ``labels``: the project's label list as its model numbers it (the master's
@@ -193,6 +200,9 @@ class Store:
             raise StoreError(f"project {project!r}: an upload needs at least one image")
         shape = InputShape.from_array_shape(decoded.images.shape[1:])
         with self._lock:
+            if generation is not None and generation != self.generation(project):
+                raise ProjectDeletedError(f"project {project!r} was deleted while this upload "
+                                          "was being read; nothing was stored")
             old = self._projects.get(project)
             if old is not None and old.shape != shape:
                 raise ShapeMismatchError(
@@ -256,6 +266,7 @@ class Store:
         with self._lock:
             self._project(project)
             del self._projects[project]
+            self._generations[project] = self.generation(project) + 1
             grave = self.tmp_dir / f"deleted-{project}-{uuid.uuid4().hex}"
             os.replace(self.root / project, grave)
         shutil.rmtree(grave, ignore_errors=True)
