@@ -180,8 +180,9 @@ class DataServer:
         of any other type never gets past the browser's preflight."""
         origin = request.headers.get("origin")
         if origin is not None:
-            own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-            if origin.rstrip("/").lower() != own.lower():
+            # Host and port only: behind a TLS proxy the scheme seen here is http.
+            host = origin.split("://", 1)[-1].rstrip("/").lower()
+            if host != request.headers.get("host", "").lower():
                 raise CrossOriginError(f"a write from another origin ({origin[:100]!r}) is "
                                        "refused: upload from this server's page, the CLI or "
                                        "the API", 403)
