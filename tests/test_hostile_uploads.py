@@ -3,7 +3,6 @@ the store as it was and answers with a clear error."""
 
 from __future__ import annotations
 
-import io
 import logging
 import unicodedata
 import zipfile
@@ -11,14 +10,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_dataserver_http import SHAPE_QUERY, dataset, open_server, png, zip_of
+from test_dataserver_http import RGB8, SHAPE_QUERY, dataset, open_server, png, zip_of
 
 from mlitb.cluster import open_store, serve_cluster
 from mlitb.dataserver import DEFAULT_LIMITS, UploadLimits, decode_archive
 from mlitb.errors import UploadError
 from mlitb.master import Master
-
-from test_dataserver_http import RGB8  # noqa: I001
 
 UPLOAD = f"/projects/p/uploads?{SHAPE_QUERY}"
 
