@@ -669,3 +669,28 @@ async def test_save_asks_for_a_directory_and_names_the_absolute_path(
             assert not list(cwd.iterdir())
             await until(pilot, lambda: any(str(target.resolve()) in n.message
                                            for n in app._notifications), "the full path")
+
+
+@pytest.mark.asyncio
+async def test_upload_shows_the_server_decoding_once_every_byte_is_sent(tmp_path: Path) -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app()
+        backend.upload_delay = 0.4  # the replay answers a while after the last byte
+        archive = tmp_path / "train.zip"
+        archive.write_bytes(b"PK" + bytes(4000))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("u")
+            await until(pilot, lambda: isinstance(app.screen, UploadDialog), "dialog")
+            dialog = app.screen
+            assert isinstance(dialog, UploadDialog)
+            dialog.query_one("#field-archive", FormField).value = str(archive)
+            await pilot.press("enter")
+            await until(pilot, lambda: dialog.stage == "decoding", "the decoding stage")
+            bar = dialog.query_one("#progress")
+            assert bar.total is None  # type: ignore[attr-defined]  # moving, not stuck at 100%
+            status = str(dialog.query_one("#upload-status").render())
+            assert "the data server is decoding and storing the images" in status
+            await until(pilot, lambda: dialog.result is not None, "the answer")
+            assert dialog.stage == "done" and bar.percentage == 1.0  # type: ignore[attr-defined]
+            assert "stored 100" in str(dialog.query_one("#upload-status").render())
