@@ -31,7 +31,7 @@ class Prediction:
     outputs: tuple[float, ...]
 
 
-def _not_an_image(name: str, data: bytes, formats: Sequence[str]) -> ImageError | None:
+def _not_an_image(name: str, data: bytes, formats: tuple[str, ...]) -> ImageError | None:
     """An ``ImageError`` naming ``name`` when Pillow recognises none of ``formats`` in ``data``
     (a text file, say), saying what the file looks like instead; None for an image."""
     import io
