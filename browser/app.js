@@ -133,6 +133,20 @@ function selectProject(name, navigate = true, view = null) {
   renderAll();
 }
 
+/** How many workers of each role: {trainer, stats, tracker}. */
+function roleCounts(workers) {
+  const counts = { trainer: 0, stats: 0, tracker: 0 };
+  for (const w of workers) counts[w.role] = (counts[w.role] || 0) + 1;
+  return counts;
+}
+
+function describeRoles(c) {
+  const parts = [`${fmt.int(c.trainer)} trainer${c.trainer === 1 ? "" : "s"}`];
+  if (c.stats) parts.push(`${fmt.int(c.stats)} stats`);
+  if (c.tracker) parts.push(`${fmt.int(c.tracker)} tracker${c.tracker === 1 ? "" : "s"}`);
+  return parts.join(" · ");
+}
+
 function summaryOf(name) { return state.projects.find((p) => p.name === name) || null; }
 
 let shownProjects = null;
@@ -140,7 +154,8 @@ function renderProjects() {
   const list = $("#project-list"), empty = $("#projects-empty");
   const link = state.link;
   // Re-render only what changed, so a click never lands on a card being replaced.
-  const key = JSON.stringify([link.state, state.projectsLoaded, state.project, state.projects]);
+  const roles = state.status ? roleCounts(state.status.workers) : null;
+  const key = JSON.stringify([link.state, state.projectsLoaded, state.project, state.projects, roles]);
   if (key === shownProjects) return;
   shownProjects = key;
   list.replaceChildren();
@@ -165,7 +180,9 @@ function renderProjects() {
       h("dl", { class: "facts" },
         h("dt", {}, "iteration"), h("dd", {}, fmt.int(p.iteration)),
         h("dt", {}, "T"), h("dd", {}, `${p.iteration_time} s`),
-        h("dt", {}, "trainers"), h("dd", {}, fmt.int(p.workers)),
+        // The summary counts every connection; the selected project's status tells the roles.
+        h("dt", {}, "workers"), h("dd", { class: "workers", title: "connections of every role: trainers, stats workers, trackers" },
+          selected && roles ? describeRoles(roles) : `${fmt.int(p.workers)} connected`),
         h("dt", {}, "data"), h("dd", {}, `${fmt.int(p.data.total)} train · ${fmt.int(p.data.test)} test`),
         h("dt", {}, "input"), h("dd", {}, shape),
         h("dt", {}, "labels"), h("dd", { title: p.labels.join(", ") }, `${p.labels.length}: ${p.labels.slice(0, 6).join(", ")}${p.labels.length > 6 ? ", …" : ""}`),
@@ -269,12 +286,73 @@ function renderTrainers() {
         h("dt", {}, "cached"), h("dd", {}, `${fmt.int(s.cached)} / ${fmt.int(s.allocated)}`),
         h("dt", {}, "iteration"), h("dd", {}, fmt.int(s.iteration)),
         h("dt", {}, "results"), h("dd", {}, fmt.int(s.results)),
+        ...(w.role === "stats" ? [] : [
+          h("dt", {}, "samples given"), h("dd", { class: "given" }, fmt.int(s.samples)),
+          h("dt", {}, "last result"), h("dd", { class: "last" }, s.lastIteration === null || s.lastIteration === undefined ? "–"
+            : `${fmt.int(s.lastSamples)} samples, ${fmt.pct(s.accuracy)} right, iteration ${fmt.int(s.lastIteration)}`),
+          h("dt", {}, "share"), h("dd", { class: "share" }, (() => {
+            // Of the master's last reduced iteration (its results arrived before the reduce).
+            const it = lastIteration();
+            const share = it === null || w.project !== state.project ? null : shareOf(it, [w]);
+            return share === null ? "–" : `${fmt.pct(share)} of iteration ${fmt.int(it)}`;
+          })())]),
         ...detail,
         h("dt", {}, "engine"), h("dd", {}, s.simd === null || s.simd === undefined ? "–" : s.simd ? "wasm SIMD" : "JavaScript")),
       s.message ? h("p", { class: "message" }, s.message) : null,
       h("div", { class: "actions" }, h("button", { type: "button", onclick: () => state.pool.remove(w.key), disabled: w.ending }, "Remove")));
   }));
+  renderContribution();
   renderWorkerTable();
+}
+
+/** The last iteration the master reduced (from its status), or null. */
+function lastIteration() {
+  const history = state.status ? state.status.history : [];
+  return history.length ? history[history.length - 1].iteration : null;
+}
+
+/** The samples the master reduced in `iteration` (its history), or null if not known. */
+function iterationSamples(iteration) {
+  const history = state.status ? state.status.history : [];
+  for (let i = history.length - 1; i >= 0; i--) {
+    if (history[i].iteration === iteration) return history[i].samples;
+    if (history[i].iteration < iteration) break;
+  }
+  return null;
+}
+
+/** The share of `iteration`'s samples this browser's trainers gave, or null. */
+function shareOf(iteration, trainers) {
+  const total = iterationSamples(iteration);
+  if (!total) return null;
+  let mine = 0;
+  for (const w of trainers) for (const [it, n] of w.status.given || []) if (it === iteration) mine += n;
+  return Math.min(1, mine / total);
+}
+
+/** What this browser's trainers gave the project, and how well the project is learning. */
+function renderContribution() {
+  const el = $("#contribution");
+  const st = state.status;
+  const trainers = state.pool.list().filter((w) => w.role === "trainer" && w.project === state.project);
+  const last = st && st.history.length ? st.history[st.history.length - 1] : null;
+  const test = st && st.test_error.length ? st.test_error[st.test_error.length - 1] : null;
+  el.hidden = !st && !trainers.length;
+  if (el.hidden) return;
+  const samples = trainers.reduce((sum, w) => sum + (w.status.samples || 0), 0);
+  const results = trainers.reduce((sum, w) => sum + (w.status.results || 0), 0);
+  const share = last ? shareOf(last.iteration, trainers) : null;
+  const item = (key, label, value, title = null) => h("div", { class: "stat", "data-stat": key, title },
+    h("span", {}, label), h("strong", {}, value));
+  el.replaceChildren(
+    item("given", "your trainers gave", `${fmt.int(samples)} samples`, "samples this page's trainers computed on, since it opened"),
+    item("results", "results sent", fmt.int(results)),
+    item("share", last ? `share of iteration ${fmt.int(last.iteration)}` : "share of the last iteration",
+      share === null ? "–" : fmt.pct(share), "this page's samples / every trainer's samples in the master's last reduced iteration"),
+    item("accuracy", "training accuracy", last && last.accuracy !== null ? fmt.pct(last.accuracy) : "–",
+      "correct / samples over every trainer's batches in the last iteration"),
+    item("test-error", "test error", test ? fmt.pct(test.error) : "–", "from stats workers"),
+    item("iteration", "project iteration", st ? fmt.int(st.iteration) : "–"));
 }
 
 function renderWorkerTable() {
@@ -284,11 +362,14 @@ function renderWorkerTable() {
     body.replaceChildren(h("tr", {}, h("td", { colspan: 9, class: "hint" }, state.project ? "no workers on this project yet" : "no project chosen")));
     return;
   }
+  // State and speed come first: a phone shows them without scrolling (and hides the "wide" ones).
   body.replaceChildren(...workers.map((w) => h("tr", { "data-client": w.client, "data-state": w.state },
-    h("td", {}, w.worker_id), h("td", {}, w.role), h("td", {}, w.client), h("td", { class: "host" }, w.host),
-    h("td", {}, h("span", { class: `badge ${w.state}` }, w.state)),
-    h("td", { class: "num" }, fmt.rate(w.samples_per_s)), h("td", { class: "num" }, fmt.ms(w.latency_ms)),
-    h("td", { class: "num" }, fmt.s(w.budget_s)), h("td", { class: "num" }, `${fmt.int(w.cached)} / ${fmt.int(w.allocated)}`))));
+    h("td", {}, w.worker_id), h("td", {}, w.role),
+    h("td", { class: "state" }, h("span", { class: `badge ${w.state}` }, w.state)),
+    h("td", { class: "num rate" }, fmt.rate(w.samples_per_s)),
+    h("td", { class: "num" }, `${fmt.int(w.cached)} / ${fmt.int(w.allocated)}`),
+    h("td", { class: "num wide" }, fmt.ms(w.latency_ms)), h("td", { class: "num wide" }, fmt.s(w.budget_s)),
+    h("td", { class: "wide" }, w.client), h("td", { class: "host wide" }, w.host))));
 }
 
 // -- predict and teach ------------------------------------------------------------------------------
@@ -327,11 +408,34 @@ function clearPrediction() {
   $("#top-labels").replaceChildren(h("li", { class: "hint" }, "Choose an image or take a camera frame."));
 }
 
+/** Forget the image on show (after a file that is not one): nothing left to predict. */
+function dropImage() {
+  if (state.image && state.image.url) URL.revokeObjectURL(state.image.url);
+  state.image = null;
+  $("#original").removeAttribute("src");
+  const canvas = $("#converted");
+  canvas.width = 1;
+  canvas.height = 1;
+}
+
+function imageError(text) {
+  dropImage();
+  const el = $("#image-error");
+  el.textContent = text;
+  el.hidden = false;
+  $("#top-labels").replaceChildren(h("li", { class: "error" }, text));
+}
+
 async function useImage(blob, name, bitmap = null) {
+  $("#image-error").hidden = true;
+  if (!bitmap && blob.type && !blob.type.startsWith("image/")) {
+    imageError(`${name} is not an image (its type is ${blob.type}): choose a PNG, JPEG, GIF, WebP or BMP file.`);
+    return;
+  }
   try {
     bitmap = bitmap || await decodeFile(blob);
   } catch (err) {
-    $("#top-labels").replaceChildren(h("li", { class: "error" }, `${name}: not an image this browser can decode`));
+    imageError(`${name} is not an image this browser can decode (${err && err.message ? err.message : "unreadable"}): choose a PNG, JPEG, GIF, WebP or BMP file.`);
     return;
   }
   if (state.image && state.image.url) URL.revokeObjectURL(state.image.url);
@@ -507,6 +611,7 @@ function onStatus(msg) {
 
 function renderAll() {
   renderProjectBar();
+  if (state.view === "projects") renderProjects();
   if (state.view === "train") renderTrainers();
   if (state.view === "stats") renderStats();
 }

@@ -52,7 +52,11 @@ const status = {
   phase: "starting", workerId: null, project: null, iteration: null, parameterVersion: null,
   allocated: 0, cached: 0, results: 0, samplesPerS: null, loss: null, testError: null,
   message: "", simd: null, dataUrl: null, algorithm: null, steps: null,
+  // What it gave: samples in all (this page's session), in its last result and for which
+  // iteration, that result's accuracy, and [iteration, samples] of its last GIVEN_KEPT results.
+  samples: 0, lastSamples: null, lastIteration: null, accuracy: null, given: [],
 };
+const GIVEN_KEPT = 50;
 
 /** The project's training settings (older masters send none: the paper's gradient algorithm). */
 const DEFAULT_TRAINING = { algorithm: "gradient", batch_size: 32, shift: 0, flip: false };
@@ -377,10 +381,14 @@ function answerWork(s) {
       samples: result.samples, correct: result.correct, lossSum: result.lossSum,
       computeSeconds: result.computeSeconds, steps: result.steps,
       kind: local ? RESULT_KIND.PARAMETER_DELTA : RESULT_KIND.GRADIENT_SUM }));
+    // What this trainer gave: the page shows it beside the master's totals per iteration.
+    const given = [...status.given, [order.iteration, result.samples]].slice(-GIVEN_KEPT);
     const changes = { results: status.results + 1, iteration: order.iteration, phase: phase(),
-      steps: local ? result.steps : null };
+      steps: local ? result.steps : null, samples: status.samples + result.samples,
+      lastSamples: result.samples, lastIteration: order.iteration, given };
     if (result.samples) {
       changes.loss = result.lossSum / result.samples;
+      changes.accuracy = result.correct / result.samples;
       if (result.computeSeconds > 0) changes.samplesPerS = result.samples / result.computeSeconds;
     }
     post(changes);

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual.app import App, SystemCommand
@@ -32,19 +33,27 @@ class ConsoleApp(App[None]):
     """``ConsoleApp(LiveBackend(url, token))`` or ``ConsoleApp(ReplayBackend(snapshots))``.
 
     ``project``: open this project's view at start. ``refresh_interval``: the shortest time
-    between two redraws from status snapshots (0: redraw on every snapshot).
+    between two redraws from status snapshots (0: redraw on every snapshot). ``save_directory``:
+    where the save dialog proposes to write (the working directory by default; then the last
+    directory saved to).
     """
 
     CSS_PATH = "console.tcss"
     TITLE = "mlitb console"
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit", priority=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit", priority=False),
+        # Esc closes the keys panel (palette: Keys) before it does anything else; without the
+        # panel the binding is inactive and Esc goes on to the screen (back, cancel).
+        Binding("escape", "hide_keys", "Close keys", show=False, priority=True),
+    ]
 
     status: reactive[Status | None] = reactive(None, always_update=True)
     link: reactive[LinkState | None] = reactive(None)
 
     def __init__(self, backend: Backend, *, project: str | None = None,
-                 refresh_interval: float = 0.5) -> None:
+                 refresh_interval: float = 0.5, save_directory: Path | None = None) -> None:
         super().__init__()
+        self.save_directory = (save_directory or Path.cwd()).resolve()
         self.backend = backend
         self.initial_project = project
         self.refresh_interval = refresh_interval
@@ -55,6 +64,14 @@ class ConsoleApp(App[None]):
         self._last_apply = float("-inf")
         self._flush_timer: Timer | None = None
         self.sub_title = backend.url
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "hide_keys":
+            return bool(self.screen.query("HelpPanel"))
+        return True
+
+    def action_hide_keys(self) -> None:
+        self.action_hide_help_panel()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -118,6 +135,7 @@ class ConsoleApp(App[None]):
         view = self._visible_view()
         if status is not None and view is not None:
             view.show_status(status)
+            view.status_shown()
 
     def watch_link(self, state: LinkState | None) -> None:
         if state is None:

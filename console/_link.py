@@ -30,6 +30,7 @@ from mlitb.client import (
     close_stream,
     open_operator,
     reply_as,
+    upload_failure,
 )
 from mlitb.errors import AuthError, MlitbError, ProtocolError, UploadError
 from mlitb.protocol import (
@@ -277,7 +278,7 @@ class LiveBackend:
 
     async def upload(self, project: str, archive: Path, split: Split,
                      progress: Progress) -> dict[str, Any]:
-        from mlitb.dataserver import DataClient, DataServerError, InputShape
+        from mlitb.dataserver import DataClient, InputShape
 
         projects = (await self.request(ListProjects(request_id="-"), ProjectList)).projects
         found = next((p for p in projects if p.name == project), None)
@@ -296,12 +297,5 @@ class LiveBackend:
 
         try:
             return await run_in_daemon_thread(send)
-        except DataServerError as exc:
-            if exc.status == 502:
-                raise UploadError(f"{archive.name} was stored but not registered with the "
-                                  f"master: {exc.detail}") from None
-            what = f"HTTP {exc.status}" if exc.status else "no answer"
-            raise UploadError(f"{archive.name} was refused ({what}), nothing was stored: "
-                              f"{exc.detail}") from None
-        except OSError as exc:
-            raise UploadError(f"cannot read {archive}: {exc.strerror or exc}") from None
+        except Exception as exc:  # noqa: BLE001 (the CLI's words for each failure)
+            raise upload_failure(exc, archive, data_url) from None

@@ -36,7 +36,8 @@ class ProjectScreen(ConsoleScreen):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (44, "-tall")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
-        Binding("p", "toggle_pause", "Pause"),
+        Binding("p", "pause", "Pause"),
+        Binding("p", "resume", "Resume"),
         Binding("e", "edit", "Edit"),
         Binding("x", "remove_worker", "Remove"),
         Binding("u", "upload", "Upload"),
@@ -48,7 +49,8 @@ class ProjectScreen(ConsoleScreen):
     ]
     COMMANDS_LIST = (
         ("back", "Back to projects", "Return to the list of projects"),
-        ("toggle_pause", "Pause or resume project", "Pause / resume this project's training"),
+        ("pause", "Pause project", "Pause this project's training"),
+        ("resume", "Resume project", "Resume this project's training"),
         ("edit", "Edit hyperparameters and T", ("Change hyperparameters or the iteration time, "
          "live")),
         ("remove_worker", "Remove worker", ("Disconnect the highlighted worker; its data goes "

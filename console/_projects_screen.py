@@ -19,7 +19,8 @@ from ._screen_base import ConsoleScreen
 class ProjectsScreen(ConsoleScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "new_project", "New"),
-        Binding("p", "toggle_pause", "Pause"),
+        Binding("p", "pause", "Pause"),
+        Binding("p", "resume", "Resume"),
         Binding("e", "edit", "Edit"),
         Binding("u", "upload", "Upload"),
         Binding("s", "save_model", "Save"),
@@ -28,7 +29,8 @@ class ProjectsScreen(ConsoleScreen):
     COMMANDS_LIST = (
         ("open", "Open project", "Show the highlighted project: workers, curves, data, events"),
         ("new_project", "New project", "Create a project from a model spec file"),
-        ("toggle_pause", "Pause or resume project", "Pause / resume the highlighted project"),
+        ("pause", "Pause project", "Pause the highlighted project's training"),
+        ("resume", "Resume project", "Resume the highlighted project's training"),
         ("edit", "Edit hyperparameters and T", ("Change the highlighted project's "
          "hyperparameters or iteration time, live")),
         ("upload", "Upload dataset", ("Upload a zip of images (folders are labels) to the "
@@ -54,6 +56,9 @@ class ProjectsScreen(ConsoleScreen):
     def show_status(self, status: Status) -> None:
         self.query_one(ProjectsTable).show(status.projects)
         self._show_empty()
+
+    def on_data_table_row_highlighted(self) -> None:
+        self.refresh_bindings()  # Pause or Resume: the highlighted project's state
 
     def show_link(self, state: LinkState) -> None:
         super().show_link(state)

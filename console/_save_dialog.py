@@ -1,4 +1,8 @@
-"""Save a project's model to a file: mlitb's model file, a research closure, or ConvNetJS."""
+"""Save a project's model to a file: mlitb's model file, a research closure, or ConvNetJS.
+
+The dialog asks for a directory (the console's working directory to start with, in full) and a
+file name, shows the absolute path it will write, and the notification names that path.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,11 @@ def default_path(project: str, fmt: str) -> str:
     return f"{project}.{fmt}.json"
 
 
+def target_path(directory: str, name: str) -> Path:
+    """The absolute path to write: ``name`` in ``directory`` (an absolute ``name`` wins)."""
+    return (Path(directory or ".").expanduser() / Path(name).expanduser()).resolve()
+
+
 def write_model(model: dict[str, Any], fmt: str, path: Path) -> int:
     """Check what came over the wire, then write it; returns the parameter count."""
     from mlitb.closure import closure_from_dict, save_closure
@@ -55,10 +64,11 @@ class SaveModelDialog(ModalScreen[Path | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, project: str, backend: Backend) -> None:
+    def __init__(self, project: str, backend: Backend, directory: Path | None = None) -> None:
         super().__init__()
         self.project = project
         self.backend = backend
+        self.directory = (directory or Path.cwd()).resolve()
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="save"):
@@ -67,7 +77,9 @@ class SaveModelDialog(ModalScreen[Path | None]):
                 yield Label("format", classes="field-label")
                 yield Select(FORMATS, value="model", allow_blank=False, id="format",
                              compact=True)
+            yield FormField("directory", str(self.directory), key="directory")
             yield FormField("file", default_path(self.project, "model"), key="path")
+            yield Static("", id="target", classes="hint")
             yield Static("", id="form-error", classes="form-error")
             with Horizontal(classes="buttons"):
                 yield Button("Save (enter)", variant="primary", id="save-button", compact=True)
@@ -75,6 +87,17 @@ class SaveModelDialog(ModalScreen[Path | None]):
 
     def on_mount(self) -> None:
         self.query_one("#input-path", Input).focus()
+        self._show_target()
+
+    def target(self) -> Path:
+        return target_path(self.query_one("#field-directory", FormField).value,
+                           self.query_one("#field-path", FormField).value)
+
+    def _show_target(self) -> None:
+        self.query_one("#target", Static).update(f"writes {self.target()}")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._show_target()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         field = self.query_one("#field-path", FormField)
@@ -98,16 +121,20 @@ class SaveModelDialog(ModalScreen[Path | None]):
     @work(exclusive=True, group="save")
     async def save(self) -> None:
         field = self.query_one("#field-path", FormField)
+        directory = self.query_one("#field-directory", FormField)
         error = self.query_one("#form-error", Static)
         error.update("")
         if not field.value:
             field.error = "enter a file name"
             return
-        path = Path(field.value).expanduser()
+        path = self.target()
         if not path.parent.is_dir():
-            field.error = f"no such directory: {path.parent}"
+            where = directory if not Path(field.value).expanduser().is_absolute() else field
+            where.error = f"no such directory: {path.parent}"
             return
-        field.error = ""
+        if path.is_dir():
+            field.error = f"{path} is a directory: enter a file name"
+            return
         fmt = str(self.query_one("#format", Select).value)
         error.update("asking the master for the model …")
         try:

@@ -7,6 +7,7 @@ notification, or inline in a dialog.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from textual import work
@@ -48,6 +49,10 @@ class ConsoleScreen(Screen[None]):
     def show_status(self, status: Status) -> None:
         """Redraw from a status snapshot (only called while this screen is on view)."""
 
+    def status_shown(self) -> None:
+        """After a redraw: the footer follows the project's state (Pause / Resume)."""
+        self.refresh_bindings()
+
     def show_link(self, state: LinkState) -> None:
         for bar in self.query(LinkBar):
             bar.state = state
@@ -57,6 +62,7 @@ class ConsoleScreen(Screen[None]):
             self.show_link(self.console.link)
         if self.console.status is not None:
             self.show_status(self.console.status)
+            self.status_shown()
 
     # -- the project the actions apply to -------------------------------------------------------
     def current_project(self) -> str | None:
@@ -75,12 +81,35 @@ class ConsoleScreen(Screen[None]):
             self.notify("no project selected", severity="warning")
         return name
 
+    def is_paused(self) -> bool:
+        project = self.project_status()
+        return project is not None and project.state == "paused"
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """``p`` is bound twice: *Pause* while the project runs, *Resume* while it is paused;
+        only the one that applies is active (and shown in the footer)."""
+        if action == "pause":
+            return not self.is_paused()
+        if action == "resume":
+            return self.is_paused()
+        return True
+
     # -- actions ----------------------------------------------------------------------------------
     def action_toggle_pause(self) -> None:
         name = self._need_project()
         project = self.project_status(name)
         if name is not None:
             self._pause(name, pause=project is None or project.state != "paused")
+
+    def action_pause(self) -> None:
+        name = self._need_project()
+        if name is not None:
+            self._pause(name, pause=True)
+
+    def action_resume(self) -> None:
+        name = self._need_project()
+        if name is not None:
+            self._pause(name, pause=False)
 
     @work(group="request")
     async def _pause(self, name: str, pause: bool) -> None:
@@ -144,7 +173,12 @@ class ConsoleScreen(Screen[None]):
     def action_save_model(self) -> None:
         name = self._need_project()
         if name is not None:
-            self.app.push_screen(SaveModelDialog(name, self.backend))
+            self.app.push_screen(SaveModelDialog(name, self.backend,
+                                                 self.console.save_directory), self._saved)
+
+    def _saved(self, path: Path | None) -> None:
+        if path is not None:
+            self.console.save_directory = path.parent
 
     # -- the command palette ----------------------------------------------------------------------
     def commands(self) -> list[SystemCommand]:
@@ -157,4 +191,5 @@ class ConsoleScreen(Screen[None]):
             return run
 
         return [SystemCommand(title, help, runner(action))
-                for action, title, help in self.COMMANDS_LIST]
+                for action, title, help in self.COMMANDS_LIST
+                if self.check_action(action, ()) is not False]

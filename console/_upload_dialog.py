@@ -1,8 +1,14 @@
-"""Upload a dataset zip (folder names are the labels) to a project, with a progress bar."""
+"""Upload a dataset zip (folder names are the labels) to a project, with a progress bar.
+
+Two stages: the bytes going out (the bar fills), then the data server decoding and storing the
+images (50,000 CIFAR-10 images take seconds): the bar turns into a moving one and a spinner with
+the seconds spent says so, until the answer arrives.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,6 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
+from textual.timer import Timer
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
 from mlitb.errors import MlitbError
@@ -19,6 +26,9 @@ from ._backend import Backend
 from ._form_field import FormField
 from ._format import describe_error
 from ._messages import UploadProgress
+
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 class UploadCancelledError(MlitbError):
@@ -36,6 +46,13 @@ class UploadDialog(ModalScreen[None]):
         self.backend = backend
         self.result: dict[str, object] | None = None
         self._cancelled = threading.Event()
+        self.stage = ""
+        """``sending``, ``decoding`` (every byte sent, the server's answer pending), ``done``,
+        ``failed``; empty before an upload."""
+        self._decoding_since = 0.0
+        self._sent_mb = 0.0
+        self._ticks = 0
+        self._spinner: Timer | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="upload"):
@@ -73,12 +90,36 @@ class UploadDialog(ModalScreen[None]):
         self.dismiss(None)
 
     def on_upload_progress(self, message: UploadProgress) -> None:
+        if self.stage not in ("sending", "decoding"):
+            return  # a report that arrives after the answer
         bar = self.query_one(ProgressBar)
-        bar.update(total=max(1, message.total), progress=message.sent)
+        if message.sent < message.total:
+            bar.update(total=max(1, message.total), progress=message.sent)
+            self.query_one("#upload-status", Static).update(
+                f"sent {message.sent / 1e6:.1f} of {message.total / 1e6:.1f} MB")
+            return
+        if self.stage == "decoding":
+            return
+        self.stage = "decoding"  # every byte is out: the server decodes until it answers
+        self._sent_mb = message.total / 1e6
+        self._decoding_since = time.monotonic()
+        bar.update(total=None)  # a moving bar: no more bytes to count
+        self._spinner = self.set_interval(0.25, self._show_decoding)
+        self._show_decoding()
+
+    def _show_decoding(self) -> None:
+        frame = SPINNER[self._ticks % len(SPINNER)]
+        self._ticks += 1
+        spent = time.monotonic() - self._decoding_since
         self.query_one("#upload-status", Static).update(
-            f"sent {message.sent / 1e6:.1f} of {message.total / 1e6:.1f} MB"
-            + (" — the data server is decoding the images …"
-               if message.sent >= message.total else ""))
+            f"{frame} uploaded {self._sent_mb:.1f} MB; the data server is decoding and storing "
+            f"the images … {spent:.0f} s")
+
+    def _stop_spinner(self, stage: str) -> None:
+        self.stage = stage
+        if self._spinner is not None:
+            self._spinner.stop()
+            self._spinner = None
 
     def _progress(self, sent: int, total: int) -> None:
         if self._cancelled.is_set():  # raised in the upload's thread: the request is abandoned
@@ -104,14 +145,18 @@ class UploadDialog(ModalScreen[None]):
         button = self.query_one("#upload-button", Button)
         button.disabled = True
         self.query_one(ProgressBar).display = True
+        self.query_one(ProgressBar).update(total=None, progress=0)
         status.update(f"uploading {path.name} …")
+        self.stage = "sending"
         try:
             result = await self.backend.upload(self.project, path, split,  # type: ignore[arg-type]
                                                self._progress)
         except MlitbError as exc:
+            self._stop_spinner("failed")
             status.update(f"[b red]✖ {describe_error(exc)}[/]")
             button.disabled = False
             return
+        self._stop_spinner("done")
         self.result = result
         counts = result.get("counts")
         labels = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) \

@@ -8,6 +8,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import MlitbError
 
@@ -25,7 +26,8 @@ def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except MlitbError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            # One line (the terminal wraps it), the message as it is, not as markup.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

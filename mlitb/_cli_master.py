@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,7 +11,14 @@ from typing import Annotated, Any
 import trio
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from ._cli_common import cli_errors
 from ._cli_project import DEFAULT_MASTER, MasterOption, TokenOption
@@ -196,6 +204,43 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
         out.print(f"data server http://{host}:{bound}, registering with {url}")
 
 
+class UploadStages:
+    """What ``data upload`` shows while it runs, on stderr: a bar with the bytes sent, then
+    (the bar at 100%) a spinner while the data server decodes and stores the images, until its
+    answer. Without a terminal, one line per stage."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size, self.decoding = name, size, False
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __enter__(self) -> UploadStages:
+        if out.is_terminal:
+            self.bar = Progress(SpinnerColumn(), "[progress.description]{task.description}",
+                                BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                TimeElapsedColumn(), console=out, transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task(f"uploading {self.name}", total=self.size)
+        else:
+            out.print(f"uploading {self.name} ({self.size / 1e6:.1f} MB) …")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+    def progress(self, done: int, total: int) -> None:
+        decoding = done >= total
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, description=(
+                f"{self.name}: uploaded, the data server is decoding the images"
+                if decoding else f"uploading {self.name}"))
+        elif decoding and not self.decoding:
+            out.print(f"uploaded {total / 1e6:.1f} MB; the data server is decoding the "
+                      f"images …")
+        self.decoding = decoding
+
+
 @data_app.command("upload")
 @cli_errors
 def upload(
@@ -209,11 +254,13 @@ def upload(
     token: TokenOption = None,
     data_url: Annotated[str | None, typer.Option(help="The data server's URL (default: the one "
                                                  "the master announces).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the data server's answer as "
+                                          "JSON on stdout (progress stays on stderr).")]
+    = False,
 ) -> None:
     """Upload a dataset zip to a project's data server, with a progress bar."""
-    from .client import open_operator
-    from .dataserver import DataClient, DataServerError, InputShape
-    from .errors import UploadError
+    from .client import open_operator, upload_failure
+    from .dataserver import DataClient, InputShape
 
     async def lookup() -> tuple[str, InputShape]:
         async with open_operator(master, token) as op:
@@ -224,22 +271,22 @@ def upload(
         raise MlitbError(f"no project named {project!r} on the master at {master}")
 
     announced, shape = trio.run(lookup)
-    client = DataClient(data_url or announced, token=token)
+    url = data_url or announced
+    try:
+        client = DataClient(url, token=token)
+    except ValueError as exc:
+        raise MlitbError(str(exc)) from None
     size = os.path.getsize(archive)
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=out, transient=True) as bar:
-        task = bar.add_task(f"uploading {archive.name}", total=size)
+    split = "test" if test else "train"
+    with UploadStages(archive.name, size) as stages:
         try:
-            result = client.upload(project, archive, split="test" if test else "train",
-                                   shape=shape,
-                                   progress=lambda done, total: bar.update(task, completed=done))
-        except DataServerError as exc:
-            if exc.status == 502:  # stored, but the master did not take the registration
-                raise UploadError(f"{archive.name} was stored but not registered with the "
-                                  f"master: {exc.detail}") from None
-            what = f"HTTP {exc.status}" if exc.status else "no answer"
-            raise UploadError(f"{archive.name} was refused ({what}), nothing was stored: "
-                              f"{exc.detail}") from None
+            result = client.upload(project, archive, split=split, shape=shape,
+                                   progress=stages.progress)
+        except Exception as exc:  # noqa: BLE001 (each kind becomes one line; others re-raise)
+            raise upload_failure(exc, archive, url) from None
+    if as_json:
+        typer.echo(json.dumps({"archive": str(archive), "bytes": size, **result}, indent=2))
+        return
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.get("counts", {}).items()))
     typer.echo(f"stored {result['count']} {'test' if test else 'training'} images in project "
                f"{project} ({counts})")

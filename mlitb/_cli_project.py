@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import trio
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ._cli_common import cli_errors
 from .client import OperatorClient, open_operator
 from .errors import MlitbError
 from .optim import OPTIMIZERS
-from .protocol import CreateProject, DeleteProject, Pause, Resume, SetHyperparameters, Training
+from .protocol import (
+    CreateProject,
+    DeleteProject,
+    Pause,
+    ProjectSummary,
+    Resume,
+    SetHyperparameters,
+    Training,
+)
 from .training import training_from_json
 
 MasterOption = Annotated[str, typer.Option("--master", "-m", envvar="MLITB_MASTER",
@@ -73,6 +85,16 @@ def _training(pairs: list[str], base: dict[str, Any] | None = None) -> Training:
     return training_from_json(values)
 
 
+def check_optimizer(name: str) -> str:
+    """The optimizer's name, or a usage error that names the valid ones and the nearest."""
+    if name in OPTIMIZERS:
+        return name
+    near = difflib.get_close_matches(name, list(OPTIMIZERS), n=1, cutoff=0.5)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise typer.BadParameter(f"unknown optimizer {name!r}; {hint}choose one of "
+                             f"{', '.join(OPTIMIZERS)}")
+
+
 def read_spec(path: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
@@ -95,8 +117,8 @@ def create(
                                         "form) or a model file.", exists=True, dir_okay=False)],
     iteration_time: Annotated[float, typer.Option(min=1.0, max=30.0,
                                                   help="T, seconds per iteration.")] = 2.0,
-    optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(OPTIMIZERS)}.")]
-    = "adagrad",
+    optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(OPTIMIZERS)}.",
+                                           callback=check_optimizer)] = "adagrad",
     learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter NAME=VALUE "
                                                    "(repeatable).")] = None,
@@ -105,6 +127,8 @@ def create(
         "of seconds, so the run can be replayed bit for bit from its closure.")] = None,
     training: Annotated[list[str] | None, typer.Option("--training", help=TRAINING_HELP)]
     = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new project as JSON (the "
+                                          "row `project list --json` gives).")] = False,
     master: MasterOption = DEFAULT_MASTER,
     token: TokenOption = None,
 ) -> None:
@@ -115,14 +139,20 @@ def create(
     if learning_rate is not None:
         hp["learning_rate"] = learning_rate
 
-    async def action(op: OperatorClient) -> None:
+    async def action(op: OperatorClient) -> ProjectSummary | None:
         await op.request(CreateProject(request_id="-", name=name, spec=tuple(spec),
                                        iteration_time=iteration_time, optimizer=optimizer,
                                        hyperparameters=hp,
                                        samples_per_iteration=samples_per_iteration,
                                        training=settings))
+        if not as_json:
+            return None
+        return next((p for p in await op.list_projects() if p.name == name), None)
 
-    _run(master, token, True, action)
+    created = _run(master, token, True, action)
+    if as_json:
+        typer.echo(json.dumps(asdict(created) if created else {"name": name}, indent=2))
+        return
     out.print(f"created project {name}")
 
 
@@ -138,14 +168,46 @@ def list_(
     if as_json:
         typer.echo(json.dumps([asdict(p) for p in projects], indent=2))
         return
-    table = Table("project", "state", "iteration", "T (s)", "optimizer", "workers", "data",
-                  "loss", "test error")
+    if not projects:
+        out.print("no projects")
+        return
+    table = project_table(projects)
+    wanted = out.measure(table, options=out.options.update(max_width=10_000)).maximum
+    if wanted > out.width:  # too narrow for a row each: a block each
+        for p in projects:
+            out.print(project_block(p))
+        return
+    out.print(table)
+
+
+def _loss(p: ProjectSummary) -> str:
+    return "-" if p.loss is None else f"{p.loss:.4f}"
+
+
+def _error(p: ProjectSummary) -> str:
+    return "-" if p.test_error is None else f"{p.test_error:.1%}"
+
+
+def project_table(projects: Sequence[ProjectSummary]) -> Table:
+    """One row per project, short headers, no cell wrapped (``wrk``: workers connected)."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    for header in ("project", "state", "iter", "T s", "optimizer", "wrk", "train", "test",
+                   "loss", "test err"):
+        right = header not in ("project", "state", "optimizer")
+        table.add_column(header, justify="right" if right else "left", no_wrap=True)
     for p in projects:
         table.add_row(p.name, p.state, str(p.iteration), f"{p.iteration_time:g}", p.optimizer,
-                      str(p.workers), f"{p.data.total} + {p.data.test} test",
-                      "-" if p.loss is None else f"{p.loss:.4f}",
-                      "-" if p.test_error is None else f"{p.test_error:.1%}")
-    out.print(table if projects else "no projects")
+                      str(p.workers), f"{p.data.total:,}", f"{p.data.test:,}", _loss(p),
+                      _error(p))
+    return table
+
+
+def project_block(p: ProjectSummary) -> str:
+    """A project in two lines, for a terminal too narrow for the table."""
+    return (f"[bold]{escape(p.name)}[/]  {p.state} · iteration {p.iteration} · "
+            f"T {p.iteration_time:g} s · {p.optimizer}\n"
+            f"  {p.workers} workers · {p.data.total:,} train + {p.data.test:,} test ids · "
+            f"loss {_loss(p)} · test error {_error(p)}")
 
 
 def _simple(kind: Any, verb: str) -> Any:

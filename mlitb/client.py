@@ -9,20 +9,26 @@ Used by the CLI (``mlitb project ...``, ``mlitb model download``), the demo and 
 from __future__ import annotations
 
 import itertools
+import os
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, TypeVar
 
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
     open_websocket_url,
 )
 
-from .errors import AuthError, MlitbError, ProtocolError
+from .errors import AuthError, MlitbError, ProtocolError, UploadError
 from .protocol import (
     MAX_LARGE_TEXT_FRAME,
     Ack,
@@ -61,6 +67,106 @@ def _describe(exc: ConnectionClosed) -> str:
     if reason is None:
         return "no close code"
     return f"code {reason.code}" + (f": {reason.reason}" if reason.reason else "")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, its causes and contexts, and the exceptions inside groups, depth first."""
+    found: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current in found:
+            continue
+        found.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(reversed(current.exceptions))
+        for inner in (current.__context__, current.__cause__):
+            if inner is not None:
+                stack.append(inner)
+    return found
+
+
+TLS_NOTE = ("mlitb's master serves plain ws:// (TLS is not supported yet): use ws://HOST:PORT, "
+            "or put a TLS proxy in front of the master")
+
+
+async def tls_probe(url: str) -> BaseException | None:
+    """After a ``wss://`` connection failed: the TLS handshake alone, to find its real cause
+    (trio-websocket reports a failed handshake as a timeout). None if it succeeds or hangs."""
+    parts = urlsplit(url)
+    try:
+        with trio.move_on_after(min(3.0, CONNECT_TIMEOUT)):
+            stream = await trio.open_ssl_over_tcp_stream(parts.hostname or "", parts.port or 443,
+                                                         https_compatible=True)
+            try:
+                await stream.do_handshake()
+            finally:
+                await trio.aclose_forcefully(stream)
+    except (OSError, trio.BrokenResourceError) as exc:
+        return exc
+    return None
+
+
+def describe_connect_failure(url: str, exc: BaseException,
+                             tls_failure: BaseException | None = None) -> str:
+    """Why connecting to the master at ``url`` failed, in one line that says what to check;
+    ``tls_failure``: what ``tls_probe`` found."""
+    tls = url.startswith("wss://")
+    where = f"cannot reach the master at {url}"
+    causes = _causes(exc) + (_causes(tls_failure) if tls_failure is not None else [])
+    rejected = next((c for c in causes if isinstance(c, ConnectionRejected)), None)
+    if rejected is not None:
+        return (f"{where}: it answered HTTP {rejected.status_code} instead of a WebSocket "
+                f"handshake, so it is a web server but not the master (the data server? the "
+                f"master's URL is the ws:// one `mlitb master` prints)")
+    tls_error = next((c for c in causes if isinstance(c, ssl.SSLError)), None)
+    if tls_error is not None:
+        reason = getattr(tls_error, "verify_message", None) or tls_error.reason or tls_error
+        if reason == "WRONG_VERSION_NUMBER":  # a plain (ws://, http://) server answered
+            reason = "the server does not speak TLS"
+        elif getattr(tls_error, "verify_message", None):
+            reason = f"certificate verify failed: {reason}"
+        return f"{where}: the TLS handshake failed ({reason}); {TLS_NOTE}"
+    if any(isinstance(c, ConnectionTimeout | trio.TooSlowError) for c in causes):
+        text = f"{where}: no answer within {CONNECT_TIMEOUT:g} s"
+        return f"{text}; {TLS_NOTE}" if tls else f"{text} (is it the master's host and port?)"
+    refused = next((c for c in causes if isinstance(c, ConnectionRefusedError)), None)
+    if refused is not None:
+        return f"{where}: nothing listens there (connection refused); is `mlitb master` running?"
+    if isinstance(exc, socket.gaierror) or any(isinstance(c, socket.gaierror) for c in causes):
+        gai = next(c for c in causes if isinstance(c, socket.gaierror))
+        return f"{where}: unknown host ({gai.strerror or gai})"
+    for cause in causes:  # the first exception that says something
+        text = str(cause.strerror if isinstance(cause, OSError) and cause.strerror else cause)
+        if text:
+            return f"{where}: {text}"
+    return f"{where}: {type(exc).__name__}"
+
+
+def upload_failure(exc: BaseException, archive: Path, data_url: str) -> BaseException:
+    """What went wrong with an upload (``DataClient.upload``), as one ``UploadError`` (the CLI
+    and the console say the same); an exception that is none of these is returned as it is."""
+    from .dataserver import DataServerError
+
+    if isinstance(exc, MlitbError) and not isinstance(exc, DataServerError):
+        return exc
+    if isinstance(exc, DataServerError):
+        if exc.status == 502:  # stored, but the master did not take the registration
+            return UploadError(f"{archive.name} was stored but not registered with the "
+                               f"master: {exc.detail}")
+        what = f"HTTP {exc.status}" if exc.status else "no answer"
+        return UploadError(f"{archive.name} was refused ({what}), nothing was stored: "
+                           f"{exc.detail}")
+    if isinstance(exc, OSError):
+        if not os.access(archive, os.R_OK):
+            return UploadError(f"cannot read {archive}: {exc.strerror or exc}")
+        refused = isinstance(exc, ConnectionRefusedError)
+        reason = "nothing listens there (connection refused)" if refused else \
+            exc.strerror or str(exc) or type(exc).__name__
+        return UploadError(f"cannot reach the data server at {data_url}: {reason}; nothing "
+                           f"was uploaded (check --data-url, or leave it out to use the one "
+                           f"the master announces)")
+    return exc
 
 
 def reply_as(reply: Message, expect: type[M]) -> M:
@@ -180,8 +286,8 @@ async def open_operator(url: str, token: str | None = None, *,
     except (OSError, HandshakeError, trio.TooSlowError) as exc:
         if connected:
             raise
-        cause = exc.__cause__ or exc
-        raise MasterUnreachableError(f"cannot reach the master at {url}: {cause}") from None
+        probe = await tls_probe(url) if url.startswith("wss://") else None
+        raise MasterUnreachableError(describe_connect_failure(url, exc, probe)) from None
     except ConnectionClosed as exc:
         if connected:
             raise

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytest_plugins = ["skip_reasons"]  # a skip must say why (tests/skip_reasons.py)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+"""The data sets shared by tests and benchmarks: ``../shared/data`` relative to the checkout,
+where bench/ looks too (``../shared/data/README.md`` says what is there)."""
+
+
+def shared_file(name: str) -> Path:
+    """``SHARED_DATA / name``, or skip the test saying where it looked."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not in the shared data directory {SHARED_DATA} "
+                    f"(../shared/data relative to the checkout {ROOT}; see its README.md)")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Callable[[str], Path]:
+    """``shared_data("cifar10-test.zip")``: the shared file's path, or a skip that says where
+    it was looked for."""
+    return shared_file
 
 
 @dataclass

@@ -560,3 +560,126 @@ def test_a_project_starts_from_the_masters_model_zoo(cluster_in_thread: Any, tmp
     page.page.wait_for_selector("article.project[data-project='digits-90-run']")
     page.screenshot("zoo")
     assert page.errors == []
+
+
+# -- what a new user tripped on (issue 14) ----------------------------------------------------------
+def test_the_projects_card_counts_each_role_not_every_connection_as_trainers(
+        cluster_in_thread: Any, tmp_path: Path, open_page: Callable[..., Page]) -> None:
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path, train=100, test=20)
+    page = open_page(page_url(c, project=PROJECT))
+    page.show("train")
+    page.page.click("#add-stats")  # a stats worker ...
+    page.show("predict")  # ... and the Predict view's tracker: no trainer at all
+    wait_until(lambda: sorted(w.role for w in status(c).workers) == ["stats", "tracker"],
+               "a stats worker and a tracker on the master", 20)
+    page.show("projects")
+    page.page.wait_for_function("""() => {
+        const dd = document.querySelector('article.project[data-project=digits] dd.workers');
+        return dd && dd.textContent === '0 trainers · 1 stats · 1 tracker';
+    }""")
+    card = page.page.inner_text(f"article.project[data-project={PROJECT}]")
+    assert "trainers\n" not in card  # no "trainers 2" line
+    assert page.errors == []
+
+
+def test_a_file_that_is_not_an_image_shows_an_error(cluster_in_thread: Any, tmp_path: Path,
+                                                   open_page: Callable[..., Page]) -> None:
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path, train=100, test=20)
+    page = open_page(page_url(c, project=PROJECT))
+    page.show("predict")
+    page.page.wait_for_function("() => window.mlitb.tracker && window.mlitb.tracker.hasParams")
+    page.page.set_input_files("#image-file", {"name": "digit.png", "mimeType": "image/png",
+                                             "buffer": digit_png()})
+    page.page.wait_for_selector("#top-labels li[data-label]")
+    page.page.set_input_files("#image-file", {"name": "notes.txt", "mimeType": "text/plain",
+                                             "buffer": b"these are my notes\n"})
+    error = page.page.wait_for_selector("#image-error:not([hidden])")
+    assert error.inner_text().startswith("notes.txt is not an image (its type is text/plain)")
+    assert page.page.query_selector("#top-labels li[data-label]") is None
+    assert page.page.evaluate("window.mlitb.image") is None  # nothing left to predict
+    # A text file named like an image: the browser cannot decode it, and says so.
+    page.page.set_input_files("#image-file", {"name": "fake.png", "mimeType": "image/png",
+                                             "buffer": b"not a png at all"})
+    page.page.wait_for_function("""() => document.querySelector('#image-error').textContent
+        .startsWith('fake.png is not an image this browser can decode')""")
+    assert page.page.is_visible("#image-error")
+    # A real image again clears the error.
+    page.page.set_input_files("#image-file", {"name": "digit.png", "mimeType": "image/png",
+                                             "buffer": digit_png()})
+    page.page.wait_for_selector("#top-labels li[data-label]")
+    assert page.page.is_hidden("#image-error")
+
+
+def test_a_phone_shows_every_tab_and_the_workers_state_and_speed(
+        cluster_in_thread: Any, tmp_path: Path, open_page: Callable[..., Page]) -> None:
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path, train=200, test=20)
+    phone = open_page(page_url(c, project=PROJECT), width=375, height=740)
+    phone.show("train")
+    tabs = phone.page.evaluate("""() => [...document.querySelectorAll('.tabs a')].map((a) => {
+        const r = a.getBoundingClientRect();
+        return [a.textContent, r.left, r.right];
+    })""")
+    assert [t[0] for t in tabs] == ["Projects", "Train", "Predict", "Stats", "Download"]
+    assert all(left >= 0 and right <= 375 for _, left, right in tabs), tabs
+    assert phone.page.evaluate(
+        "(() => { const t = document.querySelector('.tabs'); "
+        "return t.scrollWidth - t.clientWidth; })()") <= 0  # nothing scrolled out of sight
+    phone.page.click("#add-trainer")
+    row = "#worker-table tr[data-client=browser][data-state=training]"
+    phone.page.wait_for_selector(row)
+    phone.page.wait_for_function(f"""() => {{
+        const rate = document.querySelector('{row} td.rate');
+        return rate && rate.textContent !== '–';
+    }}""")
+    seen = phone.page.evaluate(f"""() => {{
+        const wrap = document.querySelector('#view-train .table-wrap').getBoundingClientRect();
+        const cell = (sel) => document.querySelector('{row} ' + sel).getBoundingClientRect();
+        const inside = (r) => r.width > 0 && r.left >= wrap.left && r.right <= wrap.right;
+        return {{state: inside(cell('td.state')), rate: inside(cell('td.rate')),
+                 overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth}};
+    }}""")
+    assert seen == {"state": True, "rate": True, "overflow": 0}, seen
+    phone.screenshot("phone")
+    assert phone.errors == []
+
+
+def test_the_train_view_shows_what_this_browser_gave_and_the_accuracy(
+        cluster_in_thread: Any, tmp_path: Path, open_page: Callable[..., Page]) -> None:
+    c = cluster_in_thread
+    create_project(c)
+    upload_digits(c, tmp_path, train=300, test=40)
+    page = open_page(page_url(c, project=PROJECT))
+    page.show("train")
+    page.page.click("#add-trainer")
+    wait_until(lambda: any(h.samples > 0 for h in status(c).history),
+               "an iteration with the browser's samples", 30)
+
+    def stat(key: str) -> str:
+        return str(page.page.inner_text(f"#contribution [data-stat={key}] strong"))
+
+    # The only trainer: it gave every sample of the iteration the master reduced last.
+    page.page.wait_for_function("""() => {
+        const s = document.querySelector('#contribution [data-stat=share] strong');
+        return s && s.textContent === '100.0%';
+    }""")
+    given = int(stat("given").split()[0].replace(",", ""))
+    assert given > 0 and int(stat("results").replace(",", "")) > 0
+    assert stat("accuracy").endswith("%") and stat("iteration") != "–"
+    card = page.page.wait_for_selector("article.worker[data-phase=training]")
+    page.page.wait_for_function("""() => {
+        const share = document.querySelector('article.worker dd.share');
+        return share && share.textContent.startsWith('100.0% of iteration');
+    }""")
+    assert int(card.query_selector("dd.given").inner_text().replace(",", "")) > 0
+    assert "right, iteration" in card.query_selector("dd.last").inner_text()
+    # What the page shows matches the master's history: its samples are the browser's.
+    history = status(c).history
+    assert sum(h.samples for h in history) >= 1
+    page.screenshot("train-contribution")
+    assert page.errors == []

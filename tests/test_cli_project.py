@@ -121,3 +121,52 @@ def test_training_settings_at_creation_and_live(master_in_thread, tmp_path):
                      "--training", "schedule=cosine"], m)
     assert result.exit_code == 1 and "training.horizon" in result.output, result.output
     assert "bad" not in m.master.projects
+
+
+def test_list_is_readable_at_80_columns(master_in_thread, tmp_path):
+    """No cell cut (``proje…``, ``itera…``) and no data cell wrapped over lines; a terminal too
+    narrow for the table gets a block per project instead."""
+    m = master_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    for name in ("demo", "cifar10"):
+        assert invoke(["project", "create", name, "--model", str(spec)], m).exit_code == 0
+    args = ["project", "list", "--master", m.url, "--token", m.token]
+    result = runner.invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "…" not in result.output and all(len(line) <= 80 for line in lines)
+    header = lines[0].split()
+    assert header[:5] == ["project", "state", "iter", "T", "s"] and "test" in header
+    rows = [line for line in lines if line.startswith(("demo", "cifar10"))]
+    assert len(rows) == 2 and len(lines) == 4  # header, rule, one line per project
+    assert rows[0].split()[:4] == ["demo", "waiting", "0", "2"]
+    result = runner.invoke(app, args, env={"COLUMNS": "50"})
+    assert result.exit_code == 0 and "…" not in result.output
+    assert "demo  waiting · iteration 0 · T 2 s · adagrad" in result.output
+    assert "0 workers · 0 train + 0 test ids" in result.output
+
+
+def test_a_misspelt_optimizer_names_the_choices_and_the_nearest(master_in_thread, tmp_path):
+    m = master_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    result = invoke(["project", "create", "demo", "--model", str(spec), "--optimizer", "adamm"],
+                    m)
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "unknown optimizer 'adamm'; did you mean 'adam'?" in text
+    assert "sgd, nesterov, adagrad, adadelta, adam" in text and "name:" not in text
+    assert "demo" not in m.master.projects
+
+
+def test_create_json_prints_the_new_project(master_in_thread, tmp_path):
+    m = master_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    result = invoke(["project", "create", "demo", "--model", str(spec), "--optimizer", "adam",
+                     "--json"], m)
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.output)
+    assert created["name"] == "demo" and created["optimizer"] == "adam"
+    assert created["input_shape"] == [1, 2, 2] and created["state"] == "waiting"

@@ -209,3 +209,31 @@ def test_export_model_and_stdout(trained, tmp_path):
     assert result.exit_code == 1 and "choose one of --convnetjs or --model" in result.output
     result = invoke("export", trained["path"], "--model", "-o", tmp_path / "no" / "dir.json")
     assert result.exit_code == 1 and "cannot write" in result.output
+
+
+def test_predict_on_a_text_file_says_it_is_not_an_image(trained, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello, these are my notes\n")
+    result = invoke("predict", trained["path"], notes)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert f"{notes} is not an image (it holds text; JPEG, PNG" in text
+    assert "BytesIO" not in text
+    noise = tmp_path / "noise.png"
+    noise.write_bytes(bytes(range(256)) * 4)
+    result = invoke("predict", trained["path"], noise)
+    assert "is not an image (its content matches no image format" in " ".join(
+        result.output.split())
+
+
+def test_inspect_tells_malformed_json_from_a_truncated_file(trained, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json\n")
+    result = invoke("inspect", bad)
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "not valid JSON at line 1, column 2" in text and "truncated" not in text
+    cut = tmp_path / "cut.json"
+    cut.write_text(trained["path"].read_text()[:5000])
+    result = invoke("inspect", cut)
+    assert result.exit_code == 1 and "the file is truncated" in result.output

@@ -457,7 +457,9 @@ async def test_command_palette_lists_every_action_of_the_screen() -> None:
                 actions = {action for action, _, _ in listed}
                 bound = {b.action for b in screen.BINDINGS}  # type: ignore[union-attr]
                 assert bound <= actions, f"{bound - actions} missing from the palette"
-                assert {title for _, title, _ in listed} <= titles
+                applies = {title for action, title, _ in listed  # Pause xor Resume
+                           if screen.check_action(action, ()) is not False}
+                assert applies <= titles and len(listed) - len(applies) == 1
             # Running one from the palette's callback works like the key.
             command = next(c for c in app.get_system_commands(app.screen)
                            if c.title == "Show curves")
@@ -552,3 +554,143 @@ def test_the_curve_tells_the_whole_test_set_from_a_subset_and_the_summary_the_al
     assert training_line(local) == ("local steps (batch 16, outer average) · cosine over 60 "
                                     "seconds · shift 4 + flip")
     assert training_line(status) == "gradient"
+
+
+# -- what a new user tripped on (issue 14) -------------------------------------------------------
+def cifar_status() -> Status:
+    """The sample, with a CIFAR-10-sized paused project whose name is long."""
+    base = sample_status()
+    cifar = replace(base.projects[1], name="cifar10-with-a-rather-long-name",
+                    data=replace(base.projects[1].data, total=50_000, test=10_000))
+    return replace(base, projects=(base.projects[0], cifar, base.projects[2]))
+
+
+def table_lines(table: object, rows: int) -> list[str]:
+    return [table.render_line(y).text for y in range(rows)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("width", [80, 160])
+async def test_projects_table_columns_fit_their_content_at_any_width(width: int) -> None:
+    async with asyncio.timeout(DEADLINE):
+        app = ConsoleApp(ReplayBackend([cifar_status()]), refresh_interval=0)
+        async with app.run_test(size=(width, 24)) as pilot:
+            table = app.screen.query_one("#projects")
+            await until(pilot, lambda: table.row_count == 3, "the rows")  # type: ignore[attr-defined]
+            await pilot.pause()
+            lines = table_lines(table, 4)
+            cifar = lines[2]
+            assert " 10,000 " in cifar and " 50,000 " in cifar, lines
+            assert "test err" in lines[0]
+            if width == 80:
+                assert "cifar10-with-a-…" in cifar and len(cifar.rstrip()) <= 80
+            else:  # a wide terminal shows the whole name
+                assert "cifar10-with-a-rather-long-name " in cifar
+
+
+@pytest.mark.asyncio
+async def test_the_pause_key_says_resume_while_the_project_is_paused() -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.screen.query_one("#projects").row_count == 3,
+                        "the rows")  # type: ignore[attr-defined]
+
+            def label() -> str:
+                return app.screen.active_bindings["p"].binding.description
+
+            assert label() == "Pause"  # digits runs
+            await pilot.press("down")  # cifar10 is paused
+            await until(pilot, lambda: label() == "Resume", "Resume in the footer")
+            titles = {c.title for c in app.get_system_commands(app.screen)}
+            assert "Resume project" in titles and "Pause project" not in titles
+            await pilot.press("p")
+            await until(pilot, lambda: backend.projects["cifar10"].state == "running",
+                        "resumed")
+            await until(pilot, lambda: label() == "Pause", "Pause again once it runs")
+            await pilot.press("enter")  # the project view follows the state too
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
+            await pilot.press("p")
+            await until(pilot, lambda: label() == "Resume", "Resume in the project view")
+            assert backend.projects["cifar10"].state == "paused"
+
+
+@pytest.mark.asyncio
+async def test_escape_closes_the_keys_panel_before_anything_else() -> None:
+    from textual.widgets import HelpPanel
+
+    async with asyncio.timeout(DEADLINE):
+        app, _ = replay_app(project="digits")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ProjectScreen), "project view")
+            app.action_show_help_panel()
+            await until(pilot, lambda: app.screen.query(HelpPanel), "the keys panel")
+            await pilot.press("escape")
+            await until(pilot, lambda: not app.screen.query(HelpPanel), "the panel closed")
+            assert isinstance(app.screen, ProjectScreen)  # Esc did not also go back
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, ProjectsScreen), "back")
+            app.action_show_help_panel()  # on the projects screen too
+            await until(pilot, lambda: app.screen.query(HelpPanel), "the keys panel")
+            await pilot.press("escape")
+            await until(pilot, lambda: not app.screen.query(HelpPanel), "the panel closed")
+
+
+@pytest.mark.asyncio
+async def test_save_asks_for_a_directory_and_names_the_absolute_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlitb.nn import load_model
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    chosen = tmp_path / "models"
+    chosen.mkdir()
+    async with asyncio.timeout(DEADLINE):
+        app, _ = replay_app()
+        async with app.run_test(size=(80, 30)) as pilot:
+            await pilot.pause()
+            await pilot.press("s")
+            await until(pilot, lambda: isinstance(app.screen, SaveModelDialog), "dialog")
+            dialog = app.screen
+            directory = dialog.query_one("#field-directory", FormField)
+            assert directory.value == str(cwd.resolve())  # in full, not "."
+            directory.value = str(tmp_path / "missing")
+            await pilot.press("enter")
+            await until(pilot, lambda: directory.error, "no such directory")
+            assert "no such directory" in directory.error
+            directory.value = str(chosen)
+            await until(pilot, lambda: str(chosen / "digits.model.json") in str(
+                dialog.query_one("#target").render()), "the path it will write")
+            await pilot.press("enter")
+            target = chosen / "digits.model.json"
+            await until(pilot, target.exists, "the file")
+            assert load_model(target).num_params > 0
+            assert not list(cwd.iterdir())
+            await until(pilot, lambda: any(str(target.resolve()) in n.message
+                                           for n in app._notifications), "the full path")
+
+
+@pytest.mark.asyncio
+async def test_upload_shows_the_server_decoding_once_every_byte_is_sent(tmp_path: Path) -> None:
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app()
+        backend.upload_delay = 0.4  # the replay answers a while after the last byte
+        archive = tmp_path / "train.zip"
+        archive.write_bytes(b"PK" + bytes(4000))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("u")
+            await until(pilot, lambda: isinstance(app.screen, UploadDialog), "dialog")
+            dialog = app.screen
+            assert isinstance(dialog, UploadDialog)
+            dialog.query_one("#field-archive", FormField).value = str(archive)
+            await pilot.press("enter")
+            await until(pilot, lambda: dialog.stage == "decoding", "the decoding stage")
+            bar = dialog.query_one("#progress")
+            assert bar.total is None  # type: ignore[attr-defined]  # moving, not stuck at 100%
+            status = str(dialog.query_one("#upload-status").render())
+            assert "the data server is decoding and storing the images" in status
+            await until(pilot, lambda: dialog.result is not None, "the answer")
+            assert dialog.stage == "done" and bar.percentage == 1.0  # type: ignore[attr-defined]
+            assert "stored 100" in str(dialog.query_one("#upload-status").render())

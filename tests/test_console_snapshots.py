@@ -44,7 +44,7 @@ class Scenario:
         link = self.link or LinkState("connected", URL, authorized=True,
                                       data_url="http://lab-pc:8001")
         return ConsoleApp(ReplayBackend(snapshots, url=URL, link=link), project=self.project,
-                          refresh_interval=0)
+                          refresh_interval=0, save_directory=Path("/home/lab/models"))
 
 
 async def _settle(pilot: Pilot[None]) -> None:

@@ -9,7 +9,7 @@ import io
 import json
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -36,7 +36,6 @@ from mlitb.dataserver import (
 from mlitb.errors import UploadError
 from mlitb.protocol import decode_data_batch
 
-SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 RGB8 = InputShape(width=8, height=8, channels=3)
 SHAPE_QUERY = "width=8&height=8&channels=3"
 rng = np.random.default_rng(3)
@@ -387,10 +386,9 @@ async def test_health_projects_and_static_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.trio
-async def test_cifar10_test_split_end_to_end(tmp_path: Path) -> None:
-    archive = SHARED_DATA / "cifar10-test.zip"
-    if not archive.exists():
-        pytest.skip(f"the shared CIFAR-10 test zip is not at {archive}")
+async def test_cifar10_test_split_end_to_end(tmp_path: Path,
+                                             shared_data: Callable[[str], Path]) -> None:
+    archive = shared_data("cifar10-test.zip")
     with trio.fail_after(120):
         async with open_server(tmp_path / "s") as server:
             shape = InputShape(width=32, height=32, channels=3)

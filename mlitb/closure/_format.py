@@ -723,10 +723,14 @@ def parse_closure_json(text: str | bytes) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        if _looks_truncated(text):
+        # Truncated: brackets still open *and* the parser ran out of text (at the end, or in a
+        # string that never ends), not stopped early at a mistake such as ``{not json``.
+        ran_out = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        if ran_out and _looks_truncated(text):
             raise ClosureError(f"the JSON ends early after {len(text.encode('utf-8'))} bytes: "
                                "the file is truncated") from None
-        raise ClosureError(f"not valid JSON: {exc}") from None
+        raise ClosureError(f"not valid JSON at line {exc.lineno}, column {exc.colno}: "
+                           f"{exc.msg}") from None
 
 
 def load_closure(path: str | os.PathLike[str]) -> Closure:

@@ -31,6 +31,31 @@ class Prediction:
     outputs: tuple[float, ...]
 
 
+def _not_an_image(name: str, data: bytes, formats: tuple[str, ...]) -> ImageError | None:
+    """An ``ImageError`` naming ``name`` when Pillow recognises none of ``formats`` in ``data``
+    (a text file, say), saying what the file looks like instead; None for an image."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=formats):
+            return None
+    except UnidentifiedImageError:
+        pass
+    except Exception:  # noqa: BLE001 (a damaged image: the decoder says what is wrong)
+        return None
+    head = data[:4096]
+    try:
+        head.decode("utf-8")
+        text = True
+    except UnicodeDecodeError as exc:
+        text = exc.start >= len(head) - 3  # only a character cut at the end of the sample
+    looks = ("it is empty" if not data.strip() else "it holds text" if text else
+             "its content matches no image format")
+    return ImageError(f"{name} is not an image ({looks}; {', '.join(formats)} work)")
+
+
 def load_images(paths: Sequence[str | os.PathLike[str]],
                 input_shape: tuple[int, int, int]) -> npt.NDArray[np.uint8]:
     """Image files -> uint8 ``(N, C, H, W)``, converted exactly as the data server converts
@@ -50,6 +75,9 @@ def load_images(paths: Sequence[str | os.PathLike[str]],
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ImageError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+        problem = _not_an_image(name, data, _ingest.IMAGE_FORMATS)
+        if problem is not None:
+            raise problem
         try:
             _ingest._decode_into(out[i], data, name, shape, limits)
         except MlitbError as exc:
