@@ -96,3 +96,12 @@ def browser(ctx: typer.Context) -> None:
     from mlitb.bench import browser as bench_browser
 
     raise typer.Exit(bench_browser.main(ctx.args))
+
+
+@bench_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                     "help_option_names": []})
+def recipe(ctx: typer.Context) -> None:
+    """What each ingredient of the CIFAR-10 recipe buys, in samples (its own --help)."""
+    from mlitb.bench import recipe as bench_recipe
+
+    raise typer.Exit(bench_recipe.main(ctx.args))
