@@ -138,14 +138,14 @@ class Training:
     each end of every coordinate), ``centered_clip`` (Karimireddy et al. 2021, radius
     ``clip_radius`` times the median distance from the coordinate-wise median)."""
     trim_fraction: Annotated[float, Range(0.0, 0.45)] = 0.25
-    clip_radius: Annotated[float, Range(0.01, 100.0)] = 1.0
+    clip_radius: Annotated[float, Range(0.01, 100.0)] = 0.5
     norm_clip: Annotated[float, Range(1.0, 1e6)] | None = 4.0
     """Robust reducers: a result's norm per sample is clipped to this multiple of the round's
     (lower) median norm; None: no clipping."""
     norm_refuse: Annotated[float, Range(1.0, 1e12)] | None = 100.0
     """Robust reducers: a result whose norm per sample is beyond this multiple of the round's
     (lower) median is refused (a strike); None: none is refused."""
-    sample_factor: Annotated[float, Range(1.0, 1e6)] = 2.0
+    sample_factor: Annotated[float, Range(1.0, 1e6)] = 1.0
     """Robust reducers: a result weighs at most this multiple of the round's median rate
     (samples per second of budget) times its own budget."""
     max_strikes: Annotated[int, Range(0, 1000)] = 3
