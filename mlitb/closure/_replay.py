@@ -5,8 +5,10 @@ recorded step recomputes each part exactly as a Python node computed it (``compu
 in deterministic mode over the part's share, with the recorded seed, iteration and batch size
 and the closure's augmentation, on one BLAS thread as node workers run; ``local`` closures:
 ``compute_local`` with a fresh inner optimizer at the step's scheduled learning rate), reduces
-the parts in the recorded order with the master's own reduce function and optimizer (at the
-step's schedule factor; ``local``: the outer optimizer from the origin's state), and compares
+the parts in the recorded order with the master's own reduce function (``aggregate`` with the
+closure's ``loop.training.aggregation``: absent in older closures, the paper's ``mean``) and
+optimizer (at the step's schedule factor; ``local``: the outer optimizer from the origin's
+state), and compares
 the SHA-256 of the parameters with the recorded one. The training images come from upload
 zips, decoded exactly as the data server decodes them and matched to the closure's manifest by
 content hash.
@@ -234,7 +236,7 @@ def _frame(result: ComputeResult, kind: ResultKind) -> ResultFrame:
 def _gradient_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnce:
     """``gradient``: each part is a node's ``compute_gradient``; the master's optimizer steps on
     their average with the schedule's factor of that step."""
-    from ..master import reduce_gradient_sums
+    from ..master._reduce import aggregate
     from ..nodes._compute import compute_gradient
     from ..optim import make_optimizer
     from ..protocol import ResultKind
@@ -260,7 +262,7 @@ def _gradient_stepper(closure: Closure, worker: Net, data: TrainingData) -> Step
                                       shift=training.shift, flip=training.flip)
             frames.append(_frame(result, ResultKind.GRADIENT_SUM))
         optimizer.lr_scale = step.lr_scale  # as plan_iteration set it for this iteration
-        return reduce_gradient_sums(frames, params, optimizer)
+        return aggregate(frames, params, optimizer, training)
 
     return step_once
 
@@ -269,7 +271,7 @@ def _local_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnc
     """``local``: each part is a node's ``compute_local`` with a fresh inner optimizer (as a
     node builds one every deterministic round); the outer optimizer, from the origin's state,
     steps on the averaged delta."""
-    from ..master._reduce import reduce_parameter_deltas
+    from ..master._reduce import aggregate
     from ..nodes._compute import compute_local
     from ..protocol import ResultKind
     from ..training import make_inner, make_outer
@@ -295,7 +297,7 @@ def _local_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnc
                                    seed=record.seed, iteration=step.iteration,
                                    shift=training.shift, flip=training.flip)
             frames.append(_frame(result, ResultKind.PARAMETER_DELTA))
-        return reduce_parameter_deltas(frames, params, outer)
+        return aggregate(frames, params, outer, training)
 
     return step_once
 

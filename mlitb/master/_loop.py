@@ -86,6 +86,7 @@ async def run_iteration(master: Master, name: str, project: Project) -> None:
     if project.refused is not None:
         master._event("error", f"project {name}: iteration {it.number}'s step was refused: "
                       f"{project.refused}", name)
+    report_checks(master, name, project, it.number)
     if summary.workers < len(it.orders):
         log.info("%s: %d of %d results by the deadline", name, summary.workers,
                  len(it.orders))
@@ -94,6 +95,23 @@ async def run_iteration(master: Master, name: str, project: Project) -> None:
         # autosave_every iterations.
         await master.save_project(name)
     await trio.sleep_until(start + project.iteration_time)
+
+
+def report_checks(master: Master, name: str, project: Project, number: int) -> None:
+    """The robust reducers' verdicts: refused results are logged; trainers refused
+    ``max_strikes`` rounds in a row (already removed from the project) are told why with a bye
+    (``too_many_errors``, close 4005) and an ``removed`` event says why."""
+    summary = project.checks
+    if summary is not None and (summary.refused or summary.clipped or summary.capped):
+        log.info("%s: iteration %d: %d result(s) refused, %d clipped, %d capped", name,
+                 number, len(summary.refused), len(summary.clipped), len(summary.capped))
+    for w, why in project.dropped:
+        master._event("removed", f"worker {w} dropped from project {name}: {why}", name, w)
+        conn = master.connections.get(w)
+        if conn is not None:
+            conn.say_bye("too_many_errors", f"dropped: {why}"[:120])
+            master._forget(conn, log_event=False)
+    project.dropped = []
 
 
 def flush_allocations(master: Master, project: Project) -> None:

@@ -39,7 +39,7 @@ from ..training import check_training, lr_factor, make_outer, progress
 from ._allocator import Allocator
 from ._budget import BudgetConfig, BudgetPolicy
 from ._deterministic import Recorder
-from ._reduce import ReduceSummary, reduce_gradient_sums, reduce_parameter_deltas
+from ._reduce import ReduceSummary, aggregate, reduce_gradient_sums, reduce_parameter_deltas
 
 MAX_SAMPLES_PER_SECOND: Final = 1_000_000
 """The most samples a result of a work order given in seconds may claim per second of the
@@ -130,7 +130,7 @@ class Project:
 
     def __init__(self, name: str, net: Net, optimizer: Optimizer, optimizer_name: str,
                  iteration_time: float, *, samples_per_iteration: int | None = None,
-                 reducer: Reducer = reduce_gradient_sums,
+                 reducer: Reducer | None = None,
                  seeds: dict[str, int] | None = None,
                  budget_config: BudgetConfig | None = None,
                  training: Training | None = None) -> None:
@@ -144,9 +144,18 @@ class Project:
         self.outer: Optimizer | None = None
         if self.training.algorithm == "local":
             self.outer = make_outer(self.training, net.num_params)
-            if reducer is reduce_gradient_sums:
-                reducer = reduce_parameter_deltas
-        self.reducer = reducer
+        if reducer in (reduce_gradient_sums, reduce_parameter_deltas):
+            reducer = None
+        self.reducer: Reducer | None = reducer
+        """None: ``aggregate`` by ``training.aggregation`` (with the per-result checks); a
+        function of (results, parameters, optimizer) replaces it (benchmarks, tests)."""
+        self.strikes: dict[int, int] = {}
+        """Robust aggregation: rounds in a row each trainer's result was refused."""
+        self.dropped: list[tuple[int, str]] = []
+        """Trainers the last ``finish_iteration`` dropped (refused ``max_strikes`` rounds in a
+        row) and why; the loop says bye to them."""
+        self.checks: ReduceSummary | None = None
+        """The last round's summary (what the per-result checks refused, clipped, capped)."""
         self.samples_trained = 0
         self.seconds_trained = 0.0
         self.paused = False
@@ -258,6 +267,7 @@ class Project:
         if worker_id in self.allocator:
             self.allocator.leave(worker_id)
         self.budgets.forget(worker_id)
+        self.strikes.pop(worker_id, None)
         if self.current is not None:
             self.current.orders.pop(worker_id, None)
             self.current.results.pop(worker_id, None)
@@ -438,12 +448,19 @@ class Project:
         ordered = [it.results[w][0] for w in order]
         stepper = self.outer if self.outer is not None else self.optimizer
         self.refused = None
+        self.dropped = []
         try:
-            summary = self.reducer(ordered, self.net.params, stepper)
+            if self.reducer is not None:
+                summary = self.reducer(ordered, self.net.params, stepper)
+            else:
+                summary = aggregate(ordered, self.net.params, stepper, self.training,
+                                    [it.orders[w].seconds if w in it.orders else None
+                                     for w in order])
         except MlitbError as exc:  # StepRefused (the reducers restore the model) or a bad value
             self.refused = str(exc)
             summary = ReduceSummary(samples=0, loss_sum=0.0, correct=0, workers=len(ordered),
                                     stepped=False)
+        self.checks = summary
         if summary.stepped:
             kind = ResultKind.GRADIENT_SUM if self.outer is None else ResultKind.PARAMETER_DELTA
             if self.recorder is not None:
@@ -469,7 +486,26 @@ class Project:
                              wait=max(0.0, now - it.sent_at - max(computes, default=0.0)),
                              reduce=0.0, broadcast=max(0.0, it.sent_at - it.started_at))
         self.current = None
+        self._count_strikes(order, ordered, summary)
         return summary
+
+    def _count_strikes(self, order: list[int], ordered: list[ResultFrame],
+                       summary: ReduceSummary) -> None:
+        """A trainer whose result was refused gets a strike, one whose result was used loses
+        its strikes; at ``max_strikes`` in a row it is dropped (removed here, listed in
+        ``dropped`` with the reason for the loop to say bye)."""
+        refused = dict(summary.refused)
+        limit = self.training.max_strikes
+        for i, (w, frame) in enumerate(zip(order, ordered)):
+            if i in refused:
+                self.strikes[w] = self.strikes.get(w, 0) + 1
+                if limit and self.strikes[w] >= limit and w in self.members:
+                    why = (f"its results were refused {self.strikes[w]} rounds in a row "
+                           f"(last: {refused[i]})")
+                    self.remove_member(w)
+                    self.dropped.append((w, why))
+            elif frame.samples > 0:
+                self.strikes.pop(w, None)
 
     def record_stats(self, point: StatsPoint) -> None:
         self.test_error.append(point)

@@ -102,6 +102,7 @@ Algorithm = Literal["gradient", "local"]
 OuterOptimizer = Literal["average", "nesterov"]
 ScheduleKind = Literal["constant", "cosine", "linear"]
 HorizonUnit = Literal["samples", "seconds"]
+Aggregation = Literal["mean", "median", "trimmed_mean", "centered_clip"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,10 +131,34 @@ class Training:
     final_lr: Fraction = 0.0
     shift: Annotated[int, Range(0, 16)] = 0
     flip: bool = False
+    aggregation: Aggregation = "mean"
+    """How the master reduces a round's results (``mlitb.master._reduce``): ``mean`` (the
+    paper's weighted sum, no checks), or a robust reducer over per-sample results after the
+    per-result checks: coordinate-wise ``median``, ``trimmed_mean`` (``trim_fraction`` cut from
+    each end of every coordinate), ``centered_clip`` (Karimireddy et al. 2021, radius
+    ``clip_radius`` times the median distance from the coordinate-wise median)."""
+    trim_fraction: Annotated[float, Range(0.0, 0.45)] = 0.25
+    clip_radius: Annotated[float, Range(0.01, 100.0)] = 0.5
+    norm_clip: Annotated[float, Range(1.0, 1e6)] | None = 4.0
+    """Robust reducers: a result's norm per sample is clipped to this multiple of the round's
+    (lower) median norm; None: no clipping."""
+    norm_refuse: Annotated[float, Range(1.0, 1e12)] | None = 100.0
+    """Robust reducers: a result whose norm per sample is beyond this multiple of the round's
+    (lower) median is refused (a strike); None: none is refused."""
+    sample_factor: Annotated[float, Range(1.0, 1e6)] = 1.0
+    """Robust reducers: a result weighs at most this multiple of the round's median rate
+    (samples per second of budget) times its own budget."""
+    max_strikes: Annotated[int, Range(0, 1000)] = 3
+    """Robust reducers: a trainer whose results are refused this many rounds in a row is
+    dropped (0: never)."""
 
     def _check(self) -> None:
         if self.schedule != "constant" and self.horizon is None:
             raise Invalid(f"schedule {self.schedule!r} needs a horizon", "horizon")
+        if (self.norm_clip is not None and self.norm_refuse is not None
+                and self.norm_refuse < self.norm_clip):
+            raise Invalid(f"must be at least norm_clip ({self.norm_clip:g}), got "
+                          f"{self.norm_refuse:g}", "norm_refuse")
 
 
 # == client -> master ==============================================================================
