@@ -69,7 +69,7 @@ def test_parse_number_keeps_integers_and_refuses_junk() -> None:
 
 def test_iteration_time_bounds() -> None:
     assert parse_iteration_time("1.5") == 1.5
-    with pytest.raises(ValueError, match="between 1 and 30"):
+    with pytest.raises(ValueError, match="between 0.25 and 30"):
         parse_iteration_time("45")
 
 
@@ -299,7 +299,7 @@ async def test_hyperparameter_edit_validates_inline_and_applies() -> None:
             field("learning_rate").value = "fast"
             await pilot.press("enter")
             await until(pilot, lambda: field("learning_rate").error, "inline error")
-            assert "between 1 and 30" in field("T").error
+            assert "between 0.25 and 30" in field("T").error
             assert "not a number" in field("learning_rate").error
             assert not backend.requests
             # A value the optimizer refuses: the master's message, under its field.

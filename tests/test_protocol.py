@@ -394,7 +394,7 @@ def refused(obj: Any, *, max_size: int = MAX_TEXT_FRAME) -> WireError:
     ({"type": "create_project", "request_id": "r", "name": "p", "spec": [{"type": "input"}],
       "iteration_time": 45}, "create_project.iteration_time"),
     ({"type": "create_project", "request_id": "r", "name": "p", "spec": [{"type": "input"}],
-      "iteration_time": 0.5}, "create_project.iteration_time"),
+      "iteration_time": 0.1}, "create_project.iteration_time"),
     ({"type": "create_project", "request_id": "r", "name": "p"}, "create_project.spec"),
     ({"type": "create_project", "request_id": "r", "name": "p", "spec": []},
      "create_project.spec"),

@@ -53,7 +53,9 @@ MAX_JSON_DEPTH: Final = 32
 
 MAX_U32: Final = 0xFFFF_FFFF
 """Ids, counters and versions are unsigned 32-bit on the wire (safe as JavaScript numbers)."""
-MIN_ITERATION_TIME: Final = 1.0
+MIN_ITERATION_TIME: Final = 0.25
+"""Short rounds pay for ``local`` projects: workers average their parameters every T, and the
+fewer steps they take apart, the less accuracy each sample loses (docs/performance.md)."""
 MAX_ITERATION_TIME: Final = 30.0
 MIN_STATUS_INTERVAL: Final = 0.1
 MAX_STATUS_INTERVAL: Final = 60.0
