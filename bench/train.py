@@ -8,7 +8,7 @@ training is over, evaluates them on the whole test set, so the curve costs the w
 It prints the test-accuracy curve over time, the time to the target and the best accuracy.
 
 The recipe is the project's (``--algorithm local`` with Nesterov SGD inner steps, a warmup +
-cosine schedule over ``--seconds``, shift + flip augmentation); ``--algorithm gradient`` runs
+cosine schedule over ``--seconds``, horizontal flips, T = 0.5 s); ``--algorithm gradient`` runs
 the paper's AdaGrad recipe for comparison. With PyTorch installed, the same net trains on one
 thread with a good recipe (SGD-Nesterov, batch 64, the same schedule and augmentation) in the
 same invocation, its clock paused while it is evaluated, and the ratio is printed.
