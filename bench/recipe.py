@@ -12,7 +12,7 @@ test images. Same arguments, same figures, whatever else the machine is doing.
 Variants (``--variants``, comma-separated; each one run after the other, the recipe's first):
 
     recipe      the demo's CIFAR-10 recipe (``mlitb.recipes.cifar10_recipe``)
-    previous    the recipe before local steps were tuned (momentum 0.9, lr 0.03, T = 1 s)
+    previous    the recipe before: momentum 0.9 at learning rate 0.03, T = 1 s
     constant    the recipe without its schedule (no warmup, no decay)
     no-flip     the recipe without horizontal flips
     one         the recipe on one trainer with twice the samples per round (no averaging)
