@@ -211,6 +211,9 @@ def _fix_hyper(draw: st.DrawFn, kw: dict[str, Any]) -> None:
 def _fix_training(draw: st.DrawFn, kw: dict[str, Any]) -> None:
     if kw.get("schedule", "constant") != "constant" and kw.get("horizon") is None:
         kw["horizon"] = draw(st.floats(1.0, 1e9))
+    clip, refuse = kw.get("norm_clip", 4.0), kw.get("norm_refuse", 100.0)
+    if clip is not None and refuse is not None and refuse < clip:
+        kw["norm_refuse"] = clip
 
 
 def _fix_workers(draw: st.DrawFn, kw: dict[str, Any]) -> None:

@@ -273,13 +273,14 @@ def _trimmed_mean(values: np.ndarray, weights: np.ndarray, fraction: float) -> n
     order = np.argsort(values, axis=0, kind="stable")[cut:n - cut]
     kept = np.take_along_axis(values, order, axis=0)
     w = weights[order]
-    return (kept * w).sum(axis=0) / w.sum(axis=0)
+    out: np.ndarray = (kept * w).sum(axis=0) / w.sum(axis=0)
+    return out
 
 
 def _centered_clip(values: np.ndarray, weights: np.ndarray, radius: float) -> np.ndarray:
     """CenteredClip (Karimireddy, He and Jaggi 2021) from the coordinate-wise median, the
     radius ``radius`` × the median distance of the values from that start."""
-    v = np.median(values, axis=0)
+    v: np.ndarray = np.median(values, axis=0)
     distances = np.linalg.norm(values - v, axis=1)
     tau = radius * float(np.median(distances))
     if not tau > 0:  # at least half the values are the median itself
@@ -289,5 +290,5 @@ def _centered_clip(values: np.ndarray, weights: np.ndarray, radius: float) -> np
         diff = values - v
         dist = np.linalg.norm(diff, axis=1)
         scale = np.minimum(1.0, tau / np.maximum(dist, 1e-300))
-        v = v + (weights * scale) @ diff / total
+        v = np.asarray(v + (weights * scale) @ diff / total)
     return v
