@@ -22,6 +22,7 @@ from .closure import (
     verify_manifest,
 )
 from .errors import ClosureError, MlitbError
+from .protocol import MAX_ITERATION_TIME, MIN_ITERATION_TIME
 
 closure_app = typer.Typer(
     help="Inspect, verify, predict with, export, replay and resume research closures (one JSON "
@@ -321,7 +322,8 @@ def resume(
     name: Annotated[str | None, typer.Option(
         "--name", help="The new project's name (default: the closure's).")] = None,
     iteration_time: Annotated[float | None, typer.Option(
-        min=1.0, max=30.0, help="T, seconds per iteration (default: the closure's).")] = None,
+        min=MIN_ITERATION_TIME, max=MAX_ITERATION_TIME,
+        help="T, seconds per iteration (default: the closure's).")] = None,
     samples_per_iteration: Annotated[int | None, typer.Option(
         min=1, help="Deterministic mode with this many samples per iteration (default: the "
         "closure's setting).")] = None,

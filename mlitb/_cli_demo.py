@@ -28,7 +28,7 @@ from rich.table import Table
 from ._cli_common import cli_errors
 from ._cli_project import read_spec
 from .errors import MlitbError
-from .protocol import Training
+from .protocol import MAX_ITERATION_TIME, MIN_ITERATION_TIME, Training
 from .recipes import cifar10_recipe, digits_recipe
 
 
@@ -117,8 +117,10 @@ def register_demo(app: typer.Typer) -> None:
                                                    exists=True, dir_okay=False)] = None,
         workers: Annotated[int, typer.Option(min=1, max=64,
                                              help="Trainer processes to start.")] = 2,
-        iteration_time: Annotated[float, typer.Option(min=1.0, max=30.0,
-                                                      help="T, seconds per iteration.")] = 1.0,
+        iteration_time: Annotated[float | None, typer.Option(
+            min=MIN_ITERATION_TIME, max=MAX_ITERATION_TIME, show_default=False,
+            help="T, seconds per iteration (default: the recipe's, 1 s on digits, 0.5 s with "
+                 "--data).")] = None,
         algorithm: Annotated[str, typer.Option(
             help="local: local steps on the workers, averaged every T (mlitb.recipes); "
                  "gradient: the paper's (one AdaGrad step per iteration on the master).")] =
@@ -154,7 +156,9 @@ def register_demo(app: typer.Typer) -> None:
         else:
             recipe = cifar10_recipe(algorithm, seconds=minutes * 60,
                                     augment=channels == 3 if augment is None else augment)
-        opt, hp, training, _ = recipe
+        opt, hp, training, recipe_t = recipe
+        if iteration_time is None:
+            iteration_time = recipe_t
         if augment is not None and data is None:
             training = dataclasses.replace(training, shift=2 if augment else 0, flip=False)
         if optimizer is not None and optimizer != opt:

@@ -21,6 +21,8 @@ from .client import OperatorClient, open_operator
 from .errors import MlitbError
 from .optim import OPTIMIZERS
 from .protocol import (
+    MAX_ITERATION_TIME,
+    MIN_ITERATION_TIME,
     CreateProject,
     DeleteProject,
     Pause,
@@ -115,7 +117,7 @@ def create(
     name: Annotated[str, typer.Argument(help="Project name.")],
     model: Annotated[Path, typer.Option("--model", help="Layer spec (JSON list, makeLayers "
                                         "form) or a model file.", exists=True, dir_okay=False)],
-    iteration_time: Annotated[float, typer.Option(min=1.0, max=30.0,
+    iteration_time: Annotated[float, typer.Option(min=MIN_ITERATION_TIME, max=MAX_ITERATION_TIME,
                                                   help="T, seconds per iteration.")] = 2.0,
     optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(OPTIMIZERS)}.",
                                            callback=check_optimizer)] = "adagrad",
@@ -232,7 +234,8 @@ def set_hyperparameters(
     name: Annotated[str, typer.Argument(help="Project name.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="NAME=VALUE (repeatable).")]
     = None,
-    iteration_time: Annotated[float | None, typer.Option(min=1.0, max=30.0)] = None,
+    iteration_time: Annotated[float | None, typer.Option(
+        min=MIN_ITERATION_TIME, max=MAX_ITERATION_TIME)] = None,
     training: Annotated[list[str] | None, typer.Option(
         "--training", help="Change training settings NAME=VALUE (repeatable): the schedule, "
         "augmentation, batch size, outer optimizer; the others stay.")] = None,

@@ -437,6 +437,25 @@ async def test_stop_closes_with_1000() -> None:
 
 
 @pytest.mark.trio
+async def test_stats_worker_starts_with_quick_subsets_and_reports_the_whole_set_every_kth() -> None:
+    with trio.fail_after(20):
+        async with fake_master() as master, running_worker(
+                master.port, role="stats", stats_subset=50, stats_full_every=3,
+                stats_share=1.0) as run:
+            conn, _ = await greet(master, role="stats")
+            await conn.send(Allocation(added=tuple(range(120)), total=120))
+            sizes = []
+            for version in range(1, 5):
+                await conn.send(parameters(version))
+                report = await conn.expect(StatsReport)
+                assert report.parameter_version == version
+                sizes.append(report.samples)
+            assert sizes == [50, 50, 120, 50]  # the first is quick: the curve starts at once
+            assert run.worker.results_sent == 4
+            await conn.close(CloseCode.NORMAL)
+
+
+@pytest.mark.trio
 async def test_stats_worker_reports_test_error() -> None:
     with trio.fail_after(20):
         async with fake_master() as master, running_worker(master.port, role="stats") as run:
