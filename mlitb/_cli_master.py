@@ -200,7 +200,8 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
         nursery.start_soon(refresh)
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=on_registered,
-            check_upload=check_upload, client_config={"master_url": url}))
+            check_upload=check_upload, client_config={"master_url": url},
+            upload_token=token))  # writes need the operator token, as under `mlitb master`
         out.print(f"data server http://{host}:{bound}, registering with {url}")
 
 

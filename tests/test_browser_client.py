@@ -125,7 +125,7 @@ def create_project(c: Any, name: str = PROJECT, *, iteration_time: float = 1.0,
 
 def upload_digits(c: Any, tmp_path: Path, *, train: int = 600, test: int = 120) -> None:
     train_split, test_split, names = digits()
-    client = DataClient(c.data_url)
+    client = DataClient(c.data_url, token=c.token)
     for split, data, n in (("train", train_split, train), ("test", test_split, test)):
         samples = [(names[int(y)], image[..., 0])
                    for image, y in zip(data.images[:n], data.labels[:n], strict=True)]
