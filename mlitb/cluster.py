@@ -8,7 +8,6 @@ unknown projects are refused before a byte is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-import ssl
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from .dataserver import (
 )
 from .dataserver import LabelConflictError
 from .dataserver._app import CheckUpload, PlanLabels
+from ._tls import server_context
 from .errors import UploadError
 from .master import Master, ProjectFiles, RequestError
 
@@ -77,7 +77,7 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
     master's model numbers (``Master.plan_labels``), so their registration cannot conflict. ``public_host``: the host name workers should use (default: ``host``).
     """
     on_registered, check_upload, plan_labels = _glue(master)
-    ssl_context = server_ssl_context(certfile, keyfile) if certfile is not None else None
+    ssl_context = server_context(certfile, keyfile) if certfile is not None else None
     tls = ssl_context is not None
     shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
     # The browser page reads the master's URL from /config.json; the port is known only later.
@@ -113,14 +113,6 @@ def _reregister(master: Master, store: Store, project: str) -> None:
         ids = [int(i) for i in store.ids(project, split)]
         if ids:
             master.register_data(project, split, ids, labels)
-
-
-def server_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
-    """The master's TLS context: the certificate chain in ``certfile`` (PEM), its key in
-    ``keyfile`` (default: in ``certfile``)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certfile, keyfile)
-    return context
 
 
 def open_store(data_dir: Path) -> Store:
