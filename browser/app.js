@@ -89,7 +89,11 @@ async function masterUrl() {
     const r = await fetch("config.json", { cache: "no-store" });
     if (r.ok) {
       const config = await r.json();
-      if (config.master_url) return reachable(config.master_url, location.hostname);
+      // A page opened over https:// cannot open ws:// (mixed content): ask for wss:// instead.
+      if (config.master_url) {
+        const url = reachable(config.master_url, location.hostname);
+        return location.protocol === "https:" ? url.replace(/^ws:\/\//, "wss://") : url;
+      }
     }
   } catch { /* no configuration: the default below */ }
   return `${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname || "localhost"}:8000`;
@@ -104,7 +108,7 @@ function showView() {
   for (const section of document.querySelectorAll("main .view")) section.hidden = section.dataset.view !== view;
   for (const a of document.querySelectorAll(".tabs a")) a.classList.toggle("active", a.dataset.view === view);
   $("#projectbar").hidden = view === "projects";
-  if (view === "predict") ensureTracker();
+  if (view === "predict") { ensureTracker(); showTokenField(); }
   if (view === "stats") renderStats();
   if (view === "train") renderTrainers();
 }
@@ -549,6 +553,13 @@ function dataBase() {
   return sameServer(announced, location.origin) ? location.origin : announced;
 }
 
+function showTokenField() {
+  // The operator-token field, unless this tab holds the project's contributor token.
+  const field = $("#upload-token");
+  field.hidden = Boolean(tokens.contribute(state.project));
+  if (!field.value) field.value = tokens.operator();
+}
+
 async function teach(event) {
   event.preventDefault();
   const out = $("#teach-result"), label = $("#teach-label").value.trim();
@@ -561,7 +572,12 @@ async function teach(event) {
   const typed = $("#upload-token").value;
   if (typed) tokens.setOperator(typed);
   const token = typed || tokens.contribute(state.project) || tokens.operator();
-  if (token) headers.Authorization = `Bearer ${token}`;
+  if (!token) {
+    out.textContent = "Teaching needs the operator token (enter it above) or the project's contributor link.";
+    out.dataset.status = "needs-token";
+    return;
+  }
+  headers.Authorization = `Bearer ${token}`;
   const isNew = !(state.tracker && state.tracker.labels.includes(label));
   out.textContent = "uploading…";
   $("#teach-button").disabled = true;
@@ -571,7 +587,6 @@ async function teach(event) {
     let body = {};
     try { body = await r.json(); } catch { /* not JSON */ }
     if (r.status === 401) {
-      $("#upload-token").hidden = false;
       out.textContent = token
         ? `Refused: ${body.error || "the token was wrong"}. Enter the operator token above, or open the project's contributor link, and teach again.`
         : "Teaching needs the operator token or the project's contributor link: enter the operator token above and teach again.";
