@@ -12,6 +12,7 @@ import subprocess
 import sys
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -119,3 +120,66 @@ async def test_a_node_trains_over_wss_and_the_cli_uploads_over_https(tmp_path: P
                 with suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.mark.asyncio
+async def test_the_console_over_wss_lists_and_uploads_over_https(tmp_path: Path) -> None:
+    """The Textual console with --cafile: connected over wss://, its upload over https://."""
+    import asyncio
+    import time
+
+    from test_auth_browser import OPERATOR, run_cluster
+
+    from mlitb.console import ConsoleApp, LiveBackend
+    from mlitb.console._form_field import FormField
+    from mlitb.console._upload_dialog import UploadDialog
+
+    ca, cert, key = make_ca(tmp_path)
+    train, _, names = digits()
+    archive = write_archive(tmp_path / "test.zip", [(names[int(y)], image[..., 0]) for image, y
+                                                    in zip(train.images[:50],
+                                                           train.labels[:50])])
+
+    async def until(pilot: Any, condition: Any, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await pilot.pause(0.1)
+
+    with run_cluster(tmp_path, certfile=str(cert), keyfile=str(key)) as c:
+        assert c.url.startswith("wss://")
+        async with asyncio.timeout(90):
+            app = ConsoleApp(LiveBackend(c.url, OPERATOR, interval=0.2, cafile=str(ca)),
+                             project=None, refresh_interval=0.1)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await until(pilot, lambda: app.status is not None, "a status over wss://")
+                await pilot.press("u")
+                await until(pilot, lambda: isinstance(app.screen, UploadDialog), "the dialog")
+                dialog = app.screen
+                assert isinstance(dialog, UploadDialog)
+                dialog.query_one("#field-archive", FormField).value = str(archive)
+                dialog.query_one("#split").value = "test"  # type: ignore[attr-defined]
+                await pilot.press("enter")
+                await until(pilot, lambda: dialog.result is not None, "the upload over https://")
+                assert dialog.result is not None and dialog.result["count"] == 50
+        assert len(c.run(lambda: c.master.projects["digits"].test_ids)) == 50  # type: ignore[attr-defined]
+
+
+def test_an_https_upload_without_the_token_gets_401_not_a_tls_error(tmp_path: Path,
+                                                                     monkeypatch: Any) -> None:
+    """The data server refuses before reading a large body and closes the TLS connection: the
+    client still reads the 401 (not "EOF occurred in violation of protocol")."""
+    from test_auth_browser import run_cluster
+
+    from mlitb.dataserver import DataClient, DataServerError
+
+    ca, cert, key = make_ca(tmp_path)
+    monkeypatch.setenv("MLITB_CAFILE", str(ca))
+    big = tmp_path / "big.zip"
+    big.write_bytes(os.urandom(16 << 20))
+    with run_cluster(tmp_path, certfile=str(cert), keyfile=str(key)) as c:
+        for token in (None, "wrong-token"):
+            with pytest.raises(DataServerError) as refused:
+                DataClient(c.data_url, token=token).upload("digits", big)
+            assert refused.value.status == 401, refused.value

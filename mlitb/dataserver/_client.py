@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -76,7 +77,8 @@ class DataClient:
             try:
                 connection.request(method, self._parts.path.rstrip("/") + path, body=body,
                                    headers=headers)
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError,
+                    ssl.SSLZeroReturnError):
                 pass  # the server refused before reading everything: its answer says why
             try:
                 response = connection.getresponse()

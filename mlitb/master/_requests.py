@@ -98,10 +98,10 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
         master.set_access(msg.project, join_token=msg.join_token,
                           contributor_token=msg.contributor_token)
         if msg.drop_members:
-            for target in [c for c in master.connections.values()
+            for member in [c for c in master.connections.values()
                            if c.project == msg.project and c.role != "operator"]:
-                target.say_bye("removed", "the project's join token changed: join again")
-                master._forget(target, log_event=False)
+                member.say_bye("removed", "the project's join token changed: join again")
+                master._forget(member, log_event=False)
     elif isinstance(msg, RemoveWorker):
         target = master.connections.get(msg.worker_id)
         if target is None or target.role == "operator":
