@@ -94,7 +94,8 @@ async def _measure_loop(nodes: int, iterations: int, t: float, folder: Path) -> 
             master, store, "127.0.0.1", 0, 0, task_status=task_status))
         project = master.create_project(PROJECT, DEMO_NET, iteration_time=t, seed=0)
         archive = _dataset(folder)
-        await trio.to_thread.run_sync(lambda: DataClient(address.data_url).upload(PROJECT,
+        await trio.to_thread.run_sync(lambda: DataClient(
+            address.data_url, token=master.operator_token).upload(PROJECT,
                                                                                    archive))
         procs = [subprocess.Popen([sys.executable, "-m", "mlitb", "node", "join",
                                    address.master_url, "--project", PROJECT, "--workers", "1"],

@@ -116,7 +116,8 @@ async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, tra
                                         hyperparameters=rec.hyperparameters, seed=0,
                                         training=rec.training)
         print(f"  uploading {train_zip.name} (not timed)", file=log, flush=True)
-        await trio.to_thread.run_sync(lambda: DataClient(address.data_url).upload(PROJECT,
+        await trio.to_thread.run_sync(lambda: DataClient(
+            address.data_url, token=master.operator_token).upload(PROJECT,
                                                                                    train_zip))
         proc = subprocess.Popen([sys.executable, "-m", "mlitb", "node", "join",
                                  address.master_url, "--project", PROJECT, "--workers",

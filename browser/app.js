@@ -15,6 +15,34 @@ import { WorkerPool } from "./lib/trainers.js";
 const $ = (selector) => document.querySelector(selector);
 const params = new URLSearchParams(location.search);
 
+// -- tokens: kept in this tab's sessionStorage only, never in a URL the page keeps ---------------
+// A join link (?project=P&join=TOKEN) or a contributor link (?contribute=TOKEN) is read once,
+// then removed from the address bar (and the history entry) with history.replaceState.
+const tokens = {
+  _get(kind) { try { return JSON.parse(sessionStorage.getItem(`mlitb.${kind}`) || "{}"); } catch { return {}; } },
+  _set(kind, project, value) {
+    const all = this._get(kind);
+    if (value) all[project] = value; else delete all[project];
+    sessionStorage.setItem(`mlitb.${kind}`, JSON.stringify(all));
+  },
+  join(project) { return (project && this._get("join")[project]) || null; },
+  setJoin(project, value) { this._set("join", project, value); },
+  contribute(project) { return (project && this._get("contribute")[project]) || null; },
+  setContribute(project, value) { this._set("contribute", project, value); },
+  operator() { return sessionStorage.getItem("mlitb.operator") || ""; },
+  setOperator(value) { if (value) sessionStorage.setItem("mlitb.operator", value); else sessionStorage.removeItem("mlitb.operator"); },
+};
+if (params.has("join") || params.has("contribute")) {
+  const project = params.get("project");
+  if (project && params.get("join")) tokens.setJoin(project, params.get("join"));
+  if (project && params.get("contribute")) tokens.setContribute(project, params.get("contribute"));
+  params.delete("join");
+  params.delete("contribute");
+  const query = params.toString();
+  history.replaceState(history.state, "", `${location.pathname}${query ? "?" + query : ""}${location.hash}`);
+}
+window.mlitbTokens = tokens; // for the tests
+
 /** A DOM element: h("td", {class: "num"}, "12"). Text is always set as text, never as HTML. */
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -61,7 +89,11 @@ async function masterUrl() {
     const r = await fetch("config.json", { cache: "no-store" });
     if (r.ok) {
       const config = await r.json();
-      if (config.master_url) return reachable(config.master_url, location.hostname);
+      // A page opened over https:// cannot open ws:// (mixed content): ask for wss:// instead.
+      if (config.master_url) {
+        const url = reachable(config.master_url, location.hostname);
+        return location.protocol === "https:" ? url.replace(/^ws:\/\//, "wss://") : url;
+      }
     }
   } catch { /* no configuration: the default below */ }
   return `${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname || "localhost"}:8000`;
@@ -76,7 +108,7 @@ function showView() {
   for (const section of document.querySelectorAll("main .view")) section.hidden = section.dataset.view !== view;
   for (const a of document.querySelectorAll(".tabs a")) a.classList.toggle("active", a.dataset.view === view);
   $("#projectbar").hidden = view === "projects";
-  if (view === "predict") ensureTracker();
+  if (view === "predict") { ensureTracker(); showTokenField(); }
   if (view === "stats") renderStats();
   if (view === "train") renderTrainers();
 }
@@ -207,13 +239,14 @@ function renderZoo() {
   list.replaceChildren();
   for (const e of entries) {
     const name = h("input", { type: "text", value: `${e.name}-run`, "aria-label": "new project name" });
-    const token = h("input", { type: "password", placeholder: "operator token", "aria-label": "operator token" });
+    const token = h("input", { type: "password", placeholder: "operator token", "aria-label": "operator token", value: tokens.operator() });
     const start = async (event) => {
       event.preventDefault();
       const result = $("#zoo-result");
       result.dataset.status = "pending";
       result.textContent = `starting ${name.value} from ${e.name}…`;
       try {
+        tokens.setOperator(token.value);
         await operatorRequest(state.link.url, token.value,
           { type: "create_project", name: name.value, zoo: e.name });
         result.dataset.status = "ok";
@@ -260,7 +293,7 @@ function renderProjectBar() {
 // -- train --------------------------------------------------------------------------------------------
 function addWorker(role) {
   if (!state.project) { location.hash = "projects"; return; }
-  state.pool.add(state.link.url, state.project, role);
+  state.pool.add(state.link.url, state.project, role, tokens.join(state.project));
 }
 
 function renderTrainers() {
@@ -375,7 +408,7 @@ function renderWorkerTable() {
 // -- predict and teach ------------------------------------------------------------------------------
 function ensureTracker() {
   if (state.tracker || !state.project || !state.link) { renderTracker(); return; }
-  const tracker = new Tracker(state.link.url, state.project);
+  const tracker = new Tracker(state.link.url, state.project, tokens.join(state.project));
   state.tracker = tracker;
   let pending = false;
   tracker.addEventListener("change", () => {
@@ -520,6 +553,13 @@ function dataBase() {
   return sameServer(announced, location.origin) ? location.origin : announced;
 }
 
+function showTokenField() {
+  // The operator-token field, unless this tab holds the project's contributor token.
+  const field = $("#upload-token");
+  field.hidden = Boolean(tokens.contribute(state.project));
+  if (!field.value) field.value = tokens.operator();
+}
+
 async function teach(event) {
   event.preventDefault();
   const out = $("#teach-result"), label = $("#teach-label").value.trim();
@@ -527,8 +567,17 @@ async function teach(event) {
   if (!label) return;
   const q = new URLSearchParams({ label, split: "train", name: state.image.name.slice(0, 200) });
   const headers = { "Content-Type": state.image.blob.type || "application/octet-stream" };
-  const token = $("#upload-token").value;
-  if (token) headers.Authorization = `Bearer ${token}`;
+  // The operator token typed here (kept in sessionStorage), else this project's contributor
+  // token from a contributor link: sent as a header, never in the URL.
+  const typed = $("#upload-token").value;
+  if (typed) tokens.setOperator(typed);
+  const token = typed || tokens.contribute(state.project) || tokens.operator();
+  if (!token) {
+    out.textContent = "Teaching needs the operator token (enter it above) or the project's contributor link.";
+    out.dataset.status = "needs-token";
+    return;
+  }
+  headers.Authorization = `Bearer ${token}`;
   const isNew = !(state.tracker && state.tracker.labels.includes(label));
   out.textContent = "uploading…";
   $("#teach-button").disabled = true;
@@ -538,8 +587,9 @@ async function teach(event) {
     let body = {};
     try { body = await r.json(); } catch { /* not JSON */ }
     if (r.status === 401) {
-      $("#upload-token").hidden = false;
-      out.textContent = "This data server needs an upload token: enter it above and teach again.";
+      out.textContent = token
+        ? `Refused: ${body.error || "the token was wrong"}. Enter the operator token above, or open the project's contributor link, and teach again.`
+        : "Teaching needs the operator token or the project's contributor link: enter the operator token above and teach again.";
     } else if (!r.ok) {
       out.textContent = `Refused (HTTP ${r.status}): ${body.error || r.statusText}`;
     } else {

@@ -32,7 +32,7 @@ const REQUEST_BYTES = 4 << 20; // per data request: the cache fills in steps, tr
 const MAX_IDS_PER_MESSAGE = 65536;
 const KEEP_INACTIVE_BYTES = 64 << 20; // ids no longer allocated stay cached up to this much
 
-let options = null; // {url, project, role, pageOrigin, host}
+let options = null; // {url, project, role, joinToken, pageOrigin, host}
 let stopping = false;
 let session = null; // the current connection's state
 let net = null, info = null, cache = null, cacheKey = null; // kept across connections
@@ -117,7 +117,7 @@ function connect() {
   s.helloTimer = setTimeout(() => {
     if (!s.welcomed) { s.error = "no welcome from the master in time"; ws.close(CLOSE.NORMAL); }
   }, HELLO_TIMEOUT_MS);
-  ws.onopen = () => ws.send(hello(options.role, { project: options.project, host: options.host }));
+  ws.onopen = () => ws.send(hello(options.role, { project: options.project, joinToken: options.joinToken, host: options.host }));
   ws.onmessage = (event) => {
     if (session !== s || s.ended) return;
     try {

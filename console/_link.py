@@ -76,9 +76,10 @@ class MasterLink:
     """One operator session at a time, re-opened whenever it ends (trio side)."""
 
     def __init__(self, url: str, token: str | None, post: Post, *, interval: float = 1.0,
-                 first_backoff: float = BACKOFF_FIRST) -> None:
+                 first_backoff: float = BACKOFF_FIRST, cafile: str | None = None) -> None:
         self.url = url
         self.token = token
+        self.cafile = cafile
         self.interval = interval
         self.first_backoff = first_backoff
         self.state = LinkState("connecting", url)
@@ -99,7 +100,7 @@ class MasterLink:
         while True:
             ws: WebSocketConnection | None = None
             try:
-                async with open_operator(self.url, self.token) as op:
+                async with open_operator(self.url, self.token, cafile=self.cafile) as op:
                     ws = op.ws
                     failures = 0
                     was_connected = True
@@ -226,9 +227,10 @@ class LiveBackend:
     """A real master at ``url`` (``ws://`` or ``wss://``), with an optional operator token."""
 
     def __init__(self, url: str, token: str | None = None, *, interval: float = 1.0,
-                 first_backoff: float = BACKOFF_FIRST) -> None:
+                 first_backoff: float = BACKOFF_FIRST, cafile: str | None = None) -> None:
         self.url = check_master_url(url)
         self.token = token or None
+        self.cafile = cafile  # a CA (PEM) for wss:// and https:// (else MLITB_CAFILE)
         self.interval = interval
         self.first_backoff = first_backoff
         self._guest = TrioGuest()
@@ -240,7 +242,7 @@ class LiveBackend:
 
     def start(self, app: App[Any]) -> None:
         self._link = MasterLink(self.url, self.token, app.post_message, interval=self.interval,
-                                first_backoff=self.first_backoff)
+                                first_backoff=self.first_backoff, cafile=self.cafile)
         def crash(error: BaseException) -> None:
             # A bug on the trio side ends the app with its traceback, as a bug in a handler would.
             app._handle_exception(error if isinstance(error, Exception)
@@ -289,7 +291,7 @@ class LiveBackend:
             raise MasterUnreachableError("not connected to the master")
         channels, height, width = found.input_shape
         shape = InputShape(width=width, height=height, channels=channels)
-        client = DataClient(data_url, token=self.token)
+        client = DataClient(data_url, token=self.token, cafile=self.cafile)
 
         def send() -> dict[str, Any]:
             return client.upload(project, archive, split=split, shape=shape,

@@ -27,6 +27,10 @@ def register_console(app: typer.Typer) -> None:
             "--project", "-p", help="Open this project's view at start.")] = None,
         interval: Annotated[float, typer.Option(
             min=0.1, max=60.0, help="Seconds between status snapshots from the master.")] = 1.0,
+        cafile: Annotated[str | None, typer.Option(
+            "--cafile", envvar="MLITB_CAFILE", show_default=False,
+            help="A CA certificate (PEM) to verify a wss:// master and its https:// data "
+            "server against.")] = None,
         replay: Annotated[bool, typer.Option(
             "--replay", help="Show recorded sample data instead of connecting (a tour of the "
             "console without a master).")] = False,
@@ -35,5 +39,5 @@ def register_console(app: typer.Typer) -> None:
         from .console import ConsoleApp, LiveBackend, ReplayBackend, sample_status
 
         backend = (ReplayBackend([sample_status()]) if replay
-                   else LiveBackend(master, token, interval=interval))
+                   else LiveBackend(master, token, interval=interval, cafile=cafile))
         ConsoleApp(backend, project=project).run()

@@ -196,7 +196,7 @@ async def _run_demo(folder: Path, spec: list[dict[str, Any]], data: Path, test: 
         except RequestError as exc:
             raise MlitbError(str(exc)) from None
         out.print(f"master {address.master_url}, data server {address.data_url}")
-        client = DataClient(address.data_url)
+        client = DataClient(address.data_url, token=master.operator_token)  # its own master
         for archive, split in ((data, "train"), (test, "test")):
             if archive is None:
                 continue

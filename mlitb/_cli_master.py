@@ -74,6 +74,14 @@ def register_master(app: typer.Typer) -> None:
             "--zoo", envvar="MLITB_ZOO", file_okay=False, show_default=False,
             help="The model zoo operators and browsers can start projects from (default: "
             "DATA_DIR/zoo).")] = None,
+        certfile: Annotated[Path | None, typer.Option(
+            "--certfile", envvar="MLITB_CERTFILE", exists=True, dir_okay=False,
+            show_default=False, help="TLS certificate chain (PEM): serve wss:// and https://.")]
+        = None,
+        keyfile: Annotated[Path | None, typer.Option(
+            "--keyfile", envvar="MLITB_KEYFILE", exists=True, dir_okay=False,
+            show_default=False, help="The certificate's private key (PEM; default: in "
+            "--certfile).")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log events.")] = False,
     ) -> None:
         """Run the master server with its data server (projects, workers, the event loop).
@@ -86,6 +94,12 @@ def register_master(app: typer.Typer) -> None:
         from .cluster import open_store, project_files, serve_cluster
         from .master import Master
 
+        if keyfile is not None and certfile is None:
+            raise MlitbError("--keyfile needs --certfile")
+        if certfile is not None:  # a bad certificate is one line, before anything listens
+            from ._tls import server_context
+
+            server_context(certfile, keyfile)
         _logging(verbose)
         store = open_store(data_dir)
         files = project_files(data_dir)
@@ -114,14 +128,16 @@ def register_master(app: typer.Typer) -> None:
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope)
                 address = await nursery.start(lambda task_status: serve_cluster(
                     m, store, host, port, data_port, public_host=public_host,
-                    task_status=task_status))
+                    certfile=str(certfile) if certfile else None,
+                    keyfile=str(keyfile) if keyfile else None, task_status=task_status))
                 out.print(f"master      {address.master_url}")
                 out.print(f"data server {address.data_url}  (store: {data_dir})")
                 out.print(f"projects    saved to {files.root} every {autosave_every} "
                           "iterations")
                 if operator_token is None:
                     out.print(f"operator token: [bold]{m.operator_token}[/] "
-                              "(export MLITB_OPERATOR_TOKEN=... for the CLI and console)")
+                              "(export MLITB_OPERATOR_TOKEN=... for the CLI and console; "
+                              "uploads need it too)")
                 out.print("join with: mlitb node join " + address.master_url + "  (Ctrl-C stops)")
 
         try:
@@ -200,7 +216,8 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
         nursery.start_soon(refresh)
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=on_registered,
-            check_upload=check_upload, client_config={"master_url": url}))
+            check_upload=check_upload, client_config={"master_url": url},
+            upload_token=token))  # writes need the operator token, as under `mlitb master`
         out.print(f"data server http://{host}:{bound}, registering with {url}")
 
 
@@ -257,13 +274,20 @@ def upload(
     as_json: Annotated[bool, typer.Option("--json", help="Print the data server's answer as "
                                           "JSON on stdout (progress stays on stderr).")]
     = False,
+    cafile: Annotated[str | None, typer.Option(
+        "--cafile", envvar="MLITB_CAFILE", show_default=False,
+        help="A CA certificate (PEM) to verify a wss:// master and an https:// data server "
+        "against.")] = None,
+    contributor_token: Annotated[str | None, typer.Option(
+        "--contributor-token", envvar="MLITB_CONTRIBUTOR_TOKEN", show_default=False,
+        help="The project's contributor token, instead of the operator token.")] = None,
 ) -> None:
     """Upload a dataset zip to a project's data server, with a progress bar."""
     from .client import open_operator, upload_failure
     from .dataserver import DataClient, InputShape
 
     async def lookup() -> tuple[str, InputShape]:
-        async with open_operator(master, token) as op:
+        async with open_operator(master, token, cafile=cafile) as op:
             for p in await op.list_projects():
                 if p.name == project:
                     c, h, w = p.input_shape
@@ -273,7 +297,7 @@ def upload(
     announced, shape = trio.run(lookup)
     url = data_url or announced
     try:
-        client = DataClient(url, token=token)
+        client = DataClient(url, token=contributor_token or token, cafile=cafile)
     except ValueError as exc:
         raise MlitbError(str(exc)) from None
     size = os.path.getsize(archive)

@@ -98,17 +98,26 @@ def join(
         "subset of 1,000 test images per report and the whole test set every 10th report, "
         "then pauses so the trainers keep the rest (1: every parameter version, at once).")]
     = 0.1,
+    token: Annotated[str | None, typer.Option(
+        "--token", envvar="MLITB_JOIN_TOKEN", show_default=False,
+        help="The project's join token (for a project created with --join-token).")] = None,
+    cafile: Annotated[str | None, typer.Option(
+        "--cafile", envvar="MLITB_CAFILE", show_default=False,
+        help="A CA certificate (PEM) to verify a wss:// master and its https:// data server "
+        "against (default: the system's CAs).")] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also show the workers' debug lines.")] = False,
 ) -> None:
     """Join a master with N worker processes until Ctrl-C, which leaves cleanly.
 
-    Exit codes: 0 after Ctrl-C; 2 refused (no such project, version mismatch); 3 removed; 1 other.
+    Exit codes: 0 after Ctrl-C; 2 refused (no such project, version mismatch, a missing or
+    wrong join token); 3 removed; 1 other.
     """
     from mlitb.nodes._supervisor import NodeConfig, run_node
 
     config = NodeConfig(url=url, project=project, task=task.value,
                         workers=workers if workers is not None else default_workers(task),
-                        seed=seed, verbose=verbose, stats_share=stats_share)
+                        seed=seed, verbose=verbose, stats_share=stats_share,
+                        join_token=token or None, cafile=cafile)
     code = run_node(config)
     raise typer.Exit(code)

@@ -28,6 +28,7 @@ from .protocol import (
     Pause,
     ProjectSummary,
     Resume,
+    SetAccess,
     SetHyperparameters,
     Training,
 )
@@ -131,10 +132,24 @@ def create(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new project as JSON (the "
                                           "row `project list --json` gives).")] = False,
+    join_token: Annotated[bool, typer.Option(
+        "--join-token", help="Trainers, trackers and stats workers need a join token (one is "
+        "generated and printed once; default: open to anyone, the paper's way).")] = False,
+    join_token_value: Annotated[str | None, typer.Option(
+        "--join-token-value", envvar="MLITB_NEW_JOIN_TOKEN", show_default=False,
+        help="Use this join token instead of generating one (implies --join-token).")] = None,
+    contributor_token: Annotated[bool, typer.Option(
+        "--contributor-token", help="Let holders of a contributor token (generated, printed "
+        "once) add data: uploads and the browser's teach.")] = False,
+    contributor_token_value: Annotated[str | None, typer.Option(
+        "--contributor-token-value", show_default=False,
+        help="Use this contributor token (implies --contributor-token).")] = None,
     master: MasterOption = DEFAULT_MASTER,
     token: TokenOption = None,
 ) -> None:
     """Create a project from a model spec."""
+    join, contribute = _new_tokens(join_token, join_token_value, contributor_token,
+                                   contributor_token_value)
     spec = read_spec(model)
     settings = _training(training) if training else None
     hp = _hyperparameters(set_ or [])
@@ -146,16 +161,97 @@ def create(
                                        iteration_time=iteration_time, optimizer=optimizer,
                                        hyperparameters=hp,
                                        samples_per_iteration=samples_per_iteration,
-                                       training=settings))
+                                       training=settings, join_token=join,
+                                       contributor_token=contribute))
+        links["data_url"] = op.welcome.data_url
         if not as_json:
             return None
         return next((p for p in await op.list_projects() if p.name == name), None)
 
+    links: dict[str, str] = {}
     created = _run(master, token, True, action)
     if as_json:
-        typer.echo(json.dumps(asdict(created) if created else {"name": name}, indent=2))
+        body = asdict(created) if created else {"name": name}
+        body |= {k: v for k, v in (("join_token", join), ("contributor_token", contribute)) if v}
+        typer.echo(json.dumps(body, indent=2))
         return
     out.print(f"created project {name}")
+    _print_tokens(name, master, links.get("data_url", ""), join, contribute)
+
+
+def _new_tokens(join: bool, join_value: str | None, contribute: bool,
+                contribute_value: str | None) -> tuple[str | None, str | None]:
+    """The join and contributor tokens to set: given, generated, or None."""
+    import secrets
+
+    def one(wanted: bool, value: str | None, what: str) -> str | None:
+        if value is not None:
+            if not 8 <= len(value) <= 256 or not value.isprintable() or " " in value:
+                raise MlitbError(f"a {what} token must be 8-256 printable characters without "
+                                 "spaces")
+            return value
+        return secrets.token_urlsafe(18) if wanted else None
+
+    return one(join, join_value, "join"), one(contribute, contribute_value, "contributor")
+
+
+def _print_tokens(name: str, master: str, data_url: str, join: str | None,
+                  contribute: str | None) -> None:
+    """The tokens, once (the master keeps only their hashes), and how to use them."""
+    from urllib.parse import quote
+
+    base = data_url.rstrip("/")
+    if join is not None:
+        out.print(f"join token: [bold]{escape(join)}[/] (shown once; the master keeps only its "
+                  "hash)", soft_wrap=True)
+        out.print(f"  nodes:   mlitb node join {master} --project {name} --token {escape(join)}",
+                  soft_wrap=True)
+        out.print(f"  browser: {base}/?project={name}&join={quote(join)}", soft_wrap=True)
+    if contribute is not None:
+        out.print(f"contributor token: [bold]{escape(contribute)}[/] (shown once)",
+                  soft_wrap=True)
+        out.print(f"  browser: {base}/?project={name}&contribute={quote(contribute)}",
+                  soft_wrap=True)
+
+
+@project_app.command("access")
+@cli_errors
+def access(
+    name: Annotated[str, typer.Argument(help="Project name.")],
+    join_token: Annotated[bool, typer.Option(
+        "--join-token", help="A new join token (generated, printed once); without it or "
+        "--join-token-value the project becomes open.")] = False,
+    join_token_value: Annotated[str | None, typer.Option(
+        "--join-token-value", envvar="MLITB_NEW_JOIN_TOKEN", show_default=False,
+        help="Use this join token.")] = None,
+    contributor_token: Annotated[bool, typer.Option(
+        "--contributor-token", help="A new contributor token (without it or "
+        "--contributor-token-value only the operator adds data).")] = False,
+    contributor_token_value: Annotated[str | None, typer.Option(
+        "--contributor-token-value", show_default=False,
+        help="Use this contributor token.")] = None,
+    drop_members: Annotated[bool, typer.Option(
+        "--drop-members", help="Also remove the project's connected workers: they must join "
+        "again with the new token.")] = False,
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+) -> None:
+    """Replace a project's join and contributor tokens (rotate a leaked one, or open it)."""
+    join, contribute = _new_tokens(join_token, join_token_value, contributor_token,
+                                   contributor_token_value)
+    links: dict[str, str] = {}
+
+    async def action(op: OperatorClient) -> None:
+        await op.request(SetAccess(request_id="-", project=name, join_token=join,
+                                   contributor_token=contribute, drop_members=drop_members))
+        links["data_url"] = op.welcome.data_url
+
+    _run(master, token, True, action)
+    out.print(f"project {name}: " + ("open to every trainer" if join is None else
+                                     "needs the new join token")
+              + (", takes contributions" if contribute else ", only the operator adds data")
+              + (" (its workers were removed)" if drop_members else ""))
+    _print_tokens(name, master, links.get("data_url", ""), join, contribute)
 
 
 @project_app.command("list")

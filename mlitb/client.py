@@ -28,6 +28,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from ._tls import client_context
 from .errors import AuthError, MlitbError, ProtocolError, UploadError
 from .protocol import (
     MAX_LARGE_TEXT_FRAME,
@@ -86,18 +87,19 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return found
 
 
-TLS_NOTE = ("mlitb's master serves plain ws:// (TLS is not supported yet): use ws://HOST:PORT, "
-            "or put a TLS proxy in front of the master")
+TLS_NOTE = ("a master started with --certfile/--keyfile serves wss://, one without them plain "
+            "ws://; a self-signed certificate needs its CA in --cafile (or MLITB_CAFILE)")
 
 
-async def tls_probe(url: str) -> BaseException | None:
+async def tls_probe(url: str, cafile: str | None = None) -> BaseException | None:
     """After a ``wss://`` connection failed: the TLS handshake alone, to find its real cause
     (trio-websocket reports a failed handshake as a timeout). None if it succeeds or hangs."""
     parts = urlsplit(url)
     try:
         with trio.move_on_after(min(3.0, CONNECT_TIMEOUT)):
             stream = await trio.open_ssl_over_tcp_stream(parts.hostname or "", parts.port or 443,
-                                                         https_compatible=True)
+                                                         https_compatible=True,
+                                                         ssl_context=client_context(cafile))
             try:
                 await stream.do_handshake()
             finally:
@@ -155,8 +157,10 @@ def upload_failure(exc: BaseException, archive: Path, data_url: str) -> BaseExce
             return UploadError(f"{archive.name} was stored but not registered with the "
                                f"master: {exc.detail}")
         what = f"HTTP {exc.status}" if exc.status else "no answer"
+        hint = " (pass the operator token: --token or MLITB_OPERATOR_TOKEN)" \
+            if exc.status == 401 else ""
         return UploadError(f"{archive.name} was refused ({what}), nothing was stored: "
-                           f"{exc.detail}")
+                           f"{exc.detail}{hint}")
     if isinstance(exc, OSError):
         if not os.access(archive, os.R_OK):
             return UploadError(f"cannot read {archive}: {exc.strerror or exc}")
@@ -252,13 +256,17 @@ class OperatorClient:
 
 @asynccontextmanager
 async def open_operator(url: str, token: str | None = None, *,
-                        need_token: bool = False) -> AsyncIterator[OperatorClient]:
+                        need_token: bool = False,
+                        cafile: str | None = None) -> AsyncIterator[OperatorClient]:
     """Connect to the master at ``url`` as an operator; raises ``MasterUnreachableError`` or
-    ``AuthError`` with a clear message."""
+    ``AuthError`` with a clear message. ``wss://`` is verified against ``cafile`` (else
+    ``MLITB_CAFILE``, else the system's CAs)."""
     check_master_url(url)
+    ssl_context = client_context(cafile) if url.startswith("wss://") else None
     connected = False  # errors from the caller's block pass through unchanged
     try:
-        async with open_websocket_url(url, max_message_size=MAX_LARGE_TEXT_FRAME,
+        async with open_websocket_url(url, ssl_context=ssl_context,
+                                      max_message_size=MAX_LARGE_TEXT_FRAME,
                                       connect_timeout=CONNECT_TIMEOUT,
                                       disconnect_timeout=2.0) as ws:
             with trio.fail_after(CONNECT_TIMEOUT):
@@ -286,7 +294,7 @@ async def open_operator(url: str, token: str | None = None, *,
     except (OSError, HandshakeError, trio.TooSlowError) as exc:
         if connected:
             raise
-        probe = await tls_probe(url) if url.startswith("wss://") else None
+        probe = await tls_probe(url, cafile) if url.startswith("wss://") else None
         raise MasterUnreachableError(describe_connect_failure(url, exc, probe)) from None
     except ConnectionClosed as exc:
         if connected:

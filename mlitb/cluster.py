@@ -8,6 +8,7 @@ unknown projects are refused before a byte is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -23,6 +24,7 @@ from .dataserver import (
 )
 from .dataserver import LabelConflictError
 from .dataserver._app import CheckUpload, PlanLabels
+from ._tls import server_context
 from .errors import UploadError
 from .master import Master, ProjectFiles, RequestError
 
@@ -64,6 +66,7 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
                         port: int = 8000, data_port: int = 8001, *,
                         public_host: str | None = None,
                         limits: UploadLimits = DEFAULT_LIMITS,
+                        certfile: str | None = None, keyfile: str | None = None,
                         task_status: trio.TaskStatus[ClusterAddress] = trio.TASK_STATUS_IGNORED,
                         ) -> None:
     """Run ``master`` and a data server over ``store`` until cancelled; reports the URLs.
@@ -74,6 +77,8 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
     master's model numbers (``Master.plan_labels``), so their registration cannot conflict. ``public_host``: the host name workers should use (default: ``host``).
     """
     on_registered, check_upload, plan_labels = _glue(master)
+    ssl_context = server_context(certfile, keyfile) if certfile is not None else None
+    tls = ssl_context is not None
     shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
     # The browser page reads the master's URL from /config.json; the port is known only later.
     client_config: dict[str, str] = {}
@@ -81,8 +86,9 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
         bound_data = await nursery.start(lambda task_status: serve_data_server(
             store, host, data_port, task_status=task_status, on_registered=on_registered,
             check_upload=check_upload, plan_labels=plan_labels, client_config=client_config,
-            limits=limits))
-        master.data_url = f"http://{shown}:{bound_data}"
+            limits=limits, upload_token=master.operator_token,
+            may_contribute=master.may_contribute, certfile=certfile, keyfile=keyfile))
+        master.data_url = f"{'https' if tls else 'http'}://{shown}:{bound_data}"
 
         def register_stored(project: str) -> None:
             if project in store.projects():
@@ -96,8 +102,8 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
             register_stored(project)
         master.on_project_created.append(register_stored)
         master.manifest_provider = store.manifest
-        bound = await nursery.start(master.serve, host, port)
-        client_config["master_url"] = f"ws://{shown}:{bound}"
+        bound = await nursery.start(partial(master.serve, host, port, ssl_context=ssl_context))
+        client_config["master_url"] = f"{'wss' if tls else 'ws'}://{shown}:{bound}"
         task_status.started(ClusterAddress(client_config["master_url"], master.data_url))
 
 

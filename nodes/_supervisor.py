@@ -61,6 +61,9 @@ class NodeConfig:
     stats_share: float = 0.1
     verbose: bool = False
     host: str = field(default_factory=_host_name)
+    join_token: str | None = field(default=None, repr=False)
+    """The project's join token (never printed or logged)."""
+    cafile: str | None = None
     grace: float = 3.0
     """Seconds the workers get to leave after a stop before they are killed."""
     plain_interval: float = 10.0
@@ -69,7 +72,8 @@ class NodeConfig:
     def worker_options(self, index: int) -> WorkerOptions:
         return WorkerOptions(url=self.url, role=ROLE_OF_TASK[self.task], project=self.project,
                              host=self.host, index=index, seed=self.seed,
-                             stats_share=self.stats_share)
+                             stats_share=self.stats_share, join_token=self.join_token,
+                             cafile=self.cafile)
 
 
 # -- the worker process ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from trio_websocket import (
 )
 
 from mlitb import __version__
+from mlitb._tls import client_context
 from mlitb.errors import MlitbError
 from mlitb.nn import Net
 from mlitb.optim import Optimizer, from_wire
@@ -90,6 +91,7 @@ FINAL_CLOSE_CODES: dict[int, ExitCode] = {
     CloseCode.HELLO_REQUIRED: ExitCode.REFUSED,
     CloseCode.NO_PROJECT: ExitCode.REFUSED,
     CloseCode.POLICY_VIOLATION: ExitCode.REFUSED,
+    CloseCode.JOIN_REFUSED: ExitCode.REFUSED,
     CloseCode.REMOVED: ExitCode.REMOVED,
     CloseCode.PROJECT_DELETED: ExitCode.REMOVED,
     CloseCode.TOO_MANY_ERRORS: ExitCode.ERROR,
@@ -114,6 +116,10 @@ class WorkerOptions:
     role: Role = "trainer"
     project: str | None = None
     host: str = field(default_factory=_host_name)
+    join_token: str | None = field(default=None, repr=False)
+    """The project's join token (sent in the hello; never logged)."""
+    cafile: str | None = None
+    """A CA (PEM) to verify a wss:// master and an https:// data server against."""
     index: int = 0
     seed: int | None = None
     """Seeds the random batches of time budgets; deterministic work orders use ``seed or 0``."""
@@ -196,7 +202,8 @@ class Worker:
         self.options = options
         self._report = report or (lambda event: None)
         self._data_source_factory: DataSourceFactory = data_source or (
-            lambda url, project, shape: HttpDataSource(url, project, shape))
+            lambda url, project, shape: HttpDataSource(url, project, shape,
+                                                       cafile=options.cafile))
         self._clock = clock
         self._stop = trio.Event()
         self._stopping = False
@@ -312,8 +319,10 @@ class Worker:
         options = self.options
         self.info, self.worker_id, self.params = None, None, None
         self.results_sent = 0
+        ssl_context = client_context(options.cafile) if options.url.startswith("wss://") \
+            else None
         async with open_websocket_url(
-            options.url, max_message_size=MAX_LARGE_TEXT_FRAME,
+            options.url, ssl_context=ssl_context, max_message_size=MAX_LARGE_TEXT_FRAME,
             connect_timeout=options.connect_timeout, disconnect_timeout=options.close_timeout,
         ) as ws:
             self._ws = ws
@@ -333,7 +342,7 @@ class Worker:
     async def _serve(self, ws: WebSocketConnection) -> _SessionEnd:
         options = self.options
         hello = Hello(role=options.role, client="python", host=options.host,
-                      project=options.project)
+                      project=options.project, join_token=options.join_token)
         try:
             await ws.send_message(encode_text(hello))
             welcome = await self._wait_welcome(ws)

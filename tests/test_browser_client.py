@@ -125,7 +125,7 @@ def create_project(c: Any, name: str = PROJECT, *, iteration_time: float = 1.0,
 
 def upload_digits(c: Any, tmp_path: Path, *, train: int = 600, test: int = 120) -> None:
     train_split, test_split, names = digits()
-    client = DataClient(c.data_url)
+    client = DataClient(c.data_url, token=c.token)
     for split, data, n in (("train", train_split, train), ("test", test_split, test)):
         samples = [(names[int(y)], image[..., 0])
                    for image, y in zip(data.images[:n], data.labels[:n], strict=True)]
@@ -420,9 +420,15 @@ def test_teaching_a_new_label_grows_the_output_layer(cluster_in_thread: Any, tmp
                                              "buffer": digit_png(3)})
     page.page.wait_for_selector("#top-labels li[data-label]")
     page.page.fill("#teach-label", "smiley")
+    # Teaching needs a credential: without one the page says so and sends nothing.
+    page.page.click("#teach-button")
+    page.page.wait_for_selector("#teach-result[data-status='needs-token']")
+    page.page.fill("#upload-token", c.token)  # the operator token, kept in sessionStorage only
     page.page.click("#teach-button")
     page.page.wait_for_selector("#teach-result[data-status='201']")
     assert "new label" in page.page.inner_text("#teach-result")
+    assert page.page.evaluate("sessionStorage.getItem('mlitb.operator')") == c.token
+    assert c.token not in page.page.evaluate("location.href + JSON.stringify(localStorage)")
     wait_until(lambda: "smiley" in project.net.labels, "the master to grow the network", 10)
     assert project.net.labels == [*LABELS, "smiley"]
     assert project.net.num_params == before + 32 + 1  # one more output: 32 weights and a bias

@@ -94,7 +94,7 @@ async def test_bad_images_are_refused_and_nothing_is_stored(tmp_path: Path) -> N
                 ("label=" + "x" * 65, png(), auth, 400, "label must be"),
                 ("label=a%0Ab", png(), auth, 400, "label must be"),
                 ("label=x&split=dev", png(), auth, 400, "split must be"),
-                ("label=x", png(), {}, 401, "upload token"),
+                ("label=x", png(), {"Authorization": ""}, 401, "token was missing"),
                 ("label=x&width=9", png(), auth, 409, "takes 8x8x3"),
             ]
             for query, data, headers, expected, message in cases:

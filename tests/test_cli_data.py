@@ -93,7 +93,7 @@ def test_an_upload_abandoned_mid_stream_stores_nothing(cluster_in_thread, tmp_pa
             raise Stop
 
     with pytest.raises(Stop):
-        DataClient(c.data_url).upload("digits", archive,
+        DataClient(c.data_url, token=c.token).upload("digits", archive,
                                       shape=InputShape(width=8, height=8, channels=1),
                                       progress=progress)
     assert c.master.projects["digits"].allocator.total == 0

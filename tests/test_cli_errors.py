@@ -81,14 +81,14 @@ def test_the_master_url_pointing_at_the_data_server_says_so(digits_project):
     assert "not the master" in line and "b'content-length'" not in line
 
 
-def test_wss_at_a_plain_master_says_tls_is_not_supported(digits_project, monkeypatch):
+def test_wss_at_a_plain_master_says_it_serves_plain_ws(digits_project, monkeypatch):
     c, archive = digits_project
     monkeypatch.setattr(mlitb.client, "CONNECT_TIMEOUT", 1.0)  # the master never answers TLS
     url = c.url.replace("ws://", "wss://")
     line = one_line(run("project", "list", "-m", url))
     assert line.startswith(f"error: cannot reach the master at {url}: the TLS handshake "
                            f"failed (the server does not speak TLS")
-    assert "TLS is not supported yet" in line and "ws://HOST:PORT" in line
+    assert "one without them plain ws://" in line and "--certfile" in line
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a "
@@ -128,7 +128,7 @@ def test_wss_with_a_failing_tls_handshake_names_the_cause(tmp_path, monkeypatch)
         listener.close()
         thread.join(5)
     assert "the TLS handshake failed (certificate verify failed" in line
-    assert "TLS is not supported yet" in line
+    assert "its CA in --cafile" in line
 
 
 def test_upload_shows_the_decoding_stage_and_prints_json(digits_project):

@@ -148,7 +148,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         cluster.call(lambda: cluster.master.create_project(
             PROJECT, DIGITS_SPEC, iteration_time=1.0, labels=names,
             hyperparameters={"learning_rate": 0.01}))
-        DataClient(cluster.data_url).upload(PROJECT, zips["train"], split="train",
+        DataClient(cluster.data_url, token=TOKEN).upload(PROJECT, zips["train"], split="train",
                                            shape=InputShape(width=8, height=8, channels=1))
         with open(tmp / "node.log", "wb") as log:  # the node's output, for a failing test
             node = subprocess.Popen(

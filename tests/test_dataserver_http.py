@@ -38,6 +38,8 @@ from mlitb.protocol import decode_data_batch
 
 RGB8 = InputShape(width=8, height=8, channels=3)
 SHAPE_QUERY = "width=8&height=8&channels=3"
+TEST_TOKEN = "test-upload-token"
+NO_AUTH = {"Authorization": ""}
 rng = np.random.default_rng(3)
 
 
@@ -47,12 +49,17 @@ class Server:
     port: int
     client: DataClient
     registered: list[Registration]
+    token: str | None = None
 
     async def request(self, method: str, path: str, body: Any = None,
                       headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
         """A raw request in a thread; JSON bodies are parsed. Writes get the content type the
-        data server asks of them unless ``headers`` name one."""
+        data server asks of them unless ``headers`` name one, and the server's upload token
+        unless ``headers`` name an Authorization (``{"Authorization": ""}``: none)."""
         headers = dict(headers or {})
+        if method in ("POST", "DELETE") and self.token is not None and \
+                not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = f"Bearer {self.token}"
         if method == "POST" and not any(k.lower() == "content-type" for k in headers):
             if "/uploads" in path:
                 headers["Content-Type"] = "application/zip"
@@ -88,9 +95,12 @@ async def open_server(root: Path, **options: Any) -> AsyncIterator[Server]:
     store = Store(root, fsync=False)
     registered: list[Registration] = []
     options.setdefault("on_registered", registered.append)
+    options.setdefault("upload_token", TEST_TOKEN)  # writes need a credential
+    token = options["upload_token"]
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(serve_data_server, store, "127.0.0.1", 0, **options))
-        yield Server(store, port, DataClient(f"http://127.0.0.1:{port}"), registered)
+        yield Server(store, port, DataClient(f"http://127.0.0.1:{port}", token=token),
+                     registered, token)
         nursery.cancel_scope.cancel()
 
 
@@ -245,7 +255,8 @@ async def test_a_client_gone_mid_upload_leaves_nothing(tmp_path: Path,
         async with open_server(tmp_path / "s") as server:
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
             await stream.send_all(f"POST /projects/p/uploads?{SHAPE_QUERY} HTTP/1.1\r\n"
-                                  "Host: x\r\nContent-Type: application/zip\r\n"
+                                  f"Host: x\r\nAuthorization: Bearer {TEST_TOKEN}\r\n"
+                                  "Content-Type: application/zip\r\n"
                                   "Content-Length: 100000\r\n\r\n".encode()
                                   + bytes(3000))
             while not list(server.store.tmp_dir.iterdir()):  # the spool file exists...
@@ -330,17 +341,18 @@ async def test_upload_token_guards_uploads_and_deletes(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with open_server(tmp_path / "s", upload_token="s3cret") as server:
             archive = dataset(tmp_path / "d.zip", ["a"])
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            for headers in (NO_AUTH, {"Authorization": "Bearer wrong"},
+                            {"Authorization": "s3cret"}):
                 status, body, got = await server.request(
                     "POST", f"/projects/p/uploads?{SHAPE_QUERY}", archive.read_bytes(), headers)
-                assert status == 401 and "upload token" in body["error"]
+                assert status == 401 and "operator token" in body["error"]
                 assert got["www-authenticate"] == "Bearer"
             assert server.store.projects() == []
             good = {"Authorization": "Bearer s3cret"}
             assert (await server.upload("p", archive, headers=good))[0] == 201
             status, _, _ = await server.request("GET", "/projects/p/batch?ids=0")
             assert status == 200  # reading needs no token
-            assert (await server.request("DELETE", "/projects/p"))[0] == 401
+            assert (await server.request("DELETE", "/projects/p", headers=NO_AUTH))[0] == 401
             client = DataClient(f"http://127.0.0.1:{server.port}", token="s3cret")
             assert await trio.to_thread.run_sync(client.delete, "p") == {"deleted": "p"}
             assert (await server.request("GET", "/projects/p"))[0] == 404

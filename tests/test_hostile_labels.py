@@ -43,12 +43,12 @@ async def cluster(data_dir: Path, *, create: dict[str, object] | None = None
 
 
 async def upload(address: ClusterAddress, path: Path) -> dict[str, object]:
-    client = DataClient(address.data_url)
+    client = DataClient(address.data_url, token="t")
     return await trio.to_thread.run_sync(lambda: client.upload("p", path, shape=SHAPE))
 
 
 async def teach(address: ClusterAddress, label: str) -> tuple[int, bytes]:
-    client = DataClient(address.data_url)
+    client = DataClient(address.data_url, token="t")
     return await trio.to_thread.run_sync(lambda: client._request(
         "POST", f"/projects/p/images?label={label}", body=png(8),
         headers={"Content-Type": "image/png"}))

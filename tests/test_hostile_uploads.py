@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_dataserver_http import RGB8, SHAPE_QUERY, dataset, open_server, png, zip_of
+from test_dataserver_http import RGB8, SHAPE_QUERY, TEST_TOKEN, dataset, open_server, png, zip_of
 
 from mlitb.cluster import open_store, serve_cluster
 from mlitb.dataserver import DEFAULT_LIMITS, UploadLimits, decode_archive
@@ -114,6 +114,7 @@ async def test_a_stalled_body_gets_408_and_nothing_is_kept(tmp_path: Path) -> No
     with trio.fail_after(30):
         async with open_server(tmp_path / "s", body_timeout=0.5) as server:
             answer = await _raw(server.port, f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\n"
+                                  f"Authorization: Bearer {TEST_TOKEN}\r\n"
                                 "Content-Type: application/zip\r\n"
                                 f"Content-Length: {2 << 20}\r\n\r\n", bytes(1 << 20))
             assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer
@@ -133,6 +134,7 @@ async def test_cross_origin_writes_are_refused_and_the_page_s_own_still_work(
                                                    {"Content-Type": "text/plain"})
             assert status == 415 and "Content-Type" in body["error"]
             answer = await _raw(server.port, f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\n"
+                                  f"Authorization: Bearer {TEST_TOKEN}\r\n"
                                 f"Content-Length: {archive.stat().st_size}\r\n\r\n",
                                 archive.read_bytes())
             assert answer.startswith(b"HTTP/1.1 415")
@@ -163,6 +165,7 @@ async def test_a_2_gib_content_length_gets_413_and_no_traceback(
     with trio.fail_after(30):
         async with open_server(tmp_path / "s") as server:
             answer = await _raw(server.port, f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\n"
+                                  f"Authorization: Bearer {TEST_TOKEN}\r\n"
                                 "Content-Type: application/zip\r\nExpect: 100-continue\r\n"
                                 f"Content-Length: {2 << 30}\r\n\r\n", bytes(256 << 10))
             assert b" 413" in answer and b"over the limit" in answer
@@ -177,6 +180,7 @@ async def _upload_in_two_halves(port: int, archive: Path, between: object) -> by
     data = archive.read_bytes()
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\n"
+                                  f"Authorization: Bearer {TEST_TOKEN}\r\n"
                           "Content-Type: application/zip\r\n"
                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:len(data) // 2])
     await between()  # type: ignore[operator]
@@ -215,7 +219,7 @@ async def test_deleting_the_master_project_while_its_upload_is_read_stores_nothi
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spec = [{"type": "input", "out_sx": 8, "out_sy": 8, "out_depth": 3},
             {"type": "softmax", "num_classes": 2}]
-    master = Master(operator_token="t")
+    master = Master(operator_token=TEST_TOKEN)  # the cluster's data server takes this token
     store = open_store(tmp_path)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:

@@ -43,7 +43,7 @@ async def cluster(tmp_path: Path, training: Training | None = None
         else:
             master.create_project(PROJECT, DIGITS_SPEC, iteration_time=T, optimizer="adam",
                                   hyperparameters={"learning_rate": 0.01}, training=training)
-        client = DataClient(address.data_url)
+        client = DataClient(address.data_url, token="secret")
         await trio.to_thread.run_sync(lambda: client.upload(PROJECT, archive))
         yield master, address, len(train.labels)
         nursery.cancel_scope.cancel()

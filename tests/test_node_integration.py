@@ -95,12 +95,13 @@ async def test_two_python_workers_train_and_leave_on_sigint(tmp_path: Path) -> N
     with trio.fail_after(150):
         async with trio.open_nursery() as nursery:
             data_port = await nursery.start(partial(serve_data_server, store, "127.0.0.1", 0,
-                                                    on_registered=on_registered))
+                                                    on_registered=on_registered,
+                                                    upload_token="secret"))
             master = Master(operator_token="secret", data_url=f"http://127.0.0.1:{data_port}")
             port = await nursery.start(master.serve, "127.0.0.1", 0)
             master.create_project(PROJECT, DIGITS_SPEC, iteration_time=1.0, labels=names,
                                   hyperparameters={"learning_rate": 0.05})
-            client = DataClient(f"http://127.0.0.1:{data_port}")
+            client = DataClient(f"http://127.0.0.1:{data_port}", token="secret")
             for split, archive in (("train", train_zip), ("test", test_zip)):
                 await trio.to_thread.run_sync(partial(
                     client.upload, PROJECT, archive, split=split,

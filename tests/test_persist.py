@@ -191,7 +191,7 @@ def test_closure_resume_creates_the_project_and_checks_the_data(
     spec.write_text(json.dumps(DIGITS_SPEC))
     assert runner.invoke(app, ["project", "create", "digits", "--model", str(spec)],
                          env=env).exit_code == 0
-    client = DataClient(c.data_url)
+    client = DataClient(c.data_url, token=c.token)
     client.upload("digits", train_zip)
     client.upload("digits", test_zip, split="test")
     result = runner.invoke(app, ["model", "download", "digits", "--closure", "-o",
@@ -311,7 +311,7 @@ async def test_a_killed_master_resumes_from_its_last_autosave(
                                                optimizer="adam",
                                                hyperparameters={"learning_rate": 0.01},
                                                training=training))
-            await trio.to_thread.run_sync(lambda: DataClient(data_url).upload("digits",
+            await trio.to_thread.run_sync(lambda: DataClient(data_url, token=TOKEN).upload("digits",
                                                                               train_zip))
             node_log = open(tmp_path / "node.log", "wb")
             started.append(subprocess.Popen(

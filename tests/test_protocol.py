@@ -158,6 +158,7 @@ def _fix_hello(draw: st.DrawFn, kw: dict[str, Any]) -> None:
     kw["protocol"] = PROTOCOL_VERSION
     if kw["role"] == "operator":
         kw["project"] = None
+        kw["join_token"] = None
     else:
         kw["token"] = None
 

@@ -55,7 +55,7 @@ async def cluster(tmp_path: Path, train_zip: Path, test_zip: Path, **create: Any
         address = await nursery.start(lambda task_status: serve_cluster(
             master, store, "127.0.0.1", 0, 0, task_status=task_status))
         master.create_project(PROJECT, DIGITS_SPEC, **create)
-        client = DataClient(address.data_url)
+        client = DataClient(address.data_url, token="secret")
         await trio.to_thread.run_sync(lambda: client.upload(PROJECT, train_zip))
         await trio.to_thread.run_sync(lambda: client.upload(PROJECT, test_zip, split="test"))
         yield master, address

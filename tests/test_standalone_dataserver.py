@@ -31,7 +31,7 @@ def test_uploads_reach_the_master_through_a_standalone_data_server(master_in_thr
             line = proc.stdout.readline()
             assert line, "the data server exited"
         url = re.search(r"(http://\S+),", line).group(1)
-        client = DataClient(url)
+        client = DataClient(url, token=m.token)
         train, _, _ = digits()
         archive = write_archive(tmp_path / "train.zip", [(str(y), image[..., 0]) for image, y
                                                          in zip(train.images[:40],

@@ -11,7 +11,7 @@ export const CLOSE = {
   NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL_ERROR: 1002, UNSUPPORTED_DATA: 1003,
   ABNORMAL: 1006, POLICY_VIOLATION: 1008, MESSAGE_TOO_BIG: 1009, INTERNAL_ERROR: 1011,
   VERSION_MISMATCH: 4000, HELLO_REQUIRED: 4001, NO_PROJECT: 4002, REMOVED: 4003,
-  PROJECT_DELETED: 4004, TOO_MANY_ERRORS: 4005, TIMED_OUT: 4006,
+  PROJECT_DELETED: 4004, TOO_MANY_ERRORS: 4005, TIMED_OUT: 4006, JOIN_REFUSED: 4007,
 };
 const CLOSE_NAMES = Object.fromEntries(Object.entries(CLOSE).map(([k, v]) => [v, k]));
 CLOSE_NAMES[1005] = "NO_STATUS";
@@ -21,7 +21,7 @@ CLOSE_NAMES[1005] = "NO_STATUS";
 export const FINAL_CLOSE_CODES = new Set([
   CLOSE.VERSION_MISMATCH, CLOSE.HELLO_REQUIRED, CLOSE.NO_PROJECT, CLOSE.POLICY_VIOLATION,
   CLOSE.REMOVED, CLOSE.PROJECT_DELETED, CLOSE.TOO_MANY_ERRORS, CLOSE.PROTOCOL_ERROR,
-  CLOSE.UNSUPPORTED_DATA, CLOSE.MESSAGE_TOO_BIG,
+  CLOSE.UNSUPPORTED_DATA, CLOSE.MESSAGE_TOO_BIG, CLOSE.JOIN_REFUSED,
 ]);
 
 export function describeClose(code, reason) {
@@ -51,10 +51,12 @@ export function browserHost() {
   return text.replace(/[^\x20-\x7e]/g, "").trim().slice(0, 128) || "browser";
 }
 
-export function hello(role, { project = null, token = null, host = browserHost() } = {}) {
+export function hello(role, { project = null, token = null, joinToken = null, host = browserHost() } = {}) {
   const message = { type: "hello", protocol: PROTOCOL_VERSION, role, client: "browser", host };
-  if (role !== "operator") message.project = project;
-  else if (token) message.token = token;
+  if (role !== "operator") {
+    message.project = project;
+    if (joinToken) message.join_token = joinToken; // only for projects that need one
+  } else if (token) message.token = token;
   return JSON.stringify(message);
 }
 

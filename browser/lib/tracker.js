@@ -13,10 +13,11 @@ const canonical = (v) => JSON.stringify(v, (k, x) => (x && typeof x === "object"
 const same = (a, b) => canonical(a) === canonical(b);
 
 export class Tracker extends EventTarget {
-  constructor(url, project) {
+  constructor(url, project, joinToken = null) {
     super();
     this.url = url;
     this.project = project;
+    this.joinToken = joinToken;
     this.state = "connecting"; // connecting | tracking | waiting | stopped
     this.message = "";
     this.info = null;
@@ -49,7 +50,7 @@ export class Tracker extends EventTarget {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     let welcomed = false, error = null, bye = null;
-    ws.onopen = () => ws.send(hello("tracker", { project: this.project }));
+    ws.onopen = () => ws.send(hello("tracker", { project: this.project, joinToken: this.joinToken }));
     ws.onmessage = (event) => {
       if (this.ws !== ws) return;
       try {

@@ -14,7 +14,7 @@ export class WorkerPool extends EventTarget {
   _changed() { this.dispatchEvent(new Event("change")); }
 
   /** Start a worker of `role` ("trainer" or "stats") on `project` of the master at `url`. */
-  add(url, project, role = "trainer") {
+  add(url, project, role = "trainer", joinToken = null) {
     const key = this.nextKey++;
     const worker = new Worker(new URL("../trainer.js", import.meta.url), { type: "module", name: `mlitb ${role} ${key}` });
     const entry = { key, role, project, worker, status: { phase: "starting" }, logs: [], ending: false };
@@ -36,7 +36,7 @@ export class WorkerPool extends EventTarget {
       entry.status = { ...entry.status, phase: "failed", message: event.message || "the worker failed to start" };
       this._changed();
     };
-    worker.postMessage({ cmd: "start", url, project, role, pageOrigin: location.origin, host: browserHost() });
+    worker.postMessage({ cmd: "start", url, project, role, joinToken, pageOrigin: location.origin, host: browserHost() });
     this.workers.set(key, entry);
     this._changed();
     return key;

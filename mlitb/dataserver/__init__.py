@@ -24,6 +24,7 @@ from ._app import (
     MAX_BATCH_IDS,
     CheckUpload,
     DataServer,
+    MayContribute,
     OnRegistered,
     PlanLabels,
     TooLargeError,
@@ -55,7 +56,7 @@ __all__ = [
     "DEFAULT_LIMITS", "DEFAULT_PORT", "IMAGE_FORMATS", "JUNK_NAMES", "MAX_BATCH_BYTES",
     "MAX_BATCH_IDS",
     "CheckUpload", "DataClient", "DataServer", "DataServerError", "DatasetInfo", "Decoded",
-    "InputShape", "LabelConflictError", "OnRegistered", "PlanLabels", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
+    "InputShape", "LabelConflictError", "MayContribute", "OnRegistered", "PlanLabels", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
     "StoreError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
     "decode_archive", "decode_image", "format_ids", "parse_ids", "serve_data_server", "write_archive",
 ]
@@ -72,6 +73,9 @@ async def serve_data_server(
     check_upload: CheckUpload | None = None,
     plan_labels: PlanLabels | None = None,
     upload_token: str | None = None,
+    may_contribute: MayContribute | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
     limits: UploadLimits = DEFAULT_LIMITS,
     max_batch_ids: int = MAX_BATCH_IDS,
     max_batch_bytes: int = MAX_BATCH_BYTES,
@@ -83,7 +87,11 @@ async def serve_data_server(
 
     ``on_registered``, ``check_upload``, ``plan_labels``: the master's seams (see
     ``OnRegistered``, ``CheckUpload``, ``PlanLabels``).
-    ``upload_token``: when set, uploads and deletes need ``Authorization: Bearer <token>``.
+    ``upload_token``: uploads, taught images and deletes need ``Authorization: Bearer <token>``
+    (without it, and without ``may_contribute``, the server accepts no writes).
+    ``may_contribute``: (project, token) -> whether the token is that project's contributor
+    token (it may add data, not delete it).
+    ``certfile``, ``keyfile``: serve https:// (PEM files).
     ``body_timeout``: seconds a request body may stall before it is answered 408.
     ``static``: the browser client's folder (default: the package ``mlitb.browser``).
     ``client_config``: served as ``GET /config.json`` for the browser client (404 when None),
@@ -92,11 +100,14 @@ async def serve_data_server(
     """
     server = DataServer(store, on_registered=on_registered, check_upload=check_upload,
                         plan_labels=plan_labels,
-                        upload_token=upload_token, limits=limits, max_batch_ids=max_batch_ids,
+                        upload_token=upload_token, may_contribute=may_contribute,
+                        limits=limits, max_batch_ids=max_batch_ids,
                         max_batch_bytes=max_batch_bytes, static=static,
                         client_config=client_config, body_timeout=body_timeout)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if certfile is not None:
+        config.certfile, config.keyfile = certfile, keyfile
     config.accesslog = None
     config.errorlog = logging.getLogger("mlitb.dataserver.http")
     app = cast(ASGIFramework, server.app)  # Starlette's ASGI types are looser than hypercorn's

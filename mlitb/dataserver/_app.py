@@ -69,6 +69,9 @@ PlanLabels = Callable[[str, tuple[str, ...]], tuple[str, ...] | None]
 the upload's new ones) before the upload is stored: the label list the project's model numbers
 them by (the store adopts it), None to keep the store's own; raise ``LabelConflictError`` (409)
 to refuse the upload."""
+MayContribute = Callable[[str, str], bool]
+"""Called with (project, a bearer token that is not the upload token): whether it is that
+project's contributor token (uploads and taught images; never deletes)."""
 MAX_BATCH_IDS = 16_384
 MAX_BATCH_BYTES = 64 << 20
 MAX_ID_LIST_BYTES = 1 << 20
@@ -139,7 +142,8 @@ class DataServer:
 
     def __init__(self, store: Store, *, on_registered: OnRegistered | None = None,
                  check_upload: CheckUpload | None = None, plan_labels: PlanLabels | None = None,
-                 upload_token: str | None = None, limits: UploadLimits = DEFAULT_LIMITS,
+                 upload_token: str | None = None, may_contribute: MayContribute | None = None,
+                 limits: UploadLimits = DEFAULT_LIMITS,
                  max_batch_ids: int = MAX_BATCH_IDS, max_batch_bytes: int = MAX_BATCH_BYTES,
                  static: Traversable | None = None,
                  client_config: dict[str, Any] | None = None,
@@ -152,6 +156,7 @@ class DataServer:
         self.check_upload = check_upload
         self.plan_labels = plan_labels
         self.upload_token = upload_token
+        self.may_contribute = may_contribute
         self.limits = limits
         self.max_batch_ids = min(max_batch_ids, MAX_IDS_PER_MESSAGE)
         self.max_batch_bytes = min(max_batch_bytes, MAX_DATA_FRAME)
@@ -208,14 +213,28 @@ class DataServer:
                                        "nothing was stored")
             yield chunk
 
-    def _authorize(self, request: Request) -> None:
-        if self.upload_token is None:
+    def _authorize(self, request: Request, *, contribution: bool) -> None:
+        """Every write needs ``Authorization: Bearer TOKEN``: the upload token (under
+        ``mlitb master``, the operator token), or, for adding data (``contribution``), the
+        project's contributor token. Compared in constant time; never logged. A server
+        without an upload token accepts no writes."""
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""
+        if given and self.upload_token is not None and \
+                hmac.compare_digest(given.encode(), self.upload_token.encode()):
             return
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {self.upload_token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise AuthError("this data server needs 'Authorization: Bearer <upload token>' "
-                            "for uploads and deletes; the token was missing or wrong")
+        if given and contribution and self.may_contribute is not None:
+            project = request.path_params.get("project", "")
+            if self.may_contribute(project, given):
+                return
+        if self.upload_token is None and self.may_contribute is None:
+            raise AuthError("this data server was started without an upload token: it "
+                            "accepts no uploads, taught images or deletes")
+        what = "uploads and taught images need the operator token or the project's " \
+               "contributor token" if contribution else "deletes need the operator token"
+        raise AuthError(f"{what} as 'Authorization: Bearer TOKEN'; the token was "
+                        f"{'wrong' if given else 'missing'}")
 
     def max_ids(self, shape: InputShape) -> int:
         """Most ids one batch request may name for a project of this shape."""
@@ -318,14 +337,14 @@ class DataServer:
         return JSONResponse(await trio.to_thread.run_sync(self.store.manifest, project))
 
     async def delete_project(self, request: Request) -> Response:
-        self._authorize(request)
+        self._authorize(request, contribution=False)
         self._check_write(request, body=False)
         project = self._project(request)
         await trio.to_thread.run_sync(self.store.delete, project)
         return JSONResponse({"deleted": project})
 
     async def upload(self, request: Request) -> Response:
-        self._authorize(request)
+        self._authorize(request, contribution=True)
         self._check_write(request)
         project = self._project(request)
         split = request.query_params.get("split", "train")
@@ -366,7 +385,7 @@ class DataServer:
     async def upload_image(self, request: Request) -> Response:
         """One labelled image as the raw body (the browser's "teach"): validated and converted
         like an image in a zip, stored as one new id, registered like an upload."""
-        self._authorize(request)
+        self._authorize(request, contribution=True)
         self._check_write(request)
         project = self._project(request)
         split = request.query_params.get("split", "train")

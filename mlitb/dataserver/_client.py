@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -43,19 +44,32 @@ class _Reader:
 class DataClient:
     """``DataClient("http://host:8001", token=...)``: every method raises ``DataServerError``."""
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 120.0,
+                 cafile: str | os.PathLike[str] | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"data server URL must be http(s)://host[:port], got {url!r}")
         self.url, self.token, self.timeout = url, token, timeout
         self._parts = parts
+        self._context = None
+        if parts.scheme == "https":  # verified against cafile / MLITB_CAFILE or the system's
+            from mlitb._tls import client_context
+
+            self._context = client_context(cafile)
+
+    def __repr__(self) -> str:  # the token stays out of logs
+        return f"DataClient({self.url!r}, token={'***' if self.token else None})"
 
     def _request(self, method: str, path: str, body: Any = None,
                  headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        cls = http.client.HTTPSConnection if self._parts.scheme == "https" else \
-            http.client.HTTPConnection
-        connection = cls(self._parts.hostname or "", self._parts.port, timeout=self.timeout,
-                         blocksize=1 << 20)
+        connection: http.client.HTTPConnection
+        if self._context is not None:
+            connection = http.client.HTTPSConnection(
+                self._parts.hostname or "", self._parts.port, timeout=self.timeout,
+                blocksize=1 << 20, context=self._context)
+        else:
+            connection = http.client.HTTPConnection(self._parts.hostname or "", self._parts.port,
+                                                    timeout=self.timeout, blocksize=1 << 20)
         headers = dict(headers or {})
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -63,7 +77,8 @@ class DataClient:
             try:
                 connection.request(method, self._parts.path.rstrip("/") + path, body=body,
                                    headers=headers)
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError,
+                    ssl.SSLZeroReturnError):
                 pass  # the server refused before reading everything: its answer says why
             try:
                 response = connection.getresponse()

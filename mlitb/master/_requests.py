@@ -23,6 +23,7 @@ from ..protocol import (
     RegisterData,
     RemoveWorker,
     Resume,
+    SetAccess,
     SetHyperparameters,
     Subscribe,
     Unsubscribe,
@@ -49,6 +50,7 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                 optimizer=msg.optimizer, hyperparameters=_hyperparameters(msg.hyperparameters),
                 samples_per_iteration=msg.samples_per_iteration, labels=msg.labels,
                 training=msg.training)
+            _access(master, msg)
             return Ack(request_id=request_id)
         master.create_project(msg.name, [dict(d) for d in msg.spec or ()],
                               iteration_time=msg.iteration_time or 2.0,
@@ -57,6 +59,7 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                               labels=msg.labels,
                               samples_per_iteration=msg.samples_per_iteration,
                               training=msg.training)
+        _access(master, msg)
     elif isinstance(msg, DeleteProject):
         master.delete_project(msg.project)
     elif isinstance(msg, (Pause, Resume)):
@@ -91,6 +94,14 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                       + (f" T={msg.iteration_time:g} s" if msg.iteration_time else "")
                       + (" training settings" if msg.training is not None else ""),
                       project.name)
+    elif isinstance(msg, SetAccess):
+        master.set_access(msg.project, join_token=msg.join_token,
+                          contributor_token=msg.contributor_token)
+        if msg.drop_members:
+            for member in [c for c in master.connections.values()
+                           if c.project == msg.project and c.role != "operator"]:
+                member.say_bye("removed", "the project's join token changed: join again")
+                master._forget(member, log_event=False)
     elif isinstance(msg, RemoveWorker):
         target = master.connections.get(msg.worker_id)
         if target is None or target.role == "operator":
@@ -167,3 +178,9 @@ def _hyperparameters(values: Mapping[str, float]) -> dict[str, Hyperparameter]:
         return from_wire(values)
     except OptimizerError as exc:
         raise RequestError("invalid_value", f"hyperparameters.{exc}") from None
+
+
+def _access(master: Master, msg: CreateProject) -> None:
+    if msg.join_token is not None or msg.contributor_token is not None:
+        master.set_access(msg.name, join_token=msg.join_token,
+                          contributor_token=msg.contributor_token)

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import logging
 import secrets
+import ssl
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -49,6 +50,7 @@ from ..protocol import (
     encode_text,
 )
 from ..training import TrainingError, check_training
+from ._access import Access, AccessTable
 from ._connection import Connection, RequestError
 from ._loop import run_project_loop, send_ids
 from ._persist import ProjectFiles, Unreadable
@@ -86,6 +88,8 @@ class Master:
         self.autosave_every = autosave_every
         self._save_locks: dict[str, trio.Lock] = {}
         self.operator_token = operator_token or secrets.token_urlsafe(16)
+        # Per-project join and contributor tokens, hashed (DATA_DIR/projects/access.json).
+        self.access = AccessTable(files.root if files is not None else None)
         self.data_url = data_url
         self.projects: dict[str, Project] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
@@ -104,8 +108,10 @@ class Master:
 
     # -- running --------------------------------------------------------------------------------
     async def serve(self, host: str = "127.0.0.1", port: int = 8000, *,
+                    ssl_context: ssl.SSLContext | None = None,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen for WebSocket clients; reports the bound port once listening."""
+        """Listen for WebSocket clients (``wss://`` with ``ssl_context``); reports the bound
+        port once listening."""
         self._started_at = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
@@ -113,12 +119,13 @@ class Master:
                 for name in self.projects:
                     self._start_loop(name)
                 server = await nursery.start(lambda task_status: serve_websocket(
-                    self._handle, host, port, None, handler_nursery=nursery,
+                    self._handle, host, port, ssl_context, handler_nursery=nursery,
                     # Strangers get a small limit until their hello (``_welcome`` raises it).
                     max_message_size=MAX_HELLO_FRAME, receive_buffer_size=64 * 1024,
                     message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
                 self.port = server.port
-                log.info("master listening on ws://%s:%d", host, server.port)
+                log.info("master listening on %s://%s:%d", "wss" if ssl_context else "ws",
+                         host, server.port)
                 task_status.started(server.port)
         finally:
             self._nursery = None
@@ -338,11 +345,27 @@ class Master:
         if scope is not None:
             scope.cancel()
         del self.projects[name]
+        self.access.remove(name)  # a later project of this name starts open
         if self.files is not None:
             lock = self._save_locks.get(name)
             if lock is None or not lock.locked():  # else the save in flight removes it
                 self.files.remove(name)
         self._event("deleted", f"project {name} deleted", name)
+
+    def set_access(self, name: str, *, join_token: str | None = None,
+                   contributor_token: str | None = None) -> None:
+        """Give project ``name`` a join token (None: open to every trainer, tracker and stats
+        worker) and a contributor token (None: only the operator adds data). Replaces both;
+        only their hashes are kept. Members already connected stay."""
+        self._project(name)
+        self.access.set(name, Access.from_tokens(join_token, contributor_token))
+        self._event("configured", f"project {name}: "
+                    + ("open to every trainer" if join_token is None else "needs a join token")
+                    + ("" if contributor_token is None else ", takes contributions"), name)
+
+    def may_contribute(self, name: str, token: str | None) -> bool:
+        """Whether ``token`` is project ``name``'s contributor token (constant time)."""
+        return name in self.projects and self.access.get(name).may_contribute(token)
 
     def _project(self, name: str) -> Project:
         project = self.projects.get(name)
@@ -470,6 +493,11 @@ class Master:
                     f"{len(self.projects)} projects)")
                 raise WireError(what, code="unknown_project", close_code=CloseCode.NO_PROJECT)
             project = self.projects[name]
+            if not self.access.get(name).may_join(hello.join_token):
+                what = "a wrong join token" if hello.join_token else "no join token"
+                raise WireError(f"project {name} needs its join token; the hello carried {what} "
+                                "(ask the operator for the project's join link or token)",
+                                code="join_refused", close_code=CloseCode.JOIN_REFUSED)
         # The frame limit after the hello (trio-websocket reads it per message, so it holds
         # from the next message on): large text for authorized operators, one result frame for
         # trainers, MAX_TEXT_FRAME for everyone else.

@@ -75,6 +75,7 @@ ErrorCode = Literal[
     "hello_required",    # the first message was not a valid hello
     "forbidden",         # the role may not send this message, or it needs the operator token
     "bad_token",         # the operator token was wrong
+    "join_refused",      # the project needs a join token: it was missing or wrong
     "unknown_project",
     "project_exists",
     "unknown_worker",
@@ -105,7 +106,7 @@ class CloseCode(IntEnum):
     UNSUPPORTED_DATA = 1003
     """A binary frame from a role that never sends one (trackers, operators)."""
     POLICY_VIOLATION = 1008
-    """The hello carried a wrong operator token."""
+    """The hello carried a wrong operator token (error ``bad_token``)."""
     MESSAGE_TOO_BIG = 1009
     """A frame over its size limit (before the hello: over ``MAX_HELLO_FRAME``)."""
     INTERNAL_ERROR = 1011
@@ -124,6 +125,9 @@ class CloseCode(IntEnum):
     """The client kept sending invalid messages."""
     TIMED_OUT = 4006
     """The client stopped answering pings."""
+    JOIN_REFUSED = 4007
+    """The project needs a join token and the hello's ``join_token`` was missing or wrong (a
+    client stops here: retrying with the same token cannot succeed)."""
 
 
 BYE_CLOSE_CODES: Final[dict[ByeReason, CloseCode]] = {

@@ -164,7 +164,11 @@ class Training:
 # == client -> master ==============================================================================
 @dataclass(frozen=True, kw_only=True)
 class Hello(MessageBase):
-    """The first message on every connection. ``project`` null lets the master choose."""
+    """The first message on every connection. ``project`` null lets the master choose.
+
+    ``token``: the operator token (operators only). ``join_token``: the project's join token
+    (trainers, trackers, stats workers), needed when the project was created with one; absent
+    (or null) for an open project, so clients older than the field keep working there."""
 
     TYPE = "hello"
     FROM = _ANYONE
@@ -174,12 +178,20 @@ class Hello(MessageBase):
     host: Host
     project: Name | None = None
     token: Token | None = None
+    join_token: Token | None = None
 
     def _check(self) -> None:
         if self.role == "operator" and self.project is not None:
             raise Invalid("must be null for role 'operator'", "project")
         if self.role != "operator" and self.token is not None:
             raise Invalid("is only sent by role 'operator'", "token")
+        if self.role == "operator" and self.join_token is not None:
+            raise Invalid("is not sent by role 'operator'", "join_token")
+
+    def __repr__(self) -> str:  # tokens never reach a log through a repr
+        return (f"Hello(role={self.role!r}, client={self.client!r}, host={self.host!r}, "
+                f"project={self.project!r}, token={'***' if self.token else None}, "
+                f"join_token={'***' if self.join_token else None})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,6 +246,17 @@ class CreateProject(MessageBase):
     samples_per_iteration: Positive | None = None
     training: Training | None = None
     """How the project trains; null: the closure's, else the paper's algorithm."""
+    join_token: Token | None = None
+    """Trainers, trackers and stats workers must send this in their hello (null: open to
+    anyone, the paper's default). The master keeps only its hash."""
+    contributor_token: Token | None = None
+    """Lets its holders add data to this project on the data server (uploads, the browser's
+    teach) without the operator token (null: only the operator may)."""
+
+    def __repr__(self) -> str:  # tokens never reach a log through a repr
+        return (f"CreateProject(request_id={self.request_id!r}, name={self.name!r}, "
+                f"join_token={'***' if self.join_token else None}, "
+                f"contributor_token={'***' if self.contributor_token else None})")
 
     def _check(self) -> None:
         if sum(x is not None for x in (self.spec, self.closure, self.zoo)) != 1:
@@ -286,6 +309,28 @@ class SetHyperparameters(MessageBase):
         if not self.hyperparameters and self.iteration_time is None and self.training is None:
             raise Invalid("must change something: give hyperparameters, iteration_time or "
                           "training", "hyperparameters")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetAccess(MessageBase):
+    """Replace a project's join and contributor tokens (null: open / operator-only), e.g. to
+    rotate a leaked one. ``drop_members``: also remove every trainer, tracker and stats worker
+    connected now (they must join again, with the new token)."""
+
+    TYPE = "set_access"
+    FROM = _OPERATOR
+    TOKEN = True
+    request_id: RequestId
+    project: Name
+    join_token: Token | None = None
+    contributor_token: Token | None = None
+    drop_members: bool = False
+
+    def __repr__(self) -> str:  # tokens never reach a log through a repr
+        return (f"SetAccess(request_id={self.request_id!r}, project={self.project!r}, "
+                f"join_token={'***' if self.join_token else None}, "
+                f"contributor_token={'***' if self.contributor_token else None}, "
+                f"drop_members={self.drop_members})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -657,7 +702,7 @@ class Model(MessageBase):
 ClientMessage = (
     Hello | CacheReport | StatsReport | CreateProject | DeleteProject | Pause | Resume
     | SetHyperparameters | RemoveWorker | RegisterData | Subscribe | Unsubscribe | ListProjects
-    | ListZoo | GetModel
+    | ListZoo | GetModel | SetAccess
 )
 ServerMessage = (
     Welcome | ProjectChanged | Allocation | Work | Error | Bye | Ack | DataRegistered | Status
@@ -668,7 +713,7 @@ Message = ClientMessage | ServerMessage
 CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
     Hello, CacheReport, StatsReport, CreateProject, DeleteProject, Pause, Resume,
     SetHyperparameters, RemoveWorker, RegisterData, Subscribe, Unsubscribe, ListProjects, ListZoo,
-    GetModel,
+    GetModel, SetAccess,
 )
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     Welcome, ProjectChanged, Allocation, Work, Error, Bye, Ack, DataRegistered, Status,
