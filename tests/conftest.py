@@ -34,6 +34,14 @@ def shared_data() -> Callable[[str], Path]:
     return shared_file
 
 
+@pytest.fixture
+def cifar10_test_zip() -> Path:
+    """The shared CIFAR-10 test zip, or a skip at set-up that says where it was looked for. A
+    trio test must take the file this way: a skip raised inside it reaches pytest without its
+    message (pytest-trio runs the test in a nursery)."""
+    return shared_file("cifar10-test.zip")
+
+
 @dataclass
 class ThreadedMaster:
     master: object

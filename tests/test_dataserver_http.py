@@ -9,7 +9,7 @@ import io
 import json
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -399,8 +399,8 @@ async def test_health_projects_and_static_files(tmp_path: Path) -> None:
 
 @pytest.mark.trio
 async def test_cifar10_test_split_end_to_end(tmp_path: Path,
-                                             shared_data: Callable[[str], Path]) -> None:
-    archive = shared_data("cifar10-test.zip")
+                                             cifar10_test_zip: Path) -> None:
+    archive = cifar10_test_zip
     with trio.fail_after(120):
         async with open_server(tmp_path / "s") as server:
             shape = InputShape(width=32, height=32, channels=3)
