@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 
 from mlitb.bench.engine import DEMO_NET, blas_info, one_thread
-from mlitb.bench.train import DATA, _accuracy, _decode
-from mlitb.protocol import Training
+from mlitb.bench.train import DATA, Recipe, _accuracy, _decode
 
 VARIANTS = ("recipe", "previous", "constant", "no-flip", "one", "paper")
 PER_SECOND = 1400
@@ -47,14 +46,10 @@ PER_SECOND = 1400
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(Recipe):
     """One variant: the project's recipe and how many trainers share the rounds."""
 
-    optimizer: str
-    hyperparameters: dict[str, float]
-    training: Training
-    iteration_time: float
-    trainers: int
+    trainers: int = 2
 
 
 def setup(variant: str, seconds: float, trainers: int) -> Setup:
