@@ -203,7 +203,18 @@ def test_image_pixel_and_decoded_size_limits(tmp_path: Path) -> None:
 def test_a_non_image_file(tmp_path: Path) -> None:
     path = make_zip(tmp_path / "txt.zip", {"cat/1.png": image_bytes(random_rgb()),
                                           "cat/notes.txt": b"hello"})
-    assert "'cat/notes.txt': is not an image Pillow can decode" in refused(path)
+    message = refused(path)
+    # The file's name and what it holds, not the BytesIO object Pillow's own message names.
+    assert "'cat/notes.txt': is not an image (it holds text; JPEG, PNG" in message
+    assert "BytesIO" not in message
+
+
+def test_a_damaged_image_says_what_the_decoder_found(tmp_path: Path) -> None:
+    truncated = image_bytes(random_rgb())[:60]
+    path = make_zip(tmp_path / "cut.zip", {"cat/1.png": truncated})
+    message = refused(path)
+    assert "'cat/1.png': is not an image Pillow can decode" in message
+    assert "BytesIO" not in message
 
 
 def test_eps_is_not_accepted(tmp_path: Path) -> None:

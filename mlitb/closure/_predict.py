@@ -45,15 +45,10 @@ def _not_an_image(name: str, data: bytes, formats: tuple[str, ...]) -> ImageErro
         pass
     except Exception:  # noqa: BLE001 (a damaged image: the decoder says what is wrong)
         return None
-    head = data[:4096]
-    try:
-        head.decode("utf-8")
-        text = True
-    except UnicodeDecodeError as exc:
-        text = exc.start >= len(head) - 3  # only a character cut at the end of the sample
-    looks = ("it is empty" if not data.strip() else "it holds text" if text else
-             "its content matches no image format")
-    return ImageError(f"{name} is not an image ({looks}; {', '.join(formats)} work)")
+    from ..dataserver._ingest import what_it_looks_like  # late, as in load_images
+
+    return ImageError(f"{name} is not an image ({what_it_looks_like(data)}; "
+                      f"{', '.join(formats)} work)")
 
 
 def load_images(paths: Sequence[str | os.PathLike[str]],

@@ -29,7 +29,7 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mlitb.errors import UploadError
 from mlitb.protocol import MAX_LABEL_LENGTH, MAX_LABELS
@@ -228,6 +228,20 @@ def plan_archive(zf: zipfile.ZipFile, archive_bytes: int, limits: UploadLimits) 
 
 
 # -- pass 2: the images ---------------------------------------------------------------------------
+def what_it_looks_like(data: bytes) -> str:
+    """What a file no image decoder recognises holds instead, for the error message: Pillow's
+    own ("cannot identify image file <_io.BytesIO object at 0x...>") names an object, not the
+    file."""
+    head = data[:4096]
+    try:
+        head.decode("utf-8")
+        text = True
+    except UnicodeDecodeError as exc:
+        text = exc.start >= len(head) - 3  # only a character cut at the end of the sample
+    return ("it is empty" if not data.strip() else "it holds text" if text else
+            "its content matches no image format")
+
+
 def _decode_into(out: npt.NDArray[np.uint8], data: bytes, name: str, shape: InputShape,
                  limits: UploadLimits) -> None:
     mode = "L" if shape.channels == 1 else "RGB"
@@ -248,6 +262,9 @@ def _decode_into(out: npt.NDArray[np.uint8], data: bytes, name: str, shape: Inpu
         raise
     except Image.DecompressionBombError as error:
         raise UploadError(f"{name!r}: {error}") from None
+    except UnidentifiedImageError:
+        raise UploadError(f"{name!r}: is not an image ({what_it_looks_like(data)}; "
+                          f"{', '.join(IMAGE_FORMATS)} work)") from None
     except Exception as error:  # noqa: BLE001 (Pillow raises many kinds for bad files)
         kind = type(error).__name__
         raise UploadError(f"{name!r}: is not an image Pillow can decode "
