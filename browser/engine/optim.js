@@ -21,7 +21,8 @@
 /** The optimizer names a project may name (mlitb.optim.OPTIMIZERS). */
 export const OPTIMIZERS = ["sgd", "nesterov", "adagrad", "adadelta", "adam"];
 
-const COMMON = { learning_rate: 0.01, l1_decay: 0, l2_decay: 0, lr_decay: 1, lr_decay_every: 1, lr_min: 0 };
+/** The hyperparameters every optimizer has, with their defaults (mlitb/optim.py _COMMON). */
+export const COMMON = { learning_rate: 0.01, l1_decay: 0, l2_decay: 0, lr_decay: 1, lr_decay_every: 1, lr_min: 0 };
 // Flags and counts arrive as JSON numbers on the wire (nesterov 0/1, lr_decay_every 3.0).
 const FLAGS = new Set(["nesterov"]);
 const COUNTS = new Set(["lr_decay_every"]);
