@@ -103,13 +103,13 @@ export function initDesign(ctx) {
       if (Object.keys(others).length) fields.push(h("span", { class: "other", title: "fields the designer has no input for, sent as they are" }, JSON.stringify(others)));
       return [
         h("tr", { class: "layer", "data-index": i, "data-type": row.type },
-          h("td", { class: "num" }, i), h("td", {}, typeSelect),
-          h("td", { class: "fields" }, ...(fields.length ? fields : [h("span", { class: "hint" }, "no fields")])),
+          h("td", { class: "num index" }, h("span", {}, i), h("small", { class: "hint desugared" })), h("td", {}, typeSelect),
+          h("td", { class: "fields-cell" }, h("div", { class: "fields" }, ...(fields.length ? fields : [h("span", { class: "hint" }, "no fields")]))),
           h("td", { class: "num shape" }, "–"), h("td", { class: "num params" }, "–"),
-          h("td", { class: "moves" },
+          h("td", {}, h("div", { class: "moves" },
             h("button", { type: "button", class: "up", title: "move up", "aria-label": `move layer ${i} up`, disabled: i === 0, onclick: () => move(i, -1) }, "↑"),
             h("button", { type: "button", class: "down", title: "move down", "aria-label": `move layer ${i} down`, disabled: i === n - 1, onclick: () => move(i, 1) }, "↓"),
-            h("button", { type: "button", class: "remove", title: "remove", "aria-label": `remove layer ${i}`, onclick: () => { design.rows.splice(i, 1); renderLayers(); } }, "✕"))),
+            h("button", { type: "button", class: "remove", title: "remove", "aria-label": `remove layer ${i}`, onclick: () => { design.rows.splice(i, 1); renderLayers(); } }, "✕")))),
         h("tr", { class: "layer-error", "data-index": i, hidden: true }, h("td", { colspan: 6, class: "error", role: "alert" })),
       ];
     }));
@@ -131,6 +131,10 @@ export function initDesign(ctx) {
       if (!tr) return;
       tr.querySelector(".shape").textContent = showShape(r.outShape);
       tr.querySelector(".params").textContent = r.outShape ? fmt.int(r.params) : "–";
+      const [first, last] = [r.layers[0], r.layers[r.layers.length - 1]];
+      const note = tr.querySelector(".desugared");
+      note.textContent = r.layers.length > 1 ? `layers ${first}–${last}` : r.layers.length && first !== i ? `layer ${first}` : "";
+      note.title = "the layer numbers of the engine's messages: desugaring adds an activation after a conv or fc layer, and an fc layer before a loss layer";
       tr.classList.toggle("invalid", Boolean(r.error));
       const field = r.error && /field '([a-z_0-9]+)'/.exec(r.error);
       for (const input of tr.querySelectorAll("[data-key]")) {

@@ -175,6 +175,19 @@ def test_the_presets_are_the_engines_nets_and_a_spec_goes_out_and_back_as_json(
     # The loss row carries the fc layer desugaring puts before it: 32*10 + 10.
     assert layer(page, 4).locator(".params").inner_text() == "330"
     assert page.page.inner_text("#net-summary") == f"{Net(DIGITS_SPEC).num_params:,} parameters"
+    # Reorder: the pool after the fc layer gets a 1x1 input, which the engine refuses.
+    layer(page, 2).locator("button.down").click()
+    moved = [DIGITS_SPEC[i] for i in (0, 1, 3, 2, 4)]
+    assert rows(page) == moved
+    assert layer_error(page, 3) == python_error(moved)
+    layer(page, 3).locator("button.up").click()
+    assert rows(page) == DIGITS_SPEC and layer_error(page, 3) == ""
+    # Remove: without the pool, the fc layer sees 8x8x8 and has four times the weights.
+    layer(page, 2).locator("button.remove").click()
+    assert [r["type"] for r in rows(page)] == ["input", "conv", "fc", "softmax"]
+    assert layer(page, 2).locator(".params").inner_text() == f"{8 * 8 * 8 * 32 + 32:,}"
+    page.page.click("#preset-load")
+    assert rows(page) == DIGITS_SPEC
     with page.page.expect_download() as info:
         page.page.click("#spec-export")
     exported = tmp_path / "out.json"
@@ -194,6 +207,12 @@ def test_the_presets_are_the_engines_nets_and_a_spec_goes_out_and_back_as_json(
     assert "bad.json: not valid JSON" in page.page.inner_text("#spec-io")
     assert rows(page) == Net(CIFAR10_SPEC).spec()
     assert page.errors == []
+    # On a phone the view fits the width (the layer table scrolls inside its box).
+    phone = open_page(page_url(c), width=375, height=740)
+    design_view(phone, c.token)
+    assert phone.page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
+    assert phone.errors == []
 
 
 def test_design_the_cifar10_net_from_scratch_create_upload_and_a_node_trains_it(
@@ -217,13 +236,19 @@ def test_design_the_cifar10_net_from_scratch_create_upload_and_a_node_trains_it(
     assert layer(page, 6).locator(".shape").inner_text() == "4×4×20"
     assert rows(page) == CIFAR10_SPEC
     assert page.page.inner_text("#net-summary") == "22,466 parameters"
+    page.page.evaluate("document.querySelector('#designer').scrollIntoView()")
+    page.screenshot("design")
     # Bad fields are refused inline, with the numpy engine's own words, and block creating.
     set_field(page, 3, "filters", "abc")
     bad = [dict(r) for r in CIFAR10_SPEC]
     bad[3]["filters"] = "abc"
     assert layer_error(page, 3) == python_error(bad)
+    # The message counts desugared layers (a relu follows each conv): the row says which it is.
+    assert layer(page, 3).locator(".desugared").inner_text() == "layers 4–5"
     assert layer(page, 3).locator("[data-key=filters]").get_attribute("aria-invalid") == "true"
     assert page.page.is_disabled("#create")
+    page.page.evaluate("document.querySelector('#layers tr.layer[data-index=\"2\"]').scrollIntoView()")
+    page.screenshot("design-refused")
     set_field(page, 3, "filters", "20")
     set_field(page, 1, "sx", "40")  # does not fit a 32x32 input even with pad 2
     bad = [dict(r) for r in CIFAR10_SPEC]
@@ -257,6 +282,9 @@ def test_design_the_cifar10_net_from_scratch_create_upload_and_a_node_trains_it(
     nodes.append(node(c.url, "cifar"))
     wait_until(lambda: sum(1 for h in c.master.statistics()["cifar"].history if h.samples > 0) >= 3,
                "three iterations trained by the node", 90)
+    page.page.wait_for_selector("#op-workers tr[data-worker] .badge.training")
+    page.page.evaluate("document.querySelector('#create-form').scrollIntoView()")
+    page.screenshot("design-run")
     page.show("stats")
     page.page.wait_for_function(
         "() => window.mlitb.status && window.mlitb.status.history.filter(p => p.samples > 0).length >= 3")
@@ -265,11 +293,12 @@ def test_design_the_cifar10_net_from_scratch_create_upload_and_a_node_trains_it(
     assert page.errors == []
 
 
-def digits_zip(tmp_path: Path, n: int = 300) -> Path:
-    train, _, names = digits()
+def digits_zip(tmp_path: Path, split: str = "train", n: int = 300) -> Path:
+    train, test, names = digits()
+    data = train if split == "train" else test
     samples = [(names[int(y)], image[..., 0]) for image, y in
-               zip(train.images[:n], train.labels[:n], strict=True)]
-    return write_archive(tmp_path / "digits.zip", samples)
+               zip(data.images[:n], data.labels[:n], strict=True)]
+    return write_archive(tmp_path / f"digits-{split}.zip", samples)
 
 
 def test_run_a_project_from_the_page_with_the_consoles_refusals(
@@ -293,6 +322,8 @@ def test_run_a_project_from_the_page_with_the_consoles_refusals(
     assert c.master.projects["digits"].training.schedule == "cosine"
     page.page.wait_for_selector("#operate-project:text('digits')")
     assert "stored 300 train images" in upload(page, digits_zip(tmp_path), "train")
+    assert "stored 60 test images" in upload(page, digits_zip(tmp_path, "test", 60), "test")
+    wait_until(lambda: c.master.statistics()["digits"].data.test == 60, "the test ids", 10)
     nodes.append(node(c.url, "digits"))
     stats = lambda: c.master.statistics()["digits"]  # noqa: E731
     wait_until(lambda: any(w.role == "trainer" and w.state == "training" for w in stats().workers),

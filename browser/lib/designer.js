@@ -93,18 +93,21 @@ export function otherFields(row) {
 }
 
 /**
- * What `rows` build: {rows: [{outShape, params, error}], numParams, error, errorRow}. A row's
+ * What `rows` build: {rows: [{outShape, params, error, layers}], numParams, error, errorRow}
+ * (`layers`: the indices of the desugared layers the row became, as the messages count). A row's
  * shape and parameters are those of the layers it desugars to (a loss layer's include the fc
  * layer before it); `error` is the engine's message, on the row it names.
  */
 export function analyze(rows) {
   const d = describe(rows);
-  const out = rows.map(() => ({ outShape: null, params: 0, error: null, layers: 0 }));
+  const out = rows.map(() => ({ outShape: null, params: 0, error: null, layers: [] }));
+  // The engine's messages count desugared layers ("layer 4 (conv)" may be row 3, after the
+  // relu desugaring put behind row 1): each row knows which of them it became.
+  d.raw.forEach((row, index) => out[row].layers.push(index));
   for (const layer of d.layers) {
     const r = out[layer.raw];
     r.outShape = layer.outShape;
     r.params += layer.params;
-    r.layers += 1;
   }
   let errorRow = null;
   if (d.error !== null) {
