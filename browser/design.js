@@ -7,7 +7,7 @@
 
 import { MasterLink } from "./lib/master.js";
 import {
-  analyze, COMMON_HYPERPARAMETERS, createMessage, exportSpec, hyperparameterDefaults,
+  analyze, checkHyperparameters, COMMON_HYPERPARAMETERS, createMessage, exportSpec, hyperparameterDefaults,
   hyperparametersFrom, importSpec, LAYER_FIELDS, LAYER_TYPES, newLayer, OPTIMIZERS, otherFields,
   parseValue, PRESETS, refusalTarget, showShape, showValue, trainingFrom, TRAINING_FIELDS,
 } from "./lib/designer.js";
@@ -149,7 +149,7 @@ export function initDesign(ctx) {
     const general = $("#net-error");
     general.hidden = !(a.error && (a.errorRow === null || a.errorRow >= design.rows.length));
     general.textContent = general.hidden ? "" : a.error;
-    $("#create").disabled = Boolean(a.error);
+    $("#create").disabled = Boolean(a.error) || Boolean(design.settingsError);
   }
 
   function loadPreset() {
@@ -217,6 +217,17 @@ export function initDesign(ctx) {
       h("small", { class: "error", "data-error-for": `${group}.${key}`, hidden: true }));
   }
 
+  /** Check the hyperparameters as they are typed; a refusal shows at its field and blocks
+   * creating (the master checks them again, and everything else, on create). */
+  function checkSettings() {
+    const form = $("#create-form");
+    clearRefusals(form);
+    const error = checkHyperparameters(design.optimizer, hyperparametersFrom(texts("hyperparameters")));
+    design.settingsError = error;
+    if (error) showRefusal(form, null, error);
+    $("#create").disabled = Boolean(design.analysis && design.analysis.error) || Boolean(error);
+  }
+
   function renderOptimizer() {
     const defaults = hyperparameterDefaults(design.optimizer);
     const names = [...COMMON_HYPERPARAMETERS, ...Object.keys(defaults).filter((k) => !COMMON_HYPERPARAMETERS.includes(k))];
@@ -250,8 +261,10 @@ export function initDesign(ctx) {
 
   /** Show a master's refusal next to the field (or layer) it names, and in `out`. */
   function showRefusal(form, out, message) {
-    out.textContent = `Refused: ${message}`;
-    out.dataset.status = "error";
+    if (out) {
+      out.textContent = `Refused: ${message}`;
+      out.dataset.status = "error";
+    }
     const target = refusalTarget(message, Object.keys(texts("hyperparameters")));
     if (target.field) {
       const note = form.querySelector(`[data-error-for="${target.field}"]`);
@@ -455,7 +468,8 @@ export function initDesign(ctx) {
   $("#spec-file").addEventListener("change", importFile);
   $("#spec-export").addEventListener("click", exportFile);
   $("#create-optimizer").replaceChildren(...OPTIMIZERS.map((o) => h("option", { value: o, selected: o === design.optimizer }, o)));
-  $("#create-optimizer").addEventListener("change", (e) => { design.optimizer = e.target.value; renderOptimizer(); });
+  $("#create-optimizer").addEventListener("change", (e) => { design.optimizer = e.target.value; renderOptimizer(); checkSettings(); });
+  $("#hp-fields").addEventListener("input", checkSettings);
   $("#create-form").addEventListener("submit", create);
   $("#create-form").addEventListener("change", (e) => { if (e.target.dataset.setting === "training.algorithm") showAlgorithmFields(); });
   $("#op-login").addEventListener("submit", (e) => {

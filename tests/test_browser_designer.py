@@ -29,8 +29,9 @@ from test_browser_client import (  # noqa: F401 (browser: the module-scoped Chro
 
 from mlitb.dataserver import write_archive
 from mlitb.datasets import CIFAR10_SPEC, DIGITS_SPEC, digits
-from mlitb.errors import ModelFormatError
+from mlitb.errors import ModelFormatError, OptimizerError
 from mlitb.nn import Net
+from mlitb.optim import make_optimizer
 
 LOSS_BLUE = (0x24, 0x56, 0xa6)  # the training-loss series' colour in app.js
 
@@ -77,6 +78,15 @@ def python_error(spec: list[dict[str, Any]]) -> str:
     except ModelFormatError as error:
         return str(error)
     raise AssertionError(f"the numpy engine took {spec}")
+
+
+def optimizer_error(name: str, **hyperparameters: float) -> str:
+    """What mlitb/optim.py says about these hyperparameters."""
+    try:
+        make_optimizer(name, 1, **hyperparameters)
+    except OptimizerError as error:
+        return str(error)
+    raise AssertionError(f"{name} took {hyperparameters}")
 
 
 def curve_pixels(page: Page, canvas: str, colour: tuple[int, int, int]) -> int:
@@ -256,15 +266,22 @@ def test_design_the_cifar10_net_from_scratch_create_upload_and_a_node_trains_it(
     assert layer_error(page, 1) == python_error(bad)
     set_field(page, 1, "sx", "5")
     assert layer_error(page, 1) == "" and page.page.is_enabled("#create")
-    # The project: a refusal of the master shows next to the field it names.
+    # The project. A hyperparameter is checked as it is typed, with the master's words.
     page.page.fill("#create-name", "cifar")
-    page.page.fill("#create-t", "1")
     page.page.select_option("#create-optimizer", "adam")
     page.page.fill("[data-setting='hyperparameters.learning_rate']", "-1")
-    page.page.click("#create")
     note = page.page.wait_for_selector("[data-error-for='hyperparameters.learning_rate']:not([hidden])")
-    assert "learning_rate" in note.inner_text() and "-1" in note.inner_text()
+    assert note.inner_text() == optimizer_error("adam", learning_rate=-1)
+    assert page.page.is_disabled("#create")
+    page.page.fill("[data-setting='hyperparameters.learning_rate']", "0.001")
+    assert page.page.is_hidden("[data-error-for='hyperparameters.learning_rate']")
+    # What only the master checks: its refusal shows next to the field it names.
+    page.page.fill("#create-t", "45")
+    page.page.click("#create")
+    note = page.page.wait_for_selector("[data-error-for=iteration_time]:not([hidden])")
+    assert "create_project.iteration_time: must be between" in note.inner_text()
     assert "cifar" not in c.master.statistics()
+    page.page.fill("#create-t", "1")
     page.page.fill("[data-setting='hyperparameters.learning_rate']", "0.001")
     page.page.click("#create")
     page.page.wait_for_selector("#create-result[data-status=ok]")

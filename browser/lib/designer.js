@@ -177,6 +177,17 @@ export function hyperparameterDefaults(optimizer) {
 }
 export const COMMON_HYPERPARAMETERS = Object.keys(COMMON);
 
+/** The engine's refusal of these hyperparameters for `optimizer` (the master's words: the
+ * engine's optimizers check what mlitb/optim.py checks), or null. */
+export function checkHyperparameters(optimizer, hyperparameters) {
+  try {
+    makeOptimizer(optimizer, 1, hyperparameters);
+    return null;
+  } catch (err) {
+    return err.message;
+  }
+}
+
 /** The training settings the designer offers (mlitb.protocol.Training; the master checks them):
  * `algorithm` is fixed at creation, the rest may change later with set_hyperparameters. */
 export const TRAINING_FIELDS = [
