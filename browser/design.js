@@ -260,12 +260,12 @@ export function initDesign(ctx) {
   }
 
   /** Show a master's refusal next to the field (or layer) it names, and in `out`. */
-  function showRefusal(form, out, message) {
+  function showRefusal(form, out, message, field = null) {
     if (out) {
       out.textContent = `Refused: ${message}`;
       out.dataset.status = "error";
     }
-    const target = refusalTarget(message, Object.keys(texts("hyperparameters")));
+    const target = field ? { field } : refusalTarget(message, Object.keys(texts("hyperparameters")));
     if (target.field) {
       const note = form.querySelector(`[data-error-for="${target.field}"]`);
       const input = form.querySelector(`[data-setting="${target.field}"]`);
@@ -292,7 +292,7 @@ export function initDesign(ctx) {
       await ctx.refreshProjects();
       ctx.selectProject(name, false);
     } catch (err) {
-      showRefusal(form, out, err.message);
+      showRefusal(form, out, err.message, err.code === "project_exists" ? "name" : null);
     }
   }
 

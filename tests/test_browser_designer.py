@@ -337,6 +337,10 @@ def test_run_a_project_from_the_page_with_the_consoles_refusals(
     page.page.click("#create")
     page.page.wait_for_selector("#create-result[data-status=ok]")
     assert c.master.projects["digits"].training.schedule == "cosine"
+    # A name in use: the master's project_exists, under the name.
+    page.page.click("#create")
+    note = page.page.wait_for_selector("[data-error-for=name]:not([hidden])")
+    assert "exists already" in note.inner_text()
     page.page.wait_for_selector("#operate-project:text('digits')")
     assert "stored 300 train images" in upload(page, digits_zip(tmp_path), "train")
     assert "stored 60 test images" in upload(page, digits_zip(tmp_path, "test", 60), "test")
