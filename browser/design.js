@@ -25,6 +25,7 @@ export function initDesign(ctx) {
     link: null, // the operator link (a MasterLink with the token)
     rows: PRESETS.cifar10.spec.map((d) => ({ ...d })),
     optimizer: "adagrad",
+    signedIn: false, // the master accepted the token on this link (it may be reconnecting now)
     upload: null, // the XMLHttpRequest in flight
     deleting: null, // the project whose deletion waits for a second click
   };
@@ -34,6 +35,7 @@ export function initDesign(ctx) {
   function signIn(token) {
     if (design.link) design.link.close();
     design.link = null;
+    design.signedIn = false;
     if (!token) { renderLogin(); return; }
     const link = new MasterLink(state.link.url, { token });
     design.link = link;
@@ -44,7 +46,8 @@ export function initDesign(ctx) {
         // (1008) before a welcome. Either way this link may not change anything.
         link.close();
       }
-      if (link.state === "refused") tokens.setOperator("");
+      if (link.state === "connected" && link.authorized) design.signedIn = true;
+      if (link.state === "refused") { tokens.setOperator(""); design.signedIn = false; }
       renderLogin();
       render();
     });
@@ -62,10 +65,12 @@ export function initDesign(ctx) {
       : ok ? "Signed in as the operator: this tab keeps the token until it closes."
       : link.state === "refused" ? `Refused: ${link.message}. Type the right token.`
       : link.state === "connecting" ? "Checking the token…"
-      : link.state === "unreachable" ? `Cannot reach the master: ${link.message}`
+      : link.state === "unreachable" ? `Cannot reach the master (${link.message}); retrying with the token…`
       : `Not signed in (${link.message}).`;
     out.className = link && link.state === "refused" ? "error" : "hint";
-    $("#op-views").hidden = !ok;
+    // Signed in once, the view stays while the link reconnects (a master restart): what was
+    // designed stays, and a request meanwhile says it is not connected.
+    $("#op-views").hidden = !(ok || (design.signedIn && link && link.state !== "closed"));
     $("#op-logout").hidden = !link;
   }
 

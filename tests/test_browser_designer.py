@@ -102,13 +102,16 @@ def curve_pixels(page: Page, canvas: str, colour: tuple[int, int, int]) -> int:
 
 
 def watch_upload_stages(page: Page) -> None:
-    """Record every stage #upload-status passes through (window.uploadStages)."""
+    """Record every stage #upload-status passes through (window.uploadStages) and what it said
+    (window.uploadTexts)."""
     page.page.evaluate("""() => {
         window.uploadStages = [];
+        window.uploadTexts = [];
         const el = document.querySelector('#upload-status');
         new MutationObserver(() => {
             const s = el.dataset.stage;
             if (s && window.uploadStages[window.uploadStages.length - 1] !== s) window.uploadStages.push(s);
+            window.uploadTexts.push(el.textContent);
         }).observe(el, {attributes: true, childList: true, characterData: true, subtree: true});
     }""")
 
@@ -290,10 +293,24 @@ def test_design_the_cifar10_net_from_scratch_create_upload_and_a_node_trains_it(
     assert project.iteration_time == 1.0
     # Upload through the page: the bytes, then the data server's decoding stage, then done.
     page.page.wait_for_selector("#operate-project:text('cifar')")
+    # Chromium's upload throttled to ~8 MB/s, so the bytes take a second and show as they go.
+    cdp = page.context.new_cdp_session(page.page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
+                                                  "downloadThroughput": -1,
+                                                  "uploadThroughput": 8_000_000})
     text = upload(page, cifar10_test_zip, "train")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
+                                                  "downloadThroughput": -1, "uploadThroughput": -1})
     assert "stored 10,000 train images of 10 labels" in text, text
     stages = page.page.evaluate("() => window.uploadStages")
     assert stages[0] == "sending" and "decoding" in stages and stages[-1] == "done", stages
+    total = f"{cifar10_test_zip.stat().st_size / 1e6:.1f}"
+    sent = [t for t in page.page.evaluate("() => window.uploadTexts")
+            if t.startswith("sent ") and t.endswith(f"of {total} MB") and not t.startswith(f"sent {total}")]
+    assert sent, page.page.evaluate("() => window.uploadTexts")
+    assert any("the data server is decoding and storing the images" in t
+               for t in page.page.evaluate("() => window.uploadTexts"))
     wait_until(lambda: c.master.statistics()["cifar"].data.total == 10_000, "the ids registered", 10)
     # A real Python node trains it; the Stats view draws the training curve.
     nodes.append(node(c.url, "cifar"))
