@@ -24,7 +24,8 @@ export function initDesign(ctx) {
   const design = {
     link: null, // the operator link (a MasterLink with the token)
     rows: PRESETS.cifar10.spec.map((d) => ({ ...d })),
-    optimizer: "adagrad",
+    optimizer: "adagrad", // "" with a zoo entry: the closure's
+    zoo: null, // the zoo entry (list_zoo) a project would start from instead of the rows
     signedIn: false, // the master accepted the token on this link (it may be reconnecting now)
     upload: null, // the XMLHttpRequest in flight
     deleting: null, // the project whose deletion waits for a second click
@@ -154,24 +155,64 @@ export function initDesign(ctx) {
     const general = $("#net-error");
     general.hidden = !(a.error && (a.errorRow === null || a.errorRow >= design.rows.length));
     general.textContent = general.hidden ? "" : a.error;
-    $("#create").disabled = Boolean(a.error) || Boolean(design.settingsError);
+    renderCreatable();
+  }
+
+  /** Create waits for a valid net (unless a zoo entry gives it) and valid hyperparameters. */
+  function renderCreatable() {
+    const netError = !design.zoo && design.analysis && design.analysis.error;
+    $("#create").disabled = Boolean(netError) || Boolean(design.settingsError);
+  }
+
+  /** Use these rows (a preset, an import, a project's net): the designer, not a zoo entry. */
+  function useRows(rows) {
+    design.rows = rows;
+    if (design.zoo) { design.zoo = null; if (!design.optimizer) design.optimizer = "adagrad"; renderZooMode(); }
+    renderLayers();
+  }
+
+  /** Starting from a zoo entry: its closure gives the network (and its training so far), so the
+   * table is put away and the optimizer may stay the closure's. */
+  function renderZooMode() {
+    const e = design.zoo;
+    $("#zoo-mode").hidden = !e;
+    $("#layers-area").hidden = Boolean(e);
+    if (e) {
+      $("#zoo-mode-text").textContent = `The project starts from the zoo entry ${e.name}: its network ` +
+        `(${fmt.int(e.parameter_count)} parameters, input ${showShape(e.input_shape)}, ${e.labels.length} labels), ` +
+        `parameters and optimizer state after ${fmt.int(e.iteration)} iterations; it continues that training. ` +
+        "Empty fields below keep the closure's settings.";
+    }
+    const select = $("#create-optimizer");
+    select.replaceChildren(...(e ? [h("option", { value: "" }, `the closure's (${e.optimizer})`)] : []),
+      ...OPTIMIZERS.map((o) => h("option", { value: o }, o)));
+    select.value = design.optimizer;
+    renderOptimizer();
+    checkSettings();
   }
 
   function loadPreset() {
     const key = $("#preset").value, out = $("#spec-io");
     if (PRESETS[key]) {
-      design.rows = PRESETS[key].spec.map((d) => ({ ...d }));
+      useRows(PRESETS[key].spec.map((d) => ({ ...d })));
       out.textContent = `loaded ${PRESETS[key].title}`;
-      renderLayers();
+      return;
+    }
+    if (key.startsWith("zoo:")) {
+      const entry = state.zoo.find((e) => `zoo:${e.name}` === key);
+      if (!entry) return;
+      design.zoo = entry;
+      design.optimizer = "";
+      out.textContent = `the project will start from the zoo entry ${entry.name}`;
+      renderZooMode();
       return;
     }
     if (key.startsWith("project:")) {
       const project = key.slice("project:".length);
       out.textContent = `asking the master for ${project}'s network…`;
       state.link.getModel(project, "model").then((reply) => {
-        design.rows = importSpec(JSON.stringify(reply.model));
+        useRows(importSpec(JSON.stringify(reply.model)));
         out.textContent = `loaded the network of project ${project}`;
-        renderLayers();
       }, (err) => { out.textContent = `could not load ${project}'s network: ${err.message}`; });
     }
   }
@@ -179,7 +220,8 @@ export function initDesign(ctx) {
   function renderPresets() {
     const select = $("#preset");
     const want = [...Object.entries(PRESETS).map(([k, p]) => [k, p.title]),
-      ...state.projects.map((p) => [`project:${p.name}`, `the network of project ${p.name}`])];
+      ...state.projects.map((p) => [`project:${p.name}`, `the network of project ${p.name}`]),
+      ...(state.zoo || []).map((e) => [`zoo:${e.name}`, `zoo entry ${e.name} (continues its training)`])];
     if ([...select.options].map((o) => o.value).join("\n") === want.map(([k]) => k).join("\n")) return;
     const chosen = select.value;
     select.replaceChildren(...want.map(([k, title]) => h("option", { value: k }, title)));
@@ -191,10 +233,9 @@ export function initDesign(ctx) {
     e.target.value = "";
     if (!file) return;
     try {
-      design.rows = importSpec(await file.text());
+      useRows(importSpec(await file.text()));
       out.textContent = `imported ${file.name} (${design.rows.length} layers)`;
       out.dataset.status = "ok";
-      renderLayers();
     } catch (err) {
       out.textContent = `${file.name}: ${err.message}`;
       out.dataset.status = "error";
@@ -227,14 +268,17 @@ export function initDesign(ctx) {
   function checkSettings() {
     const form = $("#create-form");
     clearRefusals(form);
-    const error = checkHyperparameters(design.optimizer, hyperparametersFrom(texts("hyperparameters")));
+    const error = checkHyperparameters(currentOptimizer(), hyperparametersFrom(texts("hyperparameters")));
     design.settingsError = error;
     if (error) showRefusal(form, null, error);
-    $("#create").disabled = Boolean(design.analysis && design.analysis.error) || Boolean(error);
+    renderCreatable();
   }
 
+  /** The optimizer the project will have: the one chosen, or the zoo entry's. */
+  function currentOptimizer() { return design.optimizer || (design.zoo ? design.zoo.optimizer : "adagrad"); }
+
   function renderOptimizer() {
-    const defaults = hyperparameterDefaults(design.optimizer);
+    const defaults = hyperparameterDefaults(currentOptimizer());
     const names = [...COMMON_HYPERPARAMETERS, ...Object.keys(defaults).filter((k) => !COMMON_HYPERPARAMETERS.includes(k))];
     $("#hp-fields").replaceChildren(...names.map((k) => settingInput("hyperparameters", k,
       { label: k, placeholder: typeof defaults[k] === "boolean" ? (defaults[k] ? "1" : "0") : defaults[k] })));
@@ -250,7 +294,7 @@ export function initDesign(ctx) {
   }
 
   function showAlgorithmFields() {
-    const algorithm = $('[data-setting="training.algorithm"]').value;
+    const algorithm = $('[data-setting="training.algorithm"]').value || "gradient";
     for (const el of document.querySelectorAll("#training-fields [data-only]")) el.hidden = el.dataset.only !== algorithm;
   }
 
@@ -285,7 +329,8 @@ export function initDesign(ctx) {
     clearRefusals(form);
     const name = $("#create-name").value.trim();
     const message = createMessage({
-      name, rows: design.rows, iterationTime: $("#create-t").value, optimizer: design.optimizer,
+      name, rows: design.rows, zoo: design.zoo ? design.zoo.name : null,
+      iterationTime: $("#create-t").value, optimizer: design.optimizer,
       hyperparameters: hyperparametersFrom(texts("hyperparameters")), training: trainingFrom(texts("training")),
     });
     out.textContent = `creating ${name}…`;
@@ -468,7 +513,8 @@ export function initDesign(ctx) {
     rows.splice(at, 0, newLayer(type));
     renderLayers();
   });
-  $("#clear-layers").addEventListener("click", () => { design.rows = []; renderLayers(); });
+  $("#clear-layers").addEventListener("click", () => useRows([]));
+  $("#zoo-mode-leave").addEventListener("click", () => useRows(design.rows));
   $("#preset-load").addEventListener("click", loadPreset);
   $("#spec-file").addEventListener("change", importFile);
   $("#spec-export").addEventListener("click", exportFile);

@@ -399,3 +399,41 @@ def test_run_a_project_from_the_page_with_the_consoles_refusals(
     wait_until(lambda: "digits" not in c.master.statistics(), "the project deleted", 10)
     assert page.errors == []
 
+
+
+def test_a_project_starts_from_a_zoo_entry_in_the_designer(
+        cluster_in_thread: Any, open_page: Callable[..., Page], tmp_path: Path) -> None:
+    from mlitb.closure import Zoo, closure_from_project, save_closure
+    from mlitb.master import Project
+
+    c = cluster_in_thread
+    labels = [str(k) for k in range(10)]
+    net = Net(DIGITS_SPEC, seed=1, labels=labels)
+    trained = Project("digits-90", net, make_optimizer("adam", net.num_params), "adam", 1.0)
+    trained.iteration = trained.parameter_version = 25
+    save_closure(closure_from_project(trained), tmp_path / "digits-90.closure.json")
+    zoo = Zoo(tmp_path / "zoo")
+    zoo.add(tmp_path / "digits-90.closure.json")
+    c.master.zoo = zoo
+    page = open_page(page_url(c))
+    design_view(page, c.token)
+    page.page.wait_for_selector("#preset option[value='zoo:digits-90']", state="attached")
+    page.page.select_option("#preset", "zoo:digits-90")
+    page.page.click("#preset-load")
+    assert page.page.is_hidden("#layers-area")
+    assert f"{net.num_params:,} parameters" in page.page.inner_text("#zoo-mode-text")
+    assert page.page.input_value("#create-optimizer") == ""  # the closure's
+    # Its hyperparameters are adam's, checked as typed.
+    page.page.fill("[data-setting='hyperparameters.beta1']", "1")
+    page.page.wait_for_selector("[data-error-for='hyperparameters.beta1']:not([hidden])")
+    page.page.fill("[data-setting='hyperparameters.beta1']", "")
+    page.page.fill("#create-name", "continued")
+    page.page.click("#create")
+    page.page.wait_for_selector("#create-result[data-status=ok]")
+    project = c.master.projects["continued"]
+    assert project.iteration == 25 and project.optimizer_name == "adam"
+    assert (project.net.params == net.params).all()
+    # Back to designing: the table returns with its rows.
+    page.page.click("#zoo-mode-leave")
+    assert page.page.is_visible("#layers-area") and len(rows(page)) == len(CIFAR10_SPEC)
+    assert page.errors == []

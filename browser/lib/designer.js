@@ -191,7 +191,7 @@ export function checkHyperparameters(optimizer, hyperparameters) {
 /** The training settings the designer offers (mlitb.protocol.Training; the master checks them):
  * `algorithm` is fixed at creation, the rest may change later with set_hyperparameters. */
 export const TRAINING_FIELDS = [
-  { key: "algorithm", label: "algorithm", choices: ["gradient", "local"], placeholder: "gradient" },
+  { key: "algorithm", label: "algorithm", choices: ["", "gradient", "local"] },
   { key: "batch_size", label: "batch size (local)", placeholder: "32", only: "local" },
   { key: "outer_optimizer", label: "outer optimizer (local)", choices: ["", "average", "nesterov"], only: "local" },
   { key: "outer_learning_rate", label: "outer learning rate", placeholder: "1", only: "local" },
@@ -250,9 +250,13 @@ export function refusalTarget(message, hyperparameterNames = []) {
   return {};
 }
 
-/** The create_project message (docs/protocol.md); the master validates every field again. */
-export function createMessage({ name, rows, iterationTime, optimizer, hyperparameters, training }) {
-  const message = { type: "create_project", name, spec: rows.map((r) => ({ ...r })), optimizer, hyperparameters };
+/** The create_project message (docs/protocol.md); the master validates every field again. With
+ * `zoo` (an entry's name) the project starts from that closure instead of `rows`, and an empty
+ * optimizer keeps the closure's. */
+export function createMessage({ name, rows, zoo = null, iterationTime, optimizer, hyperparameters, training }) {
+  const message = { type: "create_project", name, hyperparameters };
+  if (zoo) message.zoo = zoo; else message.spec = rows.map((r) => ({ ...r }));
+  if (optimizer) message.optimizer = optimizer;
   const t = parseValue(iterationTime ?? "");
   if (t !== undefined) message.iteration_time = t;
   if (training) message.training = training;
