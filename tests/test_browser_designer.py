@@ -91,14 +91,14 @@ def optimizer_error(name: str, **hyperparameters: float) -> str:
 
 def curve_pixels(page: Page, canvas: str, colour: tuple[int, int, int]) -> int:
     """How many pixels of ``canvas`` are drawn in ``colour``: a curve is there, not just axes."""
-    return page.page.evaluate("""([selector, [r, g, b]]) => {
+    return int(page.page.evaluate("""([selector, [r, g, b]]) => {
         const c = document.querySelector(selector), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0;
         for (let i = 0; i < d.length; i += 4) {
             if (Math.abs(d[i] - r) < 12 && Math.abs(d[i + 1] - g) < 12 && Math.abs(d[i + 2] - b) < 12) n++;
         }
         return n;
-    }""", [canvas, list(colour)])
+    }""", [canvas, list(colour)]))
 
 
 def watch_upload_stages(page: Page) -> None:
@@ -121,9 +121,9 @@ def upload(page: Page, path: Path, split: str, timeout_ms: int = 60_000) -> str:
     page.page.set_input_files("#zip-file", str(path))
     page.page.select_option("#zip-split", split)
     page.page.click("#upload-button")
-    page.page.wait_for_selector("#upload-status[data-stage=done], #upload-status[data-stage=failed]",
-                                timeout=timeout_ms)
-    return page.page.inner_text("#upload-status")
+    page.page.wait_for_selector(
+        "#upload-status[data-stage=done], #upload-status[data-stage=failed]", timeout=timeout_ms)
+    return str(page.page.inner_text("#upload-status"))
 
 
 def node(url: str, project: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -273,7 +273,8 @@ def test_design_the_cifar10_net_from_scratch_create_upload_and_a_node_trains_it(
     page.page.fill("#create-name", "cifar")
     page.page.select_option("#create-optimizer", "adam")
     page.page.fill("[data-setting='hyperparameters.learning_rate']", "-1")
-    note = page.page.wait_for_selector("[data-error-for='hyperparameters.learning_rate']:not([hidden])")
+    note = page.page.wait_for_selector(
+        "[data-error-for='hyperparameters.learning_rate']:not([hidden])")
     assert note.inner_text() == optimizer_error("adam", learning_rate=-1)
     assert page.page.is_disabled("#create")
     page.page.fill("[data-setting='hyperparameters.learning_rate']", "0.001")
@@ -307,11 +308,13 @@ def test_design_the_cifar10_net_from_scratch_create_upload_and_a_node_trains_it(
     assert stages[0] == "sending" and "decoding" in stages and stages[-1] == "done", stages
     total = f"{cifar10_test_zip.stat().st_size / 1e6:.1f}"
     sent = [t for t in page.page.evaluate("() => window.uploadTexts")
-            if t.startswith("sent ") and t.endswith(f"of {total} MB") and not t.startswith(f"sent {total}")]
+            if t.startswith("sent ") and t.endswith(f"of {total} MB")
+            and not t.startswith(f"sent {total}")]
     assert sent, page.page.evaluate("() => window.uploadTexts")
     assert any("the data server is decoding and storing the images" in t
                for t in page.page.evaluate("() => window.uploadTexts"))
-    wait_until(lambda: c.master.statistics()["cifar"].data.total == 10_000, "the ids registered", 10)
+    wait_until(lambda: c.master.statistics()["cifar"].data.total == 10_000,
+               "the ids registered", 10)
     # A real Python node trains it; the Stats view draws the training curve.
     nodes.append(node(c.url, "cifar"))
     wait_until(lambda: sum(1 for h in c.master.statistics()["cifar"].history if h.samples > 0) >= 3,
@@ -363,7 +366,10 @@ def test_run_a_project_from_the_page_with_the_consoles_refusals(
     assert "stored 60 test images" in upload(page, digits_zip(tmp_path, "test", 60), "test")
     wait_until(lambda: c.master.statistics()["digits"].data.test == 60, "the test ids", 10)
     nodes.append(node(c.url, "digits"))
-    stats = lambda: c.master.statistics()["digits"]  # noqa: E731
+
+    def stats() -> Any:
+        return c.master.statistics()["digits"]
+
     wait_until(lambda: any(w.role == "trainer" and w.state == "training" for w in stats().workers),
                "the node training", 40)
     # Pause and resume.
@@ -388,7 +394,8 @@ def test_run_a_project_from_the_page_with_the_consoles_refusals(
     worker = next(w.worker_id for w in stats().workers if w.role == "trainer")
     page.page.click(f"#op-workers tr[data-worker='{worker}'] button.remove-worker")
     page.page.wait_for_selector("#op-result[data-status=ok]")
-    wait_until(lambda: all(w.worker_id != worker for w in stats().workers), "the worker removed", 10)
+    wait_until(lambda: all(w.worker_id != worker for w in stats().workers),
+               "the worker removed", 10)
     # Delete: a second click confirms; the project is gone from the master and the page.
     page.page.click("#op-delete")
     assert "cifar" not in page.page.inner_text("#op-delete")
