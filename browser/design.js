@@ -76,7 +76,10 @@ export function initDesign(ctx) {
   }
 
   async function request(message) {
-    if (!authorized()) throw new Error("sign in with the operator token first");
+    if (!authorized()) {
+      throw new Error(design.signedIn ? `not connected to the master now (${design.link.message}); the page reconnects with the token`
+        : "sign in with the operator token first");
+    }
     return design.link.request(message);
   }
 
