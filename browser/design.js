@@ -9,7 +9,7 @@ import { MasterLink } from "./lib/master.js";
 import {
   analyze, checkHyperparameters, COMMON_HYPERPARAMETERS, createMessage, exportSpec, hyperparameterDefaults,
   hyperparametersFrom, importSpec, LAYER_FIELDS, LAYER_TYPES, newLayer, OPTIMIZERS, otherFields,
-  parseValue, PRESETS, refusalTarget, showShape, showValue, trainingFrom, TRAINING_FIELDS,
+  parseValue, PRESETS, RECIPES, refusalTarget, showShape, showValue, trainingFrom, TRAINING_FIELDS,
 } from "./lib/designer.js";
 
 const $ = (selector) => document.querySelector(selector);
@@ -326,6 +326,27 @@ export function initDesign(ctx) {
     }
   }
 
+  /** Fill the settings with a recipe of mlitb/recipes.py: the optimizer, its hyperparameters,
+   * the training settings and T; what the recipe leaves out is emptied (the defaults). */
+  function useRecipe(key) {
+    const recipe = RECIPES[key];
+    if (!recipe) return;
+    design.optimizer = recipe.optimizer;
+    $("#create-optimizer").value = recipe.optimizer;
+    renderOptimizer();
+    const set = (group, values) => {
+      for (const el of document.querySelectorAll(`#create-form [data-setting^="${group}."]`)) {
+        const value = values[el.dataset.setting.slice(group.length + 1)];
+        el.value = value === undefined ? "" : String(value);
+      }
+    };
+    set("hyperparameters", recipe.hyperparameters);
+    set("training", recipe.training);
+    $("#create-t").value = String(recipe.iterationTime);
+    showAlgorithmFields();
+    checkSettings();
+  }
+
   async function create(event) {
     event.preventDefault();
     const form = $("#create-form"), out = $("#create-result");
@@ -525,6 +546,9 @@ export function initDesign(ctx) {
   $("#create-optimizer").addEventListener("change", (e) => { design.optimizer = e.target.value; renderOptimizer(); checkSettings(); });
   $("#hp-fields").addEventListener("input", checkSettings);
   $("#create-form").addEventListener("submit", create);
+  $("#create-recipe").replaceChildren(h("option", { value: "" }, "— none —"),
+    ...Object.entries(RECIPES).map(([k, r]) => h("option", { value: k }, r.title)));
+  $("#create-recipe").addEventListener("change", (e) => useRecipe(e.target.value));
   $("#create-form").addEventListener("change", (e) => { if (e.target.dataset.setting === "training.algorithm") showAlgorithmFields(); });
   $("#op-login").addEventListener("submit", (e) => {
     e.preventDefault();

@@ -32,6 +32,8 @@ from mlitb.datasets import CIFAR10_SPEC, DIGITS_SPEC, digits
 from mlitb.errors import ModelFormatError, OptimizerError
 from mlitb.nn import Net
 from mlitb.optim import make_optimizer
+from mlitb.protocol import Training
+from mlitb.recipes import cifar10_recipe, digits_recipe
 
 LOSS_BLUE = (0x24, 0x56, 0xa6)  # the training-loss series' colour in app.js
 
@@ -220,6 +222,28 @@ def test_the_presets_are_the_engines_nets_and_a_spec_goes_out_and_back_as_json(
     assert "bad.json: not valid JSON" in page.page.inner_text("#spec-io")
     assert rows(page) == Net(CIFAR10_SPEC).spec()
     assert page.errors == []
+    # The recipes are mlitb/recipes.py's; choosing one fills the settings, and the project gets it.
+    recipes = page.page.evaluate("async () => (await import('./lib/designer.js')).RECIPES")
+    python = {"cifar10-local": cifar10_recipe("local"), "cifar10-gradient": cifar10_recipe("gradient"),
+              "digits-local": digits_recipe("local"), "digits-gradient": digits_recipe("gradient")}
+    assert set(recipes) == set(python)
+    for key, (optimizer, hyperparameters, training, iteration_time) in python.items():
+        js = recipes[key]
+        assert (js["optimizer"], js["hyperparameters"], js["iterationTime"]) == \
+            (optimizer, hyperparameters, iteration_time), key
+        assert Training(**js["training"]) == training, key
+    page.page.select_option("#preset", "digits")
+    page.page.click("#preset-load")
+    page.page.select_option("#create-recipe", "digits-local")
+    assert page.page.input_value("[data-setting='training.batch_size']") == "16"
+    page.page.fill("#create-name", "recipe")
+    page.page.click("#create")
+    page.page.wait_for_selector("#create-result[data-status=ok]")
+    optimizer, hyperparameters, training, iteration_time = digits_recipe("local")
+    project = c.master.projects["recipe"]
+    assert (project.optimizer_name, project.training, project.iteration_time) == \
+        (optimizer, training, iteration_time)
+    assert {k: project.optimizer.hyperparameters()[k] for k in hyperparameters} == hyperparameters
     # On a phone the view fits the width (the layer table scrolls inside its box).
     phone = open_page(page_url(c), width=375, height=740)
     design_view(phone, c.token)

@@ -149,6 +149,34 @@ export const PRESETS = {
   },
 };
 
+/**
+ * The training recipes of mlitb/recipes.py (what `mlitb demo` and `mlitb bench train` use): an
+ * optimizer, its hyperparameters, the training settings and T. The tests check they equal
+ * Python's; a recipe changed there must be changed here.
+ */
+export const RECIPES = {
+  "cifar10-local": {
+    title: "CIFAR-10: local Nesterov steps, cosine over 60 s, flips",
+    optimizer: "nesterov", hyperparameters: { learning_rate: 0.015, momentum: 0.95, l2_decay: 5e-4 },
+    training: { algorithm: "local", batch_size: 32, outer_optimizer: "average", outer_learning_rate: 1,
+      schedule: "cosine", horizon: 60, horizon_unit: "seconds", warmup: 0.1, final_lr: 0, flip: true },
+    iterationTime: 0.5,
+  },
+  "cifar10-gradient": {
+    title: "CIFAR-10: the paper's (AdaGrad on the averaged gradient)",
+    optimizer: "adagrad", hyperparameters: { learning_rate: 0.01 }, training: {}, iterationTime: 1,
+  },
+  "digits-local": {
+    title: "digits: local Nesterov steps of 16",
+    optimizer: "nesterov", hyperparameters: { learning_rate: 0.05, momentum: 0.9 },
+    training: { algorithm: "local", batch_size: 16, outer_optimizer: "average" }, iterationTime: 1,
+  },
+  "digits-gradient": {
+    title: "digits: Adam on the averaged gradient",
+    optimizer: "adam", hyperparameters: { learning_rate: 0.02 }, training: {}, iterationTime: 1,
+  },
+};
+
 /** The layer list of an imported file: a spec (a JSON list, what `mlitb project create --model`
  * reads), or a model file (its "layers"), as read_spec in mlitb/_cli_project.py takes them. */
 export function importSpec(text) {
