@@ -5,6 +5,7 @@
 // data server when it is told the master's URL), else ws://<this page's host>:8000.
 // ?project=NAME selects a project.
 
+import { initDesign } from "./design.js";
 import { drawChart } from "./lib/chart.js";
 import { convert, decodeFile } from "./lib/image.js";
 import { MasterLink, operatorRequest } from "./lib/master.js";
@@ -100,7 +101,7 @@ async function masterUrl() {
 }
 
 // -- views ------------------------------------------------------------------------------------------
-const VIEWS = ["projects", "train", "predict", "stats", "download"];
+const VIEWS = ["projects", "train", "predict", "stats", "download", "design"];
 
 function showView() {
   const view = VIEWS.includes(location.hash.slice(1)) ? location.hash.slice(1) : "projects";
@@ -111,6 +112,7 @@ function showView() {
   if (view === "predict") { ensureTracker(); showTokenField(); }
   if (view === "stats") renderStats();
   if (view === "train") renderTrainers();
+  if (view === "design") designView.render();
 }
 
 // -- the master link and the projects ---------------------------------------------------------------
@@ -140,6 +142,7 @@ async function refreshProjects() {
     return;
   }
   renderZoo();
+  if (state.view === "design") designView.render();
   if (!state.projects.some((p) => p.name === state.project)) {
     selectProject(state.projects.length === 1 ? state.projects[0].name : null, false);
   }
@@ -664,7 +667,11 @@ function renderAll() {
   if (state.view === "projects") renderProjects();
   if (state.view === "train") renderTrainers();
   if (state.view === "stats") renderStats();
+  if (state.view === "design") designView.render();
 }
+
+// -- design (the operator view: design.js) ---------------------------------------------------------
+let designView = { render() {} };
 
 // -- download -----------------------------------------------------------------------------------------
 async function download(format) {
@@ -701,6 +708,7 @@ async function main() {
     }
   });
   state.link.addEventListener("status", (e) => onStatus(e.detail));
+  designView = initDesign({ h, fmt, state, tokens, dataBase, refreshProjects, selectProject });
   state.link.start();
   setInterval(refreshProjects, 2000);
   setInterval(() => { if (state.link.state === "unreachable") renderLink(); }, 1000);

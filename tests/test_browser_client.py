@@ -631,7 +631,7 @@ def test_a_phone_shows_every_tab_and_the_workers_state_and_speed(
         const r = a.getBoundingClientRect();
         return [a.textContent, r.left, r.right];
     })""")
-    assert [t[0] for t in tabs] == ["Projects", "Train", "Predict", "Stats", "Download"]
+    assert [t[0] for t in tabs] == ["Projects", "Train", "Predict", "Stats", "Download", "Design"]
     assert all(left >= 0 and right <= 375 for _, left, right in tabs), tabs
     assert phone.page.evaluate(
         "(() => { const t = document.querySelector('.tabs'); "

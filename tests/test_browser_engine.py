@@ -389,3 +389,53 @@ def test_engine_trains_in_a_module_web_worker(page: Any) -> None:
                  && net.grads.every((g, i) => g === reply.grads[i]) };
     }""")
     assert got == {"simd": True, "same": True}
+
+
+def test_describe_gives_numpys_shapes_parameters_and_refusals(page: Any) -> None:
+    """What the network designer shows as one types (engine/net.js describe): every layer's
+    output shape and parameter count as the numpy Net builds them, and, for a spec Python
+    refuses, Python's message, without building the net."""
+    from mlitb.datasets import CIFAR10_SPEC, DIGITS_SPEC
+    from mlitb.errors import ModelFormatError
+    from mlitb.nn._vectors import BAD_SPECS
+
+    specs = [CIFAR10_SPEC, DIGITS_SPEC, *BAD_SPECS,
+             [{"type": "input", "out_sx": 4, "out_sy": 4, "out_depth": 1},
+              {"type": "conv", "sx": 9, "filters": 2}, {"type": "softmax", "num_classes": 2}]]
+    got = _js(page, f"return {json.dumps(specs)}.map((s) => E.describe(s));")
+    for spec, described in zip(specs, got, strict=True):
+        try:
+            net = Net(spec)
+        except ModelFormatError as error:
+            assert described["error"] == str(error), spec
+            continue
+        assert described["error"] is None, spec
+        assert [d["outShape"] for d in described["layers"]] == \
+            [list(layer.out_shape) for layer in net.layers]
+        assert [d["params"] for d in described["layers"]] == \
+            [sum(int(np.prod(s)) for s in layer.param_shapes()) for layer in net.layers]
+        assert described["numParams"] == net.num_params
+
+
+def test_optimizer_ranges_are_pythons(page: Any) -> None:
+    """The browser's optimizers refuse an out-of-range hyperparameter with mlitb/optim.py's
+    message: the designer checks them as they are typed, in the master's words."""
+    from mlitb.errors import OptimizerError
+    from mlitb.optim import from_wire, make_optimizer
+
+    cases = [("adagrad", {"learning_rate": -1}), ("adagrad", {"lr_decay": 0}),
+             ("adagrad", {"lr_decay": 1.5}), ("adam", {"eps": 0}), ("adam", {"beta1": 1}),
+             ("adam", {"beta2": -0.5}), ("sgd", {"momentum": 1}), ("adadelta", {"ro": 2}),
+             ("adagrad", {"lr_decay_every": 0}), ("adagrad", {"lr_decay_every": 2.5}),
+             ("adagrad", {"l2_decay": -0.1}), ("adam", {"learning_rate": 0.001})]
+    got = _js(page, f"""
+        return {json.dumps(cases)}.map(([name, hp]) => {{
+          try {{ E.makeOptimizer(name, 3, hp); return null; }} catch (e) {{ return e.message; }}
+        }});""")
+    for (name, hp), message in zip(cases, got, strict=True):
+        try:
+            make_optimizer(name, 3, **from_wire(hp))
+            expected = None
+        except OptimizerError as error:
+            expected = str(error)
+        assert message == expected, (name, hp)

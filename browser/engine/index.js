@@ -18,6 +18,8 @@
 //   const net = new Net(spec, { params, seed, labels, chunk = 4, simd = true, fma = true });
 //       spec as Python's Net takes it; simd/fma: use wasm SIMD (and relaxed SIMD's fused
 //       multiply-add) where the browser has them; net.simd / net.fma tell what is used
+//   describe(spec) -> { layers: [{def, raw, inShape, outShape, params}], numParams, error, at }
+//       what a spec builds, checked as new Net(spec) checks it, without allocating (the designer)
 //   net.numParams, net.inputShape ([C, H, W]), net.numOutputs, net.labels, net.spec()
 //   net.params   Float32Array, live; `net.params = array` copies in
 //   net.grads    Float32Array, live: gradient SUMS since net.zeroGrads()
@@ -44,7 +46,7 @@
 // ConvNetJS's distribution (normal, std sqrt(1/fan_in); biases bias_pref) but not numpy's
 // random streams; dropout draws from the net's seeded generator in (n, y, x, c) order.
 
-export { Net, DEFAULT_CHUNK, NEW_CLASS_BIAS, LAYER_CLASSES } from "./net.js";
+export { Net, DEFAULT_CHUNK, NEW_CLASS_BIAS, LAYER_CLASSES, describe } from "./net.js";
 export { desugar, normalize, ModelFormatError, LAYER_TYPES, LOSS_TYPES } from "./spec.js";
 export { Random } from "./random.js";
 export { Optimizer, OptimizerError, OPTIMIZERS, SGD, AdaGrad, Adadelta, Adam, makeOptimizer } from "./optim.js";

@@ -10,7 +10,7 @@ import { RegressionLayer, SoftmaxLayer, SVMLayer } from "./loss.js";
 import { useSimd } from "./kernels.js";
 import { Random } from "./random.js";
 import { instantiate } from "./simd.js";
-import { ModelFormatError, normalize, pyRepr } from "./spec.js";
+import { desugar, ModelFormatError, normalize, normalizeLayer, pyRepr } from "./spec.js";
 
 export const LAYER_CLASSES = Object.fromEntries([
   InputLayer, ConvLayer, PoolLayer, FullyConnectedLayer, ReluLayer, SigmoidLayer, TanhLayer,
@@ -49,6 +49,59 @@ function buildLayers(defs) {
     throw new ModelFormatError(`layer ${last} (${loss.type}): field '${field}' is ${loss[field]} but its input has ${shape[0]}`);
   }
   return layers;
+}
+
+/**
+ * What a spec builds, without building it (no parameters, no scratch): for the network designer.
+ * Never throws. `error` is the first ModelFormatError that `new Net(spec)` would raise (the same
+ * message, the engine's own) or null, with `at` the index of the layer it names: a raw index of
+ * `spec` when desugaring failed (`desugared: false`), else an index into `layers`' definitions.
+ * `layers` holds every desugared layer up to the first that cannot be checked or shaped:
+ * {def (normalized), raw (index in spec of the definition it came from), inShape, outShape,
+ * params}, shapes [C, H, W]; `raw[i]`: the index in spec that desugared layer i came from.
+ */
+export function describe(spec) {
+  const result = { layers: [], raw: [], numParams: 0, error: null, at: null, desugared: true };
+  const fail = (err) => {
+    if (!(err instanceof ModelFormatError)) throw err;
+    const m = /^layer (\d+)/.exec(err.message);
+    if (result.error === null) { result.error = err.message; result.at = m ? Number(m[1]) : null; }
+  };
+  let defs;
+  try {
+    defs = desugar(spec);
+  } catch (err) {
+    fail(err);
+    result.desugared = false;
+    return result;
+  }
+  // Which definition of `spec` each desugared layer came from: desugar is a left-to-right
+  // expansion, so the prefix spec[0..i] desugars to a prefix of `defs`.
+  const raw = result.raw;
+  spec.forEach((_, i) => { while (raw.length < desugar(spec.slice(0, i + 1)).length) raw.push(i); });
+  try {
+    buildLayers(normalize(spec));
+  } catch (err) {
+    fail(err);
+  }
+  let shape = null;
+  for (let i = 0; i < defs.length; i++) {
+    let def, layer;
+    try {
+      def = normalizeLayer(i, defs[i]);
+      if (i === 0 && def.type !== "input") break;
+      if (i === 0) shape = [def.out_depth, def.out_sy, def.out_sx];
+      layer = new LAYER_CLASSES[def.type](def, shape);
+    } catch {
+      break; // the error above names it (or an earlier one)
+    }
+    if (layer.outShape.some((n) => n < 1)) break;
+    const params = layer.paramShapes().reduce((sum, s) => sum + product(s), 0);
+    result.layers.push({ def, raw: raw[i], inShape: shape, outShape: layer.outShape, params });
+    result.numParams += params;
+    shape = layer.outShape;
+  }
+  return result;
 }
 
 /**

@@ -21,7 +21,8 @@
 /** The optimizer names a project may name (mlitb.optim.OPTIMIZERS). */
 export const OPTIMIZERS = ["sgd", "nesterov", "adagrad", "adadelta", "adam"];
 
-const COMMON = { learning_rate: 0.01, l1_decay: 0, l2_decay: 0, lr_decay: 1, lr_decay_every: 1, lr_min: 0 };
+/** The hyperparameters every optimizer has, with their defaults (mlitb/optim.py _COMMON). */
+export const COMMON = { learning_rate: 0.01, l1_decay: 0, l2_decay: 0, lr_decay: 1, lr_decay_every: 1, lr_min: 0 };
 // Flags and counts arrive as JSON numbers on the wire (nesterov 0/1, lr_decay_every 3.0).
 const FLAGS = new Set(["nesterov"]);
 const COUNTS = new Set(["lr_decay_every"]);
@@ -32,17 +33,35 @@ export class OptimizerError extends Error {
   constructor(message) { super(message); this.name = "OptimizerError"; }
 }
 
+// What each hyperparameter may be (mlitb/optim.py _RULES): the interval [lo, hi) unless
+// flagged, so the network designer refuses what the master refuses, in its words.
+const RULES = {
+  learning_rate: {}, l1_decay: {}, l2_decay: {}, lr_min: {},
+  lr_decay: { lo: 0, hi: 1, loOpen: true, hiOpen: false },
+  lr_decay_every: { lo: 1 },
+  momentum: { lo: 0, hi: 1 }, ro: { lo: 0, hi: 1 }, beta1: { lo: 0, hi: 1 }, beta2: { lo: 0, hi: 1 },
+  eps: { loOpen: true },
+};
+const pyG = (x) => (x === Infinity ? "inf" : String(x)); // Python's format(x, "g") for these bounds
+const pyRepr = (v) => (typeof v === "string" ? `'${v}'` : v === true ? "True" : v === false ? "False" : String(v));
+
 function checked(key, value) {
   if (FLAGS.has(key)) {
     if (value === true || value === 1) return true;
     if (value === false || value === 0) return false;
     throw new OptimizerError(`${key}: must be 0 (false) or 1 (true), got ${value}`);
   }
-  if (typeof value !== "number" || !Number.isFinite(value)) {
-    throw new OptimizerError(`${key}: must be a finite number, got ${value}`);
+  if (typeof value !== "number" || Number.isNaN(value)) {
+    throw new OptimizerError(`${key}: must be ${COUNTS.has(key) ? "an integer" : "a number"}, got ${pyRepr(value)}`);
   }
-  if (COUNTS.has(key) && (!Number.isInteger(value) || value < 1)) {
-    throw new OptimizerError(`${key}: must be a whole number >= 1, got ${value}`);
+  if (COUNTS.has(key) && Number.isFinite(value) && !Number.isInteger(value)) {
+    throw new OptimizerError(`${key}: must be a whole number, got ${value}`);
+  }
+  const { lo = 0, hi = Infinity, loOpen = false, hiOpen = true } = RULES[key] || {};
+  const okLo = loOpen ? value > lo : value >= lo, okHi = hiOpen ? value < hi : value <= hi;
+  if (!(Number.isFinite(value) && okLo && okHi)) {
+    const span = `${loOpen ? "(" : "["}${pyG(lo)}, ${pyG(hi)}${hiOpen ? ")" : "]"}`;
+    throw new OptimizerError(`${key}: must be finite and in ${span}, got ${value}`);
   }
   return value;
 }

@@ -121,7 +121,8 @@ function float(d, key, at, { dflt = null, lo = null, hi = null, loOpen = false, 
   return value;
 }
 
-function normalizeOne(i, d) {
+/** Check one desugared layer `d` at index `i` and fill in its defaults (throws ModelFormatError). */
+export function normalizeLayer(i, d) {
   const kind = d.type;
   const at = where(i, kind);
   const known = new Set(["type", ...FIELDS[kind], ...SUGAR]);
@@ -169,7 +170,7 @@ function normalizeOne(i, d) {
 
 /** Desugar, then validate every layer and fill in every default (Python's normalize). */
 export function normalize(defs) {
-  const full = desugar(defs).map((d, i) => normalizeOne(i, d));
+  const full = desugar(defs).map((d, i) => normalizeLayer(i, d));
   if (!full.length || full[0].type !== "input") {
     throw new ModelFormatError(`${full.length ? where(0, full[0].type) : "layer 0"}: the first layer must be of type 'input'`);
   }

@@ -1,20 +1,23 @@
 // The page's own connection to the master: role "operator" without a token, which may list
 // projects, subscribe to status snapshots and download models (docs/protocol.md, "Who may send
 // what"). It reconnects with backoff after a drop and tells the page when the master is
-// unreachable.
+// unreachable. With a token (the operator view) the same link may send every operator request;
+// a token the master refuses (close 1008) ends it in state "refused": retrying cannot help.
 //
 // Events (EventTarget): "state" (detail: {state, message, retryAt}), "status" (detail: the
 // status message), "welcome" (detail: the welcome).
 
-import { describeClose, hello } from "./protocol.js";
+import { CLOSE, describeClose, hello } from "./protocol.js";
 
 const REQUEST_TIMEOUT_MS = 30_000;
 
 export class MasterLink extends EventTarget {
-  constructor(url) {
+  constructor(url, { token = null } = {}) {
     super();
     this.url = url;
-    this.state = "connecting"; // connecting | connected | unreachable
+    this.token = token;
+    this.closed = false;
+    this.state = "connecting"; // connecting | connected | unreachable | refused | closed
     this.message = "";
     this.retryAt = null;
     this.welcome = null;
@@ -47,7 +50,7 @@ export class MasterLink extends EventTarget {
     }
     this.ws = ws;
     let welcomed = false, error = null;
-    ws.onopen = () => ws.send(hello("operator"));
+    ws.onopen = () => ws.send(hello("operator", { token: this.token }));
     ws.onmessage = (event) => {
       if (this.ws !== ws || typeof event.data !== "string") return;
       let msg;
@@ -74,6 +77,11 @@ export class MasterLink extends EventTarget {
       this.welcome = null;
       for (const [, p] of this.pending) { clearTimeout(p.timer); p.reject(new Error("the connection to the master closed")); }
       this.pending.clear();
+      if (this.closed) return;
+      if (!welcomed && event.code === CLOSE.POLICY_VIOLATION) {
+        this._set("refused", `the master refused the operator token: ${error || event.reason || "wrong token"}`);
+        return;
+      }
       const why = welcomed ? `the connection to the master closed (${describeClose(event.code, error || event.reason)})`
         : error ? `the master refused this page: ${error}`
         : `cannot reach the master at ${this.url}`;
@@ -87,6 +95,17 @@ export class MasterLink extends EventTarget {
     this._set("unreachable", why, Date.now() + delay * 1000);
     this.timer = setTimeout(() => this._connect(), delay * 1000);
   }
+
+  /** Close for good (an operator session the tab forgets). */
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+    this._set("closed", "closed");
+  }
+
+  /** Whether the master accepted this link's operator token. */
+  get authorized() { return Boolean(this.welcome && this.welcome.authorized); }
 
   /** Try again now instead of waiting for the backoff. */
   retryNow() { if (this.state === "unreachable") this._connect(); }
