@@ -4,8 +4,8 @@
 figures by several points. This benchmark takes the clock out: simulated trainers drive a real
 ``Project`` (the master's functional core: allocation, work orders, the schedule, the reduce and
 the outer optimizer) with a simulated clock, each computing what a node computes
-(``nodes._compute``) on exactly ``--round-samples`` samples per round, in the deterministic order
-a node uses. A minute of the real system on this 2-core machine is ~60 rounds of 2 trainers at
+(``nodes._compute``) on exactly ``--round-samples`` samples per round, drawn from its passes over
+its share as a node draws them (``nodes._compute.Passes``, seeded). A minute of the real system on this 2-core machine is ~60 rounds of 2 trainers at
 ~1,400 samples each, so the defaults stand for it; the test accuracy it prints is on all 10,000
 test images. Same arguments, same figures, whatever else the machine is doing.
 
@@ -81,7 +81,7 @@ def run_variant(s: Setup, seconds: float, per_second: int,
     from mlitb.master._project import Member, Project
     from mlitb.nn import Net
     from mlitb.nodes._cache import CacheView
-    from mlitb.nodes._compute import compute_gradient, compute_local
+    from mlitb.nodes._compute import Passes, compute_gradient, compute_local
     from mlitb.optim import make_optimizer
     from mlitb.protocol import ResultFrame, ResultKind
     from mlitb.training import make_inner
@@ -97,6 +97,8 @@ def run_variant(s: Setup, seconds: float, per_second: int,
     local = s.training.algorithm == "local"
     workers = {w: Net(DEMO_NET, seed=0) for w in range(s.trainers)}
     inner = {w: make_inner(s.optimizer, s.hyperparameters, n) for w, n in workers.items()}
+    # Each trainer's passes over its share, kept between rounds as a node keeps them.
+    passes = {w: Passes(np.random.default_rng([0, w])) for w in workers}
     for w in workers:
         project.add_member(Member(w, "trainer", "node", "sim"))
     project.admit_pending()
@@ -118,11 +120,11 @@ def run_variant(s: Setup, seconds: float, per_second: int,
                 result = compute_local(worker, view, inner[w], learning_rate=order.learning_rate,
                                        batch_size=s.training.batch_size, samples=round_samples,
                                        seed=w, iteration=it.number, shift=s.training.shift,
-                                       flip=s.training.flip)
+                                       flip=s.training.flip, passes=passes[w])
             else:
                 result = compute_gradient(worker, view, samples=round_samples, seed=w,
                                           iteration=it.number, shift=s.training.shift,
-                                          flip=s.training.flip)
+                                          flip=s.training.flip, passes=passes[w])
             frame = ResultFrame(
                 parameter_version=it.parameter_version,
                 kind=ResultKind.PARAMETER_DELTA if local else ResultKind.GRADIENT_SUM,

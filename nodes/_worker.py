@@ -70,6 +70,7 @@ from ._compute import (
     ComputeResult,
     Evaluation,
     Pacer,
+    Passes,
     compute_gradient,
     compute_local,
     empty_result,
@@ -217,6 +218,8 @@ class Worker:
         self.inner: Optimizer | None = None
         """A ``local`` project's inner optimizer: its state carries over between rounds."""
         self._inner_key: tuple[str, int] | None = None
+        self.passes = Passes(self.rng)
+        """The worker's passes over its cache (time budgets): kept between rounds."""
         self.cache: DataCache | None = None
         self._cache_key: tuple[str, Shape] | None = None
         # Per connection.
@@ -432,6 +435,7 @@ class Worker:
                       f"node {__version__}")
         self._apply_project(info)
         self.inner, self._inner_key = None, None  # a joiner's inner optimizer starts from zero
+        self.passes = Passes(self.rng)  # and its first pass from the start
         assert self.cache is not None
         self.cache.clear_allocation()
         self._source: DataSource = self._data_source_factory(self.data_url, info.name,
@@ -676,6 +680,10 @@ class Worker:
         learning_rate = order.learning_rate if order.learning_rate is not None else \
             float(info.hyperparameters.get("learning_rate", 0.01))
 
+        # Deterministic orders are drawn from (seed, iteration) alone, so that a replay can
+        # follow them; time budgets continue the worker's pass.
+        passes = self.passes if order.samples is None else None
+
         def run() -> ComputeResult:
             net.params = params.vector
             if inner is not None:
@@ -684,12 +692,12 @@ class Worker:
                     batch_size=training.batch_size, seconds=order.seconds,
                     samples=order.samples, rng=self.rng, seed=seed, iteration=order.iteration,
                     clock=self._clock, pacer=self.pacer, should_stop=lambda: self._stopping,
-                    shift=training.shift, flip=training.flip)
+                    shift=training.shift, flip=training.flip, passes=passes)
             return compute_gradient(
                 net, view, seconds=order.seconds, samples=order.samples, rng=self.rng,
                 seed=seed, iteration=order.iteration, clock=self._clock, pacer=self.pacer,
                 max_batch=self.options.max_batch, should_stop=lambda: self._stopping,
-                shift=training.shift, flip=training.flip)
+                shift=training.shift, flip=training.flip, passes=passes)
 
         return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
 

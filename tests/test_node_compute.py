@@ -8,9 +8,14 @@ import pytest
 from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.nn import BatchStats, Net
 from mlitb.nodes._cache import DataCache
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlitb.nodes._cache import CacheView
 from mlitb.nodes._compute import (
     MAX_BATCH,
     Pacer,
+    Passes,
     compute_gradient,
     deterministic_order,
     evaluate,
@@ -173,6 +178,72 @@ def test_time_mode_sum_equals_direct_accumulation(data: tuple[np.ndarray, np.nda
     stats = direct.accumulate_gradient(*original(rows))
     np.testing.assert_allclose(result.vector, direct.grads, rtol=1e-4, atol=1e-5)
     assert result.loss_sum == pytest.approx(stats.loss, rel=1e-5)
+
+
+def _view(rows: np.ndarray) -> CacheView:
+    n = int(rows.max()) + 1 if rows.size else 0
+    return CacheView(images=np.zeros((n, 1, 1, 1), np.uint8), labels=np.zeros(n, np.int64),
+                     ids=np.arange(n, dtype=np.int64), rows=np.asarray(rows, dtype=np.intp))
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 60), takes=st.lists(st.integers(1, 40), min_size=1, max_size=12),
+       seed=st.integers(0, 2**32 - 1))
+def test_passes_take_every_row_once_per_pass_across_calls(size: int, takes: list[int],
+                                                          seed: int) -> None:
+    view = _view(np.arange(size) * 3)  # rows need not be 0..n-1
+    passes = Passes(np.random.default_rng(seed))
+    drawn = np.concatenate([passes.take(view, n) for n in takes])
+    assert drawn.size == sum(takes)
+    for start in range(0, drawn.size - size + 1, size):  # each whole pass: every row once
+        assert sorted(drawn[start:start + size]) == sorted(view.rows)
+    tail = drawn[drawn.size - drawn.size % size:]
+    assert len(set(tail)) == tail.size  # the pass under way repeats nothing
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=st.integers(2, 50), drop=st.integers(0, 49), grow=st.integers(0, 30),
+       taken=st.integers(1, 49), seed=st.integers(0, 2**32 - 1))
+def test_passes_follow_a_changing_cache(first: int, drop: int, grow: int, taken: int,
+                                        seed: int) -> None:
+    """Rows that leave are never drawn again; rows that arrive join the pass under way; no row
+    repeats before every usable row of the pass was drawn."""
+    taken = min(taken, first - 1)
+    passes = Passes(np.random.default_rng(seed))
+    before = passes.take(_view(np.arange(first)), taken)
+    kept = np.arange(min(drop, first - 1), first)  # the allocation moved: rows 0..drop-1 left
+    now = np.concatenate([kept, np.arange(100, 100 + grow)])  # and the cache grew
+    rest = set(now) - set(before)
+    after = passes.take(_view(now), len(rest))
+    assert set(after) == rest and len(after) == len(rest)
+    assert not set(after) & set(range(min(drop, first - 1)))
+
+
+def test_passes_are_seeded() -> None:
+    view = _view(np.arange(50))
+    a, b = Passes(np.random.default_rng(4)), Passes(np.random.default_rng(4))
+    assert all((a.take(view, 7) == b.take(view, 7)).all() for _ in range(10))
+
+
+def test_time_budgets_continue_the_workers_pass(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two work orders of a worker with its ``Passes`` draw rows without replacement across
+    them: the second starts where the first stopped (a fresh order would repeat rows)."""
+    view = make_cache(data).snapshot()
+    seen: list[np.ndarray] = []
+    original = view.batch
+
+    def recording(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(rows.copy())
+        return original(rows)
+
+    object.__setattr__(view, "batch", recording)
+    passes = Passes(np.random.default_rng(3))
+    net = Net(DIGITS_SPEC, seed=2)
+    for _ in range(2):
+        compute_gradient(net, view, seconds=0.1, clock=FakeClock(net, 1e-3), passes=passes)
+    rows = np.concatenate(seen)
+    assert 150 < rows.size <= 300  # two budgets, less than a pass in all
+    assert len(set(rows.tolist())) == rows.size
 
 
 def test_result_does_not_alias_the_net_gradients(data: tuple[np.ndarray, np.ndarray]) -> None:
