@@ -160,6 +160,7 @@ class DataServer:
         self.limits = limits
         self.max_batch_ids = min(max_batch_ids, MAX_IDS_PER_MESSAGE)
         self.max_batch_bytes = min(max_batch_bytes, MAX_DATA_FRAME)
+        self.batches_served = 0  # /healthz shows it: which data servers workers use
         self._upload_lock = trio.Lock()  # one decode at a time: CPU and memory stay bounded
         routes = [
             Route("/healthz", self.healthz),
@@ -323,7 +324,8 @@ class DataServer:
 
     # -- endpoints ------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "projects": len(self.store.projects())})
+        return JSONResponse({"status": "ok", "projects": len(self.store.projects()),
+                             "batches": self.batches_served})
 
     async def list_projects(self, request: Request) -> Response:
         return JSONResponse({"projects": self.store.projects()})
@@ -435,6 +437,7 @@ class DataServer:
             raise UploadError(f"{error} (this project allows {max_count} ids per request)") \
                 from None
         body = await trio.to_thread.run_sync(self._batch_body, project, ids)
+        self.batches_served += 1
         return Response(body, media_type="application/octet-stream")
 
     async def static(self, request: Request) -> Response:

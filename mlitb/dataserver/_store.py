@@ -108,6 +108,9 @@ def check_project_name(project: str) -> None:
 class Store:
     """Datasets of many projects under ``root``; safe to share between threads."""
 
+    identity: str | None = None
+    """A directory is one data server's own store: no other data server shares it."""
+
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.tmp_dir = self.root / ".tmp"
