@@ -33,6 +33,10 @@ DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="MLITB_DATA_DI
                                              help="Where the embedded store keeps datasets "
                                              "(DIR/store) and the master its projects "
                                              "(DIR/projects).")]
+StoreOption = Annotated[str | None, typer.Option(
+    "--store", envvar="MLITB_STORE", show_default=False,
+    help="Keep datasets in Redis, redis://HOST:PORT/DB, shared by every data server given the "
+    "same URL (pip install 'mlitb[redis]'); default: a directory, DATA_DIR/store.")]
 
 
 def _logging(verbose: bool) -> None:
@@ -82,6 +86,7 @@ def register_master(app: typer.Typer) -> None:
             "--keyfile", envvar="MLITB_KEYFILE", exists=True, dir_okay=False,
             show_default=False, help="The certificate's private key (PEM; default: in "
             "--certfile).")] = None,
+        store_url: StoreOption = None,
         no_data_server: Annotated[bool, typer.Option(
             "--no-data-server", help="Run no data server here: announce the separate ones "
             "(mlitb data-server) that register with this master.")] = False,
@@ -95,6 +100,7 @@ def register_master(app: typer.Typer) -> None:
         import signal
 
         from .cluster import open_store, project_files, serve_cluster, serve_master_alone
+        from .dataserver._backend import redact
         from .master import Master
 
         if keyfile is not None and certfile is None:
@@ -104,7 +110,10 @@ def register_master(app: typer.Typer) -> None:
 
             server_context(certfile, keyfile)
         _logging(verbose)
-        store = None if no_data_server else open_store(data_dir)
+        if no_data_server and store_url is not None:
+            raise MlitbError("--store is for the data server: with --no-data-server the "
+                             "master has none")
+        store = None if no_data_server else open_store(data_dir, store_url)
         files = project_files(data_dir)
         from .closure import Zoo
 
@@ -144,7 +153,8 @@ def register_master(app: typer.Typer) -> None:
                     out.print("data server none here: announcing the data servers that "
                               f"register (mlitb data-server --master {address.master_url})")
                 else:
-                    out.print(f"data server {address.data_url}  (store: {data_dir})")
+                    shown = redact(store_url) if store_url else data_dir
+                    out.print(f"data server {address.data_url}  (store: {shown})")
                 out.print(f"projects    saved to {files.root} every {autosave_every} "
                           "iterations")
                 if operator_token is None:
@@ -177,6 +187,7 @@ def register_master(app: typer.Typer) -> None:
         host: HostOption = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port.")] = 8001,
         data_dir: DataDirOption = Path("mlitb-data"),
+        store_url: StoreOption = None,
         public_host: Annotated[str | None, typer.Option(
             help="Host name workers should use to reach this data server (it is announced "
             "to them by the master).")] = None,
@@ -189,7 +200,7 @@ def register_master(app: typer.Typer) -> None:
         from .cluster import open_store
 
         _logging(verbose)
-        store = open_store(data_dir)
+        store = open_store(data_dir, store_url)
         shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host)
         try:
             trio.run(_standalone_data_server, store, master, token, host, port, shown)

@@ -18,7 +18,7 @@ from .dataserver import (
     InputShape,
     OnRegistered,
     Registration,
-    Store,
+    DataStore,
     UploadLimits,
     serve_data_server,
 )
@@ -62,7 +62,7 @@ def _glue(master: Master) -> tuple[OnRegistered, CheckUpload, PlanLabels]:
     return on_registered, check_upload, plan_labels
 
 
-async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
+async def serve_cluster(master: Master, store: DataStore, host: str = "127.0.0.1",
                         port: int = 8000, data_port: int = 8001, *,
                         public_host: str | None = None,
                         limits: UploadLimits = DEFAULT_LIMITS,
@@ -125,7 +125,7 @@ async def serve_master_alone(master: Master, host: str = "127.0.0.1", port: int 
         task_status.started(ClusterAddress(f"{scheme}://{shown}:{bound}", ""))
 
 
-def _reregister(master: Master, store: Store, project: str) -> None:
+def _reregister(master: Master, store: DataStore, project: str) -> None:
     labels = list(store.info(project).labels)
     for split in ("train", "test"):
         ids = [int(i) for i in store.ids(project, split)]
@@ -133,11 +133,13 @@ def _reregister(master: Master, store: Store, project: str) -> None:
             master.register_data(project, split, ids, labels)
 
 
-def open_store(data_dir: Path) -> Store:
-    """The embedded store under ``data_dir`` (created if needed)."""
-    root = data_dir / "store"
-    root.mkdir(parents=True, exist_ok=True)
-    return Store(root)
+def open_store(data_dir: Path, url: str | None = None) -> DataStore:
+    """The data server's store: the Redis store at ``url`` (``redis://HOST:PORT/DB``), else
+    the directory store under ``data_dir/store`` (created if needed)."""
+    from .dataserver import open_store as open_data_store
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return open_data_store(data_dir / "store", url, tmp_dir=data_dir)
 
 
 def project_files(data_dir: Path) -> ProjectFiles:

@@ -96,3 +96,48 @@ def test_a_master_with_its_own_data_server_refuses_a_separate_one(tmp_path: Path
 
 async def _welcome(op: object) -> object:
     return op.welcome  # type: ignore[attr-defined]
+
+
+def test_two_data_servers_on_one_redis_and_a_node_training_from_both(
+        tmp_path: Path, redis_url: str) -> None:
+    master, url = start_master(tmp_path / "master", TOKEN, "--no-data-server")
+    procs: tuple[Proc, ...] = (master,)
+    try:
+        create_digits(url)
+        a, a_url = start_data_server(url, TOKEN, tmp_path / "a", "--store", redis_url)
+        procs += (a,)
+        b, b_url = start_data_server(url, TOKEN, tmp_path / "b", "--store", redis_url)
+        procs += (b,)
+        welcome = operator_call(url, TOKEN, lambda op: _welcome(op))
+        assert sorted(welcome.data_urls) == sorted([a_url, b_url])
+        (first_zip, second_zip), _ = digits_zips(tmp_path, parts=2)
+        # An upload to either is the project's data at both: one store behind them.
+        first = DataClient(a_url, token=TOKEN).upload("digits", first_zip)
+        assert DataClient(b_url).info("digits")["count"] == first["count"]
+        # One node, two workers: one joins first and starts at one data server, the other at
+        # the other (the master spreads workers round-robin).
+        node = Proc("node", "join", url, "--project", "digits", "--workers", "2")
+        procs += (node,)
+        status = wait_until(lambda: trained(url), "the node to cache data and train", 90, procs)
+        wait_until(lambda: project_status(url, TOKEN, "digits").data.cached == first["count"],
+                   "every uploaded id cached", 60, procs)
+        served = {u: DataClient(u).health()["batches"] for u in (a_url, b_url)}
+        assert all(n > 0 for n in served.values()), served
+        # Data server a goes away: the master tells the workers, and what comes next (an
+        # upload through b) reaches them from b alone.
+        a.stop()
+        wait_until(lambda: operator_call(url, TOKEN, lambda op: _welcome(op)).data_urls
+                   == (b_url,), "the master to forget data server a", 30, procs)
+        before = DataClient(b_url).health()["batches"]
+        second = DataClient(b_url, token=TOKEN).upload("digits", second_zip)
+        total = first["count"] + second["count"]
+        wait_until(lambda: project_status(url, TOKEN, "digits").data.cached == total,
+                   "the second upload cached through b", 90, procs)
+        assert DataClient(b_url).health()["batches"] > before
+        later = wait_until(lambda: trained(url, status.iteration), "training to go on", 60,
+                           procs)
+        assert later.data.total == total
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    assert "Traceback" not in node.text, node.text

@@ -1,4 +1,4 @@
-"""The data server's HTTP API: a Starlette app over a ``Store`` (docs/dataserver.md documents it).
+"""The data server's HTTP API: a Starlette app over a ``DataStore`` (docs/dataserver.md documents it).
 
 Handlers run on trio (hypercorn's trio worker); everything that blocks — spooling writes, zip
 decoding, store commits and reads — runs in ``trio.to_thread``. Errors leave as JSON
@@ -56,7 +56,8 @@ from ._ingest import (
     decode_archive,
     nfc,
 )
-from ._store import SPLITS, Registration, Split, Store, check_project_name
+from ._backend import DataStore
+from ._store import SPLITS, Registration, Split, check_project_name
 
 OnRegistered = Callable[[Registration], Awaitable[None] | None]
 """Called (sync, or awaited when it returns an awaitable) after each upload is committed."""
@@ -140,7 +141,7 @@ def _int_param(request: Request, name: str) -> int | None:
 class DataServer:
     """The request handlers and their configuration; ``app`` is the ASGI application."""
 
-    def __init__(self, store: Store, *, on_registered: OnRegistered | None = None,
+    def __init__(self, store: DataStore, *, on_registered: OnRegistered | None = None,
                  check_upload: CheckUpload | None = None, plan_labels: PlanLabels | None = None,
                  upload_token: str | None = None, may_contribute: MayContribute | None = None,
                  limits: UploadLimits = DEFAULT_LIMITS,
@@ -247,9 +248,9 @@ class DataServer:
         check_project_name(project)
         return project
 
-    def _upload_shape(self, request: Request, project: str, split: str) -> InputShape:
+    async def _upload_shape(self, request: Request, project: str, split: str) -> InputShape:
         given = {k: _int_param(request, k) for k in ("width", "height", "channels")}
-        stored = self.store.shape(project)
+        stored = await trio.to_thread.run_sync(self.store.shape, project)
         if self.check_upload is not None:
             expected = self.check_upload(project, split)
             if expected is not None and stored is not None and expected != stored:
@@ -295,11 +296,13 @@ class DataServer:
             raise
         return path
 
-    def _labels_for(self, project: str, decoded: Decoded) -> tuple[str, ...] | None:
+    async def _labels_for(self, project: str, decoded: Decoded) -> tuple[str, ...] | None:
         """The label list to store the upload under (``plan_labels``), or None."""
         if self.plan_labels is None:
             return None
-        return self.plan_labels(project, self.store.labels_with(project, decoded.label_names))
+        stored = await trio.to_thread.run_sync(self.store.labels_with, project,
+                                               decoded.label_names)
+        return self.plan_labels(project, stored)
 
     async def _store(self, project: str, split: str, decoded: Decoded,
                      generation: int) -> Registration:
@@ -307,7 +310,7 @@ class DataServer:
         while it was being read and decoded: then nothing is stored."""
         if self.check_upload is not None:
             self.check_upload(project, split)  # the master's project is still there
-        labels = self._labels_for(project, decoded)
+        labels = await self._labels_for(project, decoded)
         return await trio.to_thread.run_sync(partial(
             self.store.add, project, decoded, _split(split), labels=labels,
             generation=generation))
@@ -324,14 +327,15 @@ class DataServer:
 
     # -- endpoints ------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "projects": len(self.store.projects()),
+        projects = await trio.to_thread.run_sync(self.store.projects)
+        return JSONResponse({"status": "ok", "projects": len(projects),
                              "batches": self.batches_served})
 
     async def list_projects(self, request: Request) -> Response:
-        return JSONResponse({"projects": self.store.projects()})
+        return JSONResponse({"projects": await trio.to_thread.run_sync(self.store.projects)})
 
     async def project_info(self, request: Request) -> Response:
-        info = self.store.info(self._project(request))
+        info = await trio.to_thread.run_sync(self.store.info, self._project(request))
         return JSONResponse({**info.to_json(), "max_batch_ids": self.max_ids(info.shape)})
 
     async def manifest(self, request: Request) -> Response:
@@ -352,8 +356,8 @@ class DataServer:
         split = request.query_params.get("split", "train")
         if split not in SPLITS:
             raise UploadError(f"split must be 'train' or 'test', got {split[:20]!r}")
-        shape = self._upload_shape(request, project, split)
-        generation = self.store.generation(project)
+        shape = await self._upload_shape(request, project, split)
+        generation = await trio.to_thread.run_sync(self.store.generation, project)
         path = await self._spool(request)
         try:
             async with self._upload_lock:
@@ -399,8 +403,8 @@ class DataServer:
                               f"{label[:20]!r}")
         label = nfc(label)
         name = request.query_params.get("name", "") or "the image"
-        shape = self._upload_shape(request, project, split)
-        generation = self.store.generation(project)
+        shape = await self._upload_shape(request, project, split)
+        generation = await trio.to_thread.run_sync(self.store.generation, project)
         limit = self.limits.max_file_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdecimal() and int(declared) > limit:
@@ -422,7 +426,7 @@ class DataServer:
 
     async def batch(self, request: Request) -> Response:
         project = self._project(request)
-        shape = self.store.shape(project)
+        shape = await trio.to_thread.run_sync(self.store.shape, project)
         if shape is None:
             raise UnknownProjectError(f"project {project!r}: no data has been uploaded")
         if request.method == "POST":

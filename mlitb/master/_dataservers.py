@@ -2,8 +2,9 @@
 
 The embedded data server (``mlitb master`` without ``--no-data-server``) is fixed; separate ones
 (``mlitb data-server``) register over their operator connection and are forgotten when it
-closes. Every worker gets all of them, its own first: the list rotated by its worker id, so
-workers spread evenly over the data servers and each knows where to fall back.
+closes. Every worker gets all of them, its own first: the list rotated by the worker's rank
+(the order in which workers joined), so workers spread round-robin over the data servers, and
+each knows where to fall back.
 
 Several data servers are announced only when they serve **one** store: a store of its own (a
 directory, identity None) numbers its ids from 0 independently, so ids of two such stores would
@@ -31,6 +32,8 @@ class DataServerTable:
     def __init__(self) -> None:
         self.fixed: DataServerEntry | None = None
         self._registered: dict[int, DataServerEntry] = {}  # by the connection's worker id
+        self._ranks: dict[int, int] = {}  # worker id -> the how-manieth worker it was
+        self._next_rank = 0
 
     def set_fixed(self, url: str | None, store: str | None = None) -> None:
         """The embedded data server (None: the master has none)."""
@@ -60,15 +63,22 @@ class DataServerTable:
                                f"{MAX_DATA_SERVERS} data servers already")
         self._registered[key] = DataServerEntry(url, store)
 
+    def join(self, worker_id: int) -> None:
+        """A worker (trainer, tracker, stats) joined: it takes the next turn of the spread."""
+        self._ranks[worker_id] = self._next_rank
+        self._next_rank += 1
+
     def forget(self, key: int) -> bool:
-        """Drop the data server of connection ``key``; whether there was one."""
+        """Connection ``key`` closed: drop its rank, and its data server if it registered
+        one; whether it had."""
+        self._ranks.pop(key, None)
         return self._registered.pop(key, None) is not None
 
     def urls_for(self, worker_id: int) -> tuple[str, ...]:
-        """Every announced URL, rotated so that consecutive worker ids start at different
-        data servers (the same worker id always gets the same order)."""
+        """Every announced URL, rotated by the worker's rank (workers that joined one after
+        the other start at different data servers; one worker always gets the same order)."""
         urls = [e.url for e in self.entries()]
         if not urls:
             return ()
-        k = worker_id % len(urls)
+        k = self._ranks.get(worker_id, worker_id) % len(urls)
         return tuple(urls[k:] + urls[:k])

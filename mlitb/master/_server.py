@@ -536,6 +536,8 @@ class Master:
                           project=project.name if project else None,
                           last_heard=self._now())
         self.connections[worker_id] = conn
+        if project is not None:
+            self.data_servers.join(worker_id)
         urls = self.data_servers.urls_for(worker_id)
         conn.send(Welcome(worker_id=worker_id, role=hello.role, authorized=authorized,
                           data_url=urls[0] if urls else None, data_urls=urls,
