@@ -216,7 +216,8 @@ def register_master(app: typer.Typer) -> None:
 async def _standalone_data_server(store: Any, url: str, token: str | None, host: str,
                                   port: int, shown: str) -> None:
     from .client import open_operator
-    from .dataserver import InputShape, Registration, serve_data_server
+    from .dataserver import InputShape, Registration, Split, serve_data_server
+    from .dataserver._store import SPLITS
     from .errors import UploadError
     from .protocol import (
         MAX_IDS_PER_MESSAGE,
@@ -252,7 +253,7 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
                 await trio.sleep(2.0)
                 await refresh_once()
 
-        async def register(project: str, split: str, ids: list[int], label_names: Any,
+        async def register(project: str, split: Split, ids: list[int], label_names: Any,
                            labels: list[int]) -> None:
             for i in range(0, max(len(ids), 1), MAX_IDS_PER_MESSAGE):
                 await ask(RegisterData(
@@ -266,7 +267,7 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
             if project not in await trio.to_thread.run_sync(store.projects):
                 return
             manifest = await trio.to_thread.run_sync(store.manifest, project)
-            for split in ("train", "test"):
+            for split in SPLITS:
                 ids = [i for i, s in enumerate(manifest["split"]) if s == split]
                 if not ids:
                     continue

@@ -44,8 +44,8 @@ from ._errors import ProjectDeletedError, StoreError, UnknownIdsError, UnknownPr
 from ._files import RECORD
 from ._ids import format_ids
 from ._ingest import Decoded, InputShape
-from ._plan import SPLITS, manifest_shape, plan_upload
-from ._store import DatasetInfo, Registration, Split, check_project_name
+from ._plan import manifest_shape, plan_upload
+from ._store import SPLITS, DatasetInfo, Registration, Split, check_project_name
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,14 @@ class RedisStore:
         self._lock = threading.Lock()
         self._records: dict[str, tuple[str, npt.NDArray[Any]]] = {}  # by project
         # The store's name for register_data_server: made once, by whoever comes first.
-        self.identity: str = self._call(self._identity)
+        self.identity: str | None = self._call(self._identity)
 
     def _identity(self) -> str:
         key = PREFIX + "store-id"
         self._redis.set(key, f"redis-{uuid.uuid4().hex[:16]}", nx=True)
         value = self._redis.get(key)
         assert value is not None
-        return bytes(value).decode("ascii")
+        return value.decode("ascii") if isinstance(value, bytes) else str(value)
 
     def _call(self, work: Any, *args: Any) -> Any:
         """``work(*args)`` with Redis failures as one-line ``StoreError``."""
@@ -101,7 +101,7 @@ class RedisStore:
 
     def _committed(self, project: str) -> dict[str, Any]:
         check_project_name(project)
-        manifest = self._call(self._manifest, project)
+        manifest: dict[str, Any] | None = self._call(self._manifest, project)
         if manifest is None:
             raise UnknownProjectError(f"project {project!r}: no data has been uploaded")
         return manifest
@@ -238,7 +238,7 @@ class RedisStore:
         with self._redis.pipeline() as pipe:
             for _ in range(MAX_COMMIT_TRIES):
                 try:
-                    pipe.watch(keys[0], keys[2])
+                    pipe.watch(keys[0], keys[2])  # type: ignore[no-untyped-call]
                     current = int(pipe.get(keys[2]) or 0)
                     if generation is not None and generation != current:
                         raise ProjectDeletedError(f"project {project!r} was deleted while "
@@ -279,7 +279,7 @@ class RedisStore:
         with self._redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(keys[0])
+                    pipe.watch(keys[0])  # type: ignore[no-untyped-call]
                     manifest = self._manifest(project, pipe)
                     if manifest is None:
                         raise UnknownProjectError(f"project {project!r}: no data has been "
