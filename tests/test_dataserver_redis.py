@@ -244,3 +244,39 @@ def test_without_redis_py_the_error_is_one_line(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") == 1
     assert "needs the redis package: pip install 'mlitb[redis]'" in out.stdout
+
+
+@pytest.mark.trio
+async def test_the_http_api_over_redis_and_a_full_redis_is_a_500(tmp_path: Path) -> None:
+    from functools import partial
+
+    import trio
+
+    from _redis import redis_server
+    from mlitb.dataserver import DataClient, DataServerError, InputShape, serve_data_server
+    from test_dataserver_http import TEST_TOKEN, dataset
+
+    with redis_server(tmp_path / "small", "--maxmemory", "4mb",
+                      "--maxmemory-policy", "noeviction") as url:
+        store = await trio.to_thread.run_sync(redis_store, url)
+        shape = InputShape(width=100, height=100, channels=3)  # 30 kB an image
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_data_server, store, "127.0.0.1", 0,
+                                               upload_token=TEST_TOKEN))
+            client = DataClient(f"http://127.0.0.1:{port}", token=TEST_TOKEN)
+            small = dataset(tmp_path / "small.zip", ["a", "b", "a"], side=100)
+            answer = await trio.to_thread.run_sync(
+                lambda: client.upload("p", small, shape=shape))
+            assert answer["ids"] == [0, 2] and answer["labels"] == ["a", "b"]
+            frame = await trio.to_thread.run_sync(
+                lambda: client.batch("p", np.array([2, 0]), shape=(3, 100, 100)))
+            images, labels = await trio.to_thread.run_sync(store.get, "p", [2, 0])
+            assert frame.ids.tolist() == [2, 0] and frame.labels.tolist() == labels.tolist()
+            assert np.array_equal(frame.pixels.reshape(images.shape), images)
+            big = dataset(tmp_path / "big.zip", ["a"] * 200, side=100)  # 6 MB decoded
+            with pytest.raises(DataServerError) as caught:
+                await trio.to_thread.run_sync(lambda: client.upload("p", big, shape=shape))
+            assert caught.value.status == 500 and "maxmemory" in caught.value.detail
+            info = await trio.to_thread.run_sync(lambda: client.info("p"))
+            assert info["count"] == 3  # nothing of the refused upload is visible
+            nursery.cancel_scope.cancel()

@@ -38,6 +38,7 @@ from ._errors import (
     LabelConflictError,
     ShapeMismatchError,
     StoreError,
+    StoreUnavailableError,
     UnknownIdsError,
     UnknownProjectError,
 )
@@ -59,7 +60,7 @@ __all__ = [
     "MAX_BATCH_IDS",
     "CheckUpload", "DataClient", "DataServer", "DataServerError", "DataStore", "DatasetInfo", "Decoded",
     "InputShape", "LabelConflictError", "MayContribute", "OnRegistered", "PlanLabels", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
-    "StoreError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
+    "StoreError", "StoreUnavailableError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
     "check_store_url", "decode_archive", "decode_image", "format_ids", "open_store", "parse_ids", "serve_data_server", "write_archive",
 ]
 DEFAULT_PORT = 8001

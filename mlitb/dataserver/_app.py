@@ -43,6 +43,7 @@ from ._errors import (
     ProjectDeletedError,
     ShapeMismatchError,
     StoreError,
+    StoreUnavailableError,
     UnknownIdsError,
     UnknownProjectError,
 )
@@ -114,7 +115,8 @@ def _status(error: Exception) -> int:
         return 404
     if isinstance(error, (ShapeMismatchError, LabelConflictError, ProjectDeletedError)):
         return 409
-    if isinstance(error, StoreError) and isinstance(error.__cause__, OSError):
+    if isinstance(error, StoreUnavailableError) or (
+            isinstance(error, StoreError) and isinstance(error.__cause__, OSError)):
         return 500
     return 400
 
@@ -356,6 +358,12 @@ class DataServer:
         split = request.query_params.get("split", "train")
         if split not in SPLITS:
             raise UploadError(f"split must be 'train' or 'test', got {split[:20]!r}")
+        # Before anything awaits: a declared size over the limit is answered at once, with
+        # the body unread (hypercorn is not yet reading it when the answer goes out).
+        declared = request.headers.get("content-length", "")
+        if declared.isdecimal() and int(declared) > self.limits.max_archive_bytes:
+            raise TooLargeError(f"the upload is {declared} bytes, over the limit of "
+                                f"{self.limits.max_archive_bytes}")
         shape = await self._upload_shape(request, project, split)
         generation = await trio.to_thread.run_sync(self.store.generation, project)
         path = await self._spool(request)
@@ -403,12 +411,12 @@ class DataServer:
                               f"{label[:20]!r}")
         label = nfc(label)
         name = request.query_params.get("name", "") or "the image"
-        shape = await self._upload_shape(request, project, split)
-        generation = await trio.to_thread.run_sync(self.store.generation, project)
         limit = self.limits.max_file_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdecimal() and int(declared) > limit:
+        if declared.isdecimal() and int(declared) > limit:  # before anything awaits
             raise TooLargeError(f"the image is {declared} bytes, over the limit of {limit}")
+        shape = await self._upload_shape(request, project, split)
+        generation = await trio.to_thread.run_sync(self.store.generation, project)
         data = await _read_small_body(self._body(request), limit, "the image")
         async with self._upload_lock:
             decoded = await trio.to_thread.run_sync(

@@ -40,7 +40,13 @@ import redis
 from redis.exceptions import RedisError, WatchError
 
 from ._backend import check_store_url, redact
-from ._errors import ProjectDeletedError, StoreError, UnknownIdsError, UnknownProjectError
+from ._errors import (
+    ProjectDeletedError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownIdsError,
+    UnknownProjectError,
+)
 from ._files import RECORD
 from ._ids import format_ids
 from ._ingest import Decoded, InputShape
@@ -85,7 +91,8 @@ class RedisStore:
         try:
             return work(*args)
         except RedisError as exc:
-            raise StoreError(f"the Redis store {self.url}: {_describe(exc)}") from None
+            raise StoreUnavailableError(f"the Redis store {self.url}: {_describe(exc)}") \
+                from None
 
     def close(self) -> None:
         self._redis.close()
