@@ -551,7 +551,7 @@ async function snapFrame() {
 
 function dataBase() {
   const welcome = state.link.welcome;
-  if (!welcome) return location.origin;
+  if (!welcome || !welcome.data_url) return location.origin;
   const announced = reachable(welcome.data_url, new URL(state.link.url).hostname);
   return sameServer(announced, location.origin) ? location.origin : announced;
 }

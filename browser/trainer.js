@@ -203,9 +203,10 @@ function onWelcome(s, welcome) {
   attempt = 0;
   lastReason = "";
   // The data server as this browser reaches it; the page's own origin when that is the same
-  // server (the page is served by the data server): same origin, no CORS needed.
-  const announced = reachable(welcome.data_url, new URL(options.url).hostname);
-  s.dataUrl = sameServer(announced, options.pageOrigin) ? options.pageOrigin : announced;
+  // server (the page is served by the data server): same origin, no CORS needed. A master
+  // that announces none yet (data_url null) leaves the page's own data server.
+  const announced = welcome.data_url && reachable(welcome.data_url, new URL(options.url).hostname);
+  s.dataUrl = !announced || sameServer(announced, options.pageOrigin) ? options.pageOrigin : announced;
   applyProject(welcome.project);
   inner = null; innerKey = null; // a joiner's inner optimizer starts from zero
   cache.clearAllocation();

@@ -33,6 +33,10 @@ DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="MLITB_DATA_DI
                                              help="Where the embedded store keeps datasets "
                                              "(DIR/store) and the master its projects "
                                              "(DIR/projects).")]
+StoreOption = Annotated[str | None, typer.Option(
+    "--store", envvar="MLITB_STORE", show_default=False,
+    help="Keep datasets in Redis, redis://HOST:PORT/DB, shared by every data server given the "
+    "same URL (pip install 'mlitb[redis]'); default: a directory, DATA_DIR/store.")]
 
 
 def _logging(verbose: bool) -> None:
@@ -82,6 +86,10 @@ def register_master(app: typer.Typer) -> None:
             "--keyfile", envvar="MLITB_KEYFILE", exists=True, dir_okay=False,
             show_default=False, help="The certificate's private key (PEM; default: in "
             "--certfile).")] = None,
+        store_url: StoreOption = None,
+        no_data_server: Annotated[bool, typer.Option(
+            "--no-data-server", help="Run no data server here: announce the separate ones "
+            "(mlitb data-server) that register with this master.")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log events.")] = False,
     ) -> None:
         """Run the master server with its data server (projects, workers, the event loop).
@@ -91,7 +99,8 @@ def register_master(app: typer.Typer) -> None:
         """
         import signal
 
-        from .cluster import open_store, project_files, serve_cluster
+        from .cluster import open_store, project_files, serve_cluster, serve_master_alone
+        from .dataserver._backend import redact
         from .master import Master
 
         if keyfile is not None and certfile is None:
@@ -101,12 +110,15 @@ def register_master(app: typer.Typer) -> None:
 
             server_context(certfile, keyfile)
         _logging(verbose)
-        store = open_store(data_dir)
+        if no_data_server and store_url is not None:
+            raise MlitbError("--store is for the data server: with --no-data-server the "
+                             "master has none")
+        store = None if no_data_server else open_store(data_dir, store_url)
         files = project_files(data_dir)
         from .closure import Zoo
 
         m = Master(operator_token=operator_token, files=files, autosave_every=autosave_every,
-                   zoo=Zoo(zoo if zoo is not None else data_dir / "zoo"))
+                   data_url=None, zoo=Zoo(zoo if zoo is not None else data_dir / "zoo"))
         restored, unreadable = m.restore()
         for name in restored:
             p = m.projects[name]
@@ -126,12 +138,23 @@ def register_master(app: typer.Typer) -> None:
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope)
-                address = await nursery.start(lambda task_status: serve_cluster(
-                    m, store, host, port, data_port, public_host=public_host,
-                    certfile=str(certfile) if certfile else None,
-                    keyfile=str(keyfile) if keyfile else None, task_status=task_status))
+                if store is None:
+                    address = await nursery.start(lambda task_status: serve_master_alone(
+                        m, host, port, public_host=public_host,
+                        certfile=str(certfile) if certfile else None,
+                        keyfile=str(keyfile) if keyfile else None, task_status=task_status))
+                else:
+                    address = await nursery.start(lambda task_status: serve_cluster(
+                        m, store, host, port, data_port, public_host=public_host,
+                        certfile=str(certfile) if certfile else None,
+                        keyfile=str(keyfile) if keyfile else None, task_status=task_status))
                 out.print(f"master      {address.master_url}")
-                out.print(f"data server {address.data_url}  (store: {data_dir})")
+                if store is None:
+                    out.print("data server none here: announcing the data servers that "
+                              f"register (mlitb data-server --master {address.master_url})")
+                else:
+                    shown = redact(store_url) if store_url else data_dir
+                    out.print(f"data server {address.data_url}  (store: {shown})")
                 out.print(f"projects    saved to {files.root} every {autosave_every} "
                           "iterations")
                 if operator_token is None:
@@ -164,37 +187,96 @@ def register_master(app: typer.Typer) -> None:
         host: HostOption = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port.")] = 8001,
         data_dir: DataDirOption = Path("mlitb-data"),
+        store_url: StoreOption = None,
+        public_host: Annotated[str | None, typer.Option(
+            help="Host name workers should use to reach this data server (it is announced "
+            "to them by the master).")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
-        """Run a data server alone (on another machine), registering uploads with a master."""
+        """Run a data server alone (on another machine), registering uploads with a master.
+
+        It registers itself with the master, which announces it to workers (run the master
+        with --no-data-server, or give both the same shared --store)."""
         from .cluster import open_store
 
         _logging(verbose)
-        store = open_store(data_dir)
+        store = open_store(data_dir, store_url)
+        shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host)
         try:
-            trio.run(_standalone_data_server, store, master, token, host, port)
+            trio.run(_standalone_data_server, store, master, token, host, port, shown)
         except KeyboardInterrupt:
             out.print("data server stopped")
+        except BaseException as exc:  # trio may wrap what ends it in exception groups
+            error = _leaf(exc, MlitbError)
+            if error is not None:
+                raise error from None
+            raise
 
 
 async def _standalone_data_server(store: Any, url: str, token: str | None, host: str,
-                                  port: int) -> None:
+                                  port: int, shown: str) -> None:
     from .client import open_operator
-    from .dataserver import InputShape, Registration, serve_data_server
+    from .dataserver import InputShape, Registration, Split, serve_data_server
+    from .dataserver._store import SPLITS
     from .errors import UploadError
-    from .protocol import MAX_IDS_PER_MESSAGE, DataRegistered, RegisterData
+    from .protocol import (
+        MAX_IDS_PER_MESSAGE,
+        Ack,
+        DataRegistered,
+        ListProjects,
+        ProjectList,
+        RegisterData,
+        RegisterDataServer,
+    )
 
     shapes: dict[str, InputShape] = {}
     async with open_operator(url, token, need_token=True) as op, trio.open_nursery() as nursery:
+        lock = trio.Lock()  # one request at a time: each reads the connection until its answer
+
+        async def ask(message: Any, expect: Any) -> Any:
+            async with lock:
+                return await op.request(message, expect)
+
         async def refresh_once() -> None:
-            for p in await op.list_projects():
+            projects = (await ask(ListProjects(request_id="-"), ProjectList)).projects
+            for p in projects:
                 c, h, w = p.input_shape
+                new = p.name not in shapes
                 shapes[p.name] = InputShape(width=w, height=h, channels=c)
+                if new:  # data stored before (a shared store, a restarted master) counts
+                    await register_stored(p.name)
+            for name in set(shapes) - {p.name for p in projects}:
+                del shapes[name]
 
         async def refresh() -> None:
             while True:  # the master's projects change; uploads are checked against them
                 await trio.sleep(2.0)
                 await refresh_once()
+
+        async def register(project: str, split: Split, ids: list[int], label_names: Any,
+                           labels: list[int]) -> None:
+            for i in range(0, max(len(ids), 1), MAX_IDS_PER_MESSAGE):
+                await ask(RegisterData(
+                    request_id="-", project=project, split=split,
+                    ids=tuple(ids[i:i + MAX_IDS_PER_MESSAGE]), label_names=tuple(label_names),
+                    labels=tuple(labels[i:i + MAX_IDS_PER_MESSAGE])), DataRegistered)
+
+        async def register_stored(project: str) -> None:
+            """Register what the store holds for ``project`` (the master ignores ids it
+            knows: a second data server on one store registers nothing new)."""
+            if project not in await trio.to_thread.run_sync(store.projects):
+                return
+            manifest = await trio.to_thread.run_sync(store.manifest, project)
+            for split in SPLITS:
+                ids = [i for i, s in enumerate(manifest["split"]) if s == split]
+                if not ids:
+                    continue
+                try:
+                    await register(project, split, ids, manifest["labels"],
+                                   [manifest["label"][i] for i in ids])
+                except MlitbError as exc:
+                    out.print(f"project {project}: its stored {split} data was not "
+                              f"registered: {exc}")
 
         def check_upload(project: str, split: str) -> InputShape:
             if project not in shapes:
@@ -203,22 +285,23 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
             return shapes[project]
 
         async def on_registered(r: Registration) -> None:
-            ids = list(r.ids)
-            for i in range(0, max(len(ids), 1), MAX_IDS_PER_MESSAGE):
-                await op.request(RegisterData(
-                    request_id="-", project=r.project, split=r.split,
-                    ids=tuple(ids[i:i + MAX_IDS_PER_MESSAGE]),
-                    label_names=tuple(r.label_names),
-                    labels=tuple(int(x) for x in r.labels[i:i + MAX_IDS_PER_MESSAGE])),
-                    DataRegistered)
+            await register(r.project, r.split, list(r.ids), r.label_names,
+                           [int(x) for x in r.labels])
 
         await refresh_once()
-        nursery.start_soon(refresh)
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=on_registered,
             check_upload=check_upload, client_config={"master_url": url},
             upload_token=token))  # writes need the operator token, as under `mlitb master`
-        out.print(f"data server http://{host}:{bound}, registering with {url}")
+        announced = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}"
+        try:
+            await ask(RegisterDataServer(request_id="-", url=announced, store=store.identity),
+                      Ack)
+        except MlitbError as exc:
+            raise MlitbError(f"the master refused this data server: {exc}") from None
+        nursery.start_soon(refresh)
+        out.print(f"data server http://{host}:{bound}, registering with {url} "
+                  f"(announced as {announced})")
 
 
 class UploadStages:
@@ -286,7 +369,7 @@ def upload(
     from .client import open_operator, upload_failure
     from .dataserver import DataClient, InputShape
 
-    async def lookup() -> tuple[str, InputShape]:
+    async def lookup() -> tuple[str | None, InputShape]:
         async with open_operator(master, token, cafile=cafile) as op:
             for p in await op.list_projects():
                 if p.name == project:
@@ -296,6 +379,9 @@ def upload(
 
     announced, shape = trio.run(lookup)
     url = data_url or announced
+    if url is None:
+        raise MlitbError(f"the master at {master} announces no data server yet: start one "
+                         "(mlitb data-server --master ...) or pass --data-url")
     try:
         client = DataClient(url, token=contributor_token or token, cafile=cafile)
     except ValueError as exc:

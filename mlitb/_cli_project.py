@@ -163,7 +163,7 @@ def create(
                                        samples_per_iteration=samples_per_iteration,
                                        training=settings, join_token=join,
                                        contributor_token=contribute))
-        links["data_url"] = op.welcome.data_url
+        links["data_url"] = op.welcome.data_url or ""
         if not as_json:
             return None
         return next((p for p in await op.list_projects() if p.name == name), None)
@@ -244,7 +244,7 @@ def access(
     async def action(op: OperatorClient) -> None:
         await op.request(SetAccess(request_id="-", project=name, join_token=join,
                                    contributor_token=contribute, drop_members=drop_members))
-        links["data_url"] = op.welcome.data_url
+        links["data_url"] = op.welcome.data_url or ""
 
     _run(master, token, True, action)
     out.print(f"project {name}: " + ("open to every trainer" if join is None else

@@ -18,7 +18,7 @@ from .dataserver import (
     InputShape,
     OnRegistered,
     Registration,
-    Store,
+    DataStore,
     UploadLimits,
     serve_data_server,
 )
@@ -62,7 +62,7 @@ def _glue(master: Master) -> tuple[OnRegistered, CheckUpload, PlanLabels]:
     return on_registered, check_upload, plan_labels
 
 
-async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
+async def serve_cluster(master: Master, store: DataStore, host: str = "127.0.0.1",
                         port: int = 8000, data_port: int = 8001, *,
                         public_host: str | None = None,
                         limits: UploadLimits = DEFAULT_LIMITS,
@@ -88,7 +88,8 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
             check_upload=check_upload, plan_labels=plan_labels, client_config=client_config,
             limits=limits, upload_token=master.operator_token,
             may_contribute=master.may_contribute, certfile=certfile, keyfile=keyfile))
-        master.data_url = f"{'https' if tls else 'http'}://{shown}:{bound_data}"
+        master.data_servers.set_fixed(f"{'https' if tls else 'http'}://{shown}:{bound_data}",
+                                      store.identity)
 
         def register_stored(project: str) -> None:
             if project in store.projects():
@@ -104,10 +105,27 @@ async def serve_cluster(master: Master, store: Store, host: str = "127.0.0.1",
         master.manifest_provider = store.manifest
         bound = await nursery.start(partial(master.serve, host, port, ssl_context=ssl_context))
         client_config["master_url"] = f"{'wss' if tls else 'ws'}://{shown}:{bound}"
-        task_status.started(ClusterAddress(client_config["master_url"], master.data_url))
+        task_status.started(ClusterAddress(client_config["master_url"], master.data_url or ""))
 
 
-def _reregister(master: Master, store: Store, project: str) -> None:
+async def serve_master_alone(master: Master, host: str = "127.0.0.1", port: int = 8000, *,
+                             public_host: str | None = None, certfile: str | None = None,
+                             keyfile: str | None = None,
+                             task_status: trio.TaskStatus[ClusterAddress]
+                             = trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``master`` without a data server of its own (``mlitb master --no-data-server``):
+    it announces the separate data servers that register with it. Reports the URLs (the data
+    URL empty)."""
+    master.data_url = None
+    ssl_context = server_context(certfile, keyfile) if certfile is not None else None
+    shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(partial(master.serve, host, port, ssl_context=ssl_context))
+        scheme = "wss" if ssl_context is not None else "ws"
+        task_status.started(ClusterAddress(f"{scheme}://{shown}:{bound}", ""))
+
+
+def _reregister(master: Master, store: DataStore, project: str) -> None:
     labels = list(store.info(project).labels)
     for split in ("train", "test"):
         ids = [int(i) for i in store.ids(project, split)]
@@ -115,11 +133,13 @@ def _reregister(master: Master, store: Store, project: str) -> None:
             master.register_data(project, split, ids, labels)
 
 
-def open_store(data_dir: Path) -> Store:
-    """The embedded store under ``data_dir`` (created if needed)."""
-    root = data_dir / "store"
-    root.mkdir(parents=True, exist_ok=True)
-    return Store(root)
+def open_store(data_dir: Path, url: str | None = None) -> DataStore:
+    """The data server's store: the Redis store at ``url`` (``redis://HOST:PORT/DB``), else
+    the directory store under ``data_dir/store`` (created if needed)."""
+    from .dataserver import open_store as open_data_store
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return open_data_store(data_dir / "store", url, tmp_dir=data_dir)
 
 
 def project_files(data_dir: Path) -> ProjectFiles:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+from collections.abc import Callable, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -109,3 +110,59 @@ class HttpDataSource:
             raise DataError(f"data server {self.url}: asked for {ids.size} ids, the batch holds "
                             f"{frame.ids.size} different ones")
         return frame
+
+
+class FailoverDataSource:
+    """Batches from one of several data servers that share one store (the master's announced
+    list, this worker's first): it keeps to the one that answers and moves on to the next when
+    one cannot be reached. A permanent error (the ids are unknown) is the same at every server
+    of one store, so it is raised at once. ``update`` replaces the list (the master's
+    ``data_servers`` message); it may be called while a fetch runs in another thread."""
+
+    def __init__(self, urls: Sequence[str], make: Callable[[str], DataSource]) -> None:
+        self._make = make
+        self._sources: tuple[tuple[str, DataSource], ...] = ()
+        self._current = 0
+        self.update(urls)
+
+    def update(self, urls: Sequence[str]) -> None:
+        known = dict(self._sources)
+        # One tuple, swapped in whole: a fetch in another thread sees the old list or the new.
+        self._sources = tuple((url, known.get(url) or self._make(url)) for url in urls)
+        self._current = 0
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for url, _ in self._sources]
+
+    @property
+    def url(self) -> str | None:
+        """The data server in use (None: the master announces none)."""
+        sources = self._sources
+        return sources[self._current % len(sources)][0] if sources else None
+
+    def max_batch_ids(self) -> int:
+        sources = self._sources
+        if not sources:
+            return MAX_IDS_PER_MESSAGE  # nothing can be fetched; fetch says why
+        return sources[self._current % len(sources)][1].max_batch_ids()
+
+    def fetch(self, ids: IdArray) -> DataBatchFrame:
+        sources, start = self._sources, self._current
+        if not sources:
+            raise DataError("the master announces no data server (yet)")
+        error: DataError | None = None
+        for k in range(len(sources)):
+            index = (start + k) % len(sources)
+            try:
+                frame = sources[index][1].fetch(ids)
+            except DataError as exc:
+                if exc.permanent:
+                    raise
+                error = exc
+                continue
+            if sources is self._sources:
+                self._current = index  # keep to the one that answered
+            return frame
+        assert error is not None
+        raise error

@@ -22,7 +22,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -47,6 +47,7 @@ from mlitb.protocol import (
     Bye,
     CacheReport,
     CloseCode,
+    DataServers,
     Error,
     Hello,
     ParametersFrame,
@@ -76,7 +77,13 @@ from ._compute import (
     empty_result,
     evaluate,
 )
-from ._data import DataError, DataSource, HttpDataSource, reachable_data_url
+from ._data import (
+    DataError,
+    DataSource,
+    FailoverDataSource,
+    HttpDataSource,
+    reachable_data_url,
+)
 from ._events import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerPhase, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -426,10 +433,8 @@ class Worker:
         self.sessions += 1
         self.backoff.reset()
         self.worker_id = welcome.worker_id
-        self.data_url = reachable_data_url(welcome.data_url, self.options.url)
-        if self.data_url != welcome.data_url:
-            self._log(logging.INFO, f"the master announces its data server at "
-                      f"{welcome.data_url}; using {self.data_url}")
+        urls = self._data_urls(welcome.data_urls or (
+            (welcome.data_url,) if welcome.data_url else ()))
         if welcome.server_version != __version__:
             self._log(logging.WARNING, f"the master runs mlitb {welcome.server_version}, this "
                       f"node {__version__}")
@@ -438,14 +443,33 @@ class Worker:
         self.passes = Passes(self.rng)  # and its first pass from the start
         assert self.cache is not None
         self.cache.clear_allocation()
-        self._source: DataSource = self._data_source_factory(self.data_url, info.name,
-                                                             self._shape(info))
+        shape, name = self._shape(info), info.name
+        self._source = FailoverDataSource(
+            urls, lambda url: self._data_source_factory(url, name, shape))
+        self.data_url = self._source.url
         self._log(logging.INFO, f"joined project {info.name} as {self.options.role} "
                   f"{welcome.worker_id} ({info.parameter_count} parameters, "
                   f"T={info.iteration_time:g} s)")
         self._update(phase=self._phase(), worker_id=welcome.worker_id, project=info.name,
                      iteration=info.iteration, parameter_version=None, results=0,
                      loss=None, test_error=None, samples_per_s=None)
+
+    def _data_urls(self, announced: Sequence[str]) -> list[str]:
+        """The announced data servers as this node reaches them."""
+        urls = []
+        for url in announced:
+            reachable = reachable_data_url(url, self.options.url)
+            if reachable != url:
+                self._log(logging.INFO, f"the master announces a data server at {url}; "
+                          f"using {reachable}")
+            urls.append(reachable)
+        return urls
+
+    def _on_data_servers(self, message: DataServers) -> None:
+        urls = self._data_urls(message.data_urls)
+        self._source.update(urls)
+        self.data_url = self._source.url
+        self._log(logging.INFO, "data servers: " + (", ".join(urls) or "none"))
 
     @staticmethod
     def _shape(info: ProjectInfo) -> Shape:
@@ -513,6 +537,8 @@ class Worker:
                 self._work.send_nowait(message)
             elif isinstance(message, Allocation):
                 self._on_allocation(message)
+            elif isinstance(message, DataServers):
+                self._on_data_servers(message)
             elif isinstance(message, ProjectChanged):
                 try:
                     self._on_project_changed(message.project)

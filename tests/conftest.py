@@ -112,3 +112,13 @@ def cluster_in_thread(tmp_path: Path) -> Iterator[ThreadedCluster]:
                           address.data_url, "thread-token")  # type: ignore[attr-defined]
     box["token"].run_sync_soon(box["stop"].cancel)  # type: ignore[attr-defined]
     thread.join(10)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real ``redis-server`` on a free loopback port for this test (``redis://...:PORT/0``);
+    skips with a reason when redis-server or redis-py is absent."""
+    from _redis import redis_server
+
+    with redis_server(tmp_path / "redis") as url:
+        yield url

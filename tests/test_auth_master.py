@@ -31,6 +31,7 @@ from mlitb.protocol import (
     Hello,
     Pause,
     RegisterData,
+    RegisterDataServer,
     RemoveWorker,
     Resume,
     SetAccess,
@@ -55,6 +56,7 @@ OPERATOR_ACTIONS: dict[type, Any] = {
                                            hyperparameters={"learning_rate": 0.5}),
     RemoveWorker: RemoveWorker(request_id="r", worker_id=999),
     RegisterData: RegisterData(request_id="r", project="p", ids=(), label_names=(), labels=()),
+    RegisterDataServer: RegisterDataServer(request_id="r", url="http://evil:8001"),
     SetAccess: SetAccess(request_id="r", project="p", join_token="stolen-token"),
 }
 

@@ -376,7 +376,7 @@ async def test_health_projects_and_static_files(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with open_server(tmp_path / "s") as server:
             assert await trio.to_thread.run_sync(server.client.health) == {
-                "status": "ok", "projects": 0}
+                "status": "ok", "projects": 0, "batches": 0}
             assert (await server.request("GET", "/projects"))[1] == {"projects": []}
             status, body, headers = await server.request("GET", "/")  # the browser client
             assert status == 200 and headers["content-type"].startswith("text/html")

@@ -164,6 +164,9 @@ def _fix_hello(draw: st.DrawFn, kw: dict[str, Any]) -> None:
 
 
 def _fix_welcome(draw: st.DrawFn, kw: dict[str, Any]) -> None:
+    urls = kw.get("data_urls", ())
+    if urls:
+        kw["data_url"] = urls[0]
     if kw["role"] == "operator":
         kw["project"] = None
     else:

@@ -16,7 +16,12 @@ from mlitb.dataserver import DataClient, DataServerError, write_archive
 
 def test_uploads_reach_the_master_through_a_standalone_data_server(master_in_thread, tmp_path):
     m = master_in_thread
-    m.token_run.run_sync_soon(lambda: m.master.create_project("digits", DIGITS_SPEC))
+
+    def set_up() -> None:
+        m.master.data_url = None  # no embedded data server: the separate one is announced
+        m.master.create_project("digits", DIGITS_SPEC)
+
+    m.token_run.run_sync_soon(set_up)
     deadline = time.monotonic() + 10
     while "digits" not in m.master.projects:
         assert time.monotonic() < deadline

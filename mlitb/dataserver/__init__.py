@@ -3,7 +3,8 @@
 ``serve_data_server`` runs the HTTP API (docs/dataserver.md) with hypercorn on trio; start it with
 ``port = await nursery.start(serve_data_server, store, host, port)`` (keyword options through
 ``functools.partial``). The master embeds it by passing ``on_registered``, called after every
-committed upload, and may read the ``Store`` directly.
+committed upload, and may read the store directly. A store is a ``DataStore``: the directory
+``Store`` (the default) or a ``RedisStore`` several data servers share (``open_store``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ._errors import (
     LabelConflictError,
     ShapeMismatchError,
     StoreError,
+    StoreUnavailableError,
     UnknownIdsError,
     UnknownProjectError,
 )
@@ -50,21 +52,22 @@ from ._ingest import (
     UploadLimits,
     decode_archive,
 )
+from ._backend import DataStore, check_store_url, open_store
 from ._store import DatasetInfo, Registration, Split, Store
 
 __all__ = [
     "DEFAULT_LIMITS", "DEFAULT_PORT", "IMAGE_FORMATS", "JUNK_NAMES", "MAX_BATCH_BYTES",
     "MAX_BATCH_IDS",
-    "CheckUpload", "DataClient", "DataServer", "DataServerError", "DatasetInfo", "Decoded",
+    "CheckUpload", "DataClient", "DataServer", "DataServerError", "DataStore", "DatasetInfo", "Decoded",
     "InputShape", "LabelConflictError", "MayContribute", "OnRegistered", "PlanLabels", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
-    "StoreError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
-    "decode_archive", "decode_image", "format_ids", "parse_ids", "serve_data_server", "write_archive",
+    "StoreError", "StoreUnavailableError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
+    "check_store_url", "decode_archive", "decode_image", "format_ids", "open_store", "parse_ids", "serve_data_server", "write_archive",
 ]
 DEFAULT_PORT = 8001
 
 
 async def serve_data_server(
-    store: Store,
+    store: DataStore,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     *,

@@ -1,4 +1,4 @@
-"""The data server's HTTP API: a Starlette app over a ``Store`` (docs/dataserver.md documents it).
+"""The data server's HTTP API: a Starlette app over a ``DataStore`` (docs/dataserver.md documents it).
 
 Handlers run on trio (hypercorn's trio worker); everything that blocks — spooling writes, zip
 decoding, store commits and reads — runs in ``trio.to_thread``. Errors leave as JSON
@@ -43,6 +43,7 @@ from ._errors import (
     ProjectDeletedError,
     ShapeMismatchError,
     StoreError,
+    StoreUnavailableError,
     UnknownIdsError,
     UnknownProjectError,
 )
@@ -56,7 +57,8 @@ from ._ingest import (
     decode_archive,
     nfc,
 )
-from ._store import SPLITS, Registration, Split, Store, check_project_name
+from ._backend import DataStore
+from ._store import SPLITS, Registration, Split, check_project_name
 
 OnRegistered = Callable[[Registration], Awaitable[None] | None]
 """Called (sync, or awaited when it returns an awaitable) after each upload is committed."""
@@ -113,7 +115,8 @@ def _status(error: Exception) -> int:
         return 404
     if isinstance(error, (ShapeMismatchError, LabelConflictError, ProjectDeletedError)):
         return 409
-    if isinstance(error, StoreError) and isinstance(error.__cause__, OSError):
+    if isinstance(error, StoreUnavailableError) or (
+            isinstance(error, StoreError) and isinstance(error.__cause__, OSError)):
         return 500
     return 400
 
@@ -140,7 +143,7 @@ def _int_param(request: Request, name: str) -> int | None:
 class DataServer:
     """The request handlers and their configuration; ``app`` is the ASGI application."""
 
-    def __init__(self, store: Store, *, on_registered: OnRegistered | None = None,
+    def __init__(self, store: DataStore, *, on_registered: OnRegistered | None = None,
                  check_upload: CheckUpload | None = None, plan_labels: PlanLabels | None = None,
                  upload_token: str | None = None, may_contribute: MayContribute | None = None,
                  limits: UploadLimits = DEFAULT_LIMITS,
@@ -160,6 +163,7 @@ class DataServer:
         self.limits = limits
         self.max_batch_ids = min(max_batch_ids, MAX_IDS_PER_MESSAGE)
         self.max_batch_bytes = min(max_batch_bytes, MAX_DATA_FRAME)
+        self.batches_served = 0  # /healthz shows it: which data servers workers use
         self._upload_lock = trio.Lock()  # one decode at a time: CPU and memory stay bounded
         routes = [
             Route("/healthz", self.healthz),
@@ -246,9 +250,9 @@ class DataServer:
         check_project_name(project)
         return project
 
-    def _upload_shape(self, request: Request, project: str, split: str) -> InputShape:
+    async def _upload_shape(self, request: Request, project: str, split: str) -> InputShape:
         given = {k: _int_param(request, k) for k in ("width", "height", "channels")}
-        stored = self.store.shape(project)
+        stored = await trio.to_thread.run_sync(self.store.shape, project)
         if self.check_upload is not None:
             expected = self.check_upload(project, split)
             if expected is not None and stored is not None and expected != stored:
@@ -294,11 +298,13 @@ class DataServer:
             raise
         return path
 
-    def _labels_for(self, project: str, decoded: Decoded) -> tuple[str, ...] | None:
+    async def _labels_for(self, project: str, decoded: Decoded) -> tuple[str, ...] | None:
         """The label list to store the upload under (``plan_labels``), or None."""
         if self.plan_labels is None:
             return None
-        return self.plan_labels(project, self.store.labels_with(project, decoded.label_names))
+        stored = await trio.to_thread.run_sync(self.store.labels_with, project,
+                                               decoded.label_names)
+        return self.plan_labels(project, stored)
 
     async def _store(self, project: str, split: str, decoded: Decoded,
                      generation: int) -> Registration:
@@ -306,7 +312,7 @@ class DataServer:
         while it was being read and decoded: then nothing is stored."""
         if self.check_upload is not None:
             self.check_upload(project, split)  # the master's project is still there
-        labels = self._labels_for(project, decoded)
+        labels = await self._labels_for(project, decoded)
         return await trio.to_thread.run_sync(partial(
             self.store.add, project, decoded, _split(split), labels=labels,
             generation=generation))
@@ -323,13 +329,15 @@ class DataServer:
 
     # -- endpoints ------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "projects": len(self.store.projects())})
+        projects = await trio.to_thread.run_sync(self.store.projects)
+        return JSONResponse({"status": "ok", "projects": len(projects),
+                             "batches": self.batches_served})
 
     async def list_projects(self, request: Request) -> Response:
-        return JSONResponse({"projects": self.store.projects()})
+        return JSONResponse({"projects": await trio.to_thread.run_sync(self.store.projects)})
 
     async def project_info(self, request: Request) -> Response:
-        info = self.store.info(self._project(request))
+        info = await trio.to_thread.run_sync(self.store.info, self._project(request))
         return JSONResponse({**info.to_json(), "max_batch_ids": self.max_ids(info.shape)})
 
     async def manifest(self, request: Request) -> Response:
@@ -350,8 +358,14 @@ class DataServer:
         split = request.query_params.get("split", "train")
         if split not in SPLITS:
             raise UploadError(f"split must be 'train' or 'test', got {split[:20]!r}")
-        shape = self._upload_shape(request, project, split)
-        generation = self.store.generation(project)
+        # Before anything awaits: a declared size over the limit is answered at once, with
+        # the body unread (hypercorn is not yet reading it when the answer goes out).
+        declared = request.headers.get("content-length", "")
+        if declared.isdecimal() and int(declared) > self.limits.max_archive_bytes:
+            raise TooLargeError(f"the upload is {declared} bytes, over the limit of "
+                                f"{self.limits.max_archive_bytes}")
+        shape = await self._upload_shape(request, project, split)
+        generation = await trio.to_thread.run_sync(self.store.generation, project)
         path = await self._spool(request)
         try:
             async with self._upload_lock:
@@ -397,12 +411,12 @@ class DataServer:
                               f"{label[:20]!r}")
         label = nfc(label)
         name = request.query_params.get("name", "") or "the image"
-        shape = self._upload_shape(request, project, split)
-        generation = self.store.generation(project)
         limit = self.limits.max_file_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdecimal() and int(declared) > limit:
+        if declared.isdecimal() and int(declared) > limit:  # before anything awaits
             raise TooLargeError(f"the image is {declared} bytes, over the limit of {limit}")
+        shape = await self._upload_shape(request, project, split)
+        generation = await trio.to_thread.run_sync(self.store.generation, project)
         data = await _read_small_body(self._body(request), limit, "the image")
         async with self._upload_lock:
             decoded = await trio.to_thread.run_sync(
@@ -420,7 +434,7 @@ class DataServer:
 
     async def batch(self, request: Request) -> Response:
         project = self._project(request)
-        shape = self.store.shape(project)
+        shape = await trio.to_thread.run_sync(self.store.shape, project)
         if shape is None:
             raise UnknownProjectError(f"project {project!r}: no data has been uploaded")
         if request.method == "POST":
@@ -435,6 +449,7 @@ class DataServer:
             raise UploadError(f"{error} (this project allows {max_count} ids per request)") \
                 from None
         body = await trio.to_thread.run_sync(self._batch_body, project, ids)
+        self.batches_served += 1
         return Response(body, media_type="application/octet-stream")
 
     async def static(self, request: Request) -> Response:

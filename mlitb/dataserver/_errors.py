@@ -13,6 +13,11 @@ class StoreError(MlitbError):
     limit) or could not write or read its files; the message names the project and the cause."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or refused to write (a Redis store: a connection error,
+    a full Redis); the data server answers 500."""
+
+
 class UnknownProjectError(StoreError):
     """No dataset is stored under this project name."""
 

@@ -30,20 +30,19 @@ from typing import Any, Final, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from mlitb.protocol import MAX_LABELS, MAX_NAME_LENGTH, MAX_U32
+from mlitb.protocol import MAX_NAME_LENGTH
 
 from . import _files
 from ._errors import (
-    LabelConflictError,
     ProjectDeletedError,
-    ShapeMismatchError,
     StoreError,
     UnknownIdsError,
     UnknownProjectError,
 )
-from ._files import FORMAT, RECORD
+from ._files import RECORD
 from ._ids import format_ids
 from ._ingest import Decoded, InputShape
+from ._plan import plan_upload
 
 Split = Literal["train", "test"]
 SPLITS: Final[tuple[Split, ...]] = get_args(Split)
@@ -107,6 +106,9 @@ def check_project_name(project: str) -> None:
 
 class Store:
     """Datasets of many projects under ``root``; safe to share between threads."""
+
+    identity: str | None = None
+    """A directory is one data server's own store: no other data server shares it."""
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
@@ -198,49 +200,20 @@ class Store:
         n = len(decoded)
         if n == 0:
             raise StoreError(f"project {project!r}: an upload needs at least one image")
-        shape = InputShape.from_array_shape(decoded.images.shape[1:])
         with self._lock:
             if generation is not None and generation != self.generation(project):
                 raise ProjectDeletedError(f"project {project!r} was deleted while this upload "
                                           "was being read; nothing was stored")
             old = self._projects.get(project)
-            if old is not None and old.shape != shape:
-                raise ShapeMismatchError(
-                    f"project {project!r} stores {_describe(old.shape)} images; this upload is "
-                    f"{_describe(shape)}")
-            first = 0 if old is None else old.count
-            if first + n - 1 > MAX_U32:
-                raise StoreError(f"project {project!r}: {n} more ids would pass the largest id")
-            stored: tuple[str, ...] = () if old is None else old.labels
-            if labels is not None:
-                planned = tuple(labels)
-                if planned[:len(stored)] != stored or len(set(planned)) != len(planned):
-                    raise LabelConflictError(
-                        f"project {project!r}: the stored labels {list(stored[:8])} are not "
-                        f"the model's {list(planned[:8])} in the same order; nothing was stored")
-                stored = planned
-            labels = stored + tuple(name for name in decoded.label_names if name not in stored)
-            if len(labels) > MAX_LABELS:
-                raise StoreError(f"project {project!r}: {len(labels)} labels, over the limit "
-                                 f"of {MAX_LABELS}")
-            position = {name: i for i, name in enumerate(labels)}
-            remap = np.array([position[name] for name in decoded.label_names], dtype=np.uint32)
-            records = np.empty(n, dtype=RECORD)
-            records["label"] = remap[decoded.labels]
-            records["split"] = SPLITS.index(split)
-            records["sha256"] = np.frombuffer(
-                bytes.fromhex("".join(decoded.sha256)), dtype=np.uint8).reshape(n, 32)
-            counts = {s: dict(old.manifest["counts"][s]) if old else {} for s in SPLITS}
-            for name, k in decoded.label_counts().items():
-                counts[split][name] = counts[split].get(name, 0) + k
-            manifest = {"format": FORMAT, "version": 1, "project": project,
-                        "shape": list(shape.array_shape), "labels": list(labels),
-                        "count": first + n, "counts": counts}
-            self._projects[project] = self._commit(project, old, decoded.images, records, manifest)
-        registered = records["label"].copy()
+            plan = plan_upload(project, old.manifest if old is not None else None, decoded,
+                               split, labels)
+            self._projects[project] = self._commit(project, old, decoded.images, plan.records,
+                                                   plan.manifest)
+        registered = plan.records["label"].copy()
         registered.flags.writeable = False
-        return Registration(project=project, split=split, ids=range(first, first + n),
-                            labels=registered, label_names=labels)
+        return Registration(project=project, split=split,
+                            ids=range(plan.first, plan.first + n),
+                            labels=registered, label_names=plan.labels)
 
     def _commit(self, project: str, old: _Project | None, images: npt.NDArray[np.uint8],
                 records: npt.NDArray[Any], manifest: dict[str, Any]) -> _Project:
@@ -283,10 +256,6 @@ def _info(project: str, state: _Project) -> DatasetInfo:
     return DatasetInfo(project=project, shape=state.shape, labels=state.labels,
                        count=state.count, counts=counts,
                        ids={split: format_ids(_ids(state, split)) for split in SPLITS})
-
-
-def _describe(shape: InputShape) -> str:
-    return f"{shape.width}x{shape.height}x{shape.channels} (width x height x channels)"
 
 
 def _map(directory: Path, manifest: dict[str, Any]) -> _Project:

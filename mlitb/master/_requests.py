@@ -21,6 +21,7 @@ from ..protocol import (
     Pause,
     ProjectList,
     RegisterData,
+    RegisterDataServer,
     RemoveWorker,
     Resume,
     SetAccess,
@@ -116,6 +117,8 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
         return DataRegistered(request_id=request_id, project=project.name,
                               labels=tuple(project.net.labels), train=project.allocator.total,
                               test=len(project.test_ids))
+    elif isinstance(msg, RegisterDataServer):
+        master.register_data_server(conn, msg.url, msg.store)
     elif isinstance(msg, Subscribe):
         if msg.project is not None:
             master._project(msg.project)

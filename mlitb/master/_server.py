@@ -31,6 +31,7 @@ from ..protocol import (
     MAX_TEXT_FRAME,
     CacheReport,
     CloseCode,
+    DataServers,
     Error,
     Event,
     Hello,
@@ -52,6 +53,7 @@ from ..protocol import (
 from ..training import TrainingError, check_training
 from ._access import Access, AccessTable
 from ._connection import Connection, RequestError
+from ._dataservers import DataServerTable
 from ._loop import run_project_loop, send_ids
 from ._persist import ProjectFiles, Unreadable
 from ._project import LabelConflictError, Member, Project
@@ -72,14 +74,15 @@ class Master:
     """The master server. ``serve`` runs it; everything else is callable from the same trio run.
 
     ``operator_token``: the secret operators send in their hello (generated when None).
-    ``data_url``: the data server's base URL, announced to workers in the welcome.
+    ``data_url``: the embedded data server's base URL, announced to workers in the welcome
+    (None: no embedded one; separate data servers register, ``data_servers``).
     ``files``: where projects persist (``ProjectFiles``); with it every project's closure is
     saved every ``autosave_every`` iterations, when its settings change and when ``serve``
     ends, and ``restore()`` brings the projects back after a restart.
     """
 
     def __init__(self, *, operator_token: str | None = None,
-                 data_url: str = "http://127.0.0.1:8001", files: ProjectFiles | None = None,
+                 data_url: str | None = "http://127.0.0.1:8001", files: ProjectFiles | None = None,
                  autosave_every: int = AUTOSAVE_EVERY, zoo: Zoo | None = None) -> None:
         if autosave_every < 1:
             raise ValueError(f"autosave_every must be >= 1, got {autosave_every}")
@@ -90,7 +93,8 @@ class Master:
         self.operator_token = operator_token or secrets.token_urlsafe(16)
         # Per-project join and contributor tokens, hashed (DATA_DIR/projects/access.json).
         self.access = AccessTable(files.root if files is not None else None)
-        self.data_url = data_url
+        self.data_servers = DataServerTable()  # what the welcome announces
+        self.data_servers.set_fixed(data_url)
         self.projects: dict[str, Project] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._wakeups: dict[str, trio.Event] = {}
@@ -105,6 +109,16 @@ class Master:
         # The data manifest of a project (hashes of its samples) for research closures.
         self.manifest_provider: Callable[[str], Any] | None = None
         self.port: int | None = None
+
+    @property
+    def data_url(self) -> str | None:
+        """The embedded data server's URL (None: none)."""
+        return self.data_servers.fixed.url if self.data_servers.fixed is not None else None
+
+    @data_url.setter
+    def data_url(self, url: str | None) -> None:
+        fixed = self.data_servers.fixed
+        self.data_servers.set_fixed(url, fixed.store if fixed is not None else None)
 
     # -- running --------------------------------------------------------------------------------
     async def serve(self, host: str = "127.0.0.1", port: int = 8000, *,
@@ -398,6 +412,19 @@ class Master:
         self._wake(name)
         return project
 
+    def register_data_server(self, conn: Connection, url: str, store: str | None) -> None:
+        """A separate data server at ``url`` (serving ``store``) joins the announcement until
+        ``conn`` closes. Raises RequestError for a store the others do not serve."""
+        self.data_servers.register(conn.worker_id, url, store)
+        self._event("data", f"data server {url} registered"
+                    + (f" (store {store})" if store else ""))
+        self._announce_data_servers()
+
+    def _announce_data_servers(self) -> None:
+        for conn in list(self.connections.values()):
+            if conn.project is not None:
+                conn.send(DataServers(data_urls=self.data_servers.urls_for(conn.worker_id)))
+
     def _broadcast_project_changed(self, project: Project) -> None:
         msg = ProjectChanged(project=project.info())
         for w in project.members:
@@ -509,8 +536,12 @@ class Master:
                           project=project.name if project else None,
                           last_heard=self._now())
         self.connections[worker_id] = conn
+        if project is not None:
+            self.data_servers.join(worker_id)
+        urls = self.data_servers.urls_for(worker_id)
         conn.send(Welcome(worker_id=worker_id, role=hello.role, authorized=authorized,
-                          data_url=self.data_url, server_version=__version__,
+                          data_url=urls[0] if urls else None, data_urls=urls,
+                          server_version=__version__,
                           project=project.info() if project else None))
         if project is not None:
             project.add_member(Member(worker_id, hello.role, hello.client, hello.host))
@@ -527,6 +558,9 @@ class Master:
 
     def _forget(self, conn: Connection, *, log_event: bool = True) -> None:
         self.connections.pop(conn.worker_id, None)
+        if self.data_servers.forget(conn.worker_id):
+            self._event("data", f"data server of connection {conn.worker_id} went away")
+            self._announce_data_servers()
         if conn.project is not None and conn.project in self.projects:
             project = self.projects[conn.project]
             if project.remove_member(conn.worker_id) is not None and log_event:

@@ -41,6 +41,8 @@ MAX_REQUEST_ID_LENGTH: Final = 64
 MAX_TEXT_LENGTH: Final = 2_048
 """Free text: error and bye messages, event descriptions."""
 MAX_URL_LENGTH: Final = 2_048
+MAX_DATA_SERVERS: Final = 64
+"""Most data servers a master announces (``register_data_server`` past it is refused)."""
 MAX_LAYERS: Final = 256
 MAX_HYPERPARAMETERS: Final = 32
 MAX_HISTORY_POINTS: Final = 2_048

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 from ._limits import (
+    MAX_DATA_SERVERS,
     MAX_EVENTS_PER_STATUS,
     MAX_HISTORY_POINTS,
     MAX_HOST_LENGTH,
@@ -368,6 +369,25 @@ class RegisterData(MessageBase):
                           f"got {max(self.labels)}", "labels")
 
 
+StoreId = Annotated[str, Pattern(r"[!-~]{1,128}", "1-128 printable ASCII characters, no spaces")]
+DataUrls = Annotated[tuple[Url, ...], Length(0, MAX_DATA_SERVERS), Unique()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterDataServer(MessageBase):
+    """Sent by a separate data server (``mlitb data-server``) once it listens: the master
+    announces ``url`` to workers until this connection closes. ``store``: the identity of a
+    store several data servers share (a Redis store's id); null for a store of its own (a
+    directory). The master announces several data servers only when they share one store."""
+
+    TYPE = "register_data_server"
+    FROM = _OPERATOR
+    TOKEN = True
+    request_id: RequestId
+    url: Url
+    store: StoreId | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Subscribe(MessageBase):
     """Ask for ``status`` snapshots of one project (or all: null) at most every ``interval`` s."""
@@ -439,7 +459,12 @@ class Welcome(MessageBase):
     worker_id: U32
     role: Role
     authorized: bool = False
-    data_url: Url
+    data_url: Url | None
+    """The data server this worker should use (``data_urls[0]``); null while the master knows
+    none (``mlitb master --no-data-server`` before a data server registered)."""
+    data_urls: DataUrls = ()
+    """Every data server the master announces, this worker's first, then the others to fall
+    back on (one store behind them all)."""
     server_version: Annotated[str, Length(1, 64), Printable()]
     project: ProjectInfo | None = None
 
@@ -448,6 +473,17 @@ class Welcome(MessageBase):
             raise Invalid("must be null for operators and set for every other role", "project")
         if self.authorized and self.role != "operator":
             raise Invalid("is only true for role 'operator'", "authorized")
+        if self.data_urls and self.data_url != self.data_urls[0]:
+            raise Invalid("must be the first of data_urls", "data_url")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataServers(MessageBase):
+    """The data servers changed (one registered or went away): ``data_urls`` as in ``welcome``,
+    this worker's first (empty: none is left)."""
+
+    TYPE = "data_servers"
+    data_urls: DataUrls
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -701,23 +737,23 @@ class Model(MessageBase):
 
 ClientMessage = (
     Hello | CacheReport | StatsReport | CreateProject | DeleteProject | Pause | Resume
-    | SetHyperparameters | RemoveWorker | RegisterData | Subscribe | Unsubscribe | ListProjects
+    | SetHyperparameters | RemoveWorker | RegisterData | RegisterDataServer | Subscribe | Unsubscribe | ListProjects
     | ListZoo | GetModel | SetAccess
 )
 ServerMessage = (
-    Welcome | ProjectChanged | Allocation | Work | Error | Bye | Ack | DataRegistered | Status
-    | ProjectList | ZooList | Model
+    Welcome | DataServers | ProjectChanged | Allocation | Work | Error | Bye | Ack
+    | DataRegistered | Status | ProjectList | ZooList | Model
 )
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
     Hello, CacheReport, StatsReport, CreateProject, DeleteProject, Pause, Resume,
-    SetHyperparameters, RemoveWorker, RegisterData, Subscribe, Unsubscribe, ListProjects, ListZoo,
-    GetModel, SetAccess,
+    SetHyperparameters, RemoveWorker, RegisterData, RegisterDataServer, Subscribe, Unsubscribe,
+    ListProjects, ListZoo, GetModel, SetAccess,
 )
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
-    Welcome, ProjectChanged, Allocation, Work, Error, Bye, Ack, DataRegistered, Status,
-    ProjectList, ZooList, Model,
+    Welcome, DataServers, ProjectChanged, Allocation, Work, Error, Bye, Ack, DataRegistered,
+    Status, ProjectList, ZooList, Model,
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (*CLIENT_MESSAGES, *SERVER_MESSAGES)

@@ -1,0 +1,143 @@
+"""Separate data servers (issue 13): ``mlitb master --no-data-server`` announces the
+``mlitb data-server`` processes that registered with it, and nodes train from them. Real
+processes on loopback; the master's own status says whether the node cached and trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from _procs import (
+    Proc,
+    digits_zips,
+    operator_call,
+    project_status,
+    start_data_server,
+    start_master,
+    wait_until,
+)
+from mlitb.datasets import DIGITS_SPEC
+from mlitb.dataserver import DataClient
+from mlitb.protocol import CreateProject
+
+TOKEN = "data-servers-test-token"
+
+
+def create_digits(url: str) -> None:
+    operator_call(url, TOKEN, lambda op: op.request(CreateProject(
+        request_id="-", name="digits", spec=tuple(DIGITS_SPEC), iteration_time=0.5)))
+
+
+def trained(url: str, after: int = 0) -> object:
+    """The project's status once it has iterated past ``after`` with samples trained and data
+    cached, else None."""
+    status = project_status(url, TOKEN, "digits")
+    samples = sum(point.samples for point in status.history)
+    if status.iteration > after and samples > 0 and status.data.cached > 0:
+        return status
+    return None
+
+
+def test_a_node_trains_from_a_separate_data_server(tmp_path: Path) -> None:
+    master, url = start_master(tmp_path / "master", TOKEN, "--no-data-server")
+    procs: tuple[Proc, ...] = (master,)
+    try:
+        # Before any data server registers, the master announces none.
+        welcome = operator_call(url, TOKEN, lambda op: _welcome(op))
+        assert welcome.data_url is None and welcome.data_urls == ()
+        create_digits(url)
+        data, data_url = start_data_server(url, TOKEN, tmp_path / "data")
+        procs += (data,)
+        welcome = operator_call(url, TOKEN, lambda op: _welcome(op))
+        assert welcome.data_urls == (data_url,) and welcome.data_url == data_url
+        (train_zip,), _ = digits_zips(tmp_path)
+        assert DataClient(data_url, token=TOKEN).upload("digits", train_zip)["count"] > 1000
+        node = Proc("node", "join", url, "--project", "digits", "--workers", "1")
+        procs += (node,)
+        first = wait_until(lambda: trained(url), "the node to cache data and train", 90, procs)
+        assert first.data.total > 1000
+        later = wait_until(lambda: trained(url, first.iteration), "more iterations", 60, procs)
+        assert later.iteration > first.iteration
+        assert DataClient(data_url).health()["batches"] > 0  # the node's batches came from it
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    assert "no data has been uploaded" not in node.text
+
+
+def test_the_master_refuses_a_second_data_server_with_a_store_of_its_own(tmp_path: Path
+                                                                        ) -> None:
+    master, url = start_master(tmp_path / "master", TOKEN, "--no-data-server")
+    procs: tuple[Proc, ...] = (master,)
+    try:
+        first, first_url = start_data_server(url, TOKEN, tmp_path / "a")
+        procs += (first,)
+        second = Proc("data-server", "--master", url, "--token", TOKEN, "--port", "0",
+                      "--data-dir", str(tmp_path / "b"))
+        procs += (second,)
+        assert second.popen.wait(60) == 1
+        assert "several data servers must share one store" in second.text
+        welcome = operator_call(url, TOKEN, lambda op: _welcome(op))
+        assert welcome.data_urls == (first_url,)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def test_a_master_with_its_own_data_server_refuses_a_separate_one(tmp_path: Path) -> None:
+    master, url = start_master(tmp_path / "master", TOKEN)
+    try:
+        second = Proc("data-server", "--master", url, "--token", TOKEN, "--port", "0",
+                      "--data-dir", str(tmp_path / "b"))
+        assert second.popen.wait(60) == 1, second.text
+        assert "several data servers must share one store" in second.text
+    finally:
+        master.stop()
+
+
+async def _welcome(op: object) -> object:
+    return op.welcome  # type: ignore[attr-defined]
+
+
+def test_two_data_servers_on_one_redis_and_a_node_training_from_both(
+        tmp_path: Path, redis_url: str) -> None:
+    master, url = start_master(tmp_path / "master", TOKEN, "--no-data-server")
+    procs: tuple[Proc, ...] = (master,)
+    try:
+        create_digits(url)
+        a, a_url = start_data_server(url, TOKEN, tmp_path / "a", "--store", redis_url)
+        procs += (a,)
+        b, b_url = start_data_server(url, TOKEN, tmp_path / "b", "--store", redis_url)
+        procs += (b,)
+        welcome = operator_call(url, TOKEN, lambda op: _welcome(op))
+        assert sorted(welcome.data_urls) == sorted([a_url, b_url])
+        (first_zip, second_zip), _ = digits_zips(tmp_path, parts=2)
+        # An upload to either is the project's data at both: one store behind them.
+        first = DataClient(a_url, token=TOKEN).upload("digits", first_zip)
+        assert DataClient(b_url).info("digits")["count"] == first["count"]
+        # One node, two workers: one joins first and starts at one data server, the other at
+        # the other (the master spreads workers round-robin).
+        node = Proc("node", "join", url, "--project", "digits", "--workers", "2")
+        procs += (node,)
+        status = wait_until(lambda: trained(url), "the node to cache data and train", 90, procs)
+        wait_until(lambda: project_status(url, TOKEN, "digits").data.cached == first["count"],
+                   "every uploaded id cached", 60, procs)
+        served = {u: DataClient(u).health()["batches"] for u in (a_url, b_url)}
+        assert all(n > 0 for n in served.values()), served
+        # Data server a goes away: the master tells the workers, and what comes next (an
+        # upload through b) reaches them from b alone.
+        a.stop()
+        wait_until(lambda: operator_call(url, TOKEN, lambda op: _welcome(op)).data_urls
+                   == (b_url,), "the master to forget data server a", 30, procs)
+        before = DataClient(b_url).health()["batches"]
+        second = DataClient(b_url, token=TOKEN).upload("digits", second_zip)
+        total = first["count"] + second["count"]
+        wait_until(lambda: project_status(url, TOKEN, "digits").data.cached == total,
+                   "the second upload cached through b", 90, procs)
+        assert DataClient(b_url).health()["batches"] > before
+        later = wait_until(lambda: trained(url, status.iteration), "training to go on", 60,
+                           procs)
+        assert later.data.total == total
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    assert "Traceback" not in node.text, node.text
