@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,37 +247,46 @@ def test_without_redis_py_the_error_is_one_line(tmp_path: Path) -> None:
     assert "needs the redis package: pip install 'mlitb[redis]'" in out.stdout
 
 
+@pytest.fixture
+def small_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server with 4 MB of memory and no eviction. A fixture, so that its skip
+    (no redis-server, no redis-py) keeps its reason: a skip inside a trio test loses it."""
+    from _redis import redis_server
+
+    with redis_server(tmp_path / "small", "--maxmemory", "4mb",
+                      "--maxmemory-policy", "noeviction") as url:
+        yield url
+
+
 @pytest.mark.trio
-async def test_the_http_api_over_redis_and_a_full_redis_is_a_500(tmp_path: Path) -> None:
+async def test_the_http_api_over_redis_and_a_full_redis_is_a_500(tmp_path: Path,
+                                                                  small_redis_url: str) -> None:
     from functools import partial
 
     import trio
 
-    from _redis import redis_server
     from mlitb.dataserver import DataClient, DataServerError, InputShape, serve_data_server
     from test_dataserver_http import TEST_TOKEN, dataset
 
-    with redis_server(tmp_path / "small", "--maxmemory", "4mb",
-                      "--maxmemory-policy", "noeviction") as url:
-        store = await trio.to_thread.run_sync(redis_store, url)
-        shape = InputShape(width=100, height=100, channels=3)  # 30 kB an image
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(partial(serve_data_server, store, "127.0.0.1", 0,
-                                               upload_token=TEST_TOKEN))
-            client = DataClient(f"http://127.0.0.1:{port}", token=TEST_TOKEN)
-            small = dataset(tmp_path / "small.zip", ["a", "b", "a"], side=100)
-            answer = await trio.to_thread.run_sync(
-                lambda: client.upload("p", small, shape=shape))
-            assert answer["ids"] == [0, 2] and answer["labels"] == ["a", "b"]
-            frame = await trio.to_thread.run_sync(
-                lambda: client.batch("p", np.array([2, 0]), shape=(3, 100, 100)))
-            images, labels = await trio.to_thread.run_sync(store.get, "p", [2, 0])
-            assert frame.ids.tolist() == [2, 0] and frame.labels.tolist() == labels.tolist()
-            assert np.array_equal(frame.pixels.reshape(images.shape), images)
-            big = dataset(tmp_path / "big.zip", ["a"] * 200, side=100)  # 6 MB decoded
-            with pytest.raises(DataServerError) as caught:
-                await trio.to_thread.run_sync(lambda: client.upload("p", big, shape=shape))
-            assert caught.value.status == 500 and "maxmemory" in caught.value.detail
-            info = await trio.to_thread.run_sync(lambda: client.info("p"))
-            assert info["count"] == 3  # nothing of the refused upload is visible
-            nursery.cancel_scope.cancel()
+    store = await trio.to_thread.run_sync(redis_store, small_redis_url)
+    shape = InputShape(width=100, height=100, channels=3)  # 30 kB an image
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_data_server, store, "127.0.0.1", 0,
+                                           upload_token=TEST_TOKEN))
+        client = DataClient(f"http://127.0.0.1:{port}", token=TEST_TOKEN)
+        small = dataset(tmp_path / "small.zip", ["a", "b", "a"], side=100)
+        answer = await trio.to_thread.run_sync(
+            lambda: client.upload("p", small, shape=shape))
+        assert answer["ids"] == [0, 2] and answer["labels"] == ["a", "b"]
+        frame = await trio.to_thread.run_sync(
+            lambda: client.batch("p", np.array([2, 0]), shape=(3, 100, 100)))
+        images, labels = await trio.to_thread.run_sync(store.get, "p", [2, 0])
+        assert frame.ids.tolist() == [2, 0] and frame.labels.tolist() == labels.tolist()
+        assert np.array_equal(frame.pixels.reshape(images.shape), images)
+        big = dataset(tmp_path / "big.zip", ["a"] * 200, side=100)  # 6 MB decoded
+        with pytest.raises(DataServerError) as caught:
+            await trio.to_thread.run_sync(lambda: client.upload("p", big, shape=shape))
+        assert caught.value.status == 500 and "maxmemory" in caught.value.detail
+        info = await trio.to_thread.run_sync(lambda: client.info("p"))
+        assert info["count"] == 3  # nothing of the refused upload is visible
+        nursery.cancel_scope.cancel()

@@ -51,7 +51,8 @@ from ._files import RECORD
 from ._ids import format_ids
 from ._ingest import Decoded, InputShape
 from ._plan import manifest_shape, plan_upload
-from ._store import SPLITS, DatasetInfo, Registration, Split, check_project_name
+from ._store import (SPLITS, DatasetInfo, Registration, Split, check_project_name,
+                     check_addition)
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +205,8 @@ class RedisStore:
             ) -> Registration:
         """Append a decoded upload as new ids; all of it is committed, or none of it (see the
         module's docstring). The checks are the directory store's (``plan_upload``)."""
-        check_project_name(project)
-        if split not in SPLITS:
-            raise StoreError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        check_addition(project, split, decoded)
         n = len(decoded)
-        if n == 0:
-            raise StoreError(f"project {project!r}: an upload needs at least one image")
         plan_upload(project, self._call(self._manifest, project), decoded, split, labels)
         segment = f"{PREFIX}seg:{uuid.uuid4().hex}"
         try:

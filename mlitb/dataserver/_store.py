@@ -104,6 +104,15 @@ def check_project_name(project: str) -> None:
                          "from A-Z a-z 0-9 _ . - starting with a letter or digit")
 
 
+def check_addition(project: str, split: str, decoded: Decoded) -> None:
+    """What every store refuses before looking at its data: a bad name or split, no images."""
+    check_project_name(project)
+    if split not in SPLITS:
+        raise StoreError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if len(decoded) == 0:
+        raise StoreError(f"project {project!r}: an upload needs at least one image")
+
+
 class Store:
     """Datasets of many projects under ``root``; safe to share between threads."""
 
@@ -194,12 +203,8 @@ class Store:
         of the upload; it becomes the stored list (before any new label of the upload), so a
         label's index here is its output's index in the model. Otherwise
         ``LabelConflictError`` and nothing is stored."""
-        check_project_name(project)
-        if split not in SPLITS:
-            raise StoreError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        check_addition(project, split, decoded)
         n = len(decoded)
-        if n == 0:
-            raise StoreError(f"project {project!r}: an upload needs at least one image")
         with self._lock:
             if generation is not None and generation != self.generation(project):
                 raise ProjectDeletedError(f"project {project!r} was deleted while this upload "
