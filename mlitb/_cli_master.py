@@ -24,6 +24,11 @@ from ._cli_common import cli_errors
 from ._cli_project import DEFAULT_MASTER, MasterOption, TokenOption
 from .errors import MlitbError
 
+# mlitb.master._caps's defaults, written out so that `mlitb --help` does not import the master
+# (tests/test_limits_connections.py checks they agree).
+DEFAULT_MAX_CONNECTIONS = 16_384
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 4_096
+
 out = Console(stderr=True, highlight=False)
 data_app = typer.Typer(help="Upload datasets (zips of labelled image folders) to a project.",
                        no_args_is_help=True)
@@ -82,6 +87,14 @@ def register_master(app: typer.Typer) -> None:
             "--keyfile", envvar="MLITB_KEYFILE", exists=True, dir_okay=False,
             show_default=False, help="The certificate's private key (PEM; default: in "
             "--certfile).")] = None,
+        max_connections: Annotated[int, typer.Option(
+            "--max-connections", min=1, help="WebSocket connections the master serves at once "
+            "(over it: close code 4008; lowered to what the file-descriptor limit allows).")]
+        = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_address: Annotated[int, typer.Option(
+            "--max-connections-per-address", min=1, help="WebSocket connections from one "
+            "remote address (an IPv6 /64) at once; a NAT or a reverse proxy is one address.")]
+        = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log events.")] = False,
     ) -> None:
         """Run the master server with its data server (projects, workers, the event loop).
@@ -93,6 +106,7 @@ def register_master(app: typer.Typer) -> None:
 
         from .cluster import open_store, project_files, serve_cluster
         from .master import Master
+        from .master._caps import ConnectionLimits, fit_to_fd_limit
 
         if keyfile is not None and certfile is None:
             raise MlitbError("--keyfile needs --certfile")
@@ -105,8 +119,14 @@ def register_master(app: typer.Typer) -> None:
         files = project_files(data_dir)
         from .closure import Zoo
 
+        caps, fd_limit = fit_to_fd_limit(ConnectionLimits(
+            max_connections=max_connections, max_per_address=max_connections_per_address))
+        if caps.max_connections < max_connections:
+            out.print(f"[yellow]at most {caps.max_connections} connections[/]: the process may "
+                      f"open {fd_limit} files (ulimit -n; each connection needs about two)")
         m = Master(operator_token=operator_token, files=files, autosave_every=autosave_every,
-                   zoo=Zoo(zoo if zoo is not None else data_dir / "zoo"))
+                   zoo=Zoo(zoo if zoo is not None else data_dir / "zoo"),
+                   connection_limits=caps)
         restored, unreadable = m.restore()
         for name in restored:
             p = m.projects[name]

@@ -51,6 +51,7 @@ from ..protocol import (
 )
 from ..training import TrainingError, check_training
 from ._access import Access, AccessTable
+from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits, address_key
 from ._connection import Connection, RequestError
 from ._loop import run_project_loop, send_ids
 from ._persist import ProjectFiles, Unreadable
@@ -76,11 +77,14 @@ class Master:
     ``files``: where projects persist (``ProjectFiles``); with it every project's closure is
     saved every ``autosave_every`` iterations, when its settings change and when ``serve``
     ends, and ``restore()`` brings the projects back after a restart.
+    ``connection_limits``: WebSocket connections served at once, in total and per address
+    (over them: close ``TOO_MANY_CONNECTIONS``).
     """
 
     def __init__(self, *, operator_token: str | None = None,
                  data_url: str = "http://127.0.0.1:8001", files: ProjectFiles | None = None,
-                 autosave_every: int = AUTOSAVE_EVERY, zoo: Zoo | None = None) -> None:
+                 autosave_every: int = AUTOSAVE_EVERY, zoo: Zoo | None = None,
+                 connection_limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS) -> None:
         if autosave_every < 1:
             raise ValueError(f"autosave_every must be >= 1, got {autosave_every}")
         self.files = files
@@ -95,6 +99,7 @@ class Master:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._wakeups: dict[str, trio.Event] = {}
         self.connections: dict[int, Connection] = {}
+        self.caps = ConnectionCaps(connection_limits)  # every socket, hello said or not
         self._ids = itertools.count(1)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._event_count = 0
@@ -122,6 +127,9 @@ class Master:
                     self._handle, host, port, ssl_context, handler_nursery=nursery,
                     # Strangers get a small limit until their hello (``_welcome`` raises it).
                     max_message_size=MAX_HELLO_FRAME, receive_buffer_size=64 * 1024,
+                    # A socket that never completes the HTTP upgrade is dropped as soon as one
+                    # that never says hello (trio-websocket's default is 60 s).
+                    connect_timeout=HELLO_TIMEOUT,
                     message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
                 self.port = server.port
                 log.info("master listening on %s://%s:%d", "wss" if ssl_context else "ws",
@@ -421,6 +429,30 @@ class Master:
 
     # -- connections --------------------------------------------------------------------------------
     async def _handle(self, request: WebSocketRequest) -> None:
+        key = address_key(request.remote)
+        refused = self.caps.admit(key)
+        if refused is not None:
+            await self._refuse(request, key, refused)
+            return
+        try:
+            await self._serve_connection(request)
+        finally:
+            self.caps.release(key)
+
+    async def _refuse(self, request: WebSocketRequest, key: str, reason: str) -> None:
+        """Over a cap: complete the upgrade only to close with a code a browser can read (a
+        refused HTTP upgrade reaches a page as a bare 1006)."""
+        if self.caps.refused % 1000 == 1:  # a flood logs one line per 1,000 refusals
+            log.warning("refused a connection from %s: %s (%d refused so far)", key, reason,
+                        self.caps.refused)
+        with trio.move_on_after(2.0):
+            try:
+                ws = await request.accept()
+                await ws.aclose(CloseCode.TOO_MANY_CONNECTIONS, reason)
+            except ConnectionClosed:
+                pass
+
+    async def _serve_connection(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
         conn: Connection | None = None
         try:
