@@ -61,6 +61,7 @@ from ._requests import answer_request
 log = logging.getLogger("mlitb.master")
 
 HELLO_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # how long a close waits for the peer's answer before the socket is dropped
 PING_INTERVAL = 2.0
 PING_TIMEOUT = 3.0
 MAX_ERRORS = 20
@@ -445,7 +446,7 @@ class Master:
         if self.caps.refused % 1000 == 1:  # a flood logs one line per 1,000 refusals
             log.warning("refused a connection from %s: %s (%d refused so far)", key, reason,
                         self.caps.refused)
-        with trio.move_on_after(2.0):
+        with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 ws = await request.accept()
                 await ws.aclose(CloseCode.TOO_MANY_CONNECTIONS, reason)
@@ -478,7 +479,7 @@ class Master:
         finally:
             if conn is not None:
                 self._forget(conn)
-            with trio.move_on_after(2.0) as cleanup:
+            with trio.move_on_after(CLOSE_TIMEOUT) as cleanup:
                 cleanup.shield = True
                 code = conn.close_code if conn is not None else CloseCode.NORMAL
                 await ws.aclose(code, conn.close_reason if conn is not None else None)
@@ -503,7 +504,10 @@ class Master:
                                                     message=str(break_reason)[:2048])))
             await ws.aclose(break_reason.close_code or CloseCode.HELLO_REQUIRED)
             return None
-        await ws.aclose(CloseCode.HELLO_REQUIRED, "no hello in time")
+        # Bounded: trio-websocket waits for the peer's answer to the close frame, and a
+        # stranger who never sends anything never sends that either.
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await ws.aclose(CloseCode.HELLO_REQUIRED, "no hello in time")
         return None
 
     async def _welcome(self, ws: WebSocketConnection, hello: Hello) -> Connection:
