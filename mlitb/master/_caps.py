@@ -15,13 +15,14 @@ buffered): 16,384.
 
 from __future__ import annotations
 
-import ipaddress
 import resource
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Final
 
 from trio_websocket import Endpoint
+
+from .._addresses import address_key as _key
 
 DEFAULT_MAX_CONNECTIONS: Final = 16_384
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: Final = 4_096
@@ -54,20 +55,9 @@ class ConnectionLimits:
 DEFAULT_CONNECTION_LIMITS: Final = ConnectionLimits()
 
 
-def address_key(remote: Endpoint | str | object) -> str:
-    """What a connection counts against: its IPv4 address, or its IPv6 address's /64
-    (an IPv4-mapped IPv6 address counts as the IPv4 one). Anything else (a Unix socket)
-    counts as one address."""
-    text = remote.address if isinstance(remote, Endpoint) else str(remote)
-    try:
-        ip = ipaddress.ip_address(str(text).split("%", 1)[0])
-    except ValueError:
-        return str(text)
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+def address_key(remote: Endpoint | str) -> str:
+    """What a connection from ``remote`` counts against (``mlitb._addresses.address_key``)."""
+    return _key(str(remote.address) if isinstance(remote, Endpoint) else str(remote))
 
 
 class ConnectionCaps:
