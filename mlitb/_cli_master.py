@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +29,44 @@ from .errors import MlitbError
 # (tests/test_limits_connections.py checks they agree).
 DEFAULT_MAX_CONNECTIONS = 16_384
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 4_096
+# ...and mlitb.dataserver.UploadLimits's.
+DEFAULT_MAX_UPLOAD_ENTRIES = 60_000
+DEFAULT_MAX_UPLOAD_SIZE = "1G"
+DEFAULT_MAX_PENDING_UPLOADS = 8
+DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS = 4
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+MaxEntriesOption = Annotated[int, typer.Option(
+    "--max-upload-entries", min=1, help="Entries one upload zip may have, folders included "
+    "(over it: 400 before any entry is read).")]
+MaxSizeOption = Annotated[str, typer.Option(
+    "--max-upload-size", help="Largest upload zip: bytes, or with K, M, G (binary units; "
+    "over it: 413).")]
+MaxPendingOption = Annotated[int, typer.Option(
+    "--max-pending-uploads", min=1, help="Uploads (and taught images) held at once, being "
+    "received or decoded (over it: 503).")]
+MaxPendingPerAddressOption = Annotated[int, typer.Option(
+    "--max-pending-uploads-per-address", min=1, help="As --max-pending-uploads, from one "
+    "address (over it: 429; a NAT or a reverse proxy is one address).")]
+
+
+def parse_size(text: str) -> int:
+    """``"1G"``, ``"512M"``, ``"1048576"`` -> bytes (binary units); ``MlitbError`` otherwise."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (value[:-1], value[-1]) if value and value[-1] in _SIZE_UNITS else \
+        (value, "")
+    if not number.isdecimal() or len(number) > 15 or int(number) < 1:
+        raise MlitbError(f"--max-upload-size: expected a size such as 1G, 500M or 1048576, "
+                         f"got {text[:40]!r}")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def upload_limits(entries: int, size: str, pending: int, per_address: int) -> Any:
+    """The ``UploadLimits`` the data-server options ask for."""
+    from .dataserver import UploadLimits
+
+    return UploadLimits(max_entries=entries, max_archive_bytes=parse_size(size),
+                        max_pending=pending, max_pending_per_address=per_address)
 
 out = Console(stderr=True, highlight=False)
 data_app = typer.Typer(help="Upload datasets (zips of labelled image folders) to a project.",
@@ -95,6 +134,11 @@ def register_master(app: typer.Typer) -> None:
             "--max-connections-per-address", min=1, help="WebSocket connections from one "
             "remote address (an IPv6 /64) at once; a NAT or a reverse proxy is one address.")]
         = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        max_upload_entries: MaxEntriesOption = DEFAULT_MAX_UPLOAD_ENTRIES,
+        max_upload_size: MaxSizeOption = DEFAULT_MAX_UPLOAD_SIZE,
+        max_pending_uploads: MaxPendingOption = DEFAULT_MAX_PENDING_UPLOADS,
+        max_pending_uploads_per_address: MaxPendingPerAddressOption
+        = DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log events.")] = False,
     ) -> None:
         """Run the master server with its data server (projects, workers, the event loop).
@@ -114,6 +158,8 @@ def register_master(app: typer.Typer) -> None:
             from ._tls import server_context
 
             server_context(certfile, keyfile)
+        limits = upload_limits(max_upload_entries, max_upload_size, max_pending_uploads,
+                               max_pending_uploads_per_address)
         _logging(verbose)
         store = open_store(data_dir)
         files = project_files(data_dir)
@@ -147,7 +193,7 @@ def register_master(app: typer.Typer) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope)
                 address = await nursery.start(lambda task_status: serve_cluster(
-                    m, store, host, port, data_port, public_host=public_host,
+                    m, store, host, port, data_port, public_host=public_host, limits=limits,
                     certfile=str(certfile) if certfile else None,
                     keyfile=str(keyfile) if keyfile else None, task_status=task_status))
                 out.print(f"master      {address.master_url}")
@@ -184,28 +230,40 @@ def register_master(app: typer.Typer) -> None:
         host: HostOption = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port.")] = 8001,
         data_dir: DataDirOption = Path("mlitb-data"),
+        max_upload_entries: MaxEntriesOption = DEFAULT_MAX_UPLOAD_ENTRIES,
+        max_upload_size: MaxSizeOption = DEFAULT_MAX_UPLOAD_SIZE,
+        max_pending_uploads: MaxPendingOption = DEFAULT_MAX_PENDING_UPLOADS,
+        max_pending_uploads_per_address: MaxPendingPerAddressOption
+        = DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS,
+        cafile: Annotated[str | None, typer.Option(
+            "--cafile", envvar="MLITB_CAFILE", show_default=False,
+            help="A CA certificate (PEM) to verify a wss:// master against.")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run a data server alone (on another machine), registering uploads with a master."""
         from .cluster import open_store
 
+        limits = upload_limits(max_upload_entries, max_upload_size, max_pending_uploads,
+                               max_pending_uploads_per_address)
         _logging(verbose)
         store = open_store(data_dir)
         try:
-            trio.run(_standalone_data_server, store, master, token, host, port)
+            trio.run(partial(_standalone_data_server, store, master, token, host, port,
+                             limits=limits, cafile=cafile))
         except KeyboardInterrupt:
             out.print("data server stopped")
 
 
 async def _standalone_data_server(store: Any, url: str, token: str | None, host: str,
-                                  port: int) -> None:
+                                  port: int, *, limits: Any, cafile: str | None) -> None:
     from .client import open_operator
     from .dataserver import InputShape, Registration, serve_data_server
     from .errors import UploadError
     from .protocol import MAX_IDS_PER_MESSAGE, DataRegistered, RegisterData
 
     shapes: dict[str, InputShape] = {}
-    async with open_operator(url, token, need_token=True) as op, trio.open_nursery() as nursery:
+    async with open_operator(url, token, need_token=True, cafile=cafile) as op, \
+            trio.open_nursery() as nursery:
         async def refresh_once() -> None:
             for p in await op.list_projects():
                 c, h, w = p.input_shape
@@ -237,7 +295,7 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=on_registered,
             check_upload=check_upload, client_config={"master_url": url},
-            upload_token=token))  # writes need the operator token, as under `mlitb master`
+            upload_token=token, limits=limits))  # writes need the operator token, as under `mlitb master`
         out.print(f"data server http://{host}:{bound}, registering with {url}")
 
 

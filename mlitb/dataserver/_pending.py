@@ -45,9 +45,10 @@ class PendingUploads:
                             f"being received or decoded already (at most {n} per address); "
                             f"send this {what} once answered (retry in {RETRY_AFTER} s)", 429)
         if self.total >= self.max_total:
-            raise BusyError(f"the data server is receiving or decoding {self.max_total} "
-                            f"uploads already (its limit); retry this {what} in "
-                            f"{RETRY_AFTER} s", 503)
+            n = self.max_total
+            raise BusyError(f"the data server is receiving or decoding {n} "
+                            f"upload{'s' if n > 1 else ''} already (its limit); retry this "
+                            f"{what} in {RETRY_AFTER} s", 503)
         self.total += 1
         self.per_address[key] += 1
         try:
