@@ -178,3 +178,53 @@ def test_mlitb_master_offers_the_masters_default_caps() -> None:
     assert _cli_master.DEFAULT_MAX_CONNECTIONS == _caps.DEFAULT_MAX_CONNECTIONS
     assert _cli_master.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS == \
         _caps.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+
+
+@pytest.mark.trio
+async def test_a_node_refused_over_the_cap_retries_and_trains_once_there_is_room(
+        tmp_path: Path) -> None:
+    """4008 is not final: a real ``mlitb node join`` keeps retrying with backoff and gets in
+    when a place frees."""
+    import subprocess
+    import sys
+
+    from test_replay import PROJECT, write_digits
+
+    from mlitb.cluster import open_store, serve_cluster
+    from mlitb.datasets import DIGITS_SPEC
+    from mlitb.dataserver import DataClient
+    from mlitb.master import Master
+
+    train_zip, _ = write_digits(tmp_path)
+    master = Master(operator_token=TOKEN,
+                    connection_limits=ConnectionLimits(max_connections=10, max_per_address=1))
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(lambda task_status: serve_cluster(
+                master, open_store(tmp_path / "data"), "127.0.0.1", 0, 0,
+                task_status=task_status))
+            master.create_project(PROJECT, DIGITS_SPEC, iteration_time=0.5)
+            await trio.to_thread.run_sync(
+                lambda: DataClient(address.data_url, token=TOKEN).upload(PROJECT, train_zip))
+            assert master.port is not None
+            holder = await operator(nursery, master.port, "127.0.0.1")  # the only place
+            log_path = tmp_path / "node.log"
+            with open(log_path, "w") as log:
+                node = subprocess.Popen(
+                    [sys.executable, "-m", "mlitb", "node", "join", address.master_url,
+                     "--project", PROJECT, "--workers", "1"], stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                while master.caps.refused < 2:  # refused, and it came back
+                    assert node.poll() is None, log_path.read_text()
+                    await trio.sleep(0.1)
+                assert master.projects[PROJECT].samples_trained == 0
+                await holder.ws.aclose()
+                while master.projects[PROJECT].parameter_version < 3:
+                    assert node.poll() is None, log_path.read_text()
+                    await trio.sleep(0.1)
+            finally:
+                node.kill()
+                node.wait()
+            assert "4008 (TOO_MANY_CONNECTIONS)" in log_path.read_text()
+            nursery.cancel_scope.cancel()
