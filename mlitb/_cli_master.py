@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,49 @@ from rich.progress import (
 from ._cli_common import cli_errors
 from ._cli_project import DEFAULT_MASTER, MasterOption, TokenOption
 from .errors import MlitbError
+
+# mlitb.master._caps's defaults, written out so that `mlitb --help` does not import the master
+# (tests/test_limits_connections.py checks they agree).
+DEFAULT_MAX_CONNECTIONS = 16_384
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 4_096
+# ...and mlitb.dataserver.UploadLimits's.
+DEFAULT_MAX_UPLOAD_ENTRIES = 60_000
+DEFAULT_MAX_UPLOAD_SIZE = "1G"
+DEFAULT_MAX_PENDING_UPLOADS = 8
+DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS = 4
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+MaxEntriesOption = Annotated[int, typer.Option(
+    "--max-upload-entries", min=1, help="Entries one upload zip may have, folders included "
+    "(over it: 400 before any entry is read).")]
+MaxSizeOption = Annotated[str, typer.Option(
+    "--max-upload-size", help="Largest upload zip: bytes, or with K, M, G (binary units; "
+    "over it: 413).")]
+MaxPendingOption = Annotated[int, typer.Option(
+    "--max-pending-uploads", min=1, help="Uploads (and taught images) held at once, being "
+    "received or decoded (over it: 503).")]
+MaxPendingPerAddressOption = Annotated[int, typer.Option(
+    "--max-pending-uploads-per-address", min=1, help="As --max-pending-uploads, from one "
+    "address (over it: 429; a NAT or a reverse proxy is one address).")]
+
+
+def parse_size(text: str) -> int:
+    """``"1G"``, ``"512M"``, ``"1048576"`` -> bytes (binary units); ``MlitbError`` otherwise."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (value[:-1], value[-1]) if value and value[-1] in _SIZE_UNITS else \
+        (value, "")
+    if not number.isdecimal() or len(number) > 15 or int(number) < 1:
+        raise MlitbError(f"--max-upload-size: expected a size such as 1G, 500M or 1048576, "
+                         f"got {text[:40]!r}")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def upload_limits(entries: int, size: str, pending: int, per_address: int) -> Any:
+    """The ``UploadLimits`` the data-server options ask for."""
+    from .dataserver import UploadLimits
+
+    return UploadLimits(max_entries=entries, max_archive_bytes=parse_size(size),
+                        max_pending=pending, max_pending_per_address=per_address)
 
 out = Console(stderr=True, highlight=False)
 data_app = typer.Typer(help="Upload datasets (zips of labelled image folders) to a project.",
@@ -90,6 +134,19 @@ def register_master(app: typer.Typer) -> None:
         no_data_server: Annotated[bool, typer.Option(
             "--no-data-server", help="Run no data server here: announce the separate ones "
             "(mlitb data-server) that register with this master.")] = False,
+        max_connections: Annotated[int, typer.Option(
+            "--max-connections", min=1, help="WebSocket connections the master serves at once "
+            "(over it: close code 4008; lowered to what the file-descriptor limit allows).")]
+        = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_address: Annotated[int, typer.Option(
+            "--max-connections-per-address", min=1, help="WebSocket connections from one "
+            "remote address (an IPv6 /64) at once; a NAT or a reverse proxy is one address.")]
+        = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        max_upload_entries: MaxEntriesOption = DEFAULT_MAX_UPLOAD_ENTRIES,
+        max_upload_size: MaxSizeOption = DEFAULT_MAX_UPLOAD_SIZE,
+        max_pending_uploads: MaxPendingOption = DEFAULT_MAX_PENDING_UPLOADS,
+        max_pending_uploads_per_address: MaxPendingPerAddressOption
+        = DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log events.")] = False,
     ) -> None:
         """Run the master server with its data server (projects, workers, the event loop).
@@ -102,6 +159,7 @@ def register_master(app: typer.Typer) -> None:
         from .cluster import open_store, project_files, serve_cluster, serve_master_alone
         from .dataserver._backend import redact
         from .master import Master
+        from .master._caps import ConnectionLimits, fit_to_fd_limit
 
         if keyfile is not None and certfile is None:
             raise MlitbError("--keyfile needs --certfile")
@@ -109,6 +167,8 @@ def register_master(app: typer.Typer) -> None:
             from ._tls import server_context
 
             server_context(certfile, keyfile)
+        limits = upload_limits(max_upload_entries, max_upload_size, max_pending_uploads,
+                               max_pending_uploads_per_address)
         _logging(verbose)
         if no_data_server and store_url is not None:
             raise MlitbError("--store is for the data server: with --no-data-server the "
@@ -117,8 +177,14 @@ def register_master(app: typer.Typer) -> None:
         files = project_files(data_dir)
         from .closure import Zoo
 
+        caps, fd_limit = fit_to_fd_limit(ConnectionLimits(
+            max_connections=max_connections, max_per_address=max_connections_per_address))
+        if caps.max_connections < max_connections:
+            out.print(f"[yellow]at most {caps.max_connections} connections[/]: the process may "
+                      f"open {fd_limit} files (ulimit -n; each connection needs about two)")
         m = Master(operator_token=operator_token, files=files, autosave_every=autosave_every,
-                   data_url=None, zoo=Zoo(zoo if zoo is not None else data_dir / "zoo"))
+                   data_url=None, zoo=Zoo(zoo if zoo is not None else data_dir / "zoo"),
+                   connection_limits=caps)
         restored, unreadable = m.restore()
         for name in restored:
             p = m.projects[name]
@@ -145,7 +211,7 @@ def register_master(app: typer.Typer) -> None:
                         keyfile=str(keyfile) if keyfile else None, task_status=task_status))
                 else:
                     address = await nursery.start(lambda task_status: serve_cluster(
-                        m, store, host, port, data_port, public_host=public_host,
+                        m, store, host, port, data_port, public_host=public_host, limits=limits,
                         certfile=str(certfile) if certfile else None,
                         keyfile=str(keyfile) if keyfile else None, task_status=task_status))
                 out.print(f"master      {address.master_url}")
@@ -191,6 +257,14 @@ def register_master(app: typer.Typer) -> None:
         public_host: Annotated[str | None, typer.Option(
             help="Host name workers should use to reach this data server (it is announced "
             "to them by the master).")] = None,
+        max_upload_entries: MaxEntriesOption = DEFAULT_MAX_UPLOAD_ENTRIES,
+        max_upload_size: MaxSizeOption = DEFAULT_MAX_UPLOAD_SIZE,
+        max_pending_uploads: MaxPendingOption = DEFAULT_MAX_PENDING_UPLOADS,
+        max_pending_uploads_per_address: MaxPendingPerAddressOption
+        = DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS,
+        cafile: Annotated[str | None, typer.Option(
+            "--cafile", envvar="MLITB_CAFILE", show_default=False,
+            help="A CA certificate (PEM) to verify a wss:// master against.")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run a data server alone (on another machine), registering uploads with a master.
@@ -199,11 +273,14 @@ def register_master(app: typer.Typer) -> None:
         with --no-data-server, or give both the same shared --store)."""
         from .cluster import open_store
 
+        limits = upload_limits(max_upload_entries, max_upload_size, max_pending_uploads,
+                               max_pending_uploads_per_address)
         _logging(verbose)
         store = open_store(data_dir, store_url)
         shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host)
         try:
-            trio.run(_standalone_data_server, store, master, token, host, port, shown)
+            trio.run(partial(_standalone_data_server, store, master, token, host, port, shown,
+                             limits=limits, cafile=cafile))
         except KeyboardInterrupt:
             out.print("data server stopped")
         except BaseException as exc:  # trio may wrap what ends it in exception groups
@@ -214,7 +291,8 @@ def register_master(app: typer.Typer) -> None:
 
 
 async def _standalone_data_server(store: Any, url: str, token: str | None, host: str,
-                                  port: int, shown: str) -> None:
+                                  port: int, shown: str, *, limits: Any,
+                                  cafile: str | None) -> None:
     from .client import open_operator
     from .dataserver import InputShape, Registration, Split, serve_data_server
     from .dataserver._store import SPLITS
@@ -230,7 +308,8 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
     )
 
     shapes: dict[str, InputShape] = {}
-    async with open_operator(url, token, need_token=True) as op, trio.open_nursery() as nursery:
+    async with open_operator(url, token, need_token=True, cafile=cafile) as op, \
+            trio.open_nursery() as nursery:
         lock = trio.Lock()  # one request at a time: each reads the connection until its answer
 
         async def ask(message: Any, expect: Any) -> Any:
@@ -292,7 +371,7 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=on_registered,
             check_upload=check_upload, client_config={"master_url": url},
-            upload_token=token))  # writes need the operator token, as under `mlitb master`
+            upload_token=token, limits=limits))  # writes need the operator token
         announced = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}"
         try:
             await ask(RegisterDataServer(request_id="-", url=announced, store=store.identity),

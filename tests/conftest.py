@@ -53,9 +53,20 @@ class ThreadedMaster:
 @pytest.fixture
 def master_in_thread() -> Iterator[ThreadedMaster]:
     """A real master on a loopback port, run by ``trio.run`` in a daemon thread."""
+    yield from _threaded_master()
+
+
+@pytest.fixture
+def lone_master_in_thread() -> Iterator[ThreadedMaster]:
+    """A master without a data server of its own (``--no-data-server``): separate data
+    servers register with it."""
+    yield from _threaded_master(data_url=None)
+
+
+def _threaded_master(**options: object) -> Iterator[ThreadedMaster]:
     from mlitb.master import Master
 
-    master = Master(operator_token="thread-token")
+    master = Master(operator_token="thread-token", **options)  # type: ignore[arg-type]
     ready = threading.Event()
     box: dict[str, object] = {}
 

@@ -38,12 +38,13 @@ def make_ca(folder: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def start_master(tmp_path: Path, cert: Path, key: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_master(tmp_path: Path, cert: Path, key: Path, log: Path,
+                 *options: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "mlitb", "master", "--port", "0", "--data-port", "0",
              "--data-dir", str(tmp_path / "data"), "--operator-token", TOKEN,
-             "--certfile", str(cert), "--keyfile", str(key)],
+             "--certfile", str(cert), "--keyfile", str(key), *options],
             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env={**os.environ, "COLUMNS": "200"})
 
@@ -183,3 +184,53 @@ def test_an_https_upload_without_the_token_gets_401_not_a_tls_error(tmp_path: Pa
             with pytest.raises(DataServerError) as refused:
                 DataClient(c.data_url, token=token).upload("digits", big)
             assert refused.value.status == 401, refused.value
+
+
+@pytest.mark.trio
+async def test_a_standalone_data_server_registers_with_a_wss_master_given_the_ca(
+        tmp_path: Path) -> None:
+    """``mlitb data-server --master wss://… --cafile``: its uploads reach the master over
+    TLS; without the CA it stops with the verification error instead of serving."""
+    ca, cert, key = make_ca(tmp_path)
+    train, _, names = digits()
+    archive = write_archive(tmp_path / "train.zip", [(names[int(y)], image[..., 0]) for image, y
+                                                     in zip(train.images[:60],
+                                                            train.labels[:60])])
+    (tmp_path / "spec.json").write_text(__import__("json").dumps(DIGITS_SPEC))
+    log = tmp_path / "master.log"
+    master = start_master(tmp_path, cert, key, log, "--no-data-server")
+    data_log = tmp_path / "data-server.log"
+    data: subprocess.Popen[bytes] | None = None
+    try:
+        with trio.fail_after(120):
+            url = (await wait_for_line(log, r"master\s+(wss://\S+)"))[1]
+            created = await trio.to_thread.run_sync(lambda: mlitb(
+                "project", "create", "digits", "--model", str(tmp_path / "spec.json"),
+                "-m", url, "--token", TOKEN, env={"MLITB_CAFILE": str(ca)}))
+            assert created.returncode == 0, created.stderr
+            command = [sys.executable, "-m", "mlitb", "data-server", "--master", url,
+                       "--token", TOKEN, "--port", "0", "--data-dir", str(tmp_path / "alone")]
+            untrusted = await trio.to_thread.run_sync(lambda: mlitb(
+                *command[3:], env={"MLITB_CAFILE": ""}))
+            assert untrusted.returncode == 1
+            assert "certificate verify failed" in untrusted.stderr, untrusted.stderr
+            with open(data_log, "wb") as f:
+                data = subprocess.Popen(command + ["--cafile", str(ca)], stdout=f,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True,
+                                        env={**os.environ, "COLUMNS": "200"})
+            data_url = (await wait_for_line(data_log, r"data server (http://\S+),"))[1]
+            from mlitb.dataserver import DataClient
+
+            result = await trio.to_thread.run_sync(
+                lambda: DataClient(data_url, token=TOKEN).upload("digits", archive))
+            assert result["count"] == 60
+            async with open_operator(url, TOKEN, cafile=str(ca)) as op:
+                (p,) = [p for p in await op.list_projects() if p.name == "digits"]
+            assert p.data.total == 60 and set(p.labels) == set(names), p
+    finally:
+        for process in (data, master):
+            if process is not None:
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlitb._addresses import address_key
 from mlitb.errors import AuthError, MlitbError, UploadError
 from mlitb.protocol import (
     MAX_DATA_FRAME,
@@ -48,6 +49,7 @@ from ._errors import (
     UnknownProjectError,
 )
 from ._ids import parse_ids
+from ._pending import RETRY_AFTER, BusyError, PendingUploads
 from ._ingest import (
     DEFAULT_LIMITS,
     Decoded,
@@ -107,7 +109,7 @@ def _status(error: Exception) -> int:
         return 413
     if isinstance(error, BodyTimeoutError):
         return 408
-    if isinstance(error, CrossOriginError):
+    if isinstance(error, (CrossOriginError, BusyError)):
         return error.status
     if isinstance(error, AuthError):
         return 401
@@ -125,8 +127,9 @@ async def _error_response(request: Request, error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return JSONResponse({"error": error.detail}, status_code=error.status_code)
     status = _status(error)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if status >= 500:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else \
+        {"Retry-After": str(RETRY_AFTER)} if isinstance(error, BusyError) else None
+    if status >= 500 and not isinstance(error, BusyError):  # a flood of 503s logs nothing
         log.error("%s %s: %s", request.method, request.url.path, error)
     return JSONResponse({"error": str(error)}, status_code=status, headers=headers)
 
@@ -165,6 +168,8 @@ class DataServer:
         self.max_batch_bytes = min(max_batch_bytes, MAX_DATA_FRAME)
         self.batches_served = 0  # /healthz shows it: which data servers workers use
         self._upload_lock = trio.Lock()  # one decode at a time: CPU and memory stay bounded
+        # ...and a bounded number waiting for it, each holding its spooled body.
+        self.pending = PendingUploads(limits.max_pending, limits.max_pending_per_address)
         routes = [
             Route("/healthz", self.healthz),
             Route("/projects", self.list_projects),
@@ -239,6 +244,12 @@ class DataServer:
                "contributor token" if contribution else "deletes need the operator token"
         raise AuthError(f"{what} as 'Authorization: Bearer TOKEN'; the token was "
                         f"{'wrong' if given else 'missing'}")
+
+    @staticmethod
+    def _address(request: Request) -> str:
+        """What the client's address counts as for the per-address caps (behind a reverse
+        proxy: the proxy's)."""
+        return address_key(request.client.host) if request.client is not None else "unknown"
 
     def max_ids(self, shape: InputShape) -> int:
         """Most ids one batch request may name for a project of this shape."""
@@ -366,15 +377,16 @@ class DataServer:
                                 f"{self.limits.max_archive_bytes}")
         shape = await self._upload_shape(request, project, split)
         generation = await trio.to_thread.run_sync(self.store.generation, project)
-        path = await self._spool(request)
-        try:
-            async with self._upload_lock:
-                decoded = await trio.to_thread.run_sync(
-                    decode_archive, path, shape, self.limits, abandon_on_cancel=True)
-                registration = await self._store(project, split, decoded, generation)
-        finally:
-            await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
-        return await self._registered(registration, decoded)
+        with self.pending.slot(self._address(request), "upload"):  # before the body is read
+            path = await self._spool(request)
+            try:
+                async with self._upload_lock:
+                    decoded = await trio.to_thread.run_sync(
+                        decode_archive, path, shape, self.limits, abandon_on_cancel=True)
+                    registration = await self._store(project, split, decoded, generation)
+            finally:
+                await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+            return await self._registered(registration, decoded)
 
     async def _registered(self, registration: Registration, decoded: Decoded) -> Response:
         """Register a committed upload with the master; answer 201, or 502 if that failed."""
@@ -417,12 +429,13 @@ class DataServer:
             raise TooLargeError(f"the image is {declared} bytes, over the limit of {limit}")
         shape = await self._upload_shape(request, project, split)
         generation = await trio.to_thread.run_sync(self.store.generation, project)
-        data = await _read_small_body(self._body(request), limit, "the image")
-        async with self._upload_lock:
-            decoded = await trio.to_thread.run_sync(
-                decode_image, data, label, shape, self.limits, name[:200])
-            registration = await self._store(project, split, decoded, generation)
-        return await self._registered(registration, decoded)
+        with self.pending.slot(self._address(request), "image"):
+            data = await _read_small_body(self._body(request), limit, "the image")
+            async with self._upload_lock:
+                decoded = await trio.to_thread.run_sync(
+                    decode_image, data, label, shape, self.limits, name[:200])
+                registration = await self._store(project, split, decoded, generation)
+            return await self._registered(registration, decoded)
 
     async def config(self, request: Request) -> Response:
         """``client_config`` for the browser client (e.g. the master's URL); 404 when unset.

@@ -69,7 +69,8 @@ class InputShape:
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """Bounds on an archive; every one is checked before anything is decoded."""
+    """Bounds on an archive, every one checked before anything is decoded, and on how many
+    uploads the data server holds at once."""
 
     max_archive_bytes: int = 1 << 30
     """Size of the zip file itself (the HTTP layer stops spooling past it: 413)."""
@@ -89,6 +90,20 @@ class UploadLimits:
     """Width x height of one image as its header declares it, checked before decoding."""
     max_decoded_bytes: int = 2 << 30
     """Size of the decoded array: images x channels x height x width."""
+    max_pending: int = 8
+    """Uploads and taught images the data server holds at once, from their first body byte
+    to their answer (spooled or waiting for the one decode at a time): over it, 503. Each
+    holds up to ``max_archive_bytes`` on disk (a taught image ``max_file_bytes`` in
+    memory)."""
+    max_pending_per_address: int = 4
+    """As ``max_pending``, from one client address (an IPv6 /64): over it, 429."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_archive_bytes", "max_entries", "max_pending",
+                     "max_pending_per_address"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"UploadLimits.{name} must be an integer >= 1, got {value!r}")
 
 
 DEFAULT_LIMITS: Final = UploadLimits()

@@ -52,6 +52,7 @@ from ..protocol import (
 )
 from ..training import TrainingError, check_training
 from ._access import Access, AccessTable
+from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits, address_key
 from ._connection import Connection, RequestError
 from ._dataservers import DataServerTable
 from ._loop import run_project_loop, send_ids
@@ -62,6 +63,7 @@ from ._requests import answer_request
 log = logging.getLogger("mlitb.master")
 
 HELLO_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # how long a close waits for the peer's answer before the socket is dropped
 PING_INTERVAL = 2.0
 PING_TIMEOUT = 3.0
 MAX_ERRORS = 20
@@ -79,11 +81,14 @@ class Master:
     ``files``: where projects persist (``ProjectFiles``); with it every project's closure is
     saved every ``autosave_every`` iterations, when its settings change and when ``serve``
     ends, and ``restore()`` brings the projects back after a restart.
+    ``connection_limits``: WebSocket connections served at once, in total and per address
+    (over them: close ``TOO_MANY_CONNECTIONS``).
     """
 
     def __init__(self, *, operator_token: str | None = None,
                  data_url: str | None = "http://127.0.0.1:8001", files: ProjectFiles | None = None,
-                 autosave_every: int = AUTOSAVE_EVERY, zoo: Zoo | None = None) -> None:
+                 autosave_every: int = AUTOSAVE_EVERY, zoo: Zoo | None = None,
+                 connection_limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS) -> None:
         if autosave_every < 1:
             raise ValueError(f"autosave_every must be >= 1, got {autosave_every}")
         self.files = files
@@ -99,6 +104,7 @@ class Master:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._wakeups: dict[str, trio.Event] = {}
         self.connections: dict[int, Connection] = {}
+        self.caps = ConnectionCaps(connection_limits)  # every socket, hello said or not
         self._ids = itertools.count(1)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._event_count = 0
@@ -136,6 +142,9 @@ class Master:
                     self._handle, host, port, ssl_context, handler_nursery=nursery,
                     # Strangers get a small limit until their hello (``_welcome`` raises it).
                     max_message_size=MAX_HELLO_FRAME, receive_buffer_size=64 * 1024,
+                    # A socket that never completes the HTTP upgrade is dropped as soon as one
+                    # that never says hello (trio-websocket's default is 60 s).
+                    connect_timeout=HELLO_TIMEOUT,
                     message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
                 self.port = server.port
                 log.info("master listening on %s://%s:%d", "wss" if ssl_context else "ws",
@@ -448,6 +457,30 @@ class Master:
 
     # -- connections --------------------------------------------------------------------------------
     async def _handle(self, request: WebSocketRequest) -> None:
+        key = address_key(request.remote)
+        refused = self.caps.admit(key)
+        if refused is not None:
+            await self._refuse(request, key, refused)
+            return
+        try:
+            await self._serve_connection(request)
+        finally:
+            self.caps.release(key)
+
+    async def _refuse(self, request: WebSocketRequest, key: str, reason: str) -> None:
+        """Over a cap: complete the upgrade only to close with a code a browser can read (a
+        refused HTTP upgrade reaches a page as a bare 1006)."""
+        if self.caps.refused % 1000 == 1:  # a flood logs one line per 1,000 refusals
+            log.warning("refused a connection from %s: %s (%d refused so far)", key, reason,
+                        self.caps.refused)
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                ws = await request.accept()
+                await ws.aclose(CloseCode.TOO_MANY_CONNECTIONS, reason)
+            except ConnectionClosed:
+                pass
+
+    async def _serve_connection(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
         conn: Connection | None = None
         try:
@@ -473,7 +506,7 @@ class Master:
         finally:
             if conn is not None:
                 self._forget(conn)
-            with trio.move_on_after(2.0) as cleanup:
+            with trio.move_on_after(CLOSE_TIMEOUT) as cleanup:
                 cleanup.shield = True
                 code = conn.close_code if conn is not None else CloseCode.NORMAL
                 await ws.aclose(code, conn.close_reason if conn is not None else None)
@@ -498,7 +531,10 @@ class Master:
                                                     message=str(break_reason)[:2048])))
             await ws.aclose(break_reason.close_code or CloseCode.HELLO_REQUIRED)
             return None
-        await ws.aclose(CloseCode.HELLO_REQUIRED, "no hello in time")
+        # Bounded: trio-websocket waits for the peer's answer to the close frame, and a
+        # stranger who never sends anything never sends that either.
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await ws.aclose(CloseCode.HELLO_REQUIRED, "no hello in time")
         return None
 
     async def _welcome(self, ws: WebSocketConnection, hello: Hello) -> Connection:

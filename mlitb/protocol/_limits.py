@@ -130,6 +130,9 @@ class CloseCode(IntEnum):
     JOIN_REFUSED = 4007
     """The project needs a join token and the hello's ``join_token`` was missing or wrong (a
     client stops here: retrying with the same token cannot succeed)."""
+    TOO_MANY_CONNECTIONS = 4008
+    """The master serves as many connections as its caps allow, in total or from this
+    client's address; nothing was read. Not final: a client reconnects with backoff."""
 
 
 BYE_CLOSE_CODES: Final[dict[ByeReason, CloseCode]] = {
