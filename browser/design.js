@@ -1,6 +1,6 @@
 // The operator view (Design tab): a network designer that creates projects, and the controls
-// that run one (upload a zip, pause/resume, live hyperparameters and T, remove a worker, delete
-// the project). Everything it changes goes over the master's WebSocket as the operator requests
+// that run one (upload a zip, pause/resume, live hyperparameters, T and training settings,
+// remove a worker, delete the project). Everything it changes goes over the master's WebSocket as the operator requests
 // the console sends (docs/protocol.md), on an operator link that carries the token: the token is
 // typed once and kept in this tab's sessionStorage only. Zips go to the data server's upload
 // route with the same token, as `mlitb data upload` sends them.
@@ -9,7 +9,7 @@ import { MasterLink } from "./lib/master.js";
 import {
   analyze, checkHyperparameters, COMMON_HYPERPARAMETERS, createMessage, exportSpec, hyperparameterDefaults,
   hyperparametersFrom, importSpec, LAYER_FIELDS, LAYER_TYPES, newLayer, OPTIMIZERS, otherFields,
-  parseValue, PRESETS, RECIPES, refusalTarget, showShape, showValue, trainingFrom, TRAINING_FIELDS,
+  newToken, parseValue, PRESETS, RECIPES, refusalTarget, showShape, showValue, trainingFrom, TRAINING_FIELDS,
 } from "./lib/designer.js";
 
 const $ = (selector) => document.querySelector(selector);
@@ -349,13 +349,18 @@ export function initDesign(ctx) {
 
   async function create(event) {
     event.preventDefault();
-    const form = $("#create-form"), out = $("#create-result");
+    const form = $("#create-form"), out = $("#create-result"), shown = $("#create-tokens");
     clearRefusals(form);
+    shown.hidden = true;
     const name = $("#create-name").value.trim();
+    const joinToken = $("#create-join-token").checked ? newToken() : null;
+    const contributorToken = $("#create-contributor-token").checked ? newToken() : null;
     const message = createMessage({
       name, rows: design.rows, zoo: design.zoo ? design.zoo.name : null,
       iterationTime: $("#create-t").value, optimizer: design.optimizer,
       hyperparameters: hyperparametersFrom(texts("hyperparameters")), training: trainingFrom(texts("training")),
+      labels: $("#create-labels").value, samplesPerIteration: $("#create-samples").value,
+      joinToken, contributorToken,
     });
     out.textContent = `creating ${name}…`;
     out.dataset.status = "pending";
@@ -363,11 +368,33 @@ export function initDesign(ctx) {
       await request(message);
       out.textContent = `Created project ${name}: upload its data below, then add trainers.`;
       out.dataset.status = "ok";
+      showTokens(name, joinToken, contributorToken);
       await ctx.refreshProjects();
       ctx.selectProject(name, false);
     } catch (err) {
       showRefusal(form, out, err.message, err.code === "project_exists" ? "name" : null);
     }
+  }
+
+  /** The new project's tokens, once: the master keeps only their hashes. */
+  function showTokens(name, join, contribute) {
+    const shown = $("#create-tokens");
+    const rows = [];
+    const page = `${location.origin}${location.pathname}`;
+    if (join) {
+      rows.push(h("p", {}, "Join token ", h("code", { "data-token": "join" }, join), " — nodes: ",
+        h("code", {}, `mlitb node join ${state.link.url} --project ${name} --token ${join}`),
+        "; browsers: ", h("code", {}, `${page}?project=${encodeURIComponent(name)}&join=${encodeURIComponent(join)}`)));
+    }
+    if (contribute) {
+      rows.push(h("p", {}, "Contributor token ", h("code", { "data-token": "contributor" }, contribute),
+        " — uploads without the operator token: ",
+        h("code", {}, `${page}?project=${encodeURIComponent(name)}&contribute=${encodeURIComponent(contribute)}`)));
+    }
+    if (!rows.length) return;
+    rows.push(h("p", { class: "hint" }, "Shown once: copy them now (the master keeps only their hashes)."));
+    shown.replaceChildren(...rows);
+    shown.hidden = false;
   }
 
   // -- run the selected project -----------------------------------------------------------------
@@ -394,17 +421,30 @@ export function initDesign(ctx) {
   }
 
   let shownLive = null;
+  /** T, the hyperparameters and the training settings a running project may change (not its
+   * algorithm); each placeholder is the value now, an empty field leaves it as it is. */
   function renderLive(st) {
-    const key = st ? JSON.stringify([st.name, st.optimizer, st.hyperparameters, st.iteration_time]) : null;
+    const key = st ? JSON.stringify([st.name, st.optimizer, st.hyperparameters, st.iteration_time, st.training]) : null;
     if (key === shownLive) return;
     shownLive = key;
     const fields = $("#live-fields");
-    const keep = Object.fromEntries([...fields.querySelectorAll("input")].map((el) => [el.name, el.value]));
+    const keep = Object.fromEntries([...fields.querySelectorAll("input, select")].map((el) => [el.name, el.value]));
     if (!st) { fields.replaceChildren(); return; }
     const field = (name, label, current) => h("label", { class: "field" }, h("span", {}, label),
       h("input", { type: "text", size: 8, name, "data-live": name, placeholder: String(current), value: keep[name] || "" }));
+    const training = st.training || {};
+    const algorithm = training.algorithm || "gradient";
+    const settings = TRAINING_FIELDS.filter((f) => f.key !== "algorithm" && (!f.only || f.only === algorithm))
+      .map((f) => {
+        const name = `training.${f.key}`, current = training[f.key] ?? "";
+        if (!f.choices) return field(name, f.label, current === null ? "none" : current);
+        const select = h("select", { name, "data-live": name, "aria-label": f.label },
+          ...f.choices.map((c) => h("option", { value: c }, c ? c : `unchanged (${current})`)));
+        select.value = keep[name] || "";
+        return h("label", { class: "field" }, h("span", {}, f.label), select);
+      });
     fields.replaceChildren(field("iteration_time", "T (s)", st.iteration_time),
-      ...Object.entries(st.hyperparameters).map(([k, v]) => field(k, k, v)));
+      ...Object.entries(st.hyperparameters).map(([k, v]) => field(k, k, v)), ...settings);
   }
 
   let shownWorkers = null;
@@ -447,15 +487,23 @@ export function initDesign(ctx) {
 
   async function applyLive(event) {
     event.preventDefault();
-    const changes = {}, message = { type: "set_hyperparameters", project: state.project };
-    for (const el of document.querySelectorAll("#live-fields input")) {
+    const changes = {}, training = {}, message = { type: "set_hyperparameters", project: state.project };
+    const inputs = document.querySelectorAll("#live-fields input, #live-fields select");
+    for (const el of inputs) {
       const value = parseValue(el.value);
       if (value === undefined) continue;
-      if (el.name === "iteration_time") message.iteration_time = value; else changes[el.name] = value;
+      if (el.name === "iteration_time") message.iteration_time = value;
+      else if (el.name.startsWith("training.")) training[el.name.slice("training.".length)] = value;
+      else changes[el.name] = value;
     }
     message.hyperparameters = changes;
+    // The master takes whole training settings: the project's now, with what was typed on top.
+    if (Object.keys(training).length) {
+      const st = state.status && state.status.name === state.project ? state.status : null;
+      message.training = { ...(st?.training || {}), ...training };
+    }
     if (await operate($("#live-result"), `changing ${state.project}`, message)) {
-      for (const el of document.querySelectorAll("#live-fields input")) el.value = "";
+      for (const el of inputs) el.value = "";
     }
   }
 

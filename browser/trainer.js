@@ -185,6 +185,7 @@ function onText(s, msg) {
     case "work": s.work.push(msg); schedule(s); break;
     case "allocation": onAllocation(s, msg); break;
     case "project_changed": onProjectChanged(s, msg.project); break;
+    case "data_servers": useDataServers(s, msg.data_urls); break;
     case "bye":
       s.bye = msg;
       log("warning", `the master says bye (${msg.reason})${msg.message ? ": " + msg.message : ""}`);
@@ -202,11 +203,8 @@ function onWelcome(s, welcome) {
   s.welcomed = true;
   attempt = 0;
   lastReason = "";
-  // The data server as this browser reaches it; the page's own origin when that is the same
-  // server (the page is served by the data server): same origin, no CORS needed. A master
-  // that announces none yet (data_url null) leaves the page's own data server.
-  const announced = welcome.data_url && reachable(welcome.data_url, new URL(options.url).hostname);
-  s.dataUrl = !announced || sameServer(announced, options.pageOrigin) ? options.pageOrigin : announced;
+  useDataServers(s, welcome.data_urls && welcome.data_urls.length ? welcome.data_urls
+    : welcome.data_url ? [welcome.data_url] : []);
   applyProject(welcome.project);
   inner = null; innerKey = null; // a joiner's inner optimizer starts from zero
   cache.clearAllocation();
@@ -216,6 +214,32 @@ function onWelcome(s, welcome) {
   post({ phase: phase(), workerId: welcome.worker_id, project: welcome.project.name,
     iteration: welcome.project.iteration, parameterVersion: null, results: 0, message: "",
     simd: net.simd, dataUrl: s.dataUrl, algorithm: trainingOf(info).algorithm, steps: null });
+}
+
+/** The data servers the master announces (the one to use first), as this browser reaches them;
+ * the page's own origin stands for the server that served the page (same origin, no CORS). The
+ * one in use stays while it is still announced; a failed download moves to the next. */
+function useDataServers(s, urls) {
+  const host = new URL(options.url).hostname;
+  const reached = urls.map((u) => {
+    const url = reachable(u, host);
+    return sameServer(url, options.pageOrigin) ? options.pageOrigin : url;
+  });
+  s.dataUrls = reached.length ? reached : [options.pageOrigin];
+  if (!s.dataUrl || !s.dataUrls.includes(s.dataUrl)) {
+    s.dataUrl = s.dataUrls[0];
+    s.maxIds = null;
+  }
+  post({ dataUrl: s.dataUrl });
+}
+
+function nextDataServer(s, why) {
+  if (s.dataUrls.length < 2) return;
+  const from = s.dataUrl;
+  s.dataUrl = s.dataUrls[(s.dataUrls.indexOf(from) + 1) % s.dataUrls.length];
+  s.maxIds = null;
+  log("warning", `data server ${from} failed (${why}); trying ${s.dataUrl}`);
+  post({ dataUrl: s.dataUrl });
 }
 
 const shapeOf = (p) => [p.spec[0].out_depth, p.spec[0].out_sy, p.spec[0].out_sx];
@@ -334,6 +358,7 @@ async function download(s) {
         if (err.permanent) { log("error", `${err.message}; skipping ${batch.length} ids`); continue; }
         for (const id of batch) s.want.add(id);
         failures++;
+        nextDataServer(s, err.message);
         const delay = Math.min(10, 2 ** Math.min(failures - 1, 5));
         log("warning", `data download failed (${err.message}); retrying in ${delay} s`);
         await new Promise((resolve) => setTimeout(resolve, delay * 1000));

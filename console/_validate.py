@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mlitb.errors import MlitbError
+from mlitb.optim import make_optimizer
 from mlitb.protocol import MAX_ITERATION_TIME, MIN_ITERATION_TIME
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -64,6 +66,37 @@ def read_model_file(text: str) -> tuple[list[dict[str, Any]] | None, dict[str, A
         raise ValueError(f"{path.name}: a model spec is a JSON list of layer objects "
                          f"(or a model file with 'layers', or a research closure)")
     return data, None
+
+
+def check_model(spec: list[dict[str, Any]] | None,
+                closure: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The engine's own check of a spec (or of a closure's net): its layer table (type,
+    output shape, parameters), or ``ValueError`` with the engine's message, e.g.
+    ``layer 1 (conv): field 'filters' is required``."""
+    from mlitb.nn import layer_table
+
+    if closure is not None:
+        model = closure.get("model")
+        layers = model.get("layers") if isinstance(model, dict) else None
+        if not isinstance(layers, list):
+            raise ValueError("this research closure has no model.layers")
+        spec = layers
+    if spec is None:
+        raise ValueError("no model")
+    try:
+        return layer_table(spec)
+    except MlitbError as exc:
+        raise ValueError(str(exc)) from None
+    except (TypeError, KeyError) as exc:  # a field of the wrong JSON type deep in a layer
+        raise ValueError(f"not a valid model spec: {exc}") from None
+
+
+def check_learning_rate(optimizer: str, rate: float) -> None:
+    """``ValueError`` with the optimizer's message when it would refuse ``rate``."""
+    try:
+        make_optimizer(optimizer, 1, learning_rate=rate)
+    except MlitbError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def field_of(message: str, fields: list[str]) -> str | None:

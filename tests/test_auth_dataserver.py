@@ -150,6 +150,49 @@ async def test_reads_stay_open_and_a_contributor_cannot_delete(tmp_path: Path) -
             assert status == 401
 
 
+async def allow_origin(port: int, method: str, path: str, body: bytes | None = None,
+                       headers: dict[str, str] | None = None) -> tuple[int, str | None]:
+    """The status and the Access-Control-Allow-Origin header of an answer."""
+    def run() -> tuple[int, str | None]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            response.read()
+            return response.status, response.getheader("access-control-allow-origin")
+        finally:
+            connection.close()
+    return await trio.to_thread.run_sync(run)
+
+
+@pytest.mark.trio
+async def test_what_a_trainer_reads_answers_any_origin_and_writes_do_not(
+        tmp_path: Path) -> None:
+    """A browser trainer may be sent to a data server other than its page's: the project's
+    info and batches (and their errors) carry ``Access-Control-Allow-Origin: *``; the writes
+    and everything else do not, and a cross-origin write is still refused."""
+    elsewhere = {"Origin": "http://127.0.0.1:1"}
+    with trio.fail_after(60):
+        async with cluster(tmp_path) as (master, address, port):
+            method, path, body, headers = write(("POST", "/projects/{project}/uploads"),
+                                                tmp_path)
+            headers["Authorization"] = f"Bearer {OPERATOR}"
+            assert await allow_origin(port, method, path, body, headers) == (201, None)
+            ids = {"Content-Type": "text/plain", **elsewhere}
+            assert await allow_origin(port, "GET", "/projects/p", headers=elsewhere) == (200, "*")
+            assert await allow_origin(port, "POST", "/projects/p/batch", b"0-1", ids) == (200, "*")
+            assert await allow_origin(port, "GET", "/projects/p/batch?ids=0-1") == (200, "*")
+            assert await allow_origin(port, "POST", "/projects/p/batch", b"7-9", ids) == (404, "*")
+            assert await allow_origin(port, "GET", "/projects/nope") == (404, "*")
+            for other in ("/projects", "/healthz", "/projects/p/manifest", "/"):
+                assert (await allow_origin(port, "GET", other))[1] is None, other
+            headers.update(elsewhere)
+            assert await allow_origin(port, method, path, body, headers) == (403, None)
+            assert await allow_origin(port, "DELETE", "/projects/p", headers={
+                "Authorization": f"Bearer {OPERATOR}", **elsewhere}) == (403, None)
+            assert master.projects["p"].allocator.total == 2
+
+
 @pytest.mark.trio
 async def test_a_data_server_without_a_token_accepts_no_writes(tmp_path: Path) -> None:
     from functools import partial

@@ -414,6 +414,21 @@ def test_run_a_project_from_the_page_with_the_consoles_refusals(
     wait_until(lambda: stats().iteration_time == 2.0
                and stats().hyperparameters["learning_rate"] == pytest.approx(0.02),
                "T and the learning rate changed", 10)
+    # Live training settings: the schedule and its warmup change, the rest (the horizon) stays;
+    # a warmup out of range is refused with the master's words and changes nothing.
+    page.page.fill("#live-fields [data-live='training.warmup']", "2")
+    page.page.click("#live-apply")
+    page.page.wait_for_selector("#live-result[data-status=error]")
+    assert "warmup" in page.page.inner_text("#live-result")
+    assert c.master.projects["digits"].training.schedule == "cosine"
+    page.page.select_option("#live-fields [data-live='training.schedule']", "linear")
+    page.page.fill("#live-fields [data-live='training.warmup']", "0.2")
+    page.page.click("#live-apply")
+    page.page.wait_for_selector("#live-result[data-status=ok]")
+    wait_until(lambda: c.master.projects["digits"].training.schedule == "linear",
+               "the schedule changed", 10)
+    changed = c.master.projects["digits"].training
+    assert changed.warmup == pytest.approx(0.2) and changed.horizon == 100000
     # Remove the node's worker: it is told so (close 4003) and leaves.
     worker = next(w.worker_id for w in stats().workers if w.role == "trainer")
     page.page.click(f"#op-workers tr[data-worker='{worker}'] button.remove-worker")
@@ -430,6 +445,42 @@ def test_run_a_project_from_the_page_with_the_consoles_refusals(
     wait_until(lambda: "digits" not in c.master.statistics(), "the project deleted", 10)
     assert page.errors == []
 
+
+
+def test_create_time_labels_deterministic_mode_and_tokens(
+        cluster_in_thread: Any, open_page: Callable[..., Page]) -> None:
+    """Labels, deterministic mode and both tokens set at creation; the tokens the page made are
+    shown once and are the ones the master checks; a bad label count is refused at its field."""
+    c = cluster_in_thread
+    page = open_page(page_url(c))
+    design_view(page, c.token)
+    page.page.select_option("#preset", "digits")
+    page.page.click("#preset-load")
+    page.page.fill("#create-name", "locked")
+    page.page.fill("#create-labels", "a, b")
+    page.page.click("#create")
+    note = page.page.wait_for_selector("[data-error-for=labels]:not([hidden])")
+    assert "labels" in note.inner_text()
+    assert "locked" not in c.master.projects
+    names = [f"d{i}" for i in range(10)]
+    page.page.fill("#create-labels", ", ".join(names))
+    page.page.fill("#create-samples", "200")
+    page.page.check("#create-join-token")
+    page.page.check("#create-contributor-token")
+    page.page.click("#create")
+    page.page.wait_for_selector("#create-result[data-status=ok]")
+    project = c.master.projects["locked"]
+    assert project.net.labels == names
+    assert project.deterministic and project.samples_per_iteration == 200
+    join = page.page.inner_text("#create-tokens [data-token=join]").strip()
+    contribute = page.page.inner_text("#create-tokens [data-token=contributor]").strip()
+    assert len(join) == len(contribute) == 24 and join != contribute
+    access = c.master.access.get("locked")
+    assert access.may_join(join) and not access.may_join(contribute) and not access.open
+    assert access.may_contribute(contribute)
+    shown = page.page.inner_text("#create-tokens")
+    assert f"--project locked --token {join}" in shown and "Shown once" in shown
+    assert page.errors == []
 
 
 def test_a_project_starts_from_a_zoo_entry_in_the_designer(

@@ -39,7 +39,7 @@ from typer.testing import CliRunner
 
 from mlitb.client import MasterUnreachableError, RequestRefusedError
 from mlitb.datasets import DIGITS_SPEC
-from mlitb.protocol import Event, Pause, SetHyperparameters, Status
+from mlitb.protocol import CreateProject, Event, Pause, SetHyperparameters, Status
 
 DEADLINE = 30.0
 
@@ -51,6 +51,30 @@ async def until(pilot: Pilot[None], condition: Callable[[], object], what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await pilot.pause(0.05)
+
+
+def text_of(screen: object, selector: str) -> str:
+    """What a Static shows, as plain text (its content may be markup or a rich Table)."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    content = screen.query_one(selector).content  # type: ignore[attr-defined]
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(Text.from_markup(content) if isinstance(content, str) else content)
+    return console.export_text()
+
+
+async def open_create_dialog(pilot: Pilot[None], app: ConsoleApp
+                             ) -> tuple[CreateProjectDialog, Callable[[str], FormField]]:
+    """Press n; the dialog and a lookup of its fields by key."""
+    await pilot.pause()
+    await pilot.press("n")
+    await until(pilot, lambda: isinstance(app.screen, CreateProjectDialog), "dialog")
+    dialog = app.screen
+    assert isinstance(dialog, CreateProjectDialog)
+    return dialog, lambda key: dialog.query_one(f"#field-{key}", FormField)
 
 
 def replay_app(**kwargs: object) -> tuple[ConsoleApp, ReplayBackend]:
@@ -331,31 +355,69 @@ async def test_create_project_checks_the_spec_file_then_creates(tmp_path: Path) 
         bad.write_text(json.dumps([{"type": "input", "out_sx": 8, "out_sy": 8, "out_depth": 1},
                                    {"type": "conv", "sx": 3}]))
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
-            await pilot.press("n")
-            await until(pilot, lambda: isinstance(app.screen, CreateProjectDialog), "dialog")
-            dialog = app.screen
-
-            def field(key: str) -> FormField:
-                return dialog.query_one(f"#field-{key}", FormField)
-
+            dialog, field = await open_create_dialog(pilot, app)
             field("name").value = "digits"
             field("model").value = str(tmp_path / "missing.json")
             await pilot.press("enter")
             await until(pilot, lambda: field("model").error, "missing file")
+            # The engine refuses a bad spec as it is typed, with its own message, and
+            # nothing is sent.
             field("model").value = str(bad)
+            await until(pilot, lambda: field("model").error
+                        == "layer 1 (conv): field 'filters' is required", "bad spec refused")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert not any(isinstance(r, CreateProject) for r in backend.requests)
+            assert app.screen is dialog
+            # A good spec: its layers, shapes and parameters show; the master's refusal
+            # of the name goes under the name.
+            field("model").value = str(spec)
+            await until(pilot, lambda: field("model").error == "" and "total" in text_of(
+                dialog, "#model-summary"), "the layer table")
+            table = text_of(dialog, "#model-summary")
+            from mlitb.nn import Net
+
+            net = Net(DIGITS_SPEC)
+            assert f"{net.num_params:,}" in table
+            assert "8×8×8" in table and "softmax" in table
             await pilot.press("enter")
             await until(pilot, lambda: field("name").error, "name in use")
             assert "exists" in field("name").error
             field("name").value = "fresh"
             await pilot.press("enter")
-            await until(pilot, lambda: field("model").error, "bad spec")
-            assert "conv" in field("model").error
-            field("model").value = str(spec)
-            await pilot.press("enter")
             await until(pilot, lambda: "fresh" in backend.projects, "created")
             await until(pilot, lambda: app.screen.query_one("#projects").row_count == 4,
                         "a fourth row")
+
+
+@pytest.mark.asyncio
+async def test_create_project_refuses_a_learning_rate_and_a_net_too_large(
+        tmp_path: Path) -> None:
+    from mlitb.protocol import MAX_PARAMETERS
+
+    async with asyncio.timeout(DEADLINE):
+        app, backend = replay_app()
+        huge = tmp_path / "huge.json"
+        huge.write_text(json.dumps([{"type": "input", "out_sx": 64, "out_sy": 64,
+                                     "out_depth": 3},
+                                    {"type": "fc", "num_neurons": 100_000},
+                                    {"type": "softmax", "num_classes": 10}]))
+        async with app.run_test(size=(100, 40)) as pilot:
+            dialog, field = await open_create_dialog(pilot, app)
+            field("name").value = "huge"
+            field("model").value = str(huge)
+            await until(pilot, lambda: f"at most {MAX_PARAMETERS:,}" in field("model").error,
+                        "too many parameters")
+            # shown, never allocated: the fc layer alone has 1.2 billion
+            assert f"{64 * 64 * 3 * 100_000 + 100_000:,}" in text_of(dialog, "#model-summary")
+            spec = tmp_path / "spec.json"
+            spec.write_text(json.dumps(DIGITS_SPEC))
+            field("model").value = str(spec)
+            field("learning_rate").value = "-0.5"
+            await pilot.press("enter")
+            await until(pilot, lambda: field("learning_rate").error, "refused rate")
+            assert "got -0.5" in field("learning_rate").error
+            assert not any(isinstance(r, CreateProject) for r in backend.requests)
 
 
 @pytest.mark.asyncio

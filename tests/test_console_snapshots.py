@@ -68,15 +68,29 @@ async def bad_hyperparameters(pilot: Pilot[None]) -> None:
 
 
 async def filled_create(pilot: Pilot[None]) -> None:
+    """A spec the engine accepts (its layer table shows) for a name the master refuses."""
+    import json
+    import tempfile
+
+    from mlitb.datasets import CIFAR10_SPEC
+
     await _settle(pilot)
     await pilot.press("n")
     await _settle(pilot)
     screen = pilot.app.screen
-    screen.query_one("#field-name", FormField).value = "cifar10"
-    screen.query_one("#field-model", FormField).value = "cifar10-spec.json"
-    screen.query_one("#field-learning_rate", FormField).value = "0.01"
-    await pilot.press("enter")  # cifar10 exists, cifar10-spec.json is not there
-    await _settle(pilot)
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as folder:
+        os.chdir(folder)  # the field shows the same relative path on every machine
+        try:
+            Path(folder, "cifar10-spec.json").write_text(json.dumps(CIFAR10_SPEC))
+            screen.query_one("#field-name", FormField).value = "cifar10"
+            screen.query_one("#field-model", FormField).value = "cifar10-spec.json"
+            screen.query_one("#field-learning_rate", FormField).value = "0.01"
+            await pilot.pause(0.5)  # the layer table, once typing pauses
+            await pilot.press("enter")  # the (replayed) master: cifar10 exists
+            await _settle(pilot)
+        finally:
+            os.chdir(here)
 
 
 async def lost_connection(pilot: Pilot[None]) -> None:
@@ -99,7 +113,7 @@ SCENARIOS = [
     Scenario("project-wide", project="digits", size=(160, 48)),
     Scenario("projects-wide", size=(120, 30)),
     Scenario("edit-inline-errors", project="digits", run_before=bad_hyperparameters),
-    Scenario("create-project", run_before=filled_create),
+    Scenario("create-project", size=(100, 36), run_before=filled_create),
     Scenario("upload", press=("u",)),
     Scenario("save-model", project="digits", press=("s",)),
     Scenario("remove-worker", project="digits", press=("down", "x")),

@@ -271,8 +271,9 @@ export function refusalTarget(message, hyperparameterNames = []) {
   if (m) return { field: `${m[1]}.${m[2]}` };
   m = /^([a-z][a-z0-9_]*):/.exec(message);
   if (m && hyperparameterNames.includes(m[1])) return { field: `hyperparameters.${m[1]}` };
-  m = /\b(?:create_project\.)(iteration_time|name|optimizer|labels)\b\s*:/.exec(message);
+  m = /\b(?:create_project\.)(iteration_time|name|optimizer|labels|samples_per_iteration|join_token|contributor_token)\b(?:\[\d+\])?\s*:/.exec(message);
   if (m) return { field: m[1] };
+  if (/^labels:/.test(message)) return { field: "labels" }; // the engine's, checking the net
   m = /\blayer (\d+)\b/.exec(message);
   if (m) return { layer: Number(m[1]) };
   return {};
@@ -280,13 +281,29 @@ export function refusalTarget(message, hyperparameterNames = []) {
 
 /** The create_project message (docs/protocol.md); the master validates every field again. With
  * `zoo` (an entry's name) the project starts from that closure instead of `rows`, and an empty
- * optimizer keeps the closure's. */
-export function createMessage({ name, rows, zoo = null, iterationTime, optimizer, hyperparameters, training }) {
+ * optimizer keeps the closure's. `labels`: comma-separated class names (empty: the first upload's
+ * folders); `samplesPerIteration`: deterministic mode's samples per iteration; the tokens as
+ * `newToken()` makes them (null: open to anyone, the operator alone uploads). */
+export function createMessage({ name, rows, zoo = null, iterationTime, optimizer, hyperparameters, training,
+  labels = "", samplesPerIteration = "", joinToken = null, contributorToken = null }) {
   const message = { type: "create_project", name, hyperparameters };
   if (zoo) message.zoo = zoo; else message.spec = rows.map((r) => ({ ...r }));
   if (optimizer) message.optimizer = optimizer;
   const t = parseValue(iterationTime ?? "");
   if (t !== undefined) message.iteration_time = t;
   if (training) message.training = training;
+  const names = String(labels).split(",").map((l) => l.trim()).filter(Boolean);
+  if (names.length) message.labels = names;
+  const n = parseValue(samplesPerIteration ?? "");
+  if (n !== undefined) message.samples_per_iteration = n;
+  if (joinToken) message.join_token = joinToken;
+  if (contributorToken) message.contributor_token = contributorToken;
   return message;
+}
+
+/** A fresh random token, as `mlitb project create --join-token` makes one: 18 random bytes,
+ * base64url (24 characters). */
+export function newToken() {
+  const bytes = crypto.getRandomValues(new Uint8Array(18));
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_");
 }

@@ -11,10 +11,7 @@ def summary(closure: Closure) -> dict[str, Any]:
     """A JSON-ready overview of the closure, without the bulky arrays."""
     c = closure
     net = c.net()
-    layers = []
-    for layer in net.layers:
-        layers.append({"type": layer.type, "out_shape": list(layer.out_shape),
-                       "parameters": sum(int(_prod(s)) for s in layer.param_shapes())})
+    layers = net.layer_table()
     last = c.history[-1] if c.history else None
     last_test = c.test_error[-1] if c.test_error else None
     data: dict[str, Any] | None = None
@@ -54,10 +51,3 @@ def summary(closure: Closure) -> dict[str, Any]:
         "data": data,
         "replay": None if c.replay is None else c.replay.summary(),
     }
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out

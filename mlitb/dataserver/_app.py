@@ -26,6 +26,7 @@ import numpy.typing as npt
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -102,6 +103,42 @@ class CrossOriginError(MlitbError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ReadableFromAnyOrigin:
+    """ASGI wrapper: the answers a trainer reads (``GET /projects/P``, ``GET|POST
+    /projects/P/batch``) carry ``Access-Control-Allow-Origin: *``, errors included.
+
+    With several data servers on one store, a browser trainer whose page came from one of them
+    may be sent to another (the master's ``data_urls``), which is another origin. These are
+    simple requests (GET, or a ``text/plain`` POST of ids), so no preflight is needed; they
+    carry no credentials and change nothing, and every other route (writes above all) stays
+    same-origin only (``DataServer._check_write``)."""
+
+    HEADER = (b"access-control-allow-origin", b"*")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not _read_route(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_readable(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.HEADER]}
+            await send(message)
+
+        await self.app(scope, receive, send_readable)
+
+
+def _read_route(method: str, path: str) -> bool:
+    parts = path.strip("/").split("/")
+    if len(parts) == 2 and parts[0] == "projects":
+        return method == "GET"
+    return len(parts) == 3 and parts[0] == "projects" and parts[2] == "batch" and method in (
+        "GET", "POST")
 
 
 def _status(error: Exception) -> int:
@@ -183,8 +220,9 @@ class DataServer:
             Route("/", self.static),
             Route("/{path:path}", self.static),
         ]
-        self.app = Starlette(routes=routes, exception_handlers={
-            HTTPException: _error_response, MlitbError: _error_response})
+        self.app = Starlette(routes=routes, middleware=[Middleware(ReadableFromAnyOrigin)],
+                             exception_handlers={HTTPException: _error_response,
+                                                 MlitbError: _error_response})
 
     # -- helpers --------------------------------------------------------------------------------
     def _check_write(self, request: Request, *, body: bool = True) -> None:

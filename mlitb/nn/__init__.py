@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._convnetjs import from_convnetjs, to_convnetjs
 from ._format import load_any, load_model, model_from_dict, model_to_dict, save_model
-from ._net import DEFAULT_CHUNK, NEW_CLASS_BIAS, BatchStats, Net
+from ._net import DEFAULT_CHUNK, NEW_CLASS_BIAS, BatchStats, Net, layer_table
 from ._spec import LAYER_TYPES, LOSS_TYPES, desugar, normalize
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Net",
     "desugar",
     "from_convnetjs",
+    "layer_table",
     "load_any",
     "load_model",
     "model_from_dict",

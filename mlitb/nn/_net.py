@@ -173,6 +173,11 @@ class Net:
     def is_classifier(self) -> bool:
         return self.loss_layer.type in ("softmax", "svm")
 
+    def layer_table(self) -> list[dict[str, Any]]:
+        """Each layer's type, output shape (C, H, W) and parameter count, in order: what
+        ``closure inspect`` shows."""
+        return _table(self.layers)
+
     # -- the flat vectors -------------------------------------------------------------------
     @property
     def params(self) -> np.ndarray:
@@ -334,3 +339,15 @@ class Net:
     def spec(self) -> list[dict[str, Any]]:
         """The full (desugared, explicit) layer definitions; ``Net(net.spec())`` rebuilds it."""
         return [dict(d) for d in self.definitions]
+
+
+def layer_table(layer_defs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``Net(layer_defs).layer_table()`` without allocating the parameters (a spec typed by
+    hand may ask for billions): the engine's own checks, raising ``ModelFormatError``."""
+    return _table(Net._build(_spec.normalize(layer_defs)))
+
+
+def _table(layers: Sequence[Layer]) -> list[dict[str, Any]]:
+    return [{"type": layer.type, "out_shape": list(layer.out_shape),
+             "parameters": sum(int(np.prod(s)) for s in layer.param_shapes())}
+            for layer in layers]
