@@ -436,8 +436,8 @@ export function initDesign(ctx) {
     const algorithm = training.algorithm || "gradient";
     const settings = TRAINING_FIELDS.filter((f) => f.key !== "algorithm" && (!f.only || f.only === algorithm))
       .map((f) => {
-        const name = `training.${f.key}`, current = training[f.key] ?? "";
-        if (!f.choices) return field(name, f.label, current === null ? "none" : current);
+        const name = `training.${f.key}`, current = training[f.key] ?? "none";
+        if (!f.choices) return field(name, f.label, current);
         const select = h("select", { name, "data-live": name, "aria-label": f.label },
           ...f.choices.map((c) => h("option", { value: c }, c ? c : `unchanged (${current})`)));
         select.value = keep[name] || "";
