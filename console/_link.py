@@ -36,6 +36,7 @@ from mlitb.errors import AuthError, MlitbError, ProtocolError, UploadError
 from mlitb.protocol import (
     Bye,
     ClientMessage,
+    DataServers,
     ListProjects,
     Message,
     ProjectList,
@@ -145,6 +146,9 @@ class MasterLink:
                 continue  # a bad frame from the master: skip it, keep the session
             if isinstance(message, Status):
                 self._post(StatusReceived(message))
+            elif isinstance(message, DataServers):  # one registered or went away
+                self._set(replace(self.state, data_url=message.data_urls[0]
+                                  if message.data_urls else None))
             elif isinstance(message, Bye):
                 bye = message
             else:
@@ -288,7 +292,9 @@ class LiveBackend:
             raise MlitbError(f"no project named {project!r} on the master")
         data_url = self.state.data_url
         if data_url is None:
-            raise MasterUnreachableError("not connected to the master")
+            raise MlitbError("the master announces no data server to upload to: it runs with "
+                             "--no-data-server and none has registered yet (start one with "
+                             f"`mlitb data-server --master {self.url}`)")
         channels, height, width = found.input_shape
         shape = InputShape(width=width, height=height, channels=channels)
         client = DataClient(data_url, token=self.token, cafile=self.cafile)

@@ -51,10 +51,11 @@ class ClusterThread:
     """A master (with its data server unless ``data`` is False) run by ``trio.run`` in a daemon
     thread, as tests/conftest.py's fixtures do; ``call`` runs a function in its trio thread."""
 
-    def __init__(self, store_dir: Path | None, port: int = 0) -> None:
+    def __init__(self, store_dir: Path | None, port: int = 0, *,
+                 data_url: str | None = "http://127.0.0.1:8001") -> None:
         from mlitb.master import Master
 
-        self.master = Master(operator_token=TOKEN)
+        self.master = Master(operator_token=TOKEN, data_url=data_url)
         self.store_dir = store_dir
         self.port = port
         self.url = ""
@@ -569,3 +570,49 @@ async def test_a_project_starts_from_the_masters_model_zoo(live: Live) -> None:
             await pilot.press("enter")
             await until(pilot, lambda: live.project("zoo-run") is not None, "created from zoo")
             assert live.project("zoo-run").net.num_params == source.net.num_params
+
+
+@pytest.mark.asyncio
+async def test_an_upload_with_no_data_server_says_so_then_goes_to_one_that_registers(
+        tmp_path: Path) -> None:
+    """A master without a data server of its own (``--no-data-server``): the console's upload
+    says none is announced (not "not connected"), and once a ``mlitb data-server`` registers
+    the master tells the console, whose next upload goes there."""
+    from _procs import digits_zips, start_data_server
+
+    from mlitb.dataserver import DataClient
+
+    cluster = ClusterThread(None, data_url=None).start()
+    data = None
+    try:
+        cluster.call(lambda: cluster.master.create_project(PROJECT, DIGITS_SPEC,
+                                                           iteration_time=1.0))
+        (archive,), _ = digits_zips(tmp_path)
+        async with asyncio.timeout(DEADLINE):
+            app = ConsoleApp(LiveBackend(cluster.url, TOKEN), refresh_interval=0)
+            async with app.run_test(size=(100, 30)) as pilot:
+                await until(pilot, lambda: app.status is not None, "a status")
+                assert app.link is not None and app.link.data_url is None
+                await pilot.press("u")
+                await until(pilot, lambda: isinstance(app.screen, UploadDialog), "dialog")
+                dialog = app.screen
+                assert isinstance(dialog, UploadDialog)
+                dialog.query_one("#field-archive", FormField).value = str(archive)
+                await pilot.press("enter")
+                status = dialog.query_one("#upload-status")
+                await until(pilot, lambda: "no data server" in str(status.render()),
+                            "the refusal")
+                assert "mlitb data-server --master" in str(status.render())
+                data, data_url = await asyncio.to_thread(
+                    start_data_server, cluster.url, TOKEN, tmp_path / "data-server")
+                await until(pilot, lambda: app.link is not None
+                            and app.link.data_url == data_url, "the data server announced")
+                await pilot.press("enter")
+                await until(pilot, lambda: dialog.result is not None, "the upload", 30)
+                assert dialog.result is not None and dialog.result["count"] > 1000
+                info = await asyncio.to_thread(DataClient(data_url).info, PROJECT)
+                assert info["count"] == dialog.result["count"]
+    finally:
+        if data is not None:
+            data.stop()
+        cluster.stop()

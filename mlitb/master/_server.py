@@ -430,8 +430,9 @@ class Master:
         self._announce_data_servers()
 
     def _announce_data_servers(self) -> None:
+        # Workers of a project, and operators subscribed to status (a console uploads to them).
         for conn in list(self.connections.values()):
-            if conn.project is not None:
+            if conn.project is not None or conn.subscription is not None:
                 conn.send(DataServers(data_urls=self.data_servers.urls_for(conn.worker_id)))
 
     def _broadcast_project_changed(self, project: Project) -> None:
