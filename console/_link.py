@@ -32,6 +32,7 @@ from mlitb.client import (
     reply_as,
     upload_failure,
 )
+from mlitb.client import backoff as _backoff
 from mlitb.errors import AuthError, MlitbError, ProtocolError, UploadError
 from mlitb.protocol import (
     Bye,
@@ -68,9 +69,8 @@ class _Pending:
 
 
 def backoff(failures: int, first: float = BACKOFF_FIRST, most: float = BACKOFF_MAX) -> float:
-    """Seconds to wait before attempt ``failures + 1``: doubling from ``first``, at most
-    ``most``."""
-    return float(min(most, first * 2 ** max(0, failures - 1)))
+    """The console's reconnect delays: ``mlitb.client.backoff`` from 0.5 s to at most 8 s."""
+    return _backoff(failures, first, most)
 
 
 class MasterLink:

@@ -293,92 +293,28 @@ def register_master(app: typer.Typer) -> None:
 async def _standalone_data_server(store: Any, url: str, token: str | None, host: str,
                                   port: int, shown: str, *, limits: Any,
                                   cafile: str | None) -> None:
-    from .client import open_operator
-    from .dataserver import InputShape, Registration, Split, serve_data_server
-    from .dataserver._store import SPLITS
-    from .errors import UploadError
-    from .protocol import (
-        MAX_IDS_PER_MESSAGE,
-        Ack,
-        DataRegistered,
-        ListProjects,
-        ProjectList,
-        RegisterData,
-        RegisterDataServer,
-    )
+    import signal
 
-    shapes: dict[str, InputShape] = {}
-    async with open_operator(url, token, need_token=True, cafile=cafile) as op, \
-            trio.open_nursery() as nursery:
-        lock = trio.Lock()  # one request at a time: each reads the connection until its answer
+    from .dataserver import serve_data_server
+    from .dataserver._registrar import Registrar
 
-        async def ask(message: Any, expect: Any) -> Any:
-            async with lock:
-                return await op.request(message, expect)
+    registrar = Registrar(url, token, store, cafile=cafile, say=out.print)
 
-        async def refresh_once() -> None:
-            projects = (await ask(ListProjects(request_id="-"), ProjectList)).projects
-            for p in projects:
-                c, h, w = p.input_shape
-                new = p.name not in shapes
-                shapes[p.name] = InputShape(width=w, height=h, channels=c)
-                if new:  # data stored before (a shared store, a restarted master) counts
-                    await register_stored(p.name)
-            for name in set(shapes) - {p.name for p in projects}:
-                del shapes[name]
-
-        async def refresh() -> None:
-            while True:  # the master's projects change; uploads are checked against them
-                await trio.sleep(2.0)
-                await refresh_once()
-
-        async def register(project: str, split: Split, ids: list[int], label_names: Any,
-                           labels: list[int]) -> None:
-            for i in range(0, max(len(ids), 1), MAX_IDS_PER_MESSAGE):
-                await ask(RegisterData(
-                    request_id="-", project=project, split=split,
-                    ids=tuple(ids[i:i + MAX_IDS_PER_MESSAGE]), label_names=tuple(label_names),
-                    labels=tuple(labels[i:i + MAX_IDS_PER_MESSAGE])), DataRegistered)
-
-        async def register_stored(project: str) -> None:
-            """Register what the store holds for ``project`` (the master ignores ids it
-            knows: a second data server on one store registers nothing new)."""
-            if project not in await trio.to_thread.run_sync(store.projects):
+    async def stop_on_signal(scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                out.print("data server stopped")
+                scope.cancel()
                 return
-            manifest = await trio.to_thread.run_sync(store.manifest, project)
-            for split in SPLITS:
-                ids = [i for i, s in enumerate(manifest["split"]) if s == split]
-                if not ids:
-                    continue
-                try:
-                    await register(project, split, ids, manifest["labels"],
-                                   [manifest["label"][i] for i in ids])
-                except MlitbError as exc:
-                    out.print(f"project {project}: its stored {split} data was not "
-                              f"registered: {exc}")
 
-        def check_upload(project: str, split: str) -> InputShape:
-            if project not in shapes:
-                raise UploadError(f"no project named {project!r} on the master (a project "
-                                  f"created in the last 2 s may not be known yet)")
-            return shapes[project]
-
-        async def on_registered(r: Registration) -> None:
-            await register(r.project, r.split, list(r.ids), r.label_names,
-                           [int(x) for x in r.labels])
-
-        await refresh_once()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal, nursery.cancel_scope)
         bound = await nursery.start(lambda task_status: serve_data_server(
-            store, host, port, task_status=task_status, on_registered=on_registered,
-            check_upload=check_upload, client_config={"master_url": url},
+            store, host, port, task_status=task_status, on_registered=registrar.register,
+            check_upload=registrar.check_upload, client_config={"master_url": url},
             upload_token=token, limits=limits))  # writes need the operator token
         announced = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}"
-        try:
-            await ask(RegisterDataServer(request_id="-", url=announced, store=store.identity),
-                      Ack)
-        except MlitbError as exc:
-            raise MlitbError(f"the master refused this data server: {exc}") from None
-        nursery.start_soon(refresh)
+        await nursery.start(partial(registrar.run, announced))
         out.print(f"data server http://{host}:{bound}, registering with {url} "
                   f"(announced as {announced})")
 

@@ -16,7 +16,7 @@ from _procs import (
     wait_until,
 )
 from mlitb.datasets import DIGITS_SPEC
-from mlitb.dataserver import DataClient
+from mlitb.dataserver import DataClient, DataServerError
 from mlitb.protocol import CreateProject
 
 TOKEN = "data-servers-test-token"
@@ -141,3 +141,55 @@ def test_two_data_servers_on_one_redis_and_a_node_training_from_both(
         for proc in reversed(procs):
             proc.stop()
     assert "Traceback" not in node.text, node.text
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_data_server_outlives_a_master_restart_and_registers_again(tmp_path: Path) -> None:
+    """The master goes away: the data server keeps serving what it stores, refuses uploads
+    (503, Retry-After) rather than storing what the master would not learn of, and once the
+    master is back on its port it is announced again, its data registered again (a master
+    restarted with a fresh directory knew none of it), and uploads go through."""
+    import pytest
+
+    port = str(free_port())
+    master, url = start_master(tmp_path / "master", TOKEN, "--no-data-server", "--port", port)
+    procs: tuple[Proc, ...] = (master,)
+    try:
+        create_digits(url)
+        data, data_url = start_data_server(url, TOKEN, tmp_path / "data")
+        procs += (data,)
+        (first_zip, second_zip), _ = digits_zips(tmp_path, parts=2)
+        first = DataClient(data_url, token=TOKEN).upload("digits", first_zip)
+        master.stop()
+        data.wait_for(r"lost the master .*reconnecting in", 30)
+        assert DataClient(data_url).info("digits")["count"] == first["count"]  # still serves
+        with pytest.raises(DataServerError) as refused:
+            DataClient(data_url, token=TOKEN).upload("digits", second_zip)
+        assert refused.value.status == 503 and "cannot reach its master" in refused.value.detail
+        assert DataClient(data_url).info("digits")["count"] == first["count"]  # nothing stored
+        # A new master on the same port, with an empty directory: the project is created again,
+        # and the data server registers itself and the data it holds.
+        master, url = start_master(tmp_path / "master-2", TOKEN, "--no-data-server",
+                                   "--port", port)
+        procs = (master, data)
+        create_digits(url)
+        data.wait_for(r"registered again with the master", 60)
+        wait_until(lambda: project_status(url, TOKEN, "digits").data.total == first["count"],
+                   "the stored data registered with the new master", 30, procs)
+        welcome = operator_call(url, TOKEN, lambda op: _welcome(op))
+        assert welcome.data_urls == (data_url,)
+        second = DataClient(data_url, token=TOKEN).upload("digits", second_zip)
+        total = first["count"] + second["count"]
+        wait_until(lambda: project_status(url, TOKEN, "digits").data.total == total,
+                   "the second upload registered", 30, procs)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    assert "Traceback" not in data.text, data.text
