@@ -336,3 +336,19 @@ async def test_counts_and_flags_arrive_as_json_numbers_and_are_taken():
                     request_id="2", project="s", hyperparameters={"lr_decay_every": 2.5}))
                 assert isinstance(bad, Error) and "lr_decay_every: must be a whole number" in \
                     bad.message
+
+
+def test_a_net_over_the_parameter_limit_is_refused_before_it_is_allocated() -> None:
+    """A spec asking for 10^10 parameters is refused by counting (allocating them would take
+    40 GB); the limit is what one parameters frame carries."""
+    from mlitb.master import RequestError
+    from mlitb.protocol import MAX_PARAMETERS
+
+    huge = [{"type": "input", "out_sx": 100, "out_sy": 100, "out_depth": 1},
+            {"type": "fc", "num_neurons": 1_000_000},
+            {"type": "softmax", "num_classes": 2}]
+    with pytest.raises(RequestError) as refused:
+        Master().create_project("huge", huge)
+    assert refused.value.code == "invalid_value"
+    assert f"at most {MAX_PARAMETERS:,}" in str(refused.value)
+    assert "huge" not in Master().projects

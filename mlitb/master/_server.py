@@ -22,12 +22,13 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from .. import __version__
 from ..closure import Closure, Zoo
 from ..errors import ClosureError, MlitbError, ModelFormatError, OptimizerError
-from ..nn import Net
+from ..nn import Net, layer_table
 from ..optim import make_optimizer
 from ..protocol import (
     MAX_BINARY_FRAME,
     MAX_HELLO_FRAME,
     MAX_LARGE_TEXT_FRAME,
+    MAX_PARAMETERS,
     MAX_TEXT_FRAME,
     CacheReport,
     CloseCode,
@@ -193,6 +194,11 @@ class Master:
         if name in self.projects:
             raise RequestError("project_exists", f"project {name!r} exists already")
         try:
+            # Counted before anything is allocated: a spec may ask for billions of parameters.
+            count = sum(layer["parameters"] for layer in layer_table(spec))
+            if count > MAX_PARAMETERS:
+                raise ModelFormatError(f"the net has {count:,} parameters; a project carries "
+                                       f"at most {MAX_PARAMETERS:,} (one parameters frame)")
             net = Net(spec, seed=seed, labels=list(labels) or None)
             l1, l2 = net.decay_multipliers()
             opt = make_optimizer(optimizer, net.num_params, **(hyperparameters or {}),
