@@ -316,11 +316,16 @@ function onAllocation(s, msg) {
 }
 
 // -- data -----------------------------------------------------------------------------------------
+/** A join-token project keeps its data to its trainers: the token goes with every read. */
+function readHeaders(headers = {}) {
+  return options.joinToken ? { ...headers, Authorization: `Bearer ${options.joinToken}` } : headers;
+}
+
 async function maxIds(s) {
   if (s.maxIds === null) {
     let limit = 16384;
     try {
-      const r = await fetch(`${s.dataUrl}/projects/${encodeURIComponent(info.name)}`);
+      const r = await fetch(`${s.dataUrl}/projects/${encodeURIComponent(info.name)}`, { headers: readHeaders() });
       if (r.ok) limit = (await r.json()).max_batch_ids || limit;
     } catch { /* the batch request will say what is wrong */ }
     s.maxIds = Math.max(16, Math.min(limit, Math.floor(REQUEST_BYTES / (cache.size + 8))));
@@ -345,7 +350,7 @@ async function download(s) {
       let frame;
       try {
         const r = await fetch(`${s.dataUrl}/projects/${encodeURIComponent(info.name)}/batch`, {
-          method: "POST", body: formatIds(batch), headers: { "Content-Type": "text/plain" } });
+          method: "POST", body: formatIds(batch), headers: readHeaders({ "Content-Type": "text/plain" }) });
         if (!r.ok) {
           let text = `HTTP ${r.status}`;
           try { text += ": " + (await r.json()).error; } catch { /* not JSON */ }

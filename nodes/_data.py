@@ -73,11 +73,12 @@ class HttpDataSource:
 
     def __init__(self, url: str, project: str, shape: Shape, *,
                  request_bytes: int = DEFAULT_REQUEST_BYTES, timeout: float = 60.0,
-                 cafile: str | None = None) -> None:
+                 cafile: str | None = None, token: str | None = None) -> None:
         from mlitb.dataserver import DataClient  # the data server package imports hypercorn
 
         self.url, self.project, self.shape = url, project, shape
-        self.client = DataClient(url, timeout=timeout, cafile=cafile)
+        # ``token``: the project's join token (a join-token project's data is private).
+        self.client = DataClient(url, timeout=timeout, cafile=cafile, token=token)
         vector = int(np.prod(shape)) + 8
         self._wanted = max(16, min(MAX_IDS_PER_MESSAGE, request_bytes // vector))
         self._limit: int | None = None

@@ -211,7 +211,8 @@ class Worker:
         self._report = report or (lambda event: None)
         self._data_source_factory: DataSourceFactory = data_source or (
             lambda url, project, shape: HttpDataSource(url, project, shape,
-                                                       cafile=options.cafile))
+                                                       cafile=options.cafile,
+                                                       token=options.join_token))
         self._clock = clock
         self._stop = trio.Event()
         self._stopping = False

@@ -154,8 +154,10 @@ def test_a_join_link_is_read_once_and_lets_the_tab_train(browser: Any,  # noqa: 
             assert JOIN not in page.page.evaluate("JSON.stringify(localStorage)")
             page.show("train")
             page.page.click("#add-trainer")
+            # Its data is private to its trainers: the batches need the join token too.
             wait_until(lambda: any(w.client == "browser" and w.state == "training"
-                                   for w in trainers(c)), "the invited tab to train", 60)
+                                   and w.cached == w.allocated > 0 for w in trainers(c)),
+                       "the invited tab to fetch its data and train", 60)
             # The contributor link's token lets this tab teach (no operator token typed).
             page.show("predict")
             page.page.set_input_files("#image-file", {"name": "digit.png",

@@ -194,6 +194,63 @@ async def test_what_a_trainer_reads_answers_any_origin_and_writes_do_not(
 
 
 @pytest.mark.trio
+async def test_a_join_token_projects_data_is_private_to_its_token_holders(
+        tmp_path: Path) -> None:
+    """Info, manifest and batches of a join-token project need its join token, its
+    contributor token or the operator token; an open project's stay open; a browser's
+    preflight for the Authorization header is answered."""
+    join = "join-secret-1"
+    with trio.fail_after(60):
+        async with cluster(tmp_path) as (master, address, port):
+            method, path, body, headers = write(("POST", "/projects/{project}/uploads"),
+                                                tmp_path)
+            headers["Authorization"] = f"Bearer {OPERATOR}"
+            assert (await request(port, method, path, body, headers))[0] == 201
+            assert (await request(port, method, path.replace("/p/", "/q/"), body,
+                                  headers))[0] == 201
+            master.set_access("p", join_token=join, contributor_token=CONTRIBUTOR)
+            reads = [("GET", "/projects/p", None, {}),
+                     ("GET", "/projects/p/manifest", None, {}),
+                     ("GET", "/projects/p/batch?ids=0-1", None, {}),
+                     ("POST", "/projects/p/batch", b"0-1", {"Content-Type": "text/plain"})]
+            for method, path, body, extra in reads:
+                for authorization, allowed in ((None, False), ("Bearer wrong", False),
+                                               (f"Bearer {OTHER_CONTRIBUTOR}", False),
+                                               (f"Basic {join}", False),
+                                               (f"Bearer {join}", True),
+                                               (f"Bearer {CONTRIBUTOR}", True),
+                                               (f"Bearer {OPERATOR}", True)):
+                    sent = dict(extra) | ({"Authorization": authorization}
+                                          if authorization else {})
+                    status, answer = await request(port, method, path, body, sent)
+                    assert status == (200 if allowed else 401), (path, authorization, answer)
+                    if not allowed:
+                        assert b"join token" in answer and join.encode() not in answer
+                q = path.replace("/projects/p", "/projects/q", 1)
+                assert (await request(port, method, q, body, dict(extra)))[0] == 200, q
+            assert (await request(port, "GET", "/projects"))[0] == 200  # names stay public
+            preflight = await trio.to_thread.run_sync(lambda: _options(
+                port, "/projects/p/batch"))
+            assert preflight[0] == 204
+            assert preflight[1]["access-control-allow-origin"] == "*"
+            assert "authorization" in preflight[1]["access-control-allow-headers"]
+            assert "POST" in preflight[1]["access-control-allow-methods"]
+
+
+def _options(port: int, path: str) -> tuple[int, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("OPTIONS", path, headers={
+            "Origin": "http://127.0.0.1:1", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
+@pytest.mark.trio
 async def test_a_data_server_without_a_token_accepts_no_writes(tmp_path: Path) -> None:
     from functools import partial
 

@@ -26,6 +26,7 @@ from ._app import (
     CheckUpload,
     DataServer,
     MayContribute,
+    MayRead,
     OnRegistered,
     PlanLabels,
     TooLargeError,
@@ -59,7 +60,7 @@ __all__ = [
     "DEFAULT_LIMITS", "DEFAULT_PORT", "IMAGE_FORMATS", "JUNK_NAMES", "MAX_BATCH_BYTES",
     "MAX_BATCH_IDS",
     "CheckUpload", "DataClient", "DataServer", "DataServerError", "DataStore", "DatasetInfo", "Decoded",
-    "InputShape", "LabelConflictError", "MayContribute", "OnRegistered", "PlanLabels", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
+    "InputShape", "LabelConflictError", "MayContribute", "MayRead", "OnRegistered", "PlanLabels", "Progress", "Registration", "ShapeMismatchError", "Split", "Store",
     "StoreError", "StoreUnavailableError", "TooLargeError", "UnknownIdsError", "UnknownProjectError", "UploadLimits",
     "check_store_url", "decode_archive", "decode_image", "format_ids", "open_store", "parse_ids", "serve_data_server", "write_archive",
 ]
@@ -77,6 +78,7 @@ async def serve_data_server(
     plan_labels: PlanLabels | None = None,
     upload_token: str | None = None,
     may_contribute: MayContribute | None = None,
+    may_read: MayRead | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
     limits: UploadLimits = DEFAULT_LIMITS,
@@ -94,6 +96,8 @@ async def serve_data_server(
     (without it, and without ``may_contribute``, the server accepts no writes).
     ``may_contribute``: (project, token) -> whether the token is that project's contributor
     token (it may add data, not delete it).
+    ``may_read``: (project, token or None) -> whether the token may read that project's data
+    (info, manifest, batches); None: every project's data is open.
     ``certfile``, ``keyfile``: serve https:// (PEM files).
     ``body_timeout``: seconds a request body may stall before it is answered 408.
     ``static``: the browser client's folder (default: the package ``mlitb.browser``).
@@ -104,6 +108,7 @@ async def serve_data_server(
     server = DataServer(store, on_registered=on_registered, check_upload=check_upload,
                         plan_labels=plan_labels,
                         upload_token=upload_token, may_contribute=may_contribute,
+                        may_read=may_read,
                         limits=limits, max_batch_ids=max_batch_ids,
                         max_batch_bytes=max_batch_bytes, static=static,
                         client_config=client_config, body_timeout=body_timeout)

@@ -77,6 +77,8 @@ to refuse the upload."""
 MayContribute = Callable[[str, str], bool]
 """Called with (project, a bearer token that is not the upload token): whether it is that
 project's contributor token (uploads and taught images; never deletes)."""
+MayRead = Callable[[str, "str | None"], bool]
+"""Called with (project, the bearer token or None): whether it may read the project's data."""
 MAX_BATCH_IDS = 16_384
 MAX_BATCH_BYTES = 64 << 20
 MAX_ID_LIST_BYTES = 1 << 20
@@ -107,7 +109,8 @@ class CrossOriginError(MlitbError):
 
 class ReadableFromAnyOrigin:
     """ASGI wrapper: the answers a trainer reads (``GET /projects/P``, ``GET|POST
-    /projects/P/batch``) carry ``Access-Control-Allow-Origin: *``, errors included.
+    /projects/P/batch``) carry ``Access-Control-Allow-Origin: *``, errors included, and their
+    preflights (``OPTIONS``, for an ``Authorization`` header) are answered.
 
     With several data servers on one store, a browser trainer whose page came from one of them
     may be sent to another (the master's ``data_urls``), which is another origin. These are
@@ -120,7 +123,18 @@ class ReadableFromAnyOrigin:
     def __init__(self, app: Any) -> None:
         self.app = app
 
+    PREFLIGHT = [HEADER, (b"access-control-allow-methods", b"GET, POST"),
+                 (b"access-control-allow-headers", b"authorization, content-type"),
+                 (b"access-control-max-age", b"600"), (b"content-length", b"0")]
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS" and _read_route(
+                "GET", scope["path"]):
+            # A join-token project's trainer sends Authorization, which is preflighted.
+            await send({"type": "http.response.start", "status": 204,
+                        "headers": self.PREFLIGHT})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if scope["type"] != "http" or not _read_route(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
@@ -186,6 +200,7 @@ class DataServer:
     def __init__(self, store: DataStore, *, on_registered: OnRegistered | None = None,
                  check_upload: CheckUpload | None = None, plan_labels: PlanLabels | None = None,
                  upload_token: str | None = None, may_contribute: MayContribute | None = None,
+                 may_read: MayRead | None = None,
                  limits: UploadLimits = DEFAULT_LIMITS,
                  max_batch_ids: int = MAX_BATCH_IDS, max_batch_bytes: int = MAX_BATCH_BYTES,
                  static: Traversable | None = None,
@@ -200,6 +215,7 @@ class DataServer:
         self.plan_labels = plan_labels
         self.upload_token = upload_token
         self.may_contribute = may_contribute
+        self.may_read = may_read  # None: every project's data is open to read
         self.limits = limits
         self.max_batch_ids = min(max_batch_ids, MAX_IDS_PER_MESSAGE)
         self.max_batch_bytes = min(max_batch_bytes, MAX_DATA_FRAME)
@@ -282,6 +298,20 @@ class DataServer:
                "contributor token" if contribution else "deletes need the operator token"
         raise AuthError(f"{what} as 'Authorization: Bearer TOKEN'; the token was "
                         f"{'wrong' if given else 'missing'}")
+
+    def _check_read(self, request: Request) -> None:
+        """A project with a join token keeps its data to those who hold it (or its
+        contributor token, or the operator token): ``Authorization: Bearer TOKEN``."""
+        if self.may_read is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""
+        project = request.path_params.get("project", "")
+        if not self.may_read(project, given or None):
+            raise AuthError(f"project {project[:64]!r} keeps its data to its trainers: send its "
+                            f"join token as 'Authorization: Bearer TOKEN'; the token was "
+                            f"{'wrong' if given else 'missing'}")
 
     @staticmethod
     def _address(request: Request) -> str:
@@ -386,10 +416,12 @@ class DataServer:
         return JSONResponse({"projects": await trio.to_thread.run_sync(self.store.projects)})
 
     async def project_info(self, request: Request) -> Response:
+        self._check_read(request)
         info = await trio.to_thread.run_sync(self.store.info, self._project(request))
         return JSONResponse({**info.to_json(), "max_batch_ids": self.max_ids(info.shape)})
 
     async def manifest(self, request: Request) -> Response:
+        self._check_read(request)
         project = self._project(request)
         return JSONResponse(await trio.to_thread.run_sync(self.store.manifest, project))
 
@@ -484,6 +516,7 @@ class DataServer:
         return JSONResponse(self.client_config)
 
     async def batch(self, request: Request) -> Response:
+        self._check_read(request)
         project = self._project(request)
         shape = await trio.to_thread.run_sync(self.store.shape, project)
         if shape is None:

@@ -400,6 +400,17 @@ class Master:
         """Whether ``token`` is project ``name``'s contributor token (constant time)."""
         return name in self.projects and self.access.get(name).may_contribute(token)
 
+    def may_read(self, name: str, token: str | None) -> bool:
+        """Whether ``token`` may read project ``name``'s data on the data server: anyone for an
+        open project (the paper's default, and a project the master does not know); for a
+        join-token project its join token, its contributor token or the operator token."""
+        access = self.access.get(name)
+        if name not in self.projects or access.open:
+            return True
+        return token is not None and (
+            access.may_join(token) or access.may_contribute(token)
+            or secrets.compare_digest(token.encode(), self.operator_token.encode()))
+
     def _project(self, name: str) -> Project:
         project = self.projects.get(name)
         if project is None:
