@@ -230,6 +230,12 @@ def access(
     contributor_token_value: Annotated[str | None, typer.Option(
         "--contributor-token-value", show_default=False,
         help="Use this contributor token.")] = None,
+    keep_join_token: Annotated[bool, typer.Option(
+        "--keep-join-token", help="Leave the join token as it is (rotate the contributor "
+        "token alone).")] = False,
+    keep_contributor_token: Annotated[bool, typer.Option(
+        "--keep-contributor-token", help="Leave the contributor token as it is (rotate the "
+        "join token alone).")] = False,
     drop_members: Annotated[bool, typer.Option(
         "--drop-members", help="Also remove the project's connected workers: they must join "
         "again with the new token.")] = False,
@@ -237,19 +243,29 @@ def access(
     token: TokenOption = None,
 ) -> None:
     """Replace a project's join and contributor tokens (rotate a leaked one, or open it)."""
+    if keep_join_token and (join_token or join_token_value is not None):
+        raise MlitbError("--keep-join-token keeps the join token: do not give a new one")
+    if keep_contributor_token and (contributor_token or contributor_token_value is not None):
+        raise MlitbError("--keep-contributor-token keeps the contributor token: do not give a "
+                         "new one")
     join, contribute = _new_tokens(join_token, join_token_value, contributor_token,
                                    contributor_token_value)
+    keep = tuple(kept for kept, wanted in (("join", keep_join_token),
+                                           ("contributor", keep_contributor_token)) if wanted)
     links: dict[str, str] = {}
 
     async def action(op: OperatorClient) -> None:
         await op.request(SetAccess(request_id="-", project=name, join_token=join,
-                                   contributor_token=contribute, drop_members=drop_members))
+                                   contributor_token=contribute, keep=keep,  # type: ignore[arg-type]
+                                   drop_members=drop_members))
         links["data_url"] = op.welcome.data_url or ""
 
     _run(master, token, True, action)
-    out.print(f"project {name}: " + ("open to every trainer" if join is None else
-                                     "needs the new join token")
-              + (", takes contributions" if contribute else ", only the operator adds data")
+    said = ["its join token unchanged" if keep_join_token else
+            "open to every trainer" if join is None else "needs the new join token",
+            "its contributor token unchanged" if keep_contributor_token else
+            "takes contributions" if contribute else "only the operator adds data"]
+    out.print(f"project {name}: " + ", ".join(said)
               + (" (its workers were removed)" if drop_members else ""))
     _print_tokens(name, master, links.get("data_url", ""), join, contribute)
 

@@ -170,3 +170,40 @@ def test_create_json_prints_the_new_project(master_in_thread, tmp_path):
     created = json.loads(result.output)
     assert created["name"] == "demo" and created["optimizer"] == "adam"
     assert created["input_shape"] == [1, 2, 2] and created["state"] == "waiting"
+
+
+def test_project_access_rotates_one_token_and_keeps_the_other(master_in_thread, tmp_path):
+    import re
+
+    m = master_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    assert invoke(["project", "create", "p", "--model", str(spec)], m).exit_code == 0
+
+    def access():
+        return m.master.access.get("p")
+
+    def printed(kind, output):
+        found = re.search(rf"{kind} token: (\S+)", output)
+        assert found, output
+        return found.group(1)
+
+    result = invoke(["project", "access", "p", "--join-token", "--contributor-token"], m)
+    assert result.exit_code == 0, result.output
+    join, contribute = printed("join", result.output), printed("contributor", result.output)
+    assert access().may_join(join) and access().may_contribute(contribute)
+    # A new contributor token; the join token stays.
+    result = invoke(["project", "access", "p", "--contributor-token", "--keep-join-token"], m)
+    assert result.exit_code == 0, result.output
+    assert "join token unchanged" in result.output and "join token:" not in result.output
+    fresh = printed("contributor", result.output)
+    assert access().may_join(join)
+    assert access().may_contribute(fresh) and not access().may_contribute(contribute)
+    # Open the project; the contributor token stays.
+    result = invoke(["project", "access", "p", "--keep-contributor-token"], m)
+    assert result.exit_code == 0, result.output
+    assert access().open and access().may_contribute(fresh)
+    # Keeping a token and giving a new one is refused before anything is sent.
+    result = invoke(["project", "access", "p", "--join-token", "--keep-join-token"], m)
+    assert result.exit_code != 0 and "--keep-join-token keeps the join token" in result.output
+    assert access().open

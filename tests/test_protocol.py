@@ -44,6 +44,7 @@ from mlitb.protocol import (
     RegisterData,
     ResultFrame,
     ResultKind,
+    SetAccess,
     SetHyperparameters,
     Status,
     Training,
@@ -227,7 +228,14 @@ def _fix_workers(draw: st.DrawFn, kw: dict[str, Any]) -> None:
     kw["workers"] = tuple(seen.values())
 
 
+def _fix_access(draw: st.DrawFn, kw: dict[str, Any]) -> None:
+    kw["keep"] = tuple(dict.fromkeys(kw.get("keep", ())))
+    for kept in kw["keep"]:
+        kw[f"{kept}_token"] = None
+
+
 FIXUPS = {
+    SetAccess: _fix_access,
     Hello: _fix_hello, Welcome: _fix_welcome,
     CreateProject: _fix_one_of(CreateProject, "spec", "closure", "zoo"),
     Work: _fix_one_of(Work, "seconds", "samples"), Allocation: _fix_ids("added", "removed"),
@@ -750,3 +758,15 @@ def test_docs_examples_are_valid_messages() -> None:
         message = decode_text(block, max_size=MAX_LARGE_TEXT_FRAME)
         seen.add(type(message).TYPE)
     assert seen == set(MESSAGE_TYPES), set(MESSAGE_TYPES) - seen
+
+
+def test_set_access_keeps_a_token_only_when_none_is_given_for_it() -> None:
+    base = '{"type":"set_access","request_id":"1","project":"p"'
+    kept = decode_text(base + ',"contributor_token":"fresh-token-1","keep":["join"]}')
+    assert isinstance(kept, SetAccess) and kept.keep == ("join",) and kept.join_token is None
+    for tail, where in ((',"join_token":"new-join-token","keep":["join"]}', "join_token"),
+                        (',"keep":["contributor","contributor"]}', "keep"),
+                        (',"keep":["everything"]}', "keep[0]")):
+        with pytest.raises(WireError) as refused:
+            decode_text(base + tail)
+        assert str(refused.value).startswith(f"set_access.{where}:"), refused.value

@@ -97,7 +97,7 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                       project.name)
     elif isinstance(msg, SetAccess):
         master.set_access(msg.project, join_token=msg.join_token,
-                          contributor_token=msg.contributor_token)
+                          contributor_token=msg.contributor_token, keep=msg.keep)
         if msg.drop_members:
             for member in [c for c in master.connections.values()
                            if c.project == msg.project and c.role != "operator"]:

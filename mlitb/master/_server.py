@@ -13,7 +13,7 @@ import logging
 import secrets
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -386,15 +386,21 @@ class Master:
             hook(name)
 
     def set_access(self, name: str, *, join_token: str | None = None,
-                   contributor_token: str | None = None) -> None:
+                   contributor_token: str | None = None,
+                   keep: Collection[str] = ()) -> None:
         """Give project ``name`` a join token (None: open to every trainer, tracker and stats
-        worker) and a contributor token (None: only the operator adds data). Replaces both;
-        only their hashes are kept. Members already connected stay."""
+        worker) and a contributor token (None: only the operator adds data), except those named
+        in ``keep`` (``"join"``, ``"contributor"``), which stay as they are. Only hashes are
+        kept. Members already connected stay."""
         self._project(name)
-        self.access.set(name, Access.from_tokens(join_token, contributor_token))
+        old, new = self.access.get(name), Access.from_tokens(join_token, contributor_token)
+        access = Access(join_hash=old.join_hash if "join" in keep else new.join_hash,
+                        contributor_hash=old.contributor_hash if "contributor" in keep
+                        else new.contributor_hash)
+        self.access.set(name, access)
         self._event("configured", f"project {name}: "
-                    + ("open to every trainer" if join_token is None else "needs a join token")
-                    + ("" if contributor_token is None else ", takes contributions"), name)
+                    + ("open to every trainer" if access.open else "needs a join token")
+                    + (", takes contributions" if access.contributor_hash else ""), name)
 
     def may_contribute(self, name: str, token: str | None) -> bool:
         """Whether ``token`` is project ``name``'s contributor token (constant time)."""

@@ -75,6 +75,7 @@ Layer = Annotated[dict[str, Any], Check(
 Spec = Annotated[tuple[Layer, ...], Length(1, MAX_LAYERS)]
 JsonObject = dict[str, Any]
 WorkerRole = Literal["trainer", "tracker", "stats"]
+AccessToken = Literal["join", "contributor"]
 
 
 class MessageBase:
@@ -315,8 +316,10 @@ class SetHyperparameters(MessageBase):
 @dataclass(frozen=True, kw_only=True)
 class SetAccess(MessageBase):
     """Replace a project's join and contributor tokens (null: open / operator-only), e.g. to
-    rotate a leaked one. ``drop_members``: also remove every trainer, tracker and stats worker
-    connected now (they must join again, with the new token)."""
+    rotate a leaked one. ``keep``: the tokens to leave as they are (``"join"``,
+    ``"contributor"``; their fields must then be null), so one can be rotated alone.
+    ``drop_members``: also remove every trainer, tracker and stats worker connected now (they
+    must join again, with the new token)."""
 
     TYPE = "set_access"
     FROM = _OPERATOR
@@ -325,13 +328,22 @@ class SetAccess(MessageBase):
     project: Name
     join_token: Token | None = None
     contributor_token: Token | None = None
+    keep: Annotated[tuple[AccessToken, ...], Length(0, 2)] = ()
     drop_members: bool = False
+
+    def _check(self) -> None:
+        if len(set(self.keep)) != len(self.keep):
+            raise Invalid("names a token twice", "keep")
+        for kept, given in (("join", self.join_token), ("contributor", self.contributor_token)):
+            if kept in self.keep and given is not None:
+                raise Invalid(f"a {kept} token is given and kept: give one or the other",
+                              f"{kept}_token")
 
     def __repr__(self) -> str:  # tokens never reach a log through a repr
         return (f"SetAccess(request_id={self.request_id!r}, project={self.project!r}, "
                 f"join_token={'***' if self.join_token else None}, "
                 f"contributor_token={'***' if self.contributor_token else None}, "
-                f"drop_members={self.drop_members})")
+                f"keep={self.keep!r}, drop_members={self.drop_members})")
 
 
 @dataclass(frozen=True, kw_only=True)
