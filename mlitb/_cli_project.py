@@ -29,6 +29,7 @@ from .protocol import (
     ProjectSummary,
     Resume,
     SetAccess,
+    SetOperatorToken,
     SetHyperparameters,
     Training,
 )
@@ -268,6 +269,46 @@ def access(
     out.print(f"project {name}: " + ", ".join(said)
               + (" (its workers were removed)" if drop_members else ""))
     _print_tokens(name, master, links.get("data_url", ""), join, contribute)
+
+
+def register_operator_token(app: typer.Typer) -> None:
+    @app.command("operator-token")
+    @cli_errors
+    def operator_token(
+        value: Annotated[str | None, typer.Option(
+            "--value", envvar="MLITB_NEW_OPERATOR_TOKEN", show_default=False,
+            help="Use this token (8-256 printable characters, no spaces) instead of "
+            "generating one.")] = None,
+        drop_operators: Annotated[bool, typer.Option(
+            "--drop-operators", help="Also close every other operator connection (consoles, "
+            "CLIs, Design tabs, standalone data servers): they must connect again with the "
+            "new token.")] = False,
+        master: MasterOption = DEFAULT_MASTER,
+        token: TokenOption = None,
+    ) -> None:
+        """Give the running master a new operator token (rotate a leaked one, no restart).
+
+        The old token stops working at once, for operators and for uploads to the master's \
+own data server. Start the master with the new one next time (--operator-token or \
+MLITB_OPERATOR_TOKEN): a restart reads the token again from there."""
+        import secrets
+
+        if value is not None and (not 8 <= len(value) <= 256 or not value.isprintable()
+                                  or " " in value):
+            raise MlitbError("an operator token must be 8-256 printable characters without "
+                             "spaces")
+        new = value if value is not None else secrets.token_urlsafe(18)
+
+        async def action(op: OperatorClient) -> None:
+            await op.request(SetOperatorToken(request_id="-", operator_token=new,
+                                              drop_operators=drop_operators))
+
+        _run(master, token, True, action)
+        if value is None:
+            out.print(f"operator token: [bold]{escape(new)}[/] (shown once)", soft_wrap=True)
+        out.print("the master takes the new operator token"
+                  + (" (the other operator connections were closed)" if drop_operators else "")
+                  + "; start it with --operator-token NEW (or MLITB_OPERATOR_TOKEN) next time")
 
 
 @project_app.command("list")

@@ -17,7 +17,7 @@ from ._cli_closure import closure_app
 from ._cli_console import register_console
 from ._cli_master import data_app, register_master
 from ._cli_node import node_app
-from ._cli_project import model_app, project_app
+from ._cli_project import model_app, project_app, register_operator_token
 from ._cli_zoo import zoo_app
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ def _root(
 register_master(app)
 register_demo(app)
 register_console(app)
+register_operator_token(app)
 app.add_typer(data_app, name="data")
 app.add_typer(node_app, name="node")
 app.add_typer(closure_app, name="closure")

@@ -88,6 +88,7 @@ async def serve_cluster(master: Master, store: DataStore, host: str = "127.0.0.1
             check_upload=check_upload, plan_labels=plan_labels, client_config=client_config,
             limits=limits, upload_token=master.operator_token,
             may_contribute=master.may_contribute, may_read=master.may_read,
+            is_upload_token=master.is_operator_token,
             certfile=certfile, keyfile=keyfile))
         master.data_servers.set_fixed(f"{'https' if tls else 'http'}://{shown}:{bound_data}",
                                       store.identity)

@@ -20,10 +20,12 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from mlitb.cluster import open_store, project_files, serve_cluster
 from mlitb.datasets import DIGITS_SPEC, digits
-from mlitb.dataserver import DataClient, write_archive
+from mlitb.dataserver import DataClient, DataServerError, write_archive
 from mlitb.master import Master
 from mlitb.protocol import (
     CLIENT_MESSAGES,
+    Ack,
+    Bye,
     CloseCode,
     CreateProject,
     DeleteProject,
@@ -36,6 +38,7 @@ from mlitb.protocol import (
     Resume,
     SetAccess,
     SetHyperparameters,
+    SetOperatorToken,
     Welcome,
     decode_text,
     encode_text,
@@ -58,6 +61,7 @@ OPERATOR_ACTIONS: dict[type, Any] = {
     RegisterData: RegisterData(request_id="r", project="p", ids=(), label_names=(), labels=()),
     RegisterDataServer: RegisterDataServer(request_id="r", url="http://evil:8001"),
     SetAccess: SetAccess(request_id="r", project="p", join_token="stolen-token"),
+    SetOperatorToken: SetOperatorToken(request_id="r", operator_token="stolen-operator-token"),
 }
 
 
@@ -228,4 +232,54 @@ async def test_a_node_without_the_join_token_exits_and_one_with_it_trains(
                 node.wait()
                 log.close()
             assert JOIN not in (tmp_path / "node.log").read_text()
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_rotated_operator_token_applies_at_once_everywhere(tmp_path: Path) -> None:
+    """set_operator_token: the old token is refused by the next hello and by the embedded data
+    server's writes, the new one works for both; drop_operators closes the other operator
+    connections (bye ``removed``) but not the one that asked; a short token is refused."""
+    new = "rotated-operator-token-2"
+    master = Master(operator_token=OPERATOR)
+    store = open_store(tmp_path / "data")
+    train, _, names = digits()
+    archive = write_archive(tmp_path / "train.zip", [(names[int(y)], image[..., 0]) for image, y
+                                                     in zip(train.images[:40],
+                                                            train.labels[:40])])
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(lambda task_status: serve_cluster(
+                master, store, "127.0.0.1", 0, 0, task_status=task_status))
+            master.create_project("p", DIGITS_SPEC)
+            url = address.master_url
+            async with operator(url, OPERATOR) as (other, _), \
+                    operator(url, OPERATOR) as (ws, welcome):
+                assert welcome.authorized
+                short = await answer(ws, SetOperatorToken(request_id="s", operator_token="short"))
+                assert isinstance(short, Error) and short.code == "invalid_value", short
+                assert master.operator_token == OPERATOR
+                reply = await answer(ws, SetOperatorToken(request_id="n", operator_token=new,
+                                                          drop_operators=True))
+                assert isinstance(reply, Ack), reply
+                bye = decode_text(await other.get_message())
+                assert isinstance(bye, Bye) and bye.reason == "removed", bye
+                # The one that asked stays, still authorized.
+                listing = await answer(ws, SetAccess(request_id="a", project="p",
+                                                     keep=("join", "contributor")))
+                assert isinstance(listing, Ack), listing
+            async with operator(url, OPERATOR) as (_, refused):
+                assert isinstance(refused, Error) and refused.code == "bad_token"
+            async with operator(url, new) as (_, welcome):
+                assert isinstance(welcome, Welcome) and welcome.authorized
+
+            def upload(token: str) -> int:
+                try:
+                    return int(DataClient(address.data_url, token=token).upload(
+                        "p", archive)["count"])
+                except DataServerError as exc:
+                    return -exc.status
+
+            assert await trio.to_thread.run_sync(upload, OPERATOR) == -401
+            assert await trio.to_thread.run_sync(upload, new) == 40
             nursery.cancel_scope.cancel()

@@ -207,3 +207,21 @@ def test_project_access_rotates_one_token_and_keeps_the_other(master_in_thread, 
     result = invoke(["project", "access", "p", "--join-token", "--keep-join-token"], m)
     assert result.exit_code != 0 and "--keep-join-token keeps the join token" in result.output
     assert access().open
+
+
+def test_operator_token_rotates_the_running_masters_token(master_in_thread):
+    import re
+
+    m = master_in_thread
+    result = runner.invoke(app, ["operator-token", "--value", "short", "--master", m.url,
+                                 "--token", m.token], env={"COLUMNS": "150"})
+    assert result.exit_code != 0 and "8-256 printable characters" in result.output
+    assert m.master.operator_token == m.token
+    result = invoke(["operator-token"], m)
+    assert result.exit_code == 0, result.output
+    found = re.search(r"operator token: (\S+) \(shown once\)", result.output)
+    assert found and m.master.operator_token == found.group(1) != m.token
+    assert "--operator-token" in result.output  # the reminder for the next start
+    # The old token no longer works.
+    result = invoke(["project", "list"], m)
+    assert result.exit_code != 0 and "refused the operator token" in result.output

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from importlib.resources.abc import Traversable
+from collections.abc import Callable
 from typing import Any, cast
 
 import trio
@@ -79,6 +80,7 @@ async def serve_data_server(
     upload_token: str | None = None,
     may_contribute: MayContribute | None = None,
     may_read: MayRead | None = None,
+    is_upload_token: Callable[[str], bool] | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
     limits: UploadLimits = DEFAULT_LIMITS,
@@ -98,6 +100,8 @@ async def serve_data_server(
     token (it may add data, not delete it).
     ``may_read``: (project, token or None) -> whether the token may read that project's data
     (info, manifest, batches); None: every project's data is open.
+    ``is_upload_token``: checks a bearer token instead of comparing it with ``upload_token``
+    (the master's, whose operator token may be rotated while it runs).
     ``certfile``, ``keyfile``: serve https:// (PEM files).
     ``body_timeout``: seconds a request body may stall before it is answered 408.
     ``static``: the browser client's folder (default: the package ``mlitb.browser``).
@@ -108,7 +112,7 @@ async def serve_data_server(
     server = DataServer(store, on_registered=on_registered, check_upload=check_upload,
                         plan_labels=plan_labels,
                         upload_token=upload_token, may_contribute=may_contribute,
-                        may_read=may_read,
+                        may_read=may_read, is_upload_token=is_upload_token,
                         limits=limits, max_batch_ids=max_batch_ids,
                         max_batch_bytes=max_batch_bytes, static=static,
                         client_config=client_config, body_timeout=body_timeout)

@@ -25,6 +25,7 @@ from ..protocol import (
     RemoveWorker,
     Resume,
     SetAccess,
+    SetOperatorToken,
     SetHyperparameters,
     Subscribe,
     Unsubscribe,
@@ -95,6 +96,9 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                       + (f" T={msg.iteration_time:g} s" if msg.iteration_time else "")
                       + (" training settings" if msg.training is not None else ""),
                       project.name)
+    elif isinstance(msg, SetOperatorToken):
+        master.set_operator_token(msg.operator_token, drop_operators=msg.drop_operators,
+                                  keep=conn)
     elif isinstance(msg, SetAccess):
         master.set_access(msg.project, join_token=msg.join_token,
                           contributor_token=msg.contributor_token, keep=msg.keep)

@@ -406,6 +406,31 @@ class Master:
         """Whether ``token`` is project ``name``'s contributor token (constant time)."""
         return name in self.projects and self.access.get(name).may_contribute(token)
 
+    def is_operator_token(self, token: str) -> bool:
+        """Whether ``token`` is the operator token now (constant time)."""
+        return secrets.compare_digest(token.encode(), self.operator_token.encode())
+
+    def set_operator_token(self, token: str, *, drop_operators: bool = False,
+                           keep: Connection | None = None) -> None:
+        """Replace the operator token (the old one stops working at once, for hellos and for
+        the embedded data server's writes). ``drop_operators``: every operator connection
+        but ``keep`` (the one asking) is told to leave."""
+        if len(token) < 8 or " " in token:
+            raise RequestError("invalid_value", "set_operator_token.operator_token: at least 8 "
+                               "characters, no spaces")
+        self.operator_token = token
+        dropped = 0
+        if drop_operators:
+            for conn in list(self.connections.values()):
+                if conn.role == "operator" and conn is not keep:
+                    conn.say_bye("removed", "the operator token changed: connect again with "
+                                 "the new one")
+                    self._forget(conn, log_event=False)
+                    dropped += 1
+        self._event("configured", "the operator token was changed"
+                    + (f"; {dropped} other operator connections were closed"
+                       if drop_operators else ""))
+
     def may_read(self, name: str, token: str | None) -> bool:
         """Whether ``token`` may read project ``name``'s data on the data server: anyone for an
         open project (the paper's default, and a project the master does not know); for a
@@ -415,7 +440,7 @@ class Master:
             return True
         return token is not None and (
             access.may_join(token) or access.may_contribute(token)
-            or secrets.compare_digest(token.encode(), self.operator_token.encode()))
+            or self.is_operator_token(token))
 
     def _project(self, name: str) -> Project:
         project = self.projects.get(name)
@@ -570,7 +595,7 @@ class Master:
         project: Project | None = None
         if hello.role == "operator":
             if hello.token is not None:
-                if not secrets.compare_digest(hello.token, self.operator_token):
+                if not self.is_operator_token(hello.token):
                     raise WireError("hello.token: wrong operator token", code="bad_token",
                                     close_code=CloseCode.POLICY_VIOLATION)
                 authorized = True

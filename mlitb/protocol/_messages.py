@@ -347,6 +347,26 @@ class SetAccess(MessageBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SetOperatorToken(MessageBase):
+    """Give the master a new operator token, e.g. to rotate a leaked one without a restart
+    (at least 8 characters). Connections already authorized stay, unless
+    ``drop_operators``: then every other operator connection (consoles, CLIs, the browser's
+    Design tab, standalone data servers) gets ``bye`` ``removed`` and must connect again with
+    the new token."""
+
+    TYPE = "set_operator_token"
+    FROM = _OPERATOR
+    TOKEN = True
+    request_id: RequestId
+    operator_token: Token
+    drop_operators: bool = False
+
+    def __repr__(self) -> str:  # tokens never reach a log through a repr
+        return (f"SetOperatorToken(request_id={self.request_id!r}, operator_token=***, "
+                f"drop_operators={self.drop_operators})")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RemoveWorker(MessageBase):
     TYPE = "remove_worker"
     FROM = _OPERATOR
@@ -750,7 +770,7 @@ class Model(MessageBase):
 ClientMessage = (
     Hello | CacheReport | StatsReport | CreateProject | DeleteProject | Pause | Resume
     | SetHyperparameters | RemoveWorker | RegisterData | RegisterDataServer | Subscribe | Unsubscribe | ListProjects
-    | ListZoo | GetModel | SetAccess
+    | ListZoo | GetModel | SetAccess | SetOperatorToken
 )
 ServerMessage = (
     Welcome | DataServers | ProjectChanged | Allocation | Work | Error | Bye | Ack
@@ -761,7 +781,7 @@ Message = ClientMessage | ServerMessage
 CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
     Hello, CacheReport, StatsReport, CreateProject, DeleteProject, Pause, Resume,
     SetHyperparameters, RemoveWorker, RegisterData, RegisterDataServer, Subscribe, Unsubscribe,
-    ListProjects, ListZoo, GetModel, SetAccess,
+    ListProjects, ListZoo, GetModel, SetAccess, SetOperatorToken,
 )
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     Welcome, DataServers, ProjectChanged, Allocation, Work, Error, Bye, Ack, DataRegistered,
