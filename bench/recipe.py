@@ -78,13 +78,18 @@ def run_variant(s: Setup, seconds: float, per_second: int,
                 train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                 points: int, log: Any) -> dict[str, Any]:
     """Train ``s`` for ``seconds`` of simulated time; the test accuracy at ``points`` points."""
-    from mlitb.master._project import Member, Project
     from mlitb.nn import Net
-    from mlitb.nodes._cache import CacheView
-    from mlitb.nodes._compute import Passes, compute_gradient, compute_local
     from mlitb.optim import make_optimizer
     from mlitb.protocol import ResultFrame, ResultKind
-    from mlitb.training import make_inner
+    from mlitb.training import (
+        CacheView,
+        Member,
+        Passes,
+        Project,
+        compute_gradient,
+        compute_local,
+        make_inner,
+    )
 
     images, labels = train
     net = Net(DEMO_NET, seed=0)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from mlitb.errors import MlitbError
-from mlitb.master._allocator import (
+from mlitb.training._allocator import (
     AllocationChange,
     AllocationError,
     Allocator,

@@ -435,7 +435,7 @@ def test_run_a_project_from_the_page_with_the_consoles_refusals(
 def test_a_project_starts_from_a_zoo_entry_in_the_designer(
         cluster_in_thread: Any, open_page: Callable[..., Page], tmp_path: Path) -> None:
     from mlitb.closure import Zoo, closure_from_project, save_closure
-    from mlitb.master import Project
+    from mlitb.training import Project
 
     c = cluster_in_thread
     labels = [str(k) for k in range(10)]
