@@ -4,8 +4,8 @@
 figures by several points. This benchmark takes the clock out: simulated trainers drive a real
 ``Project`` (the master's functional core: allocation, work orders, the schedule, the reduce and
 the outer optimizer) with a simulated clock, each computing what a node computes
-(``nodes._compute``) on exactly ``--round-samples`` samples per round, drawn from its passes over
-its share as a node draws them (``nodes._compute.Passes``, seeded). A minute of the real system on this 2-core machine is ~60 rounds of 2 trainers at
+(``training._compute``) on exactly ``--round-samples`` samples per round, drawn from its passes over
+its share as a node draws them (``training.Passes``, seeded). A minute of the real system on this 2-core machine is ~60 rounds of 2 trainers at
 ~1,400 samples each, so the defaults stand for it; the test accuracy it prints is on all 10,000
 test images. Same arguments, same figures, whatever else the machine is doing.
 

@@ -1,4 +1,4 @@
-"""Tests of the master's data allocator (mlitb/master/_allocator.py)."""
+"""Tests of the master's data allocator (mlitb/training/_allocator.py)."""
 
 from __future__ import annotations
 

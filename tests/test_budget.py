@@ -1,4 +1,4 @@
-"""Tests of the master's latency and work-budget policy (mlitb/master/_budget.py)."""
+"""Tests of the master's latency and work-budget policy (mlitb/training/_budget.py)."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ class LoopSettings:
     allocation: str = ALLOCATION
     """The data allocation policy (only ``pie-cutter`` exists)."""
     budget_config: dict[str, float] = field(default_factory=dict)
-    """The latency/work-budget policy's knobs (``mlitb.master.BudgetConfig`` fields)."""
+    """The latency/work-budget policy's knobs (``mlitb.training.BudgetConfig`` fields)."""
     seeds: dict[str, int] = field(default_factory=dict)
     """Named random seeds (e.g. ``init``), as the master records them."""
     paused: bool = False

@@ -1,7 +1,8 @@
 """The training core: how a project trains, with numpy and no I/O.
 
-Everything the master, the nodes and closures compute lives here; the trio shell (``mlitb.master``,
-``mlitb.nodes``) wires it to sockets and clocks, and closures (``mlitb.closure``) read and replay it.
+Everything the master, the nodes and closures compute lives here; the trio shell
+(``mlitb.master``, ``mlitb.nodes``) wires it to sockets and clocks, and closures
+(``mlitb.closure``) read, write and replay it.
 The rule this package keeps: it imports numpy, the standard library and the layers below it
 (``mlitb.nn``, ``mlitb.optim``, ``mlitb.protocol``, ``mlitb.datasets``, ``mlitb.errors``) only,
 never a socket, a server, the nodes, closures or a web stack (``tests/test_layers.py``).
