@@ -1,6 +1,6 @@
 """One project's state, without I/O: the net and optimizer, who works on what, and the history.
 
-The trio shell (``_server.py``) owns the sockets and the clock; it calls these methods at the
+The trio shell (``mlitb.master``) owns the sockets and the clock; it calls these methods at the
 points of the event loop (docs/architecture.md) and sends what they return. Times are numbers
 it passes in.
 """
