@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+# The replay record is the training core's: a closure carries it, mlitb.training writes it.
+from ..training import ReplayOrigin, ReplayRecord, ReplayStep, format_share, parse_share
 from ._canonical import canonical_json
 from ._format import (
     FORMAT,
@@ -47,9 +49,6 @@ from ._schema import SCHEMA_FILE, load_schema
 from ._summary import summary
 from ._verify import verify_manifest
 from ._zoo import Zoo, ZooEntry
-
-# The replay record is the training core's (a closure carries it; ``mlitb.training`` writes it).
-from ..training import ReplayOrigin, ReplayRecord, ReplayStep, format_share, parse_share
 
 __all__ = [
     "FORMAT",
