@@ -72,7 +72,7 @@ def _dataset(folder: Path) -> Path:
 
 
 def _recording_reducer(records: list[list[tuple[int, float]]]) -> Any:
-    from mlitb.master import reduce_gradient_sums
+    from mlitb.training import reduce_gradient_sums
 
     def reducer(results: Sequence[Any], params: np.ndarray, optimizer: Any) -> Any:
         records.append([(r.samples, r.compute_seconds) for r in results])
@@ -166,7 +166,8 @@ async def _simulated_workers(url: str, n: int) -> None:
 
 
 async def _measure_master(n: int, rounds: int) -> MasterFigures:
-    from mlitb.master import Master, reduce_gradient_sums
+    from mlitb.master import Master
+    from mlitb.training import reduce_gradient_sums
 
     master = Master()
     reduce_times: list[float] = []

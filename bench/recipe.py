@@ -4,8 +4,8 @@
 figures by several points. This benchmark takes the clock out: simulated trainers drive a real
 ``Project`` (the master's functional core: allocation, work orders, the schedule, the reduce and
 the outer optimizer) with a simulated clock, each computing what a node computes
-(``nodes._compute``) on exactly ``--round-samples`` samples per round, drawn from its passes over
-its share as a node draws them (``nodes._compute.Passes``, seeded). A minute of the real system on this 2-core machine is ~60 rounds of 2 trainers at
+(``training._compute``) on exactly ``--round-samples`` samples per round, drawn from its passes over
+its share as a node draws them (``training.Passes``, seeded). A minute of the real system on this 2-core machine is ~60 rounds of 2 trainers at
 ~1,400 samples each, so the defaults stand for it; the test accuracy it prints is on all 10,000
 test images. Same arguments, same figures, whatever else the machine is doing.
 
@@ -78,13 +78,18 @@ def run_variant(s: Setup, seconds: float, per_second: int,
                 train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                 points: int, log: Any) -> dict[str, Any]:
     """Train ``s`` for ``seconds`` of simulated time; the test accuracy at ``points`` points."""
-    from mlitb.master._project import Member, Project
     from mlitb.nn import Net
-    from mlitb.nodes._cache import CacheView
-    from mlitb.nodes._compute import Passes, compute_gradient, compute_local
     from mlitb.optim import make_optimizer
     from mlitb.protocol import ResultFrame, ResultKind
-    from mlitb.training import make_inner
+    from mlitb.training import (
+        CacheView,
+        Member,
+        Passes,
+        Project,
+        compute_gradient,
+        compute_local,
+        make_inner,
+    )
 
     images, labels = train
     net = Net(DEMO_NET, seed=0)

@@ -9,7 +9,7 @@
 //       gradient project: the gradient sum over random cached batches until the budget is
 //          spent (the clock is checked between small batches)
 //       local project: inner optimizer steps on batches of batch_size until the budget is
-//          spent; the parameter delta (nodes/_compute.py compute_local is the reference)
+//          spent; the parameter delta (mlitb/training/_compute.py compute_local is the reference)
 //       (batches augmented by the project's shift/flip) -> one RESULT frame per order, always
 //   project_changed -> rebuild the Net (a new label grew the output layer)
 //   stats role: evaluate each new parameter version on the cached test ids -> stats_report
@@ -25,7 +25,7 @@ import {
   describeClose, encodeResult, formatIds, hello, reachable, sameServer,
 } from "./lib/protocol.js";
 
-const MAX_BATCH = 32; // as nodes/_compute.py: big enough for the engine, small enough for a budget
+const MAX_BATCH = 32; // as mlitb/training/_compute.py: big enough for the engine, small enough for a budget
 const FIRST_BATCH = 8;
 const HELLO_TIMEOUT_MS = 10_000;
 const REQUEST_BYTES = 4 << 20; // per data request: the cache fills in steps, training starts early
@@ -481,7 +481,7 @@ function seeded(seed) { // mulberry32: deterministic orders for work orders give
 }
 
 /**
- * One work order (nodes/_compute.py): as many cached samples as the budget allows, in random
+ * One work order (mlitb/training/_compute.py): as many cached samples as the budget allows, in random
  * batches (or exactly `order.samples` in deterministic mode), each augmented by the project's
  * shift/flip. A gradient project sums the gradient over them; a local project takes one inner
  * optimizer step per batch (gradient / n, the round's learning rate) and answers with the

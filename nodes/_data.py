@@ -15,10 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from mlitb.dataserver import DataClient, DataServerError
 from mlitb.errors import MlitbError
 from mlitb.protocol import MAX_IDS_PER_MESSAGE, DataBatchFrame
-
-from ._cache import IdArray, Shape
+from mlitb.training import IdArray, Shape
 
 DEFAULT_REQUEST_BYTES = 4 << 20
 """Aim for batches of about this many bytes: big enough to be fast, small enough that the cache
@@ -74,8 +74,6 @@ class HttpDataSource:
     def __init__(self, url: str, project: str, shape: Shape, *,
                  request_bytes: int = DEFAULT_REQUEST_BYTES, timeout: float = 60.0,
                  cafile: str | None = None, token: str | None = None) -> None:
-        from mlitb.dataserver import DataClient  # the data server package imports hypercorn
-
         self.url, self.project, self.shape = url, project, shape
         # ``token``: the project's join token (a join-token project's data is private).
         self.client = DataClient(url, timeout=timeout, cafile=cafile, token=token)
@@ -96,8 +94,6 @@ class HttpDataSource:
         return self._limit
 
     def fetch(self, ids: IdArray) -> DataBatchFrame:
-        from mlitb.dataserver import DataServerError
-
         try:
             frame = self.client.batch(self.project, ids, shape=self.shape)
         except DataServerError as exc:

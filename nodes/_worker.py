@@ -64,19 +64,22 @@ from mlitb.protocol import (
     encode_result,
     encode_text,
 )
-from mlitb.training import inner_hyperparameters, make_inner
-
-from ._cache import DataCache, IdArray, Shape
-from ._compute import (
+from mlitb.training import (
     ComputeResult,
+    DataCache,
     Evaluation,
+    IdArray,
     Pacer,
     Passes,
+    Shape,
     compute_gradient,
     compute_local,
     empty_result,
     evaluate,
+    inner_hyperparameters,
+    make_inner,
 )
+
 from ._data import (
     DataError,
     DataSource,

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlitb.datasets import DIGITS_SPEC, digits, to_input
-from mlitb.master._project import MAX_SAMPLES_PER_SECOND, Member, Project
 from mlitb.nn import Net
-from mlitb.nodes._cache import CacheView
-from mlitb.nodes._compute import compute_gradient
 from mlitb.optim import make_optimizer
 from mlitb.protocol import ResultFrame, ResultKind, Training
+from mlitb.training import CacheView, compute_gradient
+from mlitb.training._project import MAX_SAMPLES_PER_SECOND, Member, Project
 
 T = 1.0
 SAMPLES = 32  # what one simulated trainer computes per round (its "speed")

@@ -1,4 +1,4 @@
-"""Tests of the master's data allocator (mlitb/master/_allocator.py)."""
+"""Tests of the master's data allocator (mlitb/training/_allocator.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from mlitb.errors import MlitbError
-from mlitb.master._allocator import (
+from mlitb.training._allocator import (
     AllocationChange,
     AllocationError,
     Allocator,

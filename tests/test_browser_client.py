@@ -539,9 +539,9 @@ def test_a_project_starts_from_the_masters_model_zoo(cluster_in_thread: Any, tmp
                                                      open_page: Callable[..., Page]) -> None:
     from mlitb.closure import Zoo, closure_from_project, save_closure
     from mlitb.datasets import DIGITS_SPEC
-    from mlitb.master import Project
     from mlitb.nn import Net
     from mlitb.optim import make_optimizer
+    from mlitb.training import Project
 
     c = cluster_in_thread
     net = Net(DIGITS_SPEC, seed=1, labels=LABELS)

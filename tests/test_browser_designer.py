@@ -486,7 +486,7 @@ def test_create_time_labels_deterministic_mode_and_tokens(
 def test_a_project_starts_from_a_zoo_entry_in_the_designer(
         cluster_in_thread: Any, open_page: Callable[..., Page], tmp_path: Path) -> None:
     from mlitb.closure import Zoo, closure_from_project, save_closure
-    from mlitb.master import Project
+    from mlitb.training import Project
 
     c = cluster_in_thread
     labels = [str(k) for k in range(10)]

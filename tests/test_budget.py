@@ -1,4 +1,4 @@
-"""Tests of the master's latency and work-budget policy (mlitb/master/_budget.py)."""
+"""Tests of the master's latency and work-budget policy (mlitb/training/_budget.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlitb.errors import MlitbError
-from mlitb.master._budget import BudgetConfig, BudgetError, BudgetPolicy
+from mlitb.training import BudgetConfig, BudgetError, BudgetPolicy
 
 T = 10.0
 MARGIN = 0.05 + 0.05 * T  # default margin_seconds + margin_fraction * T

@@ -32,10 +32,10 @@ from mlitb.closure import (
 from mlitb.closure._schema import validate
 from mlitb.datasets import DIGITS_SPEC, digits, to_input
 from mlitb.errors import ClosureError
-from mlitb.master import Project
 from mlitb.nn import Net, model_from_dict
 from mlitb.optim import OPTIMIZERS, make_optimizer
 from mlitb.protocol import HistoryPoint, StatsPoint
+from mlitb.training import Project
 
 SMALL = [{"type": "input", "out_sx": 3, "out_sy": 2, "out_depth": 2},
          {"type": "fc", "num_neurons": 5, "activation": "tanh"},

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from mlitb._cli_closure import closure_app
 from mlitb.closure import closure_from_project, load_closure, manifest_from_zip, save_closure
 from mlitb.datasets import DIGITS_SPEC, digits, to_input
-from mlitb.master import Project
 from mlitb.nn import Net, from_convnetjs, load_model
 from mlitb.optim import make_optimizer
 from mlitb.protocol import HistoryPoint, StatsPoint
+from mlitb.training import Project
 
 runner = CliRunner()
 app = typer.Typer()

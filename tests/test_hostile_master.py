@@ -138,10 +138,9 @@ async def test_results_claiming_max_u32_samples_are_refused_and_status_and_closu
 def test_totals_that_are_encoded_saturate(samples: list[int], loss_sum: float) -> None:
     """Whatever the results claim once accepted (here placed past the intake check), the
     history point encodes and the closure reads back."""
-    from mlitb.master import Project
-    from mlitb.master._project import Member
     from mlitb.nn import Net
     from mlitb.protocol import ResultFrame, encode_text
+    from mlitb.training import Member, Project
 
     net = Net(SPEC, seed=1, labels=["a", "b", "c"])
     project = Project("p", net, make_optimizer("adagrad", net.num_params), "adagrad", 1.0)
@@ -254,7 +253,7 @@ async def test_a_closure_that_cannot_be_written_is_an_error_not_a_crash_and_no_f
 
 
 def test_guarded_step_restores_parameters_state_and_learning_rate() -> None:
-    from mlitb.master._reduce import StepRefused, guarded_step
+    from mlitb.training import StepRefused, guarded_step
 
     params = np.ones(4, np.float32)
     opt = make_optimizer("adagrad", 4, learning_rate=0.1, lr_decay=0.5, lr_decay_every=1)

@@ -5,7 +5,6 @@ routes all of 127/8 to lo) to tell "per address" from "in total"."""
 
 from __future__ import annotations
 
-import re
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -158,17 +157,6 @@ def test_fit_to_fd_limit_never_promises_more_connections_than_descriptors() -> N
             assert fitted.max_per_address == fitted.max_connections
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def test_the_browser_knows_every_close_code_the_master_sends() -> None:
-    """browser/lib/protocol.js keeps a copy of the close codes: it must match CloseCode."""
-    source = (Path(__file__).parents[1] / "browser" / "lib" / "protocol.js").read_text()
-    table = re.search(r"export const CLOSE = \{(.*?)\};", source, re.S)
-    assert table is not None
-    js = {name: int(code) for name, code in re.findall(r"([A-Z_]+): (\d+)", table.group(1))}
-    python = {code.name: int(code) for code in CloseCode}
-    assert {k: v for k, v in js.items() if k in python} == python
-    assert set(js) - set(python) <= {"ABNORMAL"}  # 1006 is the browser's, never sent
 
 
 def test_mlitb_master_offers_the_masters_default_caps() -> None:

@@ -286,10 +286,10 @@ async def test_removed_worker_gets_bye_and_its_data_is_reallocated():
 @pytest.mark.trio
 async def test_projects_start_from_the_masters_model_zoo(tmp_path):
     from mlitb.closure import Zoo, closure_from_project, save_closure
-    from mlitb.master import Project
     from mlitb.nn import Net
     from mlitb.optim import make_optimizer
     from mlitb.protocol import ListZoo, ZooList
+    from mlitb.training import Project
 
     net = Net(SPEC, seed=3, labels=["a", "b", "c"])
     trained = Project("trained", net, make_optimizer("adam", net.num_params), "adam", 2.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mlitb.nodes._cache import DataCache
+from mlitb.training import DataCache
 
 from mlitb.datasets import pixels_to_input as to_float
 from mlitb.datasets import to_input

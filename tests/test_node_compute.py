@@ -7,12 +7,11 @@ import pytest
 
 from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.nn import BatchStats, Net
-from mlitb.nodes._cache import DataCache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlitb.nodes._cache import CacheView
-from mlitb.nodes._compute import (
+from mlitb.training import CacheView, DataCache
+from mlitb.training._compute import (
     MAX_BATCH,
     Pacer,
     Passes,

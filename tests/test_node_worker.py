@@ -21,7 +21,6 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.nn import Net, normalize
-from mlitb.nodes._cache import IdArray
 from mlitb.nodes._events import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerStatus
 from mlitb.nodes._worker import Backoff, Worker, WorkerOptions
 from mlitb.protocol import (
@@ -44,6 +43,7 @@ from mlitb.protocol import (
     encode_parameters,
     encode_text,
 )
+from mlitb.training import IdArray
 
 PROJECT = "digits"
 SPEC = normalize(DIGITS_SPEC)

@@ -285,9 +285,9 @@ def test_a_closure_without_schedule_factors_reads_and_replays(
 
 def test_no_replay_without_deterministic_mode() -> None:
     from mlitb.closure import closure_from_project
-    from mlitb.master import Project
     from mlitb.nn import Net
     from mlitb.optim import make_optimizer
+    from mlitb.training import Project
 
     net = Net(DIGITS_SPEC, seed=0)
     project = Project("p", net, make_optimizer("sgd", net.num_params), "sgd", 1.0)
@@ -302,10 +302,9 @@ SMALL = [{"type": "input", "out_sx": 1, "out_sy": 1, "out_depth": 4},
 
 
 def deterministic_project(worker_ids: list[int], samples: int = 9) -> Any:
-    from mlitb.master import Project
-    from mlitb.master._project import Member
     from mlitb.nn import Net
     from mlitb.optim import make_optimizer
+    from mlitb.training import Member, Project
 
     net = Net(SMALL, seed=3, labels=["a", "b", "c"])
     project = Project("p", net, make_optimizer("adam", net.num_params), "adam", 1.0,
@@ -375,8 +374,13 @@ def test_the_reduction_order_does_not_depend_on_worker_ids() -> None:
 
 
 def test_the_record_survives_a_closure_and_restarts_on_changes() -> None:
-    from mlitb.closure import DataManifest, SplitManifest, closure_from_project
-    from mlitb.master import Project, parameters_sha256
+    from mlitb.closure import (
+        DataManifest,
+        SplitManifest,
+        closure_from_project,
+        project_from_closure,
+    )
+    from mlitb.training import parameters_sha256
 
     project = deterministic_project([1])
     project.allocator.mark_cached(1, project.allocator.allocation_of(1))
@@ -393,9 +397,9 @@ def test_the_record_survives_a_closure_and_restarts_on_changes() -> None:
     assert closure.replay is not None and len(closure.replay.steps) == 3
     # Without a manifest the record is not written (its shares index the training data).
     assert "replay" not in closure_to_dict(closure_from_project(project))
-    restored = Project.from_closure(closure, keep_record=True)
+    restored = project_from_closure(closure, keep_record=True)
     assert restored.replay_record().steps == record.steps
-    assert Project.from_closure(closure).replay_record() is None  # resumed: a new record
+    assert project_from_closure(closure).replay_record() is None  # resumed: a new record
 
     # A tampered record is refused with the field named.
     d = closure_to_dict(closure)
@@ -439,12 +443,10 @@ def test_a_local_record_keeps_the_schedule_and_the_outer_momentum() -> None:
     optimizer's momentum (a restarted record starts mid-run with a non-zero one); both survive
     the closure, and a step without ``lr_scale`` reads as 1."""
     from mlitb.closure import DataManifest, SplitManifest, closure_from_project
-    from mlitb.master import Project
-    from mlitb.master._project import Member
     from mlitb.nn import Net
     from mlitb.optim import make_optimizer
     from mlitb.protocol import ResultFrame, ResultKind
-    from mlitb.training import lr_factor, progress
+    from mlitb.training import Member, Project, lr_factor, progress
 
     training = Training(algorithm="local", outer_optimizer="nesterov", schedule="cosine",
                         horizon=60, warmup=0.2)

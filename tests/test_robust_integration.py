@@ -14,7 +14,6 @@ from test_replay import PROJECT, cluster, node, write_digits
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from mlitb.datasets import digits, to_input
-from mlitb.master._project import MAX_SAMPLES_PER_SECOND
 from mlitb.protocol import (
     MAX_LARGE_TEXT_FRAME,
     Allocation,
@@ -28,6 +27,7 @@ from mlitb.protocol import (
     Work,
     encode_result,
 )
+from mlitb.training._project import MAX_SAMPLES_PER_SECOND
 
 T = 1.0
 

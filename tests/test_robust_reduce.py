@@ -11,13 +11,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlitb.closure import closure_from_dict, closure_from_project, closure_to_dict
-from mlitb.master._project import Member, Project
-from mlitb.master._reduce import aggregate, reduce_gradient_sums, reduce_parameter_deltas
+from mlitb.closure import (
+    closure_from_dict,
+    closure_from_project,
+    closure_to_dict,
+    project_from_closure,
+)
 from mlitb.nn import Net
 from mlitb.optim import SGD, make_optimizer
 from mlitb.protocol import ProjectInfo, ResultFrame, ResultKind, Training
-from mlitb.training import TrainingError, training_from_json, training_to_json
+from mlitb.training import (
+    Member,
+    Project,
+    TrainingError,
+    aggregate,
+    reduce_gradient_sums,
+    reduce_parameter_deltas,
+    training_from_json,
+    training_to_json,
+)
 
 ROBUST = ("median", "trimmed_mean", "centered_clip")
 NO_CHECKS = {"norm_clip": None, "norm_refuse": None, "max_strikes": 0}
@@ -203,7 +215,7 @@ def test_closures_record_the_setting_and_old_closures_load_as_mean() -> None:
     assert d["loop"]["training"]["aggregation"] == "centered_clip"
     again = closure_from_dict(d)
     assert again.loop.training == p.training
-    assert Project.from_closure(again).training.aggregation == "centered_clip"
+    assert project_from_closure(again).training.aggregation == "centered_clip"
     old = closure_to_dict(closure_from_project(project(Training())))
     for key in ("aggregation", "trim_fraction", "clip_radius", "norm_clip", "norm_refuse",
                 "sample_factor", "max_strikes"):

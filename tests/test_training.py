@@ -11,20 +11,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlitb.datasets import DIGITS_SPEC
-from mlitb.master import Project
-from mlitb.master._reduce import reduce_gradient_sums, reduce_parameter_deltas
 from mlitb.nn import Net
-from mlitb.nodes._cache import DataCache
-from mlitb.nodes._compute import compute_gradient, compute_local
 from mlitb.optim import make_optimizer
 from mlitb.protocol import ResultFrame, ResultKind, Training
 from mlitb.training import (
+    DataCache,
+    Project,
     TrainingError,
     augment,
     check_training,
+    compute_gradient,
+    compute_local,
     lr_factor,
     make_outer,
     progress,
+    reduce_gradient_sums,
+    reduce_parameter_deltas,
     training_from_json,
     training_to_json,
 )

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from mlitb.cli import app
 from mlitb.closure import Zoo, closure_from_project, load_closure, save_closure
 from mlitb.errors import ClosureError
-from mlitb.master import Project
 from mlitb.nn import Net
 from mlitb.optim import make_optimizer
 from mlitb.protocol import HistoryPoint, StatsPoint
+from mlitb.training import Project
 
 SPEC = [{"type": "input", "out_sx": 2, "out_sy": 2, "out_depth": 1},
         {"type": "fc", "num_neurons": 4, "activation": "relu"},

@@ -1,4 +1,4 @@
-// Data augmentation of a training batch, as mlitb/training.py's `augment` does it: each image
+// Data augmentation of a training batch, as mlitb/training/_settings.py's `augment` does it: each image
 // moved by (dy, dx) drawn uniformly from [-shift, shift] (the pixels moved in are 0, which is
 // mid-grey in net-input space, x / 255 - 0.5: pad and crop), then, with `flip`, mirrored
 // left-right with probability 1/2. Labels stay as they are.

@@ -10,7 +10,7 @@
 //   simd.js     WebAssembly SIMD kernels, assembled byte by byte at load time (no .wasm file)
 //   random.js   seedable uniforms and normals
 //   optim.js    the optimizers of mlitb/optim.py (a `local` project's inner steps)
-//   augment.js  random shifts and flips of a training batch (mlitb/training.py's augment)
+//   augment.js  random shifts and flips of a training batch (mlitb/training/_settings.py's augment)
 //   test.html + check.js   run the numpy test vectors (tests/vectors) in a browser
 //
 // API

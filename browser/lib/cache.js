@@ -1,4 +1,4 @@
-// A worker's data cache (the browser twin of nodes/_cache.py): uint8 images and label indices
+// A worker's data cache (the browser twin of mlitb/training/_cache.py): uint8 images and label indices
 // keyed by data id, and which ids are allocated to this worker. Computation uses the ids that
 // are both cached and allocated (and whose label the network knows); ids that left the share
 // stay cached (the master prefers workers that cached an id when it re-allocates it) until

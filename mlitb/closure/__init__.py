@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+# The replay record is the training core's: a closure carries it, mlitb.training writes it.
+from ..training import ReplayOrigin, ReplayRecord, ReplayStep, format_share, parse_share
 from ._canonical import canonical_json
 from ._format import (
     FORMAT,
@@ -28,6 +30,7 @@ from ._format import (
     closure_to_dict,
     load_closure,
     parse_closure_json,
+    project_from_closure,
     save_closure,
 )
 from ._manifest import (
@@ -41,13 +44,6 @@ from ._manifest import (
     split_from_zip,
 )
 from ._predict import ImageError, Prediction, load_images, predict_images
-from ._record import (
-    ReplayOrigin,
-    ReplayRecord,
-    ReplayStep,
-    format_share,
-    parse_share,
-)
 from ._replay import ReplayReport, StepCheck, TrainingData, record_of, replay, training_data
 from ._schema import SCHEMA_FILE, load_schema
 from ._summary import summary
@@ -87,6 +83,7 @@ __all__ = [
     "parse_share",
     "parse_closure_json",
     "predict_images",
+    "project_from_closure",
     "record_of",
     "replay",
     "save_closure",

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -31,14 +31,23 @@ from ..errors import ClosureError, ModelFormatError, OptimizerError
 from ..nn import Net, model_from_dict
 from ..optim import Hyperparameter, Optimizer, make_optimizer
 from ..protocol import HistoryPoint, StatsPoint, Training
-from ..training import TrainingError, make_outer, training_from_json, training_to_json
+from ..training import (
+    BudgetConfig,
+    BudgetError,
+    Project,
+    Recorder,
+    ReplayOrigin,
+    ReplayRecord,
+    ReplayStep,
+    TrainingError,
+    make_outer,
+    parse_share,
+    training_from_json,
+    training_to_json,
+)
 from ._canonical import canonical_json
 from ._manifest import DataManifest, SplitManifest, manifest_from_store
-from ._record import ReplayOrigin, ReplayRecord, ReplayStep, parse_share
 from ._schema import validate
-
-if TYPE_CHECKING:
-    from ..master import Project
 
 FORMAT: Final = "mlitb-closure"
 VERSION: Final = 1
@@ -62,7 +71,7 @@ class LoopSettings:
     allocation: str = ALLOCATION
     """The data allocation policy (only ``pie-cutter`` exists)."""
     budget_config: dict[str, float] = field(default_factory=dict)
-    """The latency/work-budget policy's knobs (``mlitb.master.BudgetConfig`` fields)."""
+    """The latency/work-budget policy's knobs (``mlitb.training.BudgetConfig`` fields)."""
     seeds: dict[str, int] = field(default_factory=dict)
     """Named random seeds (e.g. ``init``), as the master records them."""
     paused: bool = False
@@ -260,10 +269,7 @@ def _vector(obj: Mapping[str, str], size: int, where: str) -> F32Array:
 
 
 def _budget_config(values: Mapping[str, float]) -> dict[str, float]:
-    """Validated and completed by ``BudgetConfig`` (imported late: mlitb.master pulls in trio)."""
-    from ..master import BudgetConfig
-    from ..master._budget import BudgetError
-
+    """Validated and completed by ``BudgetConfig``."""
     try:
         config = BudgetConfig(**{k: float(v) for k, v in values.items()})
     except TypeError:
@@ -330,6 +336,31 @@ def closure_from_project(project: Project,
         data=manifest, history=tuple(project.history), test_error=tuple(project.test_error),
         decay_multipliers=decay, created=created or updated, updated=updated, replay=replay,
         outer_step=outer_step, outer_velocity=outer_velocity)
+
+
+def project_from_closure(closure: Closure, name: str | None = None, *,
+                         keep_record: bool = False) -> Project:
+    """A project continuing ``closure``: its net, optimizer and state, loop settings,
+    iteration counters and history. ``keep_record``: continue its replay record (a master
+    restarted on its own autosave); otherwise a deterministic project starts a new one."""
+    loop = closure.loop
+    project = Project(name or closure.name, closure.net(), closure.optimizer(),
+                      closure.optimizer_name, loop.iteration_time,
+                      samples_per_iteration=loop.samples_per_iteration, seeds=dict(loop.seeds),
+                      budget_config=BudgetConfig(**loop.budget_config)
+                      if loop.budget_config else None, training=loop.training)
+    project.outer = closure.outer()
+    project.samples_trained = loop.samples_trained
+    project.seconds_trained = loop.seconds_trained
+    project.iteration = closure.iteration
+    project.parameter_version = closure.parameter_version
+    project.history.extend(closure.history)
+    project.test_error.extend(closure.test_error)
+    # A trained label map stays as it is: data must name its labels in the same order.
+    project.labels_registered = closure.data is not None
+    if keep_record and project.recorder is not None and closure.replay is not None:
+        project.recorder = Recorder(closure.replay)
+    return project
 
 
 # -- to JSON -------------------------------------------------------------------------------------

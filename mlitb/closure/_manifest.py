@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..dataserver import _ingest
 from ..errors import ClosureError, MlitbError
 
 SplitName = Literal["train", "test"]
@@ -99,27 +100,19 @@ def manifest_from_store(store_manifest: Mapping[str, Any]) -> DataManifest:
     return DataManifest(labels, *(SplitManifest(tuple(h), tuple(n)) for h, n in out.values()))
 
 
-def _ingest() -> Any:
-    """The data server's ingest module, imported late (the data server pulls in its web stack)."""
-    from ..dataserver import _ingest
-
-    return _ingest
-
-
 def split_from_zip(path: str | os.PathLike[str]) -> SplitManifest:
     """The samples of an upload-format zip, hashed as the data server hashes them on upload.
 
     Raises ``UploadError`` for an archive the data server would refuse for its layout or size
     (the images are hashed, not decoded), ``OSError`` if it cannot be read.
     """
-    ingest = _ingest()
-    limits = ingest.DEFAULT_LIMITS
+    limits = _ingest.DEFAULT_LIMITS
     archive_bytes = Path(path).stat().st_size
     hashes: list[str] = []
     labels: list[str] = []
     try:
         with zipfile.ZipFile(path) as zf:
-            for entry in ingest.plan_archive(zf, archive_bytes, limits):
+            for entry in _ingest.plan_archive(zf, archive_bytes, limits):
                 h = hashlib.sha256()
                 with zf.open(entry.info) as member:
                     for chunk in iter(lambda: member.read(1 << 20), b""):

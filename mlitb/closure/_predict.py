@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ..dataserver import _ingest
 from ..datasets import pixels_to_input
 from ..errors import MlitbError
 from ..nn import Net
@@ -45,9 +46,7 @@ def _not_an_image(name: str, data: bytes, formats: tuple[str, ...]) -> ImageErro
         pass
     except Exception:  # noqa: BLE001 (a damaged image: the decoder says what is wrong)
         return None
-    from ..dataserver._ingest import what_it_looks_like  # late, as in load_images
-
-    return ImageError(f"{name} is not an image ({what_it_looks_like(data)}; "
+    return ImageError(f"{name} is not an image ({_ingest.what_it_looks_like(data)}; "
                       f"{', '.join(formats)} work)")
 
 
@@ -55,8 +54,6 @@ def load_images(paths: Sequence[str | os.PathLike[str]],
                 input_shape: tuple[int, int, int]) -> npt.NDArray[np.uint8]:
     """Image files -> uint8 ``(N, C, H, W)``, converted exactly as the data server converts
     uploads (grayscale as Pillow's ``L`` or RGB; scaled to cover and center-cropped)."""
-    from ..dataserver import _ingest  # late: the data server pulls in its web stack
-
     shape = _ingest.InputShape.from_array_shape(input_shape)
     limits = _ingest.DEFAULT_LIMITS
     out = np.empty((len(paths), *input_shape), dtype=np.uint8)

@@ -1,5 +1,8 @@
 """Replaying a deterministic run from its closure, in-process, and checking it bit for bit.
 
+It reuses the training core (``mlitb.training``) that the master and the nodes run, so a replay
+computes what they computed by construction, not by a copy of their code.
+
 ``replay`` starts from the record's origin (parameters and optimizer state), and for every
 recorded step recomputes each part exactly as a Python node computed it (``compute_gradient``
 in deterministic mode over the part's share, with the recorded seed, iteration and batch size
@@ -22,22 +25,30 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from ..dataserver._ingest import InputShape, decode_archive
 from ..errors import ClosureError
+from ..nn import Net
+from ..optim import make_optimizer
+from ..protocol import ResultFrame, ResultKind
+from ..training import (
+    CacheView,
+    ComputeResult,
+    ReduceSummary,
+    ReplayRecord,
+    ReplayStep,
+    aggregate,
+    compute_gradient,
+    compute_local,
+    make_inner,
+    make_outer,
+    parameters_sha256,
+)
 from ._format import Closure
 from ._manifest import SplitManifest, match_manifest
-from ._record import ReplayRecord, ReplayStep
-
-if TYPE_CHECKING:
-    from ..master import ReduceSummary
-    from ..nn import Net
-    from ..nodes._cache import CacheView
-    from ..nodes._compute import ComputeResult
-    from ..protocol import ResultFrame, ResultKind
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,8 +119,6 @@ def training_data(closure: Closure, zips: Sequence[str | os.PathLike[str]]) -> T
     """Decode the zips as the data server does and put their images in the order of the
     closure's training manifest; ClosureError unless together they hold exactly its training
     data (or its training and test data)."""
-    from ..dataserver._ingest import InputShape, decode_archive
-
     if closure.data is None:
         raise ClosureError("the closure has no data manifest to match the zip against")
     if not zips:
@@ -160,8 +169,6 @@ def replay(closure: Closure, data: TrainingData, *, iterations: int | None = Non
            keep_going: bool = False) -> ReplayReport:
     """Re-run the first ``iterations`` recorded steps (default all) and compare each step's
     parameters with the recorded hash. Stops at the first difference unless ``keep_going``."""
-    from ..master import parameters_sha256
-
     record = record_of(closure)
     worker = closure.net()
     dropout = [layer.type for layer in worker.layers if layer.type == "dropout"]
@@ -202,7 +209,7 @@ def replay(closure: Closure, data: TrainingData, *, iterations: int | None = Non
                         seconds=time.perf_counter() - start)
 
 
-StepOnce = Callable[[ReplayStep, npt.NDArray[np.float32]], "ReduceSummary"]
+StepOnce = Callable[[ReplayStep, npt.NDArray[np.float32]], ReduceSummary]
 """Recompute one recorded step's parts and reduce them into the parameters (in place)."""
 
 
@@ -215,8 +222,6 @@ class _Views:
         self._views: dict[int, CacheView] = {}
 
     def __getitem__(self, share: int) -> CacheView:
-        from ..nodes._cache import CacheView
-
         if share not in self._views:
             self._views[share] = CacheView(
                 images=self._data.images, labels=self._data.labels, ids=self._ids,
@@ -225,8 +230,6 @@ class _Views:
 
 
 def _frame(result: ComputeResult, kind: ResultKind) -> ResultFrame:
-    from ..protocol import ResultFrame
-
     return ResultFrame(parameter_version=0, kind=kind, samples=result.samples,
                        correct=result.correct, loss_sum=result.loss_sum,
                        compute_seconds=result.compute_seconds, vector=result.vector,
@@ -236,11 +239,6 @@ def _frame(result: ComputeResult, kind: ResultKind) -> ResultFrame:
 def _gradient_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnce:
     """``gradient``: each part is a node's ``compute_gradient``; the master's optimizer steps on
     their average with the schedule's factor of that step."""
-    from ..master._reduce import aggregate
-    from ..nodes._compute import compute_gradient
-    from ..optim import make_optimizer
-    from ..protocol import ResultKind
-
     record = record_of(closure)
     origin, training = record.origin, closure.loop.training
     if closure.decay_multipliers is not None:
@@ -271,11 +269,6 @@ def _local_stepper(closure: Closure, worker: Net, data: TrainingData) -> StepOnc
     """``local``: each part is a node's ``compute_local`` with a fresh inner optimizer (as a
     node builds one every deterministic round); the outer optimizer, from the origin's state,
     steps on the averaged delta."""
-    from ..master._reduce import aggregate
-    from ..nodes._compute import compute_local
-    from ..protocol import ResultKind
-    from ..training import make_inner, make_outer
-
     record = record_of(closure)
     origin, training = record.origin, closure.loop.training
     outer = make_outer(training, closure.num_params)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..protocol import MAX_IDS_PER_MESSAGE, Allocation, Work, encode_parameters
+from ..training import Project
 from ._connection import Connection
-from ._project import Project
 
 if TYPE_CHECKING:
     from ._server import Master

@@ -20,7 +20,15 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from .. import __version__
-from ..closure import Closure, Zoo
+from ..closure import (
+    Closure,
+    Zoo,
+    closure_from_dict,
+    closure_from_project,
+    closure_to_dict,
+    manifest_from_store,
+    project_from_closure,
+)
 from ..errors import ClosureError, MlitbError, ModelFormatError, OptimizerError
 from ..nn import Net, layer_table
 from ..optim import make_optimizer
@@ -51,14 +59,13 @@ from ..protocol import (
     encode_parameters,
     encode_text,
 )
-from ..training import TrainingError, check_training
+from ..training import LabelConflictError, Member, Project, TrainingError, check_training
 from ._access import Access, AccessTable
 from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits, address_key
 from ._connection import Connection, RequestError
 from ._dataservers import DataServerTable
 from ._loop import run_project_loop, send_ids
 from ._persist import ProjectFiles, Unreadable
-from ._project import LabelConflictError, Member, Project
 from ._requests import answer_request
 
 log = logging.getLogger("mlitb.master")
@@ -230,8 +237,6 @@ class Master:
         deterministic project starts a new replay record here. Raises RequestError for a name
         in use or a closure that fails its checks.
         """
-        from ..closure import closure_from_dict
-
         try:
             if not isinstance(closure, Closure):
                 closure = closure_from_dict(closure)
@@ -271,7 +276,7 @@ class Master:
                     outer_step=0 if fresh else closure.outer_step,
                     outer_velocity=None if fresh else closure.outer_velocity)
         try:
-            project = Project.from_closure(closure, name)
+            project = project_from_closure(closure, name)
             if optimizer is not None and optimizer != closure.optimizer_name:
                 l1, l2 = project.net.decay_multipliers()
                 project.optimizer = make_optimizer(optimizer, project.net.num_params,
@@ -296,7 +301,7 @@ class Master:
         for closure in closures:
             if closure.name in self.projects:
                 continue
-            project = Project.from_closure(closure, keep_record=True)
+            project = project_from_closure(closure, keep_record=True)
             project.created = closure.created
             project.paused = closure.loop.paused  # a restart does not undo an operator's pause
             self._add(project, f"project {project.name} restored at iteration "
@@ -327,8 +332,6 @@ class Master:
         """Write the project's closure to ``files`` (in a thread; atomic). Saves of one name
         run one at a time, each a snapshot taken when its turn comes; a project deleted
         meanwhile leaves no file behind. Failures are logged as events, never raised."""
-        from ..closure import closure_from_project, manifest_from_store
-
         files, project = self.files, self.projects.get(name)
         if files is None or project is None:
             return
@@ -773,8 +776,6 @@ class Master:
 
     def closure_of(self, name: str) -> dict[str, Any]:
         """The research closure of a project as it is now (docs/closure.md)."""
-        from ..closure import closure_from_project, closure_to_dict  # closure imports master
-
         project = self._project(name)
         manifest = None
         if self.manifest_provider is not None:

@@ -134,7 +134,7 @@ class Training:
     shift: Annotated[int, Range(0, 16)] = 0
     flip: bool = False
     aggregation: Aggregation = "mean"
-    """How the master reduces a round's results (``mlitb.master._reduce``): ``mean`` (the
+    """How the master reduces a round's results (``mlitb.training._reduce``): ``mean`` (the
     paper's weighted sum, no checks), or a robust reducer over per-sample results after the
     per-result checks: coordinate-wise ``median``, ``trimmed_mean`` (``trim_fraction`` cut from
     each end of every coordinate), ``centered_clip`` (Karimireddy et al. 2021, radius

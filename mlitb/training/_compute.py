@@ -20,12 +20,11 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from mlitb.nn import BatchStats
-from mlitb.optim import Optimizer
-from mlitb.protocol import MAX_STEPS
-from mlitb.training import augment
-
+from ..nn import BatchStats
+from ..optim import Optimizer
+from ..protocol import MAX_STEPS
 from ._cache import CacheView
+from ._settings import augment
 
 Clock = Callable[[], float]
 

@@ -16,7 +16,8 @@ import hashlib
 import numpy as np
 import numpy.typing as npt
 
-from ..closure._record import (
+from ..optim import Optimizer
+from ._record import (
     DEFAULT_MAX_BATCH,
     DEFAULT_ORDER_SEED,
     ReplayOrigin,
@@ -24,7 +25,6 @@ from ..closure._record import (
     ReplayStep,
     format_share,
 )
-from ..optim import Optimizer
 
 
 def parameters_sha256(params: npt.NDArray[np.float32]) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from mlitb.datasets import pixels_to_input
+from ..datasets import pixels_to_input
 
 Shape = tuple[int, int, int]
 IdArray = npt.NDArray[np.int64]

@@ -1,6 +1,6 @@
 """One project's state, without I/O: the net and optimizer, who works on what, and the history.
 
-The trio shell (``_server.py``) owns the sockets and the clock; it calls these methods at the
+The trio shell (``mlitb.master``) owns the sockets and the clock; it calls these methods at the
 points of the event loop (docs/architecture.md) and sends what they return. Times are numbers
 it passes in.
 """
@@ -12,7 +12,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -35,11 +35,12 @@ from ..protocol import (
     Training,
     WorkerStatus,
 )
-from ..training import check_training, lr_factor, make_outer, progress
 from ._allocator import Allocator
 from ._budget import BudgetConfig, BudgetPolicy
 from ._deterministic import Recorder
+from ._record import ReplayRecord
 from ._reduce import ReduceSummary, aggregate, reduce_gradient_sums, reduce_parameter_deltas
+from ._settings import TrainingError, check_training, lr_factor, make_outer, progress
 
 MAX_SAMPLES_PER_SECOND: Final = 1_000_000
 """The most samples a result of a work order given in seconds may claim per second of the
@@ -47,9 +48,6 @@ iteration (the fastest engine does a few thousand per second on the smallest net
 is refused at intake, so no trainer weighs more than this however much it lies (docs/security.md)."""
 MAX_SAMPLES_TRAINED: Final = (1 << 53) - 1
 """``samples_trained`` saturates here (a JSON-safe integer, the closure's ``count``)."""
-
-if TYPE_CHECKING:
-    from ..closure import Closure, ReplayRecord
 
 Reducer = Callable[[Sequence[ResultFrame], np.ndarray, Optimizer], ReduceSummary]
 
@@ -180,31 +178,6 @@ class Project:
         self.test_error: deque[StatsPoint] = deque(maxlen=MAX_HISTORY_POINTS)
         self.timing = Timing()
 
-    @classmethod
-    def from_closure(cls, closure: Closure, name: str | None = None, *,
-                     keep_record: bool = False) -> Project:
-        """A project continuing ``closure``: its net, optimizer and state, loop settings,
-        iteration counters and history. ``keep_record``: continue its replay record (a master
-        restarted on its own autosave); otherwise a deterministic project starts a new one."""
-        loop = closure.loop
-        project = cls(name or closure.name, closure.net(), closure.optimizer(),
-                      closure.optimizer_name, loop.iteration_time,
-                      samples_per_iteration=loop.samples_per_iteration, seeds=dict(loop.seeds),
-                      budget_config=BudgetConfig(**loop.budget_config)
-                      if loop.budget_config else None, training=loop.training)
-        project.outer = closure.outer()
-        project.samples_trained = loop.samples_trained
-        project.seconds_trained = loop.seconds_trained
-        project.iteration = closure.iteration
-        project.parameter_version = closure.parameter_version
-        project.history.extend(closure.history)
-        project.test_error.extend(closure.test_error)
-        # A trained label map stays as it is: data must name its labels in the same order.
-        project.labels_registered = closure.data is not None
-        if keep_record and project.recorder is not None and closure.replay is not None:
-            project.recorder = Recorder(closure.replay)
-        return project
-
     @property
     def deterministic(self) -> bool:
         return self.samples_per_iteration is not None
@@ -235,8 +208,6 @@ class Project:
 
     def check_training(self, training: Training) -> Training:
         """``training`` checked as ``set_training`` would take it (nothing changes)."""
-        from ..training import TrainingError
-
         training = check_training(training)
         if training.algorithm != self.training.algorithm:
             raise TrainingError(f"training.algorithm: project {self.name} trains with "

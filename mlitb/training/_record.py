@@ -5,7 +5,7 @@ A project in deterministic mode (``samples_per_iteration`` set) records, from a 
 step it takes: which data each contributing trainer computed on (its *share*, as positions in the
 closure's training-data manifest), how many samples, in which order the results were summed, and
 the SHA-256 of the parameters after the step. Each trainer's work is a pure function of its
-share, the sample count, the order seed, the iteration and the parameters (``mlitb.nodes``'
+share, the sample count, the order seed, the iteration and the parameters (``mlitb.training``'
 ``deterministic_order``), so the record is enough to recompute every step in-process from the
 training data alone, and the hashes say whether the result is bit-identical.
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import MlitbError
-from .optim import SGD, Hyperparameter, Optimizer, make_optimizer
-from .protocol import Training
-from .protocol._schema import Invalid, converter
+from ..errors import MlitbError
+from ..optim import SGD, Hyperparameter, Optimizer, make_optimizer
+from ..protocol import Training
+from ..protocol._schema import Invalid, converter
 
 __all__ = ["Training", "TrainingError", "augment", "inner_hyperparameters", "lr_factor",
            "make_inner", "make_outer", "progress", "training_from_json", "training_to_json"]
