@@ -25,7 +25,7 @@ from .dataserver import (
 from .dataserver import LabelConflictError
 from .dataserver._app import CheckUpload, PlanLabels
 from ._tls import server_context
-from .errors import MlitbError, UploadError
+from .errors import UploadError
 from .master import Master, ProjectFiles, RequestError
 
 
@@ -71,8 +71,8 @@ async def serve_cluster(master: Master, store: DataStore, host: str = "127.0.0.1
                         ) -> None:
     """Run ``master`` and a data server over ``store`` until cancelled; reports the URLs.
 
-    A project the master deletes has its data deleted from the store. Data already in the
-    store (from an earlier run) is registered again for projects the master knows (``limits``: the data server's upload limits); data whose labels contradict the project's is left unregistered with an ``error``
+    Data already in the store (from an earlier run) is registered again for projects the master
+    knows (``limits``: the data server's upload limits); data whose labels contradict the project's is left unregistered with an ``error``
     event (the master starts all the same). Uploads are stored under the label list the
     master's model numbers (``Master.plan_labels``), so their registration cannot conflict. ``public_host``: the host name workers should use (default: ``host``).
     """
@@ -104,20 +104,6 @@ async def serve_cluster(master: Master, store: DataStore, host: str = "127.0.0.1
         for project in list(master.projects):
             register_stored(project)
         master.on_project_created.append(register_stored)
-
-        def delete_stored(project: str) -> None:
-            if project not in master.projects and project in store.projects():
-                store.delete(project)  # (unless a project of that name was created meanwhile)
-
-        async def delete_data(project: str) -> None:
-            try:
-                await trio.to_thread.run_sync(delete_stored, project)
-            except MlitbError as exc:
-                master._event("error", f"project {project}: its data was not deleted from "
-                              f"the store: {exc}")
-
-        master.on_project_deleted.append(lambda project: nursery.start_soon(delete_data,
-                                                                            project))
         master.manifest_provider = store.manifest
         bound = await nursery.start(partial(master.serve, host, port, ssl_context=ssl_context))
         client_config["master_url"] = f"{'wss' if tls else 'ws'}://{shown}:{bound}"

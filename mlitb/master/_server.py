@@ -120,8 +120,6 @@ class Master:
         self._started_at: float | None = None
         # Called with each new project's name (the embedded data server registers stored data).
         self.on_project_created: list[Callable[[str], None]] = []
-        # ...and of each deleted one (the embedded data server deletes its data).
-        self.on_project_deleted: list[Callable[[str], None]] = []
         # The data manifest of a project (hashes of its samples) for research closures.
         self.manifest_provider: Callable[[str], Any] | None = None
         self.port: int | None = None
@@ -385,8 +383,6 @@ class Master:
             if lock is None or not lock.locked():  # else the save in flight removes it
                 self.files.remove(name)
         self._event("deleted", f"project {name} deleted", name)
-        for hook in self.on_project_deleted:
-            hook(name)
 
     def set_access(self, name: str, *, join_token: str | None = None,
                    contributor_token: str | None = None,
