@@ -133,7 +133,8 @@ class CreateProjectDialog(ModalScreen[str | None]):
     async def check_model_soon(self) -> None:
         """Check the model once typing pauses (a newer keystroke cancels this one)."""
         await asyncio.sleep(CHECK_DELAY)
-        self._check_model()
+        if self.is_attached and self.app.screen is self:  # not dismissed meanwhile
+            self._check_model()
 
     def _check_model(self) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None] | None:
         """Show the model's layer table, or the engine's refusal under the field; the model

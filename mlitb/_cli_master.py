@@ -415,3 +415,59 @@ def upload(
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.get("counts", {}).items()))
     typer.echo(f"stored {result['count']} {'test' if test else 'training'} images in project "
                f"{project} ({counts})")
+
+
+@data_app.command("delete")
+@cli_errors
+def delete(
+    project: Annotated[str, typer.Option("--project", "-p", envvar="MLITB_PROJECT",
+                                         help="The project whose stored data to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+    data_url: Annotated[str | None, typer.Option(help="The data server's URL (default: the one "
+                                                 "the master announces).")] = None,
+    cafile: Annotated[str | None, typer.Option(
+        "--cafile", envvar="MLITB_CAFILE", show_default=False,
+        help="A CA certificate (PEM) to verify a wss:// master and an https:// data server "
+        "against.")] = None,
+) -> None:
+    """Delete a project's stored data from the data server, for good.
+
+    Deleting a project keeps its data (a closure resumed under its name finds it again); this \
+removes it. The project must be deleted first: its workers would be left with ids the data \
+server no longer has."""
+    from .client import open_operator
+    from .dataserver import DataClient, DataServerError
+
+    async def lookup() -> tuple[str | None, bool]:
+        async with open_operator(master, token, need_token=True, cafile=cafile) as op:
+            names = {p.name for p in await op.list_projects()}
+            return op.welcome.data_url, project in names
+
+    announced, exists = trio.run(lookup)
+    if exists:
+        raise MlitbError(f"project {project!r} still exists on the master: delete it first "
+                         f"(mlitb project delete {project})")
+    url = data_url or announced
+    if url is None:
+        raise MlitbError(f"the master at {master} announces no data server: pass --data-url")
+    try:
+        client = DataClient(url, token=token, cafile=cafile)
+    except ValueError as exc:
+        raise MlitbError(str(exc)) from None
+    try:
+        count = client.info(project)["count"]
+    except DataServerError as exc:
+        if exc.status == 404:
+            raise MlitbError(f"the data server at {url} stores no data for {project!r}") \
+                from None
+        raise MlitbError(f"the data server at {url}: {exc.detail}") from None
+    if not yes and not typer.confirm(f"delete the {count} images stored for {project!r} at "
+                                     f"{url}?"):
+        raise typer.Exit(1)
+    try:
+        client.delete(project)
+    except DataServerError as exc:
+        raise MlitbError(f"the data server at {url} refused: {exc.detail}") from None
+    typer.echo(f"deleted the {count} images stored for {project}")

@@ -99,3 +99,30 @@ def test_an_upload_abandoned_mid_stream_stores_nothing(cluster_in_thread, tmp_pa
     assert c.master.projects["digits"].allocator.total == 0
     result = invoke(["data", "upload", str(archive), "--project", "digits"], c)
     assert result.exit_code == 0 and "stored 1000 training images" in result.output
+
+
+def test_a_deleted_projects_data_stays_until_data_delete_removes_it(cluster_in_thread,
+                                                                     tmp_path):
+    c = cluster_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(DIGITS_SPEC))
+    assert invoke(["project", "create", "digits", "--model", str(spec)], c).exit_code == 0
+    train, _, _ = digits()
+    assert invoke(["data", "upload", str(digits_zip(tmp_path / "train.zip", train, 120)),
+                   "--project", "digits"], c).exit_code == 0
+    # While the project exists its data is not deleted (its workers hold those ids).
+    result = invoke(["data", "delete", "-p", "digits", "--yes"], c)
+    assert result.exit_code == 1 and "delete it first" in result.output
+    assert "digits" in c.store.projects()
+    assert invoke(["project", "delete", "digits"], c).exit_code == 0
+    assert "digits" in c.store.projects()  # kept: a closure resumed as digits finds it
+    # Asked first; "no" deletes nothing.
+    result = runner.invoke(app, ["data", "delete", "-p", "digits", "--master", c.url,
+                                 "--token", c.token], input="n\n", env={"COLUMNS": "150"})
+    assert result.exit_code == 1 and "delete the 120 images" in result.output
+    assert "digits" in c.store.projects()
+    result = invoke(["data", "delete", "-p", "digits", "--yes"], c)
+    assert result.exit_code == 0 and "deleted the 120 images" in result.output, result.output
+    assert "digits" not in c.store.projects()
+    result = invoke(["data", "delete", "-p", "digits", "--yes"], c)
+    assert result.exit_code == 1 and "stores no data" in result.output
