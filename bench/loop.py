@@ -6,15 +6,19 @@ worker's sample count and compute time (through the master's replaceable reducer
 the aggregate samples/s and the share of each iteration the workers spent computing (target:
 >= 90%).
 
-Part 2 measures the master alone with many simulated workers: a second process opens N WebSocket
-connections that answer each work order at once with a gradient of the right length. The master
-reports, per round, the time from the first work order sent to the last result received, its
-reduce time, and its CPU seconds per round.
+Part 2 measures the master alone with many simulated workers, for each count of ``--simulated``
+(default 100, 250, 500, 1000): child processes (at most 250 connections each) open N WebSocket
+connections that answer each work order at once with a gradient of the right length. With
+T = 2 s the master reports, per round, the time from the first work order sent to the last
+result received, its reduce time, its CPU seconds per round and their share of T (target:
+under 10% at 1,000 workers), and its resident memory. On a 2-core machine the simulated
+workers share the cores with the master, so the round time includes their own CPU; the
+master's CPU per round does not.
 
 Data: the CIFAR-10 test split from ../shared/data (10,000 images) when present, else random
 images of the same shape (the figures are about speed, not accuracy).
 
-    python bench/loop.py [--iterations 6] [--simulated 200] [--json]
+    python bench/loop.py [--iterations 6] [--nodes 1,2] [--simulated 100,250,500,1000] [--json]
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class MasterFigures:
     """First work order sent -> last result received (median)."""
     reduce_ms: float
     cpu_ms_per_round: float
+    cpu_share_of_t: float
+    """Master CPU per round / T."""
+    rss_mb: float
+    """The master process's resident memory after the rounds."""
 
 
 def _dataset(folder: Path) -> Path:
@@ -165,6 +173,19 @@ async def _simulated_workers(url: str, n: int) -> None:
             nursery.start_soon(worker, i)
 
 
+PER_PROCESS = 250
+"""Simulated workers per child process."""
+MASTER_T = 2.0
+
+
+def _rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 async def _measure_master(n: int, rounds: int) -> MasterFigures:
     from mlitb.master import Master
     from mlitb.training import reduce_gradient_sums
@@ -175,12 +196,14 @@ async def _measure_master(n: int, rounds: int) -> MasterFigures:
     cpu: list[float] = []
     async with trio.open_nursery() as nursery:
         port = await nursery.start(master.serve, "127.0.0.1", 0)
-        project = master.create_project(PROJECT, DEMO_NET, iteration_time=1.0, seed=0)
+        project = master.create_project(PROJECT, DEMO_NET, iteration_time=MASTER_T, seed=0)
         project.allocator.add_data(range(10 * n))
-        proc = subprocess.Popen([sys.executable, __file__, "--simulate", str(n),
-                                 f"ws://127.0.0.1:{port}/"], start_new_session=True)
+        shares = [min(PER_PROCESS, n - k) for k in range(0, n, PER_PROCESS)]
+        procs = [subprocess.Popen([sys.executable, __file__, "--simulate", str(k),
+                                   f"ws://127.0.0.1:{port}/"], start_new_session=True)
+                 for k in shares]
         try:
-            with trio.fail_after(120):
+            with trio.fail_after(60 + n / 5):
                 while len(project.trainers()) < n or project.current is None:
                     await trio.sleep(0.1)
 
@@ -198,46 +221,54 @@ async def _measure_master(n: int, rounds: int) -> MasterFigures:
                 return summary
 
             project.reducer = reducer
-            with trio.fail_after(rounds * 3 + 30):
+            with trio.fail_after(rounds * 3 * MASTER_T + 60):
                 while len(cpu) < rounds + 1:
                     await trio.sleep(0.05)
+            rss = _rss_mb()
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            for proc in procs:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             nursery.cancel_scope.cancel()
     per_round = [b - a for a, b in zip(cpu, cpu[1:])]
+    cpu_ms = 1e3 * statistics.median(per_round)
     return MasterFigures(n, rounds, 1e3 * statistics.median(round_times or [float("nan")]),
-                         1e3 * statistics.median(reduce_times),
-                         1e3 * statistics.median(per_round))
+                         1e3 * statistics.median(reduce_times), cpu_ms,
+                         cpu_ms / (1e3 * MASTER_T), rss)
 
 
-def run(iterations: int = 6, simulated: int = 200, node_counts: Sequence[int] = (1, 2),
-        as_json: bool = False) -> dict[str, Any]:
+def run(iterations: int = 6, simulated: Sequence[int] = (100, 250, 500, 1000),
+        node_counts: Sequence[int] = (1, 2), as_json: bool = False) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
     with tempfile.TemporaryDirectory(prefix="mlitb-bench-") as tmp:
         loops = [trio.run(_measure_loop, n, iterations, 2.0, Path(tmp)) for n in node_counts]
-    masters = [trio.run(_measure_master, simulated, iterations)] if simulated else []
+    masters = [trio.run(_measure_master, n, iterations) for n in simulated]
     result = {"data": str(SHARED) if SHARED.exists() else "random images",
               "loop": [asdict(x) for x in loops], "master": [asdict(x) for x in masters]}
     if as_json:
         print(json.dumps(result, indent=2))
         return result
     out = Console()
-    table = Table("nodes", "iterations", "samples/s (all)", "compute share of T",
+    table = None if not loops else Table("nodes", "iterations", "samples/s (all)", "compute share of T",
                   "per-worker samples/s", title="Loop: CIFAR-10 demo net, T = 2 s, "
                   f"data: {result['data']}", title_justify="left")
     for x in loops:
+        assert table is not None
         table.add_row(str(x.nodes), str(x.iterations), f"{x.samples_per_s:,.0f}",
                       f"{x.compute_share:.1%}", ", ".join(f"{r:,.0f}" for r in x.worker_rates))
-    out.print(table)
-    for m in masters:
+    if table is not None:
+        out.print(table)
+    if masters:
         t2 = Table("simulated workers", "rounds", "round (send -> last result)", "reduce",
-                   "master CPU per round", title="Master: reduce + broadcast",
-                   title_justify="left")
-        t2.add_row(str(m.workers), str(m.rounds), f"{m.round_ms:.0f} ms", f"{m.reduce_ms:.1f} ms",
-                   f"{m.cpu_ms_per_round:.0f} ms")
+                   "master CPU per round", "share of T", "master memory",
+                   title=f"Master: reduce + broadcast + results, T = {MASTER_T:g} s "
+                   "(target: < 10% of T)", title_justify="left")
+        for m in masters:
+            t2.add_row(str(m.workers), str(m.rounds), f"{m.round_ms:.0f} ms",
+                       f"{m.reduce_ms:.1f} ms", f"{m.cpu_ms_per_round:.0f} ms",
+                       f"{m.cpu_share_of_t:.1%}", f"{m.rss_mb:.0f} MB")
         out.print(t2)
     return result
 
@@ -247,8 +278,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=6)
-    parser.add_argument("--simulated", type=int, default=200,
-                        help="simulated workers for the master's figures (0: skip)")
+    parser.add_argument("--simulated", default="100,250,500,1000",
+                        help="comma-separated counts of simulated workers for the master's "
+                        "figures (empty: skip)")
     parser.add_argument("--nodes", default="1,2", help="comma-separated node counts")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--simulate", nargs=2, metavar=("N", "URL"), help=argparse.SUPPRESS)
@@ -256,8 +288,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.simulate:
         trio.run(_simulated_workers, args.simulate[1], int(args.simulate[0]))
         return
-    run(args.iterations, args.simulated, [int(n) for n in args.nodes.split(",") if n],
-        args.json)
+    try:
+        simulated = [int(n) for n in args.simulated.split(",") if n]
+        nodes = [int(n) for n in args.nodes.split(",") if n]
+    except ValueError:
+        parser.error("--simulated and --nodes take comma-separated whole numbers")
+    if any(n < 1 for n in simulated + nodes):
+        parser.error("--simulated and --nodes take counts of at least 1")
+    run(args.iterations, simulated, nodes, args.json)
 
 
 if __name__ == "__main__":

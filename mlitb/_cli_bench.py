@@ -51,8 +51,9 @@ def engine(
 @bench_app.command()
 def loop(
     iterations: Annotated[int, typer.Option(min=1, help="Iterations measured per setting.")] = 6,
-    simulated: Annotated[int, typer.Option(
-        min=0, help="Simulated workers for the master's round figures (0: skip).")] = 200,
+    simulated: Annotated[str, typer.Option(
+        help="Comma-separated counts of simulated workers for the master's round figures "
+        "(empty: skip).")] = "100,250,500,1000",
     nodes: Annotated[str, typer.Option(help="Comma-separated node counts.")] = "1,2",
     json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
@@ -60,7 +61,14 @@ def loop(
     from mlitb.bench import loop as bench_loop
 
     counts = _node_counts(nodes)
-    bench_loop.run(iterations, simulated, counts, as_json=json)
+    try:
+        workers = [int(n) for n in simulated.split(",") if n.strip()]
+    except ValueError:
+        raise typer.BadParameter("comma-separated integers", param_hint="--simulated") \
+            from None
+    if any(n < 1 for n in workers):
+        raise typer.BadParameter("counts >= 1", param_hint="--simulated")
+    bench_loop.run(iterations, workers, counts, as_json=json)
 
 
 @bench_app.command()
