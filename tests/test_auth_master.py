@@ -283,3 +283,19 @@ async def test_a_rotated_operator_token_applies_at_once_everywhere(tmp_path: Pat
             assert await trio.to_thread.run_sync(upload, OPERATOR) == -401
             assert await trio.to_thread.run_sync(upload, new) == 40
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_non_ascii_operator_token_is_refused_like_any_wrong_one() -> None:
+    """compare_digest refuses non-ASCII str: the token is compared as UTF-8 bytes, so a
+    hello with "café" gets bad_token and the master goes on serving."""
+    master = Master(operator_token=OPERATOR)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(master.serve, "127.0.0.1", 0)
+            url = f"ws://127.0.0.1:{port}"
+            async with operator(url, "café-token") as (_, refused):
+                assert isinstance(refused, Error) and refused.code == "bad_token", refused
+            async with operator(url, OPERATOR) as (_, welcome):
+                assert isinstance(welcome, Welcome) and welcome.authorized
+            nursery.cancel_scope.cancel()
