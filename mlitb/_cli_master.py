@@ -312,7 +312,9 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=registrar.register,
             check_upload=registrar.check_upload, client_config={"master_url": url},
-            upload_token=token, limits=limits))  # writes need the operator token
+            upload_token=token, limits=limits,  # writes need the operator token,
+            may_contribute=registrar.may_contribute,  # or the project's contributor token
+            may_read=registrar.may_read))
         announced = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}"
         await nursery.start(partial(registrar.run, announced))
         out.print(f"data server http://{host}:{bound}, registering with {url} "

@@ -321,7 +321,9 @@ def list_(
     """List the master's projects."""
     projects = _run(master, token, False, lambda op: op.list_projects())
     if as_json:
-        typer.echo(json.dumps([asdict(p) for p in projects], indent=2))
+        hashes = ("join_sha256", "contributor_sha256")  # for data servers, not for people
+        typer.echo(json.dumps([{k: v for k, v in asdict(p).items() if k not in hashes}
+                               for p in projects], indent=2))
         return
     if not projects:
         out.print("no projects")

@@ -193,3 +193,45 @@ def test_a_data_server_outlives_a_master_restart_and_registers_again(tmp_path: P
         for proc in reversed(procs):
             proc.stop()
     assert "Traceback" not in data.text, data.text
+
+
+def test_a_standalone_data_server_checks_the_projects_tokens(tmp_path: Path) -> None:
+    """The master sends an authorized operator the token hashes with each project: a
+    standalone data server keeps a join-token project's data to its token holders and takes
+    uploads made with its contributor token, as the master's own data server does."""
+    import pytest
+
+    from mlitb.protocol import SetAccess
+
+    join, contribute = "standalone-join-1", "standalone-contribute-1"
+    master, url = start_master(tmp_path / "master", TOKEN, "--no-data-server")
+    procs: tuple[Proc, ...] = (master,)
+    try:
+        create_digits(url)
+        data, data_url = start_data_server(url, TOKEN, tmp_path / "data")
+        procs += (data,)
+        (train_zip,), _ = digits_zips(tmp_path)
+        stored = DataClient(data_url, token=TOKEN).upload("digits", train_zip)["count"]
+        assert DataClient(data_url).info("digits")["count"] == stored  # open: anyone reads
+        operator_call(url, TOKEN, lambda op: op.request(SetAccess(
+            request_id="-", project="digits", join_token=join, contributor_token=contribute)))
+
+        def refused_without_token() -> bool:
+            try:
+                DataClient(data_url).info("digits")
+            except DataServerError as exc:
+                return exc.status == 401
+            return False
+
+        wait_until(refused_without_token, "the data server to learn the join token", 15, procs)
+        for token in (join, contribute, TOKEN):
+            assert DataClient(data_url, token=token).batch("digits", [0, 1]).ids.size == 2
+        with pytest.raises(DataServerError) as wrong:
+            DataClient(data_url, token="not-the-token").batch("digits", [0])
+        assert wrong.value.status == 401
+        added = DataClient(data_url, token=contribute).upload("digits", train_zip)["count"]
+        wait_until(lambda: project_status(url, TOKEN, "digits").data.total == stored + added,
+                   "the contributed upload registered", 30, procs)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()

@@ -11,6 +11,7 @@ master ignores ids it knows). While the master is away uploads are refused with 
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from ..client import MasterUnreachableError, OperatorClient, backoff, open_operator
+from .._tokens import matches
 from ..errors import MlitbError, UploadError
 from ..protocol import (
     MAX_IDS_PER_MESSAGE,
@@ -54,6 +56,8 @@ class Registrar:
         self.url, self.token, self.store, self.cafile = url, token, store, cafile
         self.say, self.first_backoff = say, first_backoff
         self.shapes: dict[str, InputShape] = {}
+        # Per project: the join and contributor tokens' hashes, as the master keeps them.
+        self.access: dict[str, tuple[str | None, str | None]] = {}
         self.registrations = 0  # times the master accepted this data server (1 + reconnects)
         self._op: OperatorClient | None = None
         self._lock = trio.Lock()  # one request at a time: each reads until its answer
@@ -116,6 +120,22 @@ class Registrar:
                               f"created in the last {REFRESH_EVERY:g} s may not be known yet)")
         return self.shapes[project]
 
+    def may_read(self, project: str, token: str | None) -> bool:
+        """The master's rule (``Master.may_read``) with the hashes it sent: a join-token
+        project's data is for its join token, its contributor token or the operator token."""
+        join, contribute = self.access.get(project, (None, None))
+        if join is None:
+            return True
+        return token is not None and (matches(token, join) or (
+            contribute is not None and matches(token, contribute)) or (
+            self.token is not None and hmac.compare_digest(token.encode(),
+                                                           self.token.encode())))
+
+    def may_contribute(self, project: str, token: str) -> bool:
+        """Whether ``token`` is the project's contributor token."""
+        contribute = self.access.get(project, (None, None))[1]
+        return contribute is not None and matches(token, contribute)
+
     async def register(self, r: Registration) -> None:
         """Register an upload the store committed (the data server answers 502 on failure;
         the ids are registered when the master is back, with everything stored)."""
@@ -135,10 +155,12 @@ class Registrar:
             c, h, w = p.input_shape
             new = register_all or p.name not in self.shapes
             self.shapes[p.name] = InputShape(width=w, height=h, channels=c)
+            self.access[p.name] = (p.join_sha256, p.contributor_sha256)
             if new:  # data stored before (a shared store, a restarted master) counts
                 await self._register_stored(p.name)
         for name in set(self.shapes) - {p.name for p in projects}:
             del self.shapes[name]
+            self.access.pop(name, None)
 
     async def _register(self, project: str, split: Split, ids: list[int], label_names: Any,
                         labels: list[int]) -> None:

@@ -9,30 +9,20 @@ Checks compare hashes with ``hmac.compare_digest`` (constant time).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._files import atomic_write
+from .._tokens import matches as _matches
+from .._tokens import token_hash
 
 log = logging.getLogger("mlitb.master")
 
 ACCESS_FILE = "access.json"
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def _matches(given: str | None, stored: str | None) -> bool:
-    if stored is None:
-        return True
-    if given is None:
-        return False
-    return hmac.compare_digest(token_hash(given).encode(), stored.encode())
 
 
 @dataclass(frozen=True)

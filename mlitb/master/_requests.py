@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -136,8 +138,12 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
     elif isinstance(msg, ListZoo):
         return ZooList(request_id=request_id, entries=tuple(_zoo_listing(master)))
     elif isinstance(msg, ListProjects):
-        return ProjectList(request_id=request_id,
-                           projects=tuple(p.summary() for p in master.projects.values()))
+        summaries = tuple(p.summary() for p in master.projects.values())
+        if conn.authorized:  # the token hashes, for standalone data servers
+            summaries = tuple(replace(s, join_sha256=master.access.get(s.name).join_hash,
+                                      contributor_sha256=master.access.get(s.name)
+                                      .contributor_hash) for s in summaries)
+        return ProjectList(request_id=request_id, projects=summaries)
     elif isinstance(msg, GetModel):
         project = master._project(msg.project)
         if msg.format == "closure":

@@ -65,6 +65,7 @@ Label = Annotated[str, Length(1, MAX_LABEL_LENGTH), Printable()]
 Labels = Annotated[tuple[Label, ...], Length(0, MAX_LABELS), Unique()]
 Host = Annotated[str, Length(1, MAX_HOST_LENGTH), Printable()]
 Token = Annotated[str, Length(1, MAX_TOKEN_LENGTH), Printable()]
+TokenHash = Annotated[str, Pattern(r"[0-9a-f]{64}", "64 lowercase hex digits (a SHA-256)")]
 RequestId = Annotated[str, Pattern(r"[!-~]{1,64}", "1-64 printable ASCII characters, no spaces")]
 Text = Annotated[str, Length(0, MAX_TEXT_LENGTH)]
 Url = Annotated[str, Length(1, MAX_URL_LENGTH), Pattern(r"https?://\S+", "an http(s):// URL")]
@@ -721,6 +722,11 @@ class ProjectSummary:
     data: DataCounts
     loss: NonNegative | None = None
     test_error: Fraction | None = None
+    join_sha256: TokenHash | None = None
+    """The join token's SHA-256 (null: open), only in answers to an authorized operator: a
+    standalone data server checks the project's tokens with them."""
+    contributor_sha256: TokenHash | None = None
+    """The contributor token's SHA-256 (null: none), likewise."""
 
 
 @dataclass(frozen=True, kw_only=True)
