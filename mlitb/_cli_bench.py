@@ -113,3 +113,15 @@ def recipe(ctx: typer.Context) -> None:
     from mlitb.bench import recipe as bench_recipe
 
     raise typer.Exit(bench_recipe.main(ctx.args))
+
+
+@bench_app.command()
+def protocol(
+    seconds: Annotated[float, typer.Option(
+        min=0.001, max=60, help="Seconds per figure (the best of three runs counts).")] = 0.3,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Encode and decode cost per protocol message, next to plain json on the same text."""
+    from mlitb.bench import protocol as bench_protocol
+
+    bench_protocol.run(seconds, as_json=json)
