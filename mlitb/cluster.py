@@ -98,7 +98,7 @@ async def serve_cluster(master: Master, store: DataStore, host: str = "127.0.0.1
                 try:
                     _reregister(master, store, project)
                 except RequestError as exc:  # a store written before labels were planned
-                    master._event("error", f"project {project}: its stored data was not "
+                    master.log_event("error", f"project {project}: its stored data was not "
                                   f"registered: {exc}", project)
 
         for project in list(master.projects):

@@ -42,23 +42,23 @@ async def run_project_loop(master: Master, name: str, scope: trio.CancelScope) -
                 log.exception("project %s: error in its event loop", name)
                 project.current = None
                 project.paused = True
-                master._event("error", f"project {name} paused: its event loop failed with "
+                master.log_event("error", f"project {name} paused: its event loop failed with "
                               f"{type(exc).__name__}: {exc} (resume it to try again)", name)
-                master._save_soon(name)
+                master.save_soon(name)
 
 
 async def run_iteration(master: Master, name: str, project: Project) -> None:
     """One pass of the loop: an iteration, or a wait while paused or without trainers."""
-    master._wakeups[name] = trio.Event()
-    start = master._now()
+    wakeup = master.next_wakeup(name)
+    start = master.now()
     joined = project.admit_pending()
     for w in joined:
-        master._event("joined", f"worker {w} admitted to project {name}'s data "
+        master.log_event("joined", f"worker {w} admitted to project {name}'s data "
                       "allocation", name, w)
     flush_allocations(master, project)
     if project.paused or not project.ready_trainers():
         with trio.move_on_after(project.iteration_time):
-            await master._wakeups[name].wait()
+            await wakeup.wait()
         return
     it = project.plan_iteration(start)
     frame = encode_parameters(project.net.params,
@@ -73,20 +73,20 @@ async def run_iteration(master: Master, name: str, project: Project) -> None:
                        learning_rate=order.learning_rate))
     for w in project.of_role("tracker") + project.of_role("stats"):
         master.connections[w].send(frame)
-    it.sent_at = master._now()
+    it.sent_at = master.now()
     # Deterministic mode waits for every result (a worker that leaves drops its
     # order); otherwise late workers do not hold the iteration hostage.
     with trio.move_on_at(math.inf if project.deterministic else it.deadline):
         while not it.complete():
-            await master._wakeups[name].wait()
-            master._wakeups[name] = trio.Event()
+            await wakeup.wait()
+            wakeup = master.next_wakeup(name)
     every_result_in = it.complete()
-    reduce_start = master._now()
+    reduce_start = master.now()
     summary = project.finish_iteration(reduce_start)
     project.timing = dataclasses.replace(project.timing,
-                                         reduce=master._now() - reduce_start)
+                                         reduce=master.now() - reduce_start)
     if project.refused is not None:
-        master._event("error", f"project {name}: iteration {it.number}'s step was refused: "
+        master.log_event("error", f"project {name}: iteration {it.number}'s step was refused: "
                       f"{project.refused}", name)
     report_checks(master, name, project, it.number)
     if summary.workers < len(it.orders):
@@ -115,11 +115,11 @@ def report_checks(master: Master, name: str, project: Project, number: int) -> N
         log.info("%s: iteration %d: %d result(s) refused, %d clipped, %d capped", name,
                  number, len(summary.refused), len(summary.clipped), len(summary.capped))
     for w, why in project.dropped:
-        master._event("removed", f"worker {w} dropped from project {name}: {why}", name, w)
+        master.log_event("removed", f"worker {w} dropped from project {name}: {why}", name, w)
         conn = master.connections.get(w)
         if conn is not None:
             conn.say_bye("too_many_errors", f"dropped: {why}"[:120])
-            master._forget(conn, log_event=False)
+            master.forget(conn, log_event=False)
     project.dropped = []
 
 

@@ -67,15 +67,15 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
     elif isinstance(msg, DeleteProject):
         master.delete_project(msg.project)
     elif isinstance(msg, (Pause, Resume)):
-        project = master._project(msg.project)
+        project = master.project(msg.project)
         project.paused = isinstance(msg, Pause)
-        master._event("paused" if project.paused else "resumed",
+        master.log_event("paused" if project.paused else "resumed",
                       f"project {project.name} {'paused' if project.paused else 'resumed'}",
                       project.name)
-        master._wake(project.name)
-        master._save_soon(project.name)  # a restarted master keeps the project as it is
+        master.wake(project.name)
+        master.save_soon(project.name)  # a restarted master keeps the project as it is
     elif isinstance(msg, SetHyperparameters):
-        project = master._project(msg.project)
+        project = master.project(msg.project)
         try:
             if msg.training is not None:
                 project.check_training(msg.training)
@@ -91,9 +91,9 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                 msg.hyperparameters and project.outer is not None):
             # Workers read T, the training settings and (local) the inner optimizer's
             # hyperparameters from their project info.
-            master._broadcast_project_changed(project)
-        master._save_soon(project.name)
-        master._event("configured", f"project {project.name}: "
+            master.broadcast_project_changed(project)
+        master.save_soon(project.name)
+        master.log_event("configured", f"project {project.name}: "
                       + ", ".join(f"{k}={v:g}" for k, v in msg.hyperparameters.items())
                       + (f" T={msg.iteration_time:g} s" if msg.iteration_time else "")
                       + (" training settings" if msg.training is not None else ""),
@@ -108,14 +108,14 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
             for member in [c for c in master.connections.values()
                            if c.project == msg.project and c.role != "operator"]:
                 member.say_bye("removed", "the project's join token changed: join again")
-                master._forget(member, log_event=False)
+                master.forget(member, log_event=False)
     elif isinstance(msg, RemoveWorker):
         target = master.connections.get(msg.worker_id)
         if target is None or target.role == "operator":
             raise RequestError("unknown_worker", f"no worker with id {msg.worker_id}")
         target.say_bye("removed", "removed by an operator")
-        master._forget(target, log_event=False)
-        master._event("removed", f"worker {msg.worker_id} removed by an operator",
+        master.forget(target, log_event=False)
+        master.log_event("removed", f"worker {msg.worker_id} removed by an operator",
                       target.project, msg.worker_id)
     elif isinstance(msg, RegisterData):
         names = list(msg.label_names)
@@ -126,13 +126,7 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
     elif isinstance(msg, RegisterDataServer):
         master.register_data_server(conn, msg.url, msg.store)
     elif isinstance(msg, Subscribe):
-        if msg.project is not None:
-            master._project(msg.project)
-        first = conn.subscription is None
-        conn.subscription = (msg.project, msg.interval)
-        conn.events_seen = max(0, master._event_count - len(master._events))
-        if first and master._nursery is not None:
-            master._nursery.start_soon(master._publish, conn)
+        master.subscribe(conn, msg.project, msg.interval)
     elif isinstance(msg, Unsubscribe):
         conn.subscription = None
     elif isinstance(msg, ListZoo):
@@ -145,7 +139,7 @@ def answer_request(master: Master, conn: Connection, msg: Message) -> Message:
                                       .contributor_hash) for s in summaries)
         return ProjectList(request_id=request_id, projects=summaries)
     elif isinstance(msg, GetModel):
-        project = master._project(msg.project)
+        project = master.project(msg.project)
         if msg.format == "closure":
             model = master.closure_of(project.name)
         elif msg.format == "convnetjs":

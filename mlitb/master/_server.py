@@ -170,7 +170,7 @@ class Master:
             for name in list(self.projects):
                 await self.save_project(name)
 
-    def _now(self) -> float:
+    def now(self) -> float:
         return trio.current_time()
 
     def _uptime(self) -> float:
@@ -179,7 +179,7 @@ class Master:
             return 0.0
         return max(0.0, trio.current_time() - self._started_at)
 
-    def _event(self, kind: str, message: str, project: str | None = None,
+    def log_event(self, kind: str, message: str, project: str | None = None,
                worker_id: int | None = None) -> None:
         self._events.append(Event(time=self._uptime(), kind=kind,  # type: ignore[arg-type]
                                   message=message[:2048], project=project, worker_id=worker_id))
@@ -307,22 +307,22 @@ class Master:
                       save=False)
             names.append(project.name)
         for problem in problems:
-            self._event("error", f"could not restore {problem.path.name}: {problem.reason}")
+            self.log_event("error", f"could not restore {problem.path.name}: {problem.reason}")
         return names, problems
 
     def _add(self, project: Project, message: str, *, save: bool = True) -> None:
         name = project.name
         self.projects[name] = project
-        self._event("created", message, name)
+        self.log_event("created", message, name)
         if self._nursery is not None:
             self._start_loop(name)
             if save:
-                self._save_soon(name)
+                self.save_soon(name)
         for hook in self.on_project_created:
             hook(name)
 
     # -- persistence ------------------------------------------------------------------------------
-    def _save_soon(self, name: str) -> None:
+    def save_soon(self, name: str) -> None:
         if self.files is not None and self._nursery is not None:
             self._nursery.start_soon(self.save_project, name)
 
@@ -342,7 +342,7 @@ class Master:
             except Exception as exc:  # noqa: BLE001 (an autosave never takes the master down)
                 if not isinstance(exc, MlitbError):
                     log.exception("project %s: cannot snapshot its closure", name)
-                self._event("error", f"project {name}: cannot save its closure: {exc}", name)
+                self.log_event("error", f"project {name}: cannot save its closure: {exc}", name)
                 return
             if project.created is None:
                 project.created = snapshot.created
@@ -362,14 +362,14 @@ class Master:
             except Exception as exc:  # noqa: BLE001 (an autosave never takes the master down)
                 if not isinstance(exc, (OSError, MlitbError)):
                     log.exception("project %s: autosave failed", name)
-                self._event("error", f"project {name}: autosave to {files.path(name)} failed "
+                self.log_event("error", f"project {name}: autosave to {files.path(name)} failed "
                             f"(the previous file is kept): {exc}", name)
             if self.projects.get(name) is not project:  # deleted while it was being written
                 files.remove(name)
 
     def delete_project(self, name: str) -> None:
         """Delete a project: its workers are told to leave, its saved closure is removed."""
-        self._project(name)
+        self.project(name)
         for conn in list(self.connections.values()):
             if conn.project == name:
                 conn.say_bye("project_deleted", f"project {name} was deleted")
@@ -382,7 +382,7 @@ class Master:
             lock = self._save_locks.get(name)
             if lock is None or not lock.locked():  # else the save in flight removes it
                 self.files.remove(name)
-        self._event("deleted", f"project {name} deleted", name)
+        self.log_event("deleted", f"project {name} deleted", name)
 
     def set_access(self, name: str, *, join_token: str | None = None,
                    contributor_token: str | None = None,
@@ -391,13 +391,13 @@ class Master:
         worker) and a contributor token (None: only the operator adds data), except those named
         in ``keep`` (``"join"``, ``"contributor"``), which stay as they are. Only hashes are
         kept. Members already connected stay."""
-        self._project(name)
+        self.project(name)
         old, new = self.access.get(name), Access.from_tokens(join_token, contributor_token)
         access = Access(join_hash=old.join_hash if "join" in keep else new.join_hash,
                         contributor_hash=old.contributor_hash if "contributor" in keep
                         else new.contributor_hash)
         self.access.set(name, access)
-        self._event("configured", f"project {name}: "
+        self.log_event("configured", f"project {name}: "
                     + ("open to every trainer" if access.open else "needs a join token")
                     + (", takes contributions" if access.contributor_hash else ""), name)
 
@@ -424,9 +424,9 @@ class Master:
                 if conn.role == "operator" and conn is not keep:
                     conn.say_bye("removed", "the operator token changed: connect again with "
                                  "the new one")
-                    self._forget(conn, log_event=False)
+                    self.forget(conn, log_event=False)
                     dropped += 1
-        self._event("configured", "the operator token was changed"
+        self.log_event("configured", "the operator token was changed"
                     + (f"; {dropped} other operator connections were closed"
                        if drop_operators else ""))
 
@@ -441,7 +441,7 @@ class Master:
             access.may_join(token) or access.may_contribute(token)
             or self.is_operator_token(token))
 
-    def _project(self, name: str) -> Project:
+    def project(self, name: str) -> Project:
         project = self.projects.get(name)
         if project is None:
             raise RequestError("unknown_project", f"no project named {name!r}")
@@ -450,33 +450,33 @@ class Master:
     def plan_labels(self, name: str, names: Sequence[str]) -> tuple[str, ...]:
         """The label list the data server stores an upload naming ``names`` under
         (``Project.plan_labels``): registering it afterwards cannot conflict."""
-        return tuple(self._project(name).plan_labels(names))
+        return tuple(self.project(name).plan_labels(names))
 
     def register_data(self, name: str, split: str, ids: Sequence[int],
                       label_names: Sequence[str]) -> Project:
         """Called (directly, or through ``register_data`` messages) by the data server."""
-        project = self._project(name)
+        project = self.project(name)
         try:
             grown = project.register_labels(label_names)
         except LabelConflictError as exc:
             raise RequestError("invalid_value", str(exc)) from None
         new_test = project.add_data(split, ids)
         if grown:
-            self._event("configured", f"project {name}: output layer grew to "
+            self.log_event("configured", f"project {name}: output layer grew to "
                         f"{len(project.net.labels)} classes", name)
-            self._broadcast_project_changed(project)
+            self.broadcast_project_changed(project)
         if new_test:
             for w in project.of_role("stats"):
                 send_ids(self.connections[w], new_test, [], len(project.test_ids))
-        self._event("data", f"project {name}: {len(ids)} {split} ids registered", name)
-        self._wake(name)
+        self.log_event("data", f"project {name}: {len(ids)} {split} ids registered", name)
+        self.wake(name)
         return project
 
     def register_data_server(self, conn: Connection, url: str, store: str | None) -> None:
         """A separate data server at ``url`` (serving ``store``) joins the announcement until
         ``conn`` closes. Raises RequestError for a store the others do not serve."""
         self.data_servers.register(conn.worker_id, url, store)
-        self._event("data", f"data server {url} registered"
+        self.log_event("data", f"data server {url} registered"
                     + (f" (store {store})" if store else ""))
         self._announce_data_servers()
 
@@ -486,15 +486,31 @@ class Master:
             if conn.project is not None or conn.subscription is not None:
                 conn.send(DataServers(data_urls=self.data_servers.urls_for(conn.worker_id)))
 
-    def _broadcast_project_changed(self, project: Project) -> None:
+    def broadcast_project_changed(self, project: Project) -> None:
         msg = ProjectChanged(project=project.info())
         for w in project.members:
             self.connections[w].send(msg)
 
-    def _wake(self, name: str) -> None:
+    def wake(self, name: str) -> None:
+        """Wake project ``name``'s loop (a result came, a worker joined or left, a change)."""
         event = self._wakeups.get(name)
         if event is not None:
             event.set()
+
+    def next_wakeup(self, name: str) -> trio.Event:
+        """A fresh event that the next ``wake(name)`` sets (the project loop waits on it)."""
+        event = self._wakeups[name] = trio.Event()
+        return event
+
+    def subscribe(self, conn: Connection, project: str | None, interval: float) -> None:
+        """Status snapshots for ``conn`` every ``interval`` s, with the events from now on."""
+        if project is not None:
+            self.project(project)
+        first = conn.subscription is None
+        conn.subscription = (project, interval)
+        conn.events_seen = max(0, self._event_count - len(self._events))
+        if first and self._nursery is not None:
+            self._nursery.start_soon(self.publish, conn)
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot of the master's state (the same content as the status messages)."""
@@ -547,7 +563,7 @@ class Master:
                     await self._reader(conn)
                 keepalive.cancel()
                 conn.outbox_send.close()  # the sender flushes what is queued (a bye), then ends
-                nursery.cancel_scope.deadline = self._now() + 2.0
+                nursery.cancel_scope.deadline = self.now() + 2.0
         except ConnectionClosed:
             pass
         except Exception:  # noqa: BLE001 (one connection's failure never stops the master)
@@ -557,7 +573,7 @@ class Master:
                 conn.close_code, conn.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
         finally:
             if conn is not None:
-                self._forget(conn)
+                self.forget(conn)
             with trio.move_on_after(CLOSE_TIMEOUT) as cleanup:
                 cleanup.shield = True
                 code = conn.close_code if conn is not None else CloseCode.NORMAL
@@ -622,7 +638,7 @@ class Master:
         conn = Connection(ws=ws, worker_id=worker_id, role=hello.role, client=hello.client,
                           host=hello.host, authorized=authorized,
                           project=project.name if project else None,
-                          last_heard=self._now())
+                          last_heard=self.now())
         self.connections[worker_id] = conn
         if project is not None:
             self.data_servers.join(worker_id)
@@ -639,15 +655,15 @@ class Master:
                 conn.send(encode_parameters(project.net.params,
                                             parameter_version=project.parameter_version,
                                             iteration=project.iteration))
-            self._event("joined", f"{hello.client} {hello.role} {worker_id} from {hello.host} "
+            self.log_event("joined", f"{hello.client} {hello.role} {worker_id} from {hello.host} "
                         f"connected to {project.name}", project.name, worker_id)
-            self._wake(project.name)
+            self.wake(project.name)
         return conn
 
-    def _forget(self, conn: Connection, *, log_event: bool = True) -> None:
+    def forget(self, conn: Connection, *, log_event: bool = True) -> None:
         self.connections.pop(conn.worker_id, None)
         if self.data_servers.forget(conn.worker_id):
-            self._event("data", f"data server of connection {conn.worker_id} went away")
+            self.log_event("data", f"data server of connection {conn.worker_id} went away")
             self._announce_data_servers()
         if conn.project is not None and conn.project in self.projects:
             project = self.projects[conn.project]
@@ -655,10 +671,10 @@ class Master:
                 clean = (conn.close_code == CloseCode.NORMAL and conn.peer_close_code
                          in (CloseCode.NORMAL, CloseCode.GOING_AWAY))
                 kind = "left" if clean else "lost"
-                self._event(kind, f"worker {conn.worker_id} {kind} project {conn.project}"
+                self.log_event(kind, f"worker {conn.worker_id} {kind} project {conn.project}"
                             + (f" ({conn.close_reason})" if conn.close_reason else ""),
                             conn.project, conn.worker_id)
-                self._wake(conn.project)
+                self.wake(conn.project)
 
     async def _sender(self, conn: Connection) -> None:
         try:
@@ -673,7 +689,7 @@ class Master:
         with scope:
             while True:
                 await trio.sleep(PING_INTERVAL)
-                if self._now() - conn.last_heard < PING_INTERVAL:
+                if self.now() - conn.last_heard < PING_INTERVAL:
                     continue
                 with trio.move_on_after(PING_TIMEOUT):
                     try:
@@ -682,10 +698,10 @@ class Master:
                         conn.peer_close_code = exc.reason.code if exc.reason else None
                         conn.cancel.cancel()
                         return
-                    conn.last_heard = self._now()
+                    conn.last_heard = self.now()
                     continue
                 conn.close_code, conn.close_reason = CloseCode.TIMED_OUT, "no answer to ping"
-                self._forget(conn)
+                self.forget(conn)
                 conn.cancel.cancel()
                 return
 
@@ -697,7 +713,7 @@ class Master:
             except ConnectionClosed as exc:
                 conn.peer_close_code = exc.reason.code if exc.reason else None
                 return
-            conn.last_heard = self._now()
+            conn.last_heard = self.now()
             request_id: str | None = None
             try:
                 if isinstance(data, bytes):
@@ -738,11 +754,11 @@ class Master:
         frame = decode_frame(data, expected_length=project.net.num_params)
         if not isinstance(frame, ResultFrame):
             raise WireError("workers send result frames only", code="bad_frame")
-        refused = project.accept_result(conn.worker_id, frame, self._now())
+        refused = project.accept_result(conn.worker_id, frame, self.now())
         if refused is not None:
             conn.send(Error(code=refused.code, message=refused))  # type: ignore[arg-type]
         else:
-            self._wake(project.name)
+            self.wake(project.name)
 
     # -- control messages -------------------------------------------------------------------------
     def _on_message(self, conn: Connection, msg: Message) -> None:
@@ -756,13 +772,13 @@ class Master:
                 project.allocator.mark_cached(conn.worker_id, msg.cached)
                 project.allocator.mark_uncached(conn.worker_id, msg.evicted)
                 if project.deterministic:  # a trainer may have become ready
-                    self._wake(project.name)
+                    self.wake(project.name)
             elif conn.role == "stats" and conn.worker_id in project.members:
                 member = project.members[conn.worker_id]
                 member.cached = max(0, member.cached + len(msg.cached) - len(msg.evicted))
             return
         if isinstance(msg, StatsReport):
-            project = self._project(conn.project or "")
+            project = self.project(conn.project or "")
             project.record_stats(StatsPoint(iteration=msg.iteration,
                                             parameter_version=msg.parameter_version,
                                             samples=msg.samples, error=msg.error))
@@ -772,7 +788,7 @@ class Master:
 
     def closure_of(self, name: str) -> dict[str, Any]:
         """The research closure of a project as it is now (docs/closure.md)."""
-        project = self._project(name)
+        project = self.project(name)
         manifest = None
         if self.manifest_provider is not None:
             try:
@@ -791,7 +807,7 @@ class Master:
                       projects=tuple(self.projects[n].status() for n in names
                                      if n in self.projects))
 
-    async def _publish(self, conn: Connection) -> None:
+    async def publish(self, conn: Connection) -> None:
         """Send status snapshots to a subscriber until it unsubscribes or leaves."""
         while conn.subscription is not None and conn.worker_id in self.connections:
             name, interval = conn.subscription
