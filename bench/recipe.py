@@ -5,9 +5,12 @@ figures by several points. This benchmark takes the clock out: simulated trainer
 ``Project`` (the master's functional core: allocation, work orders, the schedule, the reduce and
 the outer optimizer) with a simulated clock, each computing what a node computes
 (``training._compute``) on exactly ``--round-samples`` samples per round, drawn from its passes over
-its share as a node draws them (``training.Passes``, seeded). A minute of the real system on this 2-core machine is ~60 rounds of 2 trainers at
-~1,400 samples each, so the defaults stand for it; the test accuracy it prints is on all 10,000
-test images. Same arguments, same figures, whatever else the machine is doing.
+its share as a node draws them (``training.Passes``, seeded). A minute of the real system on
+this 2-core machine is ~60 s of 2 trainers at ~1,400 samples/s each with the paper's net
+(``--net paper``) and ~2,800 with the demo's (``--net fast``, the default: it costs half as much
+per sample), so the defaults stand for it; the test accuracy it prints is on all 10,000 test
+images.
+Same arguments, same figures, whatever else the machine is doing.
 
 Variants (``--variants``, comma-separated; each one run after the other, the recipe's first):
 
@@ -37,12 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from mlitb.bench.engine import DEMO_NET, blas_info, one_thread
+from mlitb.bench.engine import blas_info, one_thread
 from mlitb.bench.train import DATA, Recipe, _accuracy, _decode
+from mlitb.datasets import CIFAR10_NETS
 
 VARIANTS = ("recipe", "previous", "constant", "no-flip", "one", "paper")
-PER_SECOND = 1400
-"""Samples one trainer computes per second of T (a node beside another on this machine)."""
+PER_SECOND = {"paper": 1400, "fast": 2800}
+"""Samples one trainer computes per second of T (a node beside another on this machine), by
+net: the demo's net costs less per sample than the paper's (docs/performance.md)."""
 
 
 @dataclass(frozen=True)
@@ -52,14 +57,15 @@ class Setup(Recipe):
     trainers: int = 2
 
 
-def setup(variant: str, seconds: float, trainers: int) -> Setup:
-    """The recipe of ``variant`` for a run of ``seconds`` of simulated time."""
+def setup(variant: str, seconds: float, trainers: int, net: str = "fast") -> Setup:
+    """The recipe of ``variant`` for a run of ``seconds`` of simulated time, training ``net``
+    (a name of ``mlitb.datasets.CIFAR10_NETS``)."""
     from mlitb.recipes import cifar10_recipe
 
     if variant == "paper":
-        optimizer, hp, training, t = cifar10_recipe("gradient", seconds)
-        return Setup(optimizer, hp, training, t, trainers)
-    optimizer, hp, training, t = cifar10_recipe("local", seconds)
+        optimizer, hp, training, t = cifar10_recipe("gradient", seconds, net=net)
+        return Setup(optimizer, hp, training, t, net, trainers)
+    optimizer, hp, training, t = cifar10_recipe("local", seconds, net=net)
     if variant == "previous":
         hp = {**hp, "learning_rate": 0.03, "momentum": 0.9}
         t = 1.0
@@ -71,7 +77,7 @@ def setup(variant: str, seconds: float, trainers: int) -> Setup:
         trainers = 1
     elif variant != "recipe":
         raise ValueError(f"variant: one of {', '.join(VARIANTS)}, got {variant!r}")
-    return Setup(optimizer, hp, training, t, trainers)
+    return Setup(optimizer, hp, training, t, net, trainers)
 
 
 def run_variant(s: Setup, seconds: float, per_second: int,
@@ -92,7 +98,7 @@ def run_variant(s: Setup, seconds: float, per_second: int,
     )
 
     images, labels = train
-    net = Net(DEMO_NET, seed=0)
+    net = Net(s.spec, seed=0)
     optimizer = make_optimizer(s.optimizer, net.num_params, **s.hyperparameters)
     project = Project("recipe", net, optimizer, s.optimizer, s.iteration_time,
                       training=s.training)
@@ -100,7 +106,7 @@ def run_variant(s: Setup, seconds: float, per_second: int,
     # One trainer alone computes what all the others would have: the same samples per round.
     round_samples = int(per_second * s.iteration_time * (2 if s.trainers == 1 else 1))
     local = s.training.algorithm == "local"
-    workers = {w: Net(DEMO_NET, seed=0) for w in range(s.trainers)}
+    workers = {w: Net(s.spec, seed=0) for w in range(s.trainers)}
     inner = {w: make_inner(s.optimizer, s.hyperparameters, n) for w, n in workers.items()}
     # Each trainer's passes over its share, kept between rounds as a node keeps them.
     passes = {w: Passes(np.random.default_rng([0, w])) for w in workers}
@@ -141,10 +147,10 @@ def run_variant(s: Setup, seconds: float, per_second: int,
         project.admit_pending()
         now += s.iteration_time
         if r + 1 in marks:
-            curve.append((project.samples_trained, _accuracy(project.net.params, *test)))
+            curve.append((project.samples_trained, _accuracy(project.net.params, *test, s.spec)))
             print(f"  {r + 1:4d} rounds  {project.samples_trained:8,} samples  "
                   f"test accuracy {curve[-1][1]:.1%}", file=log, flush=True)
-    return {"samples": project.samples_trained, "rounds": rounds, "trainers": s.trainers,
+    return {"net": s.net, "samples": project.samples_trained, "rounds": rounds, "trainers": s.trainers,
             "optimizer": s.optimizer, "hyperparameters": s.hyperparameters,
             "training": dataclasses.asdict(s.training), "iteration_time": s.iteration_time,
             "curve": curve, "final": curve[-1][1] if curve else 0.0,
@@ -152,9 +158,12 @@ def run_variant(s: Setup, seconds: float, per_second: int,
 
 
 def run(variants: Sequence[str] = ("recipe", "previous"), seconds: float = 60.0,
-        trainers: int = 2, per_second: int = PER_SECOND, points: int = 4,
-        log: Any = sys.stderr) -> dict[str, Any]:
-    """Every variant in turn; the first is the reference of the differences printed."""
+        trainers: int = 2, per_second: int | None = None, points: int = 4,
+        log: Any = sys.stderr, net: str = "fast") -> dict[str, Any]:
+    """Every variant in turn; the first is the reference of the differences printed.
+    ``per_second``: samples per trainer per second of T (default: ``PER_SECOND[net]``)."""
+    if per_second is None:
+        per_second = PER_SECOND[net]
     train_zip, test_zip = DATA / "cifar10-train.zip", DATA / "cifar10-test.zip"
     if not (train_zip.exists() and test_zip.exists()):
         return {"skipped": f"no CIFAR-10 zips in {DATA}"}
@@ -162,10 +171,10 @@ def run(variants: Sequence[str] = ("recipe", "previous"), seconds: float = 60.0,
     print(f"decoding {train_zip.name} and {test_zip.name}", file=log, flush=True)
     train, test = _decode(train_zip), _decode(test_zip)
     out: dict[str, Any] = {"blas": blas_info(), "seconds": seconds, "per_second": per_second,
-                           "variants": {}}
+                           "net": net, "variants": {}}
     for v in variants:
         print(f"{v}:", file=log, flush=True)
-        out["variants"][v] = run_variant(setup(v, seconds, trainers), seconds, per_second,
+        out["variants"][v] = run_variant(setup(v, seconds, trainers, net), seconds, per_second,
                                          train, test, points, log)
     return out
 
@@ -176,8 +185,8 @@ def _print(result: dict[str, Any]) -> None:
         return
     rows = result["variants"]
     ref = next(iter(rows.values()))["final"]
-    print(f"\n{result['seconds']:.0f} s of simulated rounds at {result['per_second']:,} samples/s "
-          "per trainer; test accuracy on 10,000 images")
+    print(f"\n{result['net']} net, {result['seconds']:.0f} s of simulated rounds at "
+          f"{result['per_second']:,} samples/s per trainer; test accuracy on 10,000 images")
     print(f"{'variant':<10} {'trainers':>8} {'samples':>9} {'accuracy':>9} {'vs first':>9}")
     for name, r in rows.items():
         print(f"{name:<10} {r['trainers']:>8} {r['samples']:>9,} {r['final']:>9.1%} "
@@ -193,9 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0,
                         help="simulated training time: the schedule's horizon (default: 60)")
     parser.add_argument("--trainers", type=int, default=2, help="trainers (default: 2)")
-    parser.add_argument("--round-samples", type=int, default=PER_SECOND, dest="per_second",
-                        help="samples per trainer per second of T (default: %(default)s)")
+    parser.add_argument("--round-samples", type=int, default=None, dest="per_second",
+                        help="samples per trainer per second of T (default: "
+                             f"{PER_SECOND['fast']} for the fast net, {PER_SECOND['paper']} "
+                             "for the paper's)")
     parser.add_argument("--points", type=int, default=4, help="points of the curve")
+    parser.add_argument("--net", choices=sorted(CIFAR10_NETS), default="fast",
+                        help="the demo's net (fast, default) or the paper's ConvNetJS net")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -203,9 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad or not variants:
         parser.error(f"--variants: unknown {', '.join(bad) or '(none)'}; "
                      f"choose from {', '.join(VARIANTS)}")
-    if args.trainers < 1 or args.per_second < 1 or args.seconds <= 0 or args.points < 1:
+    if args.trainers < 1 or (args.per_second is not None and args.per_second < 1) \
+            or args.seconds <= 0 or args.points < 1:
         parser.error("--trainers, --round-samples, --points and --seconds must be positive")
-    result = run(variants, args.seconds, args.trainers, args.per_second, args.points)
+    result = run(variants, args.seconds, args.trainers, args.per_second, args.points,
+                 net=args.net)
     print(json.dumps(result, indent=2) if args.json else "", end="")
     if not args.json:
         _print(result)

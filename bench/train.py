@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import trio
 
-from mlitb.bench.engine import DEMO_NET, blas_info, one_thread, torch_model
+from mlitb.bench.engine import blas_info, one_thread, torch_model
+from mlitb.datasets import CIFAR10_NETS
 from mlitb.protocol import Training
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -53,14 +54,20 @@ class Recipe:
     hyperparameters: dict[str, float]
     training: Training
     iteration_time: float = 1.0
+    net: str = "fast"
+    """Which of ``mlitb.datasets.CIFAR10_NETS`` trains."""
+
+    @property
+    def spec(self) -> list[dict[str, object]]:
+        return CIFAR10_NETS[self.net]
 
 
-def recipe(algorithm: str, seconds: float) -> Recipe:
+def recipe(algorithm: str, seconds: float, net: str = "fast") -> Recipe:
     """The demo's CIFAR-10 recipe for a run of ``seconds`` (``mlitb demo`` uses the same)."""
     from mlitb.recipes import cifar10_recipe
 
-    optimizer, hp, training, t = cifar10_recipe(algorithm, seconds)
-    return Recipe(optimizer, hp, training, t)
+    optimizer, hp, training, t = cifar10_recipe(algorithm, seconds, net=net)
+    return Recipe(optimizer, hp, training, t, net)
 
 
 @dataclass
@@ -87,11 +94,12 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return decoded.images, decoded.labels.astype(np.int64)
 
 
-def _accuracy(params: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+def _accuracy(params: np.ndarray, x: np.ndarray, y: np.ndarray,
+              spec: list[dict[str, object]] = CIFAR10_NETS["fast"]) -> float:
     from mlitb.datasets import pixels_to_input
     from mlitb.nn import Net
 
-    net = Net(DEMO_NET, params=params)
+    net = Net(spec, params=params)
     correct = 0
     for i in range(0, len(y), 500):
         correct += net.evaluate(pixels_to_input(x[i:i + 500]), y[i:i + 500]).correct
@@ -111,7 +119,7 @@ async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, tra
     async with trio.open_nursery() as nursery:
         address = await nursery.start(lambda task_status: serve_cluster(
             master, store, "127.0.0.1", 0, 0, task_status=task_status))
-        project = master.create_project(PROJECT, DEMO_NET, iteration_time=rec.iteration_time,
+        project = master.create_project(PROJECT, rec.spec, iteration_time=rec.iteration_time,
                                         optimizer=rec.optimizer,
                                         hyperparameters=rec.hyperparameters, seed=0,
                                         training=rec.training)
@@ -168,13 +176,14 @@ def run_system(nodes: int, rec: Recipe, seconds: float, train_zip: Path,
             chosen.append((t, params))
     if snapshots and chosen[-1][0] != snapshots[-1][0]:
         chosen.append(snapshots[-1])
-    curve.points = [(t, _accuracy(p, *test)) for t, p in chosen]
+    curve.points = [(t, _accuracy(p, *test, rec.spec)) for t, p in chosen]
     return curve
 
 
 # -- PyTorch on one thread -------------------------------------------------------------------------
 def run_torch(seconds: float, target: float, train: tuple[np.ndarray, np.ndarray],
-              test: tuple[np.ndarray, np.ndarray], log: Any) -> Curve | None:
+              test: tuple[np.ndarray, np.ndarray], log: Any,
+              spec: list[dict[str, object]] = CIFAR10_NETS["fast"]) -> Curve | None:
     """The same net in PyTorch on one thread: SGD-Nesterov (lr 0.05, momentum 0.9, weight decay
     5e-4), batch 64, the warmup + cosine schedule over ``seconds``, shift 4 + flip. The clock
     stops while it is evaluated (every ``EVERY`` s of training)."""
@@ -188,7 +197,7 @@ def run_torch(seconds: float, target: float, train: tuple[np.ndarray, np.ndarray
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = torch_model(Net(DEMO_NET, seed=0))
+    model = torch_model(Net(spec, seed=0))
     peak = 0.05
     opt = torch.optim.SGD(model.parameters(), lr=peak, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
@@ -233,7 +242,7 @@ def run_torch(seconds: float, target: float, train: tuple[np.ndarray, np.ndarray
 # -- report ----------------------------------------------------------------------------------------
 def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: float = 0.7,
         algorithm: str = "local", with_torch: bool = True, torch_seconds: float = 120.0,
-        as_json: bool = False) -> dict[str, Any]:
+        as_json: bool = False, net: str = "fast") -> dict[str, Any]:
     train_zip, test_zip = DATA / "cifar10-train.zip", DATA / "cifar10-test.zip"
     if not (train_zip.exists() and test_zip.exists()):
         print(f"skipped: the CIFAR-10 zips are not at {DATA} (see ../shared/data/README.md)")
@@ -241,7 +250,7 @@ def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: floa
     log = sys.stderr if as_json else sys.stdout
     print(f"decoding {test_zip.name} for evaluation", file=log, flush=True)
     test = _decode(test_zip)
-    rec = recipe(algorithm, seconds)
+    rec = recipe(algorithm, seconds, net)
     curves: list[Curve] = []
     for n in node_counts:
         print(f"mlitb with {n} node(s), {algorithm}, {seconds:g} s", file=log, flush=True)
@@ -250,11 +259,12 @@ def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: floa
     if with_torch:
         print(f"PyTorch, one thread, {torch_seconds:g} s", file=log, flush=True)
         with one_thread():
-            torch_curve = run_torch(torch_seconds, target, _decode(train_zip), test, log)
+            torch_curve = run_torch(torch_seconds, target, _decode(train_zip), test, log,
+                                    rec.spec)
         if torch_curve is None:
             print("  PyTorch is not installed: no reference run", file=log)
     result: dict[str, Any] = {
-        "target": target, "seconds": seconds, "algorithm": algorithm,
+        "target": target, "seconds": seconds, "algorithm": algorithm, "net": net,
         "recipe": {"optimizer": rec.optimizer, "hyperparameters": rec.hyperparameters,
                    "training": asdict(rec.training), "iteration_time": rec.iteration_time},
         "blas": blas_info(),
@@ -305,13 +315,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="training time per run")
     parser.add_argument("--target", type=float, default=0.7)
     parser.add_argument("--algorithm", choices=("local", "gradient"), default="local")
+    parser.add_argument("--net", choices=sorted(CIFAR10_NETS), default="fast",
+                        help="the demo's net (fast, default) or the paper's ConvNetJS net")
     parser.add_argument("--torch-seconds", type=float, default=120.0)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.nodes.split(",") if n.strip()]
     run(counts, args.seconds, args.target, args.algorithm, not args.no_torch,
-        args.torch_seconds, args.json)
+        args.torch_seconds, args.json, args.net)
     return 0
 
 

@@ -87,6 +87,8 @@ def train(
     torch_seconds: Annotated[float, typer.Option(min=5.0, max=3600.0,
                                                  help="PyTorch's training time.")] = 120.0,
     json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    net: Annotated[str, typer.Option(help="fast (the demo's net) or paper (the paper's "
+                                          "ConvNetJS net).")] = "fast",
 ) -> None:
     """Time to a CIFAR-10 test accuracy through master, data server and local nodes."""
     from mlitb.bench import train as bench_train
@@ -94,7 +96,9 @@ def train(
     counts = _node_counts(nodes)
     if algorithm not in ("local", "gradient"):
         raise typer.BadParameter("local or gradient", param_hint="--algorithm")
-    bench_train.run(counts, seconds, target, algorithm, torch, torch_seconds, json)
+    if net not in ("fast", "paper"):
+        raise typer.BadParameter("fast or paper", param_hint="--net")
+    bench_train.run(counts, seconds, target, algorithm, torch, torch_seconds, json, net)
 
 
 @bench_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
@@ -125,3 +129,12 @@ def protocol(
     from mlitb.bench import protocol as bench_protocol
 
     bench_protocol.run(seconds, as_json=json)
+
+
+@bench_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                     "help_option_names": []})
+def nets(ctx: typer.Context) -> None:
+    """Which CIFAR-10 net reaches 70% soonest: samples x cost per sample (its own --help)."""
+    from mlitb.bench import nets as bench_nets
+
+    raise typer.Exit(bench_nets.main(ctx.args))

@@ -113,8 +113,10 @@ def register_demo(app: typer.Typer) -> None:
                                                   exists=True, dir_okay=False)] = None,
         test: Annotated[Path | None, typer.Option(help="Test zip for the test-error curve.",
                                                   exists=True, dir_okay=False)] = None,
-        model: Annotated[Path | None, typer.Option(help="Layer spec JSON (needed with --data).",
-                                                   exists=True, dir_okay=False)] = None,
+        model: Annotated[Path | None, typer.Option(
+            help="Layer spec JSON (default with --data: the CIFAR-10 demo net for 32x32 RGB "
+                 "images, mlitb.datasets.CIFAR10_FAST_SPEC).",
+            exists=True, dir_okay=False)] = None,
         workers: Annotated[int, typer.Option(min=1, max=64,
                                              help="Trainer processes to start.")] = 2,
         iteration_time: Annotated[float | None, typer.Option(
@@ -135,20 +137,21 @@ def register_demo(app: typer.Typer) -> None:
         learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
     ) -> None:
         """Run master, data server and nodes on this machine and train until the target."""
-        from .datasets import DIGITS_SPEC
+        from .datasets import CIFAR10_FAST_SPEC, DIGITS_SPEC
 
         if not output.parent.is_dir():  # fail now, not after minutes of training
             raise MlitbError(f"cannot save the model to {output}: no such directory "
                              f"{output.parent}")
-        if data is not None and model is None:
-            raise MlitbError("--data needs --model SPEC.json (the network for that data)")
         if (test is not None or model is not None) and data is None:
             raise MlitbError("--test and --model go with --data ZIP")
         if target is None:
             target = 0.95 if data is None else 0.7
         if algorithm not in ("local", "gradient"):
             raise typer.BadParameter("local or gradient", param_hint="--algorithm")
-        spec = DIGITS_SPEC if model is None else read_spec(model)
+        if model is not None:
+            spec = read_spec(model)
+        else:  # the digits, or the CIFAR-10 demo net for --data
+            spec = DIGITS_SPEC if data is None else [dict(d) for d in CIFAR10_FAST_SPEC]
         depth = spec[0].get("out_depth", 1)
         channels = depth if isinstance(depth, int) else 1
         if data is None:

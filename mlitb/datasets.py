@@ -18,6 +18,26 @@ CIFAR10_SPEC: list[dict[str, object]] = [
     {"type": "softmax", "num_classes": 10},
 ]
 
+# The CIFAR-10 net `mlitb demo` and `mlitb bench train` use (73,242 parameters, ~2.2M
+# multiply-adds per sample against the paper net's ~3.9M): a strided 5x5 first layer and a pool
+# bring the image to 8x8 at once, then 3x3 convs widen to 48 and 96 filters as the maps shrink,
+# and the last one feeds the softmax's fc layer without a pool. It needs about as many samples
+# for 70% test accuracy as the paper's net needs for 62-65%, and costs half as much per sample
+# in the numpy engine: the search that found it is in docs/performance.md (2026-12-03).
+CIFAR10_FAST_SPEC: list[dict[str, object]] = [
+    {"type": "input", "out_sx": 32, "out_sy": 32, "out_depth": 3},
+    {"type": "conv", "sx": 5, "filters": 32, "stride": 2, "pad": 2, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "conv", "sx": 3, "filters": 48, "stride": 1, "pad": 1, "activation": "relu"},
+    {"type": "pool", "sx": 2, "stride": 2},
+    {"type": "conv", "sx": 3, "filters": 96, "stride": 1, "pad": 1, "activation": "relu"},
+    {"type": "softmax", "num_classes": 10},
+]
+
+CIFAR10_NETS: dict[str, list[dict[str, object]]] = {
+    "fast": CIFAR10_FAST_SPEC, "paper": CIFAR10_SPEC}
+"""The CIFAR-10 nets by name: ``fast`` (the demo's) and ``paper`` (MLitB's and ConvNetJS's)."""
+
 # A small conv net for the 8x8 digits: conv 3x3x8 relu, pool 2, fc 32 relu, softmax 10.
 DIGITS_SPEC: list[dict[str, object]] = [
     {"type": "input", "out_sx": 8, "out_sy": 8, "out_depth": 1},

@@ -14,8 +14,9 @@ Recipe = tuple[str, dict[str, float], Training, float]
 
 
 def cifar10_recipe(algorithm: str = "local", seconds: float = 60.0, *,
-                   augment: bool = True) -> Recipe:
-    """CIFAR-10 with the demo net, for a run of about ``seconds``.
+                   augment: bool = True, net: str = "fast") -> Recipe:
+    """CIFAR-10 with the demo net (``net``: one of ``mlitb.datasets.CIFAR10_NETS``, ``fast``
+    the demo's, ``paper`` the paper's ConvNetJS net), for a run of about ``seconds``.
 
     ``local``: each trainer takes Nesterov-SGD steps of 32 samples (learning rate 0.015,
     momentum 0.95, weight decay 5e-4) for its whole budget; the master averages the parameters
@@ -27,6 +28,8 @@ def cifar10_recipe(algorithm: str = "local", seconds: float = 60.0, *,
     below one trainer taking all the steps, in ``bench/recipe.py``): half the rounds' length
     and a heavier momentum at half the rate win back more than a point of it.
     """
+    if net not in ("fast", "paper"):
+        raise ValueError(f"net: 'fast' or 'paper', got {net!r}")
     if algorithm == "gradient":
         return "adagrad", {"learning_rate": 0.01}, Training(), 1.0
     if algorithm != "local":

@@ -28,7 +28,7 @@ from test_browser_client import (  # noqa: F401 (browser: the module-scoped Chro
 )
 
 from mlitb.dataserver import write_archive
-from mlitb.datasets import CIFAR10_SPEC, DIGITS_SPEC, digits
+from mlitb.datasets import CIFAR10_FAST_SPEC, CIFAR10_SPEC, DIGITS_SPEC, digits
 from mlitb.errors import ModelFormatError, OptimizerError
 from mlitb.nn import Net
 from mlitb.optim import make_optimizer
@@ -182,8 +182,14 @@ def test_the_presets_are_the_engines_nets_and_a_spec_goes_out_and_back_as_json(
     presets = page.page.evaluate(
         "async () => (await import('./lib/designer.js')).PRESETS")
     assert presets["cifar10"]["spec"] == CIFAR10_SPEC
+    assert presets["cifar10-fast"]["spec"] == CIFAR10_FAST_SPEC
     assert presets["digits"]["spec"] == DIGITS_SPEC
     design_view(page, c.token)
+    page.page.select_option("#preset", "cifar10-fast")
+    page.page.click("#preset-load")
+    assert rows(page) == CIFAR10_FAST_SPEC
+    assert page.page.inner_text("#net-summary") == \
+        f"{Net(CIFAR10_FAST_SPEC).num_params:,} parameters"
     page.page.select_option("#preset", "digits")
     page.page.click("#preset-load")
     assert rows(page) == DIGITS_SPEC

@@ -395,11 +395,11 @@ def test_describe_gives_numpys_shapes_parameters_and_refusals(page: Any) -> None
     """What the network designer shows as one types (engine/net.js describe): every layer's
     output shape and parameter count as the numpy Net builds them, and, for a spec Python
     refuses, Python's message, without building the net."""
-    from mlitb.datasets import CIFAR10_SPEC, DIGITS_SPEC
+    from mlitb.datasets import CIFAR10_FAST_SPEC, CIFAR10_SPEC, DIGITS_SPEC
     from mlitb.errors import ModelFormatError
     from mlitb.nn._vectors import BAD_SPECS
 
-    specs = [CIFAR10_SPEC, DIGITS_SPEC, *BAD_SPECS,
+    specs = [CIFAR10_SPEC, CIFAR10_FAST_SPEC, DIGITS_SPEC, *BAD_SPECS,
              [{"type": "input", "out_sx": 4, "out_sy": 4, "out_depth": 1},
               {"type": "conv", "sx": 9, "filters": 2}, {"type": "softmax", "num_classes": 2}]]
     got = _js(page, f"return {json.dumps(specs)}.map((s) => E.describe(s));")

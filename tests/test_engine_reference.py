@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 from mlitb.bench.engine import DEMO_NET, torch_loss, torch_model
 
+from mlitb.datasets import CIFAR10_FAST_SPEC
 from mlitb.nn import Net, _conv
 
 torch = pytest.importorskip("torch", reason="PyTorch is the reference; pip install torch==2.13.0")
 
 NETS: dict[str, list[dict[str, Any]]] = {
     "demo": DEMO_NET,
+    # The demo's CIFAR-10 net: a strided 5x5 first layer, 3x3 convs of 48 and 96 filters, an fc
+    # layer on a 4x4x96 input.
+    "fast": CIFAR10_FAST_SPEC,
     # Stride 2 with padding, a non-square filter on a non-square input, 3/2 pooling with padding
     # (the general pooling path), an fc layer with sigmoid, tanh activations.
     "strided": [

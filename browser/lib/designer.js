@@ -122,7 +122,8 @@ export function analyze(rows) {
 export function showShape(shape) { return shape ? `${shape[2]}×${shape[1]}×${shape[0]}` : "–"; }
 
 // -- presets ------------------------------------------------------------------------------------
-/** The nets of mlitb/datasets.py (CIFAR10_SPEC, DIGITS_SPEC): the tests check they are equal. */
+/** The nets of mlitb/datasets.py (CIFAR10_SPEC, CIFAR10_FAST_SPEC, DIGITS_SPEC): the tests check
+ * they are equal. */
 export const PRESETS = {
   cifar10: {
     title: "CIFAR-10 (the paper's net, 32×32 RGB)",
@@ -134,6 +135,18 @@ export const PRESETS = {
       { type: "pool", sx: 2, stride: 2 },
       { type: "conv", sx: 5, filters: 20, stride: 1, pad: 2, activation: "relu" },
       { type: "pool", sx: 2, stride: 2 },
+      { type: "softmax", num_classes: 10 },
+    ],
+  },
+  "cifar10-fast": {
+    title: "CIFAR-10 (the demo's net: 70% in about a minute, 32×32 RGB)",
+    spec: [
+      { type: "input", out_sx: 32, out_sy: 32, out_depth: 3 },
+      { type: "conv", sx: 5, filters: 32, stride: 2, pad: 2, activation: "relu" },
+      { type: "pool", sx: 2, stride: 2 },
+      { type: "conv", sx: 3, filters: 48, stride: 1, pad: 1, activation: "relu" },
+      { type: "pool", sx: 2, stride: 2 },
+      { type: "conv", sx: 3, filters: 96, stride: 1, pad: 1, activation: "relu" },
       { type: "softmax", num_classes: 10 },
     ],
   },
