@@ -36,6 +36,7 @@ from trio_websocket import (
 )
 
 from mlitb import __version__
+from mlitb import _wsmask
 from mlitb._tls import client_context
 from mlitb.errors import MlitbError
 from mlitb.nn import Net
@@ -89,6 +90,8 @@ from ._data import (
 )
 from ._events import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerPhase, WorkerStatus
 
+
+_wsmask.install()  # every frame a client sends is masked (mlitb/_wsmask.py)
 log = logging.getLogger(__name__)
 
 Role = Literal["trainer", "tracker", "stats"]

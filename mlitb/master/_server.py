@@ -20,6 +20,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from .. import __version__
+from .. import _wsmask
 from ..closure import (
     Closure,
     Zoo,
@@ -68,6 +69,8 @@ from ._loop import run_project_loop, send_ids
 from ._persist import ProjectFiles, Unreadable
 from ._requests import answer_request
 
+
+_wsmask.install()  # results arrive masked: unmask them at numpy speed (mlitb/_wsmask.py)
 log = logging.getLogger("mlitb.master")
 
 HELLO_TIMEOUT = 10.0
