@@ -28,7 +28,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from . import _wsmask
+from . import _websocket
 from ._tls import client_context
 from .errors import AuthError, MlitbError, ProtocolError, UploadError
 from .protocol import (
@@ -51,7 +51,7 @@ from .protocol import (
 M = TypeVar("M")
 CONNECT_TIMEOUT = 10.0
 
-_wsmask.install()  # every frame a client sends is masked (mlitb/_wsmask.py)
+_websocket.install()  # every frame a client sends is masked (mlitb/_websocket.py)
 
 
 def backoff(failures: int, first: float = 1.0, most: float = 30.0) -> float:

@@ -36,7 +36,7 @@ from trio_websocket import (
 )
 
 from mlitb import __version__
-from mlitb import _wsmask
+from mlitb import _websocket
 from mlitb._tls import client_context
 from mlitb.errors import MlitbError
 from mlitb.nn import Net
@@ -91,7 +91,7 @@ from ._data import (
 from ._events import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerPhase, WorkerStatus
 
 
-_wsmask.install()  # every frame a client sends is masked (mlitb/_wsmask.py)
+_websocket.install()  # every frame a client sends is masked (mlitb/_websocket.py)
 log = logging.getLogger(__name__)
 
 Role = Literal["trainer", "tracker", "stats"]

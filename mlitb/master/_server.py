@@ -20,7 +20,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from .. import __version__
-from .. import _wsmask
+from .. import _websocket
 from ..closure import (
     Closure,
     Zoo,
@@ -63,14 +63,14 @@ from ..protocol import (
 from ..training import LabelConflictError, Member, Project, TrainingError, check_training
 from ._access import Access, AccessTable
 from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits, address_key
-from ._connection import Connection, RequestError
+from ._connection import OUTBOX_SIZE, Connection, RequestError
 from ._dataservers import DataServerTable
 from ._loop import run_project_loop, send_ids
 from ._persist import ProjectFiles, Unreadable
 from ._requests import answer_request
 
 
-_wsmask.install()  # results arrive masked: unmask them at numpy speed (mlitb/_wsmask.py)
+_websocket.install()  # results arrive masked: unmask them at numpy speed (mlitb/_websocket.py)
 log = logging.getLogger("mlitb.master")
 
 HELLO_TIMEOUT = 10.0
@@ -682,7 +682,15 @@ class Master:
     async def _sender(self, conn: Connection) -> None:
         try:
             async for data in conn.outbox_receive:
-                await conn.ws.send_message(data)
+                # What queued up meanwhile (a round's parameters frame and work order) goes
+                # out in the same write (mlitb/_websocket.py).
+                batch = [data]
+                while len(batch) < OUTBOX_SIZE:
+                    try:
+                        batch.append(conn.outbox_receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await _websocket.send_messages(conn.ws, batch)
         except ConnectionClosed as exc:
             conn.peer_close_code = exc.reason.code if exc.reason else None
         conn.cancel.cancel()  # the outbox was closed or the peer went away: the reader stops
