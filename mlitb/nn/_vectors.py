@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets import CIFAR10_SPEC
+from ..datasets import CIFAR10_FAST_SPEC, CIFAR10_SPEC
 from ..errors import ModelFormatError
 from ..optim import from_wire, make_optimizer
 from ._layers import F32, DropoutLayer
@@ -43,6 +43,13 @@ TOLERANCE = 1e-5
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "tests" / "vectors" / "engine.json"
 
 DEMO_NET = CIFAR10_SPEC  # the CIFAR-10 demo net of the paper (22,466 parameters)
+
+
+def _narrowed(spec: list[dict[str, Any]], filters: Sequence[int]) -> list[dict[str, Any]]:
+    """``spec`` with its conv layers' filters replaced, in order: the same layers, strides and
+    map sizes at a fraction of the parameters (the vectors file stays small)."""
+    widths = iter(filters)
+    return [dict(d, filters=next(widths)) if d["type"] == "conv" else dict(d) for d in spec]
 
 
 def _inp(c: int, h: int, w: int) -> dict[str, Any]:
@@ -135,6 +142,9 @@ CASES: list[tuple[str, list[dict[str, Any]], int, str, bool]] = [
      [_inp(3, 5, 5), {"type": "conv", "sx": 3, "filters": 4, "pad": 1, "activation": "relu"},
       {"type": "pool", "sx": 2}, _softmax(5)], 11, "normal", True),
     ("CIFAR-10 demo net", DEMO_NET, 4, "normal", True),
+    # `mlitb demo`'s CIFAR-10 net (CIFAR10_FAST_SPEC: a 5x5 stride-2 first conv on 32x32, pools,
+    # 3x3 convs), with 4, 6 and 8 filters instead of 32, 48 and 96.
+    ("CIFAR-10 fast net, narrowed", _narrowed(CIFAR10_FAST_SPEC, (4, 6, 8)), 3, "normal", True),
 ]
 
 # Common mistakes: Python's messages must be the JavaScript engine's too.
