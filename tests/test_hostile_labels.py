@@ -118,7 +118,7 @@ async def test_a_store_that_contradicts_the_model_refuses_uploads_and_the_master
         store.add("p", decode_archive(archive(tmp_path / "x.zip", ["x", "y"]), SHAPE))
         del store
         async with cluster(tmp_path) as (master, store, address):
-            assert any("not registered" in e.message for e in master._events
+            assert any("not registered" in e.message for e in master.events
                        if e.kind == "error")
             count = store.info("p").count
             with pytest.raises(DataServerError) as info:

@@ -106,7 +106,7 @@ def closure_loads(master: Master, name: str = "p") -> None:
 
 
 def errors(master: Master) -> list[str]:
-    return [e.message for e in master._events if e.kind == "error"]
+    return [e.message for e in master.events if e.kind == "error"]
 
 
 # -- 1. samples = 2^32-1 ----------------------------------------------------------------------------

@@ -222,3 +222,16 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_find_cycle_reports_the_path(graph: dict[str, list[str]],
                                      cycle: list[str] | None) -> None:
     assert find_cycle(graph) == cycle
+
+
+@pytest.mark.parametrize("module", ["_hub.py", "_loop.py", "_requests.py"])
+def test_the_hub_the_loops_and_the_requests_use_only_masters_public_methods(module: str) -> None:
+    """docs/architecture.md: ``Master`` is split along its seams; the connection hub, the
+    project loops and the request handlers reach it through public names only."""
+    tree = ast.parse((ROOT / "mlitb" / "master" / module).read_text(encoding="utf-8"))
+    private = sorted({f"master.{node.attr}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                      and (isinstance(node.value, ast.Name) and node.value.id == "master"
+                           or isinstance(node.value, ast.Attribute)
+                           and node.value.attr == "master")})
+    assert not private, f"mlitb/master/{module} uses private names of Master: {private}"

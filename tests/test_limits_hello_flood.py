@@ -145,8 +145,8 @@ async def flood(tmp_path) -> None:
             # (T = 0.5 s; over 10 s a few steps is the least a working master makes).
             assert versions[-1] - versions[0] >= 3, versions
             assert project.trainers() == trainer  # the same worker, never dropped
-            assert not [e for e in master._events if e.kind in ("lost", "left", "error")], \
-                [e.message for e in master._events if e.kind in ("lost", "left", "error")]
+            assert not [e for e in master.events if e.kind in ("lost", "left", "error")], \
+                [e.message for e in master.events if e.kind in ("lost", "left", "error")]
             while master.caps.total > 1:  # the last handlers end just after their socket
                 await trio.sleep(0.05)
             assert master.connections.keys() == set(trainer)

@@ -117,7 +117,7 @@ async def test_a_killed_worker_does_not_stop_the_loop_and_its_data_moves(
             await wait_for(lambda: any(h.iteration > killed_iteration and h.samples > 0
                                        for h in project.history), "a reduced iteration", 4 * T)
             assert trio.current_time() - killed_at <= 2 * T + 1.0
-            assert any(e.kind == "lost" for e in master._events)
+            assert any(e.kind == "lost" for e in master.events)
 
 
 @pytest.mark.trio

@@ -138,7 +138,7 @@ def test_an_unreadable_closure_is_moved_aside_and_reported(tmp_path: Path) -> No
     assert problem.path == files.path("torn") and "truncated" in problem.reason
     assert problem.moved_to is not None and problem.moved_to.exists()
     assert files.names() == ["ok"]
-    assert any(e.kind == "error" and "torn" in e.message for e in restarted._events)
+    assert any(e.kind == "error" and "torn" in e.message for e in restarted.events)
 
 
 def test_create_project_from_a_closure() -> None:

@@ -81,11 +81,11 @@ async def test_a_hostile_trainer_beside_a_real_node_is_refused_dropped_and_train
                     assert np.isfinite(project.net.params).all()
             assert closed == [CloseCode.TOO_MANY_ERRORS]
             assert len(sent) >= 3
-            events = [e.message for e in master._events if e.kind == "removed"]
+            events = [e.message for e in master.events if e.kind == "removed"]
             assert any("dropped from project digits" in m and "refused 3 rounds in a row" in m
                        and "round's median" in m for m in events), events
-            assert not any(e.kind == "error" for e in master._events), \
-                [e.message for e in master._events if e.kind == "error"]
+            assert not any(e.kind == "error" for e in master.events), \
+                [e.message for e in master.events if e.kind == "error"]
             target = project.parameter_version + 15
             while project.parameter_version < target:
                 await trio.sleep(0.2)
