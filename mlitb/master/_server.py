@@ -14,12 +14,19 @@ import secrets
 import ssl
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    Endpoint,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+)
 
 from .. import __version__
+from .._connections import open_capped_listeners
 from ..closure import (
     Closure,
     Zoo,
@@ -146,18 +153,25 @@ class Master:
                 self._nursery = nursery
                 for name in self.projects:
                     self._start_loop(name)
-                server = await nursery.start(lambda task_status: serve_websocket(
-                    self._handle, host, port, ssl_context, handler_nursery=nursery,
+                # Every TCP connection counts from its accept (``CappedListener``), so strangers
+                # that never finish the upgrade are capped as well as those that never say hello.
+                listeners = await open_capped_listeners(port, self.caps, host=host,
+                                                        ssl_context=ssl_context)
+                server = WebSocketServer(
+                    self._handle,
+                    # trio-websocket's annotation names trio's own listeners; it serves any.
+                    cast(Any, listeners), handler_nursery=nursery,
                     # Strangers get a small limit until their hello (``_welcome`` raises it).
                     max_message_size=MAX_HELLO_FRAME, receive_buffer_size=64 * 1024,
                     # A socket that never completes the HTTP upgrade is dropped as soon as one
                     # that never says hello (trio-websocket's default is 60 s).
                     connect_timeout=HELLO_TIMEOUT,
-                    message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
-                self.port = server.port
+                    message_queue_size=4, disconnect_timeout=2.0)
+                await nursery.start(server.run)
+                self.port = listeners[0].port
                 log.info("master listening on %s://%s:%d", "wss" if ssl_context else "ws",
-                         host, server.port)
-                task_status.started(server.port)
+                         host, self.port)
+                task_status.started(self.port)
         finally:
             self._nursery = None
             await self.aclose()  # the last word on disk: every project as it is now
@@ -525,15 +539,15 @@ class Master:
 
     # -- connections --------------------------------------------------------------------------------
     async def _handle(self, request: WebSocketRequest) -> None:
-        key = address_key(request.remote)
-        refused = self.caps.admit(key)
-        if refused is not None:
-            await self._refuse(request, key, refused)
+        remote = request.remote
+        # The listener counted the connection at its accept, or let it through over a cap to
+        # be told why (``mlitb._connections``).
+        reason = (self.caps.refusal(remote.address, remote.port)
+                  if isinstance(remote, Endpoint) else None)
+        if reason is not None:
+            await self._refuse(request, address_key(remote), reason)
             return
-        try:
-            await self._serve_connection(request)
-        finally:
-            self.caps.release(key)
+        await self._serve_connection(request)
 
     async def _refuse(self, request: WebSocketRequest, key: str, reason: str) -> None:
         """Over a cap: complete the upgrade only to close with a code a browser can read (a
