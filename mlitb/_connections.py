@@ -106,6 +106,17 @@ class ConnectionCaps:
         """A connection let through over a cap has ended."""
         self.refusals.pop(peer, None)
 
+    def refusal_of(self, stream: trio.abc.Stream) -> str | None:
+        """``refusal`` for a stream a ``CappedListener`` handed out."""
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        if not isinstance(transport, trio.SocketStream):
+            return None
+        try:
+            address, port = transport.socket.getpeername()[:2]
+        except OSError:  # already gone: nothing to tell it
+            return None
+        return self.refusal(address, int(port))
+
     def refusal(self, address: object, port: int) -> str | None:
         """Why the open connection from (``address``, ``port``) is refused (it was over a cap
         when accepted), or None: it counts and is served."""
@@ -237,9 +248,10 @@ class CappedListener(trio.abc.Listener[trio.abc.Stream]):
 async def open_capped_listeners(port: int, caps: ConnectionCaps, *, host: str | None,
                                 ssl_context: ssl.SSLContext | None = None
                                 ) -> list[CappedListener]:
-    """``trio.open_tcp_listeners(port, host=host)``, each counting against ``caps``."""
+    """``trio.open_tcp_listeners(port, host=host)`` (``""`` or None: every interface), each
+    counting against ``caps``."""
     return [CappedListener(listener, caps, ssl_context)
-            for listener in await trio.open_tcp_listeners(port, host=host)]
+            for listener in await trio.open_tcp_listeners(port, host=host or None)]
 
 
 def fit_to_fd_limit(limits: ConnectionLimits, *, fds_per_connection: int = 1
