@@ -254,15 +254,14 @@ async def open_capped_listeners(port: int, caps: ConnectionCaps, *, host: str | 
             for listener in await trio.open_tcp_listeners(port, host=host or None)]
 
 
-def fit_to_fd_limit(limits: ConnectionLimits, *, fds_per_connection: int = 1
-                    ) -> tuple[ConnectionLimits, int]:
-    """Raise this process's soft file-descriptor limit as far as ``limits`` need (each
-    connection costing ``fds_per_connection`` descriptors; never past the hard limit); returns
-    the limits that fit (``max_connections`` lowered when the hard limit is too low, so an
-    over-cap client is refused instead of the process running out of descriptors for
-    everything else) and the soft limit now in force. For a server's CLI: it changes the whole
-    process."""
-    wanted = fds_per_connection * limits.max_connections + FD_RESERVE
+def fit_to_fd_limit(*limits: ConnectionLimits) -> tuple[tuple[ConnectionLimits, ...], int]:
+    """Raise this process's soft file-descriptor limit as far as the servers' ``limits`` need
+    together (a descriptor per connection, ``FD_RESERVE`` more; never past the hard limit).
+    Returns each of ``limits`` as it fits (when the hard limit is too low, every
+    ``max_connections`` is lowered in proportion, so an over-cap client is refused instead of
+    the process running out of descriptors for everything else) and the soft limit now in
+    force. For a server's CLI: it changes the whole process."""
+    wanted = sum(limit.max_connections for limit in limits) + FD_RESERVE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         new_soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -273,6 +272,10 @@ def fit_to_fd_limit(limits: ConnectionLimits, *, fds_per_connection: int = 1
             pass
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return limits, soft
-    room = max(1, (soft - FD_RESERVE) // fds_per_connection)
-    return replace(limits, max_connections=room,
-                   max_per_address=min(limits.max_per_address, room)), soft
+    room = max(0, soft - FD_RESERVE)
+    fitted = []
+    for limit in limits:
+        share = max(1, room * limit.max_connections // (wanted - FD_RESERVE))
+        fitted.append(replace(limit, max_connections=share,
+                              max_per_address=min(limit.max_per_address, share)))
+    return tuple(fitted), soft

@@ -50,5 +50,7 @@ def address_key(remote: Endpoint | str) -> str:
 
 
 def fit_to_fd_limit(limits: ConnectionLimits) -> tuple[ConnectionLimits, int]:
-    """``mlitb._connections.fit_to_fd_limit`` at two descriptors per master connection."""
-    return _fit(limits, fds_per_connection=FDS_PER_CONNECTION)
+    """``mlitb._connections.fit_to_fd_limit`` for the master alone, at two descriptors per
+    connection."""
+    fitted, soft = _fit(*[limits] * FDS_PER_CONNECTION)
+    return fitted[0], soft
