@@ -13,12 +13,16 @@ checks ``isinstance(stream, trio.SocketStream)`` and reads ``stream.socket``).
 Over a cap, a connection is either closed at once or, while fewer than ``REFUSALS_AT_ONCE``
 such connections are being answered, let through marked as refused (``refusal``) so that the
 server can say why in a way a client can read: the master closes it with 4008 after the
-upgrade, the data server answers 503 with ``Retry-After``. The bound keeps a flood of refused
-connections from holding more than that many descriptors beyond the caps.
+upgrade, the data server answers 503 with ``Retry-After``. A refused connection is closed
+``REFUSAL_TIMEOUT`` after its accept whatever it does (one that never sends its request holds
+nothing longer). The bound and the deadline keep a flood of refused connections from holding
+more than ``REFUSALS_AT_ONCE`` descriptors beyond the caps, for more than that long.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import resource
 import socket as _stdlib_socket
 import ssl
@@ -32,11 +36,15 @@ import trio
 
 from ._addresses import address_key
 
+log = logging.getLogger("mlitb.connections")
+
 DEFAULT_MAX_CONNECTIONS: Final = 16_384
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: Final = 4_096
 REFUSALS_AT_ONCE: Final = 64
 """Connections over a cap that are answered (4008, or 503) at once; the rest are closed as soon
 as they are accepted."""
+REFUSAL_TIMEOUT: Final = 2.0
+"""Seconds a connection let through over a cap has to send its request and read the refusal."""
 FD_RESERVE: Final = 256
 """File descriptors kept free beside the connections: listening sockets, closures being saved,
 uploads being spooled, connections over a cap being answered."""
@@ -63,6 +71,15 @@ DEFAULT_CONNECTION_LIMITS: Final = ConnectionLimits()
 
 Peer = tuple[str, int]
 """A connection's remote (address, port): unique among the connections open on one port."""
+
+
+def _peer(address: object, port: int) -> Peer:
+    """One spelling for an address, whether it comes from ``getpeername`` or as an
+    ``ipaddress`` object (``::ffff:127.0.0.1`` prints as ``::ffff:7f00:1``)."""
+    try:
+        return str(ipaddress.ip_address(str(address))), int(port)
+    except ValueError:
+        return str(address), int(port)
 
 
 class ConnectionCaps:
@@ -120,7 +137,7 @@ class ConnectionCaps:
     def refusal(self, address: object, port: int) -> str | None:
         """Why the open connection from (``address``, ``port``) is refused (it was over a cap
         when accepted), or None: it counts and is served."""
-        return self.refusals.get((str(address), port))
+        return self.refusals.get(_peer(address, port))
 
 
 class _CountedSocket(trio.socket.SocketType):
@@ -133,12 +150,14 @@ class _CountedSocket(trio.socket.SocketType):
         super().__init__()
         self._sock = sock
         self._on_close: Callable[[], None] | None = on_close
+        self.closed = trio.Event()
 
     def close(self) -> None:
-        self._sock.close()
+        self._sock.close()  # wakes any task waiting on it (trio's close notifies them)
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()
+        self.closed.set()
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -201,12 +220,14 @@ class _CountedSocket(trio.socket.SocketType):
 class CappedListener(trio.abc.Listener[trio.abc.Stream]):
     """Accepts from ``inner`` and counts every connection against ``caps`` until it is closed;
     with ``ssl_context``, hands out TLS streams over the counted ones (the handshake happens at
-    the first read or write, after the count)."""
+    the first read or write, after the count). ``nursery`` runs the deadlines of refused
+    connections."""
 
-    def __init__(self, inner: trio.SocketListener, caps: ConnectionCaps,
+    def __init__(self, inner: trio.SocketListener, caps: ConnectionCaps, nursery: trio.Nursery,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.inner = inner
         self.caps = caps
+        self.nursery = nursery
         self.ssl_context = ssl_context
 
     @property
@@ -223,14 +244,18 @@ class CappedListener(trio.abc.Listener[trio.abc.Stream]):
             except OSError:  # gone before it was looked at
                 sock.close()
                 continue
-            peer: Peer = (str(address), int(port))
-            key = address_key(peer[0])
+            peer = _peer(address, port)
+            key = address_key(str(address))
             reason = self.caps.admit(key)
+            if reason is not None and self.caps.refused % 1000 == 1:  # a flood: 1 line per 1,000
+                log.warning("%s refused a connection from %s: %s (%d refused so far)",
+                            self.caps.server, key, reason, self.caps.refused)
             if reason is None:
                 counted = _CountedSocket(sock, partial(self.caps.release, key))
             elif len(self.caps.refusals) < REFUSALS_AT_ONCE:
                 self.caps.refusals[peer] = reason
                 counted = _CountedSocket(sock, partial(self.caps.end_refusal, peer))
+                self.nursery.start_soon(_close_after, counted, REFUSAL_TIMEOUT)
             else:
                 sock.close()  # a flood over the cap costs nothing more than its accept
                 await trio.lowlevel.checkpoint()
@@ -245,12 +270,18 @@ class CappedListener(trio.abc.Listener[trio.abc.Stream]):
         await self.inner.aclose()
 
 
-async def open_capped_listeners(port: int, caps: ConnectionCaps, *, host: str | None,
-                                ssl_context: ssl.SSLContext | None = None
+async def _close_after(sock: _CountedSocket, seconds: float) -> None:
+    with trio.move_on_after(seconds):
+        await sock.closed.wait()
+    sock.close()
+
+
+async def open_capped_listeners(port: int, caps: ConnectionCaps, nursery: trio.Nursery, *,
+                                host: str | None, ssl_context: ssl.SSLContext | None = None
                                 ) -> list[CappedListener]:
     """``trio.open_tcp_listeners(port, host=host)`` (``""`` or None: every interface), each
-    counting against ``caps``."""
-    return [CappedListener(listener, caps, ssl_context)
+    counting against ``caps`` (``CappedListener``)."""
+    return [CappedListener(listener, caps, nursery, ssl_context)
             for listener in await trio.open_tcp_listeners(port, host=host or None)]
 
 

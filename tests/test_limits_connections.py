@@ -16,6 +16,7 @@ from test_master import TOKEN, Client, running_master
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from mlitb._connections import REFUSAL_TIMEOUT, REFUSALS_AT_ONCE
+from mlitb.master import Master
 from mlitb.master._caps import ConnectionCaps, ConnectionLimits, address_key, fit_to_fd_limit
 from mlitb.protocol import (
     MAX_LARGE_TEXT_FRAME,
@@ -223,6 +224,61 @@ def test_connection_limits_refuse_what_is_not_a_count(bad: object) -> None:
         ConnectionLimits(max_per_address=bad)  # type: ignore[arg-type]
 
 
+def ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+@pytest.mark.trio
+async def test_an_ipv6_client_counts_by_its_64() -> None:
+    limits = ConnectionLimits(max_connections=4, max_per_address=1)
+    master = Master(operator_token=TOKEN, connection_limits=limits)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(master.serve, "::1", 0)
+            held = await trio.open_tcp_stream("::1", port)
+            while master.caps.total < 1:
+                await trio.sleep(0.01)
+            assert dict(master.caps.per_address) == {"::/64": 1}
+            ws = await wrap_client_stream(nursery, await trio.open_tcp_stream("::1", port),
+                                          "::1", "/")
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+            assert closed.value.reason.code == CloseCode.TOO_MANY_CONNECTIONS
+            assert "::/64 has that many" in (closed.value.reason.reason or "")
+            await held.aclose()
+            while master.caps.total:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+
+def test_fit_to_fd_limit_shares_the_descriptors_between_servers() -> None:
+    import resource
+
+    from mlitb._connections import FD_RESERVE
+    from mlitb._connections import fit_to_fd_limit as fit_all
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        master, data = ConnectionLimits(10, 5), ConnectionLimits(20, 5)
+        assert fit_all(master, data)[0] == (master, data)
+        huge = (ConnectionLimits(10**9, 10**9), ConnectionLimits(3 * 10**9, 10))
+        (m, d), now = fit_all(*huge)
+        if hard != resource.RLIM_INFINITY:
+            assert m.max_connections + d.max_connections + FD_RESERVE <= now <= hard
+            assert 2.5 < d.max_connections / m.max_connections < 3.5  # in proportion
+            assert m.max_per_address == m.max_connections and d.max_per_address == 10
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_fit_to_fd_limit_never_promises_more_connections_than_descriptors() -> None:
     import resource
 
@@ -247,6 +303,9 @@ def test_mlitb_master_offers_the_masters_default_caps() -> None:
     assert _cli_master.DEFAULT_MAX_CONNECTIONS == _caps.DEFAULT_MAX_CONNECTIONS
     assert _cli_master.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS == \
         _caps.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    # The data server's defaults are the same numbers (--max-data-connections...).
+    assert _caps.DEFAULT_CONNECTION_LIMITS == ConnectionLimits(
+        _cli_master.DEFAULT_MAX_CONNECTIONS, _cli_master.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
 
 
 @pytest.mark.trio
@@ -262,7 +321,6 @@ async def test_a_node_refused_over_the_cap_retries_and_trains_once_there_is_room
     from mlitb.cluster import open_store, serve_cluster
     from mlitb.datasets import DIGITS_SPEC
     from mlitb.dataserver import DataClient
-    from mlitb.master import Master
 
     train_zip, _ = write_digits(tmp_path)
     master = Master(operator_token=TOKEN,

@@ -68,7 +68,7 @@ from ..protocol import (
 )
 from ..training import LabelConflictError, Member, Project, TrainingError, check_training
 from ._access import Access, AccessTable
-from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits, address_key
+from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits
 from ._connection import Connection, RequestError
 from ._dataservers import DataServerTable
 from ._loop import run_project_loop, send_ids
@@ -155,7 +155,7 @@ class Master:
                     self._start_loop(name)
                 # Every TCP connection counts from its accept (``CappedListener``), so strangers
                 # that never finish the upgrade are capped as well as those that never say hello.
-                listeners = await open_capped_listeners(port, self.caps, host=host,
+                listeners = await open_capped_listeners(port, self.caps, nursery, host=host,
                                                         ssl_context=ssl_context)
                 server = WebSocketServer(
                     self._handle,
@@ -545,16 +545,13 @@ class Master:
         reason = (self.caps.refusal(remote.address, remote.port)
                   if isinstance(remote, Endpoint) else None)
         if reason is not None:
-            await self._refuse(request, address_key(remote), reason)
+            await self._refuse(request, reason)
             return
         await self._serve_connection(request)
 
-    async def _refuse(self, request: WebSocketRequest, key: str, reason: str) -> None:
+    async def _refuse(self, request: WebSocketRequest, reason: str) -> None:
         """Over a cap: complete the upgrade only to close with a code a browser can read (a
-        refused HTTP upgrade reaches a page as a bare 1006)."""
-        if self.caps.refused % 1000 == 1:  # a flood logs one line per 1,000 refusals
-            log.warning("refused a connection from %s: %s (%d refused so far)", key, reason,
-                        self.caps.refused)
+        refused HTTP upgrade reaches a page as a bare 1006). The listener logs refusals."""
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 ws = await request.accept()
