@@ -23,7 +23,7 @@ from mlitb.master import Master
 from mlitb.master._server import HELLO_TIMEOUT
 
 TOKEN = "raw-connections-token"
-HALF_A_REQUEST = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+HALF_A_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
 @asynccontextmanager
