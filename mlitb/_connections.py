@@ -126,13 +126,8 @@ class ConnectionCaps:
     def refusal_of(self, stream: trio.abc.Stream) -> str | None:
         """``refusal`` for a stream a ``CappedListener`` handed out."""
         transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-        if not isinstance(transport, trio.SocketStream):
-            return None
-        try:
-            address, port = transport.socket.getpeername()[:2]
-        except OSError:  # already gone: nothing to tell it
-            return None
-        return self.refusal(address, int(port))
+        sock = transport.socket if isinstance(transport, trio.SocketStream) else None
+        return sock.refusal if isinstance(sock, _CountedSocket) else None
 
     def refusal(self, address: object, port: int) -> str | None:
         """Why the open connection from (``address``, ``port``) is refused (it was over a cap
@@ -146,10 +141,12 @@ class _CountedSocket(trio.socket.SocketType):
     Only what ``trio.SocketStream``, ``trio.SSLStream``, trio-websocket and hypercorn use of a
     connected socket is passed on."""
 
-    def __init__(self, sock: trio.socket.SocketType, on_close: Callable[[], None]) -> None:
+    def __init__(self, sock: trio.socket.SocketType, on_close: Callable[[], None],
+                 refusal: str | None = None) -> None:
         super().__init__()
         self._sock = sock
         self._on_close: Callable[[], None] | None = on_close
+        self.refusal = refusal  # why it is refused, when it came over a cap
         self.closed = trio.Event()
 
     def close(self) -> None:
@@ -254,7 +251,7 @@ class CappedListener(trio.abc.Listener[trio.abc.Stream]):
                 counted = _CountedSocket(sock, partial(self.caps.release, key))
             elif len(self.caps.refusals) < REFUSALS_AT_ONCE:
                 self.caps.refusals[peer] = reason
-                counted = _CountedSocket(sock, partial(self.caps.end_refusal, peer))
+                counted = _CountedSocket(sock, partial(self.caps.end_refusal, peer), reason)
                 self.nursery.start_soon(_close_after, counted, REFUSAL_TIMEOUT)
             else:
                 sock.close()  # a flood over the cap costs nothing more than its accept
