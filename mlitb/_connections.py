@@ -87,7 +87,7 @@ class ConnectionCaps:
     limits. ``server`` names the server in the refusals' reasons."""
 
     def __init__(self, limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS, *,
-                 server: str = "the master") -> None:
+                 server: str = "the server") -> None:
         if not isinstance(limits, ConnectionLimits):
             raise TypeError(f"limits must be ConnectionLimits, got {type(limits).__name__}")
         self.limits = limits

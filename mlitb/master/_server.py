@@ -119,7 +119,8 @@ class Master:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._wakeups: dict[str, trio.Event] = {}
         self.connections: dict[int, Connection] = {}
-        self.caps = ConnectionCaps(connection_limits)  # every socket, hello said or not
+        # Every TCP connection from its accept, upgraded or not, hello said or not.
+        self.caps = ConnectionCaps(connection_limits, server="the master")
         self._ids = itertools.count(1)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._event_count = 0
