@@ -5,9 +5,9 @@ A connection counts from the moment it is accepted until its socket is closed, w
 sends (nothing, half an HTTP request, a finished WebSocket upgrade): the caps bound what
 strangers can hold open, so they must count what strangers can hold. ``CappedListener`` wraps a
 ``trio.SocketListener`` and hands out ordinary ``trio.SocketStream`` objects (wrapped in TLS when
-asked) whose socket is a ``_CountedSocket``: trio's ``SocketType`` is an abstract class meant to
-be subclassed, so the count is released by the socket's own ``close`` however the stream is
-closed, and trio-websocket and hypercorn see the stream types they expect (their own code
+asked) whose socket is a ``_CountedSocket``: trio documents ``SocketType`` as the base of custom
+socket classes (``trio.socket.set_custom_socket_factory``), so the count is released by the
+socket's own ``close`` however the stream is closed, and trio-websocket and hypercorn see the stream types they expect (their own code
 checks ``isinstance(stream, trio.SocketStream)`` and reads ``stream.socket``).
 
 Over a cap, a connection is either closed at once or, while fewer than ``REFUSALS_AT_ONCE``
