@@ -7,8 +7,9 @@ strangers can hold open, so they must count what strangers can hold. ``CappedLis
 ``trio.SocketListener`` and hands out ordinary ``trio.SocketStream`` objects (wrapped in TLS when
 asked) whose socket is a ``_CountedSocket``: trio documents ``SocketType`` as the base of custom
 socket classes (``trio.socket.set_custom_socket_factory``), so the count is released by the
-socket's own ``close`` however the stream is closed, and trio-websocket and hypercorn see the stream types they expect (their own code
-checks ``isinstance(stream, trio.SocketStream)`` and reads ``stream.socket``).
+socket's own ``close`` however the stream is closed, and trio-websocket and hypercorn see the
+stream types they expect (their code checks ``isinstance(stream, trio.SocketStream)`` and reads
+``stream.socket``).
 
 Over a cap, a connection is either closed at once or, while fewer than ``REFUSALS_AT_ONCE``
 such connections are being answered, let through marked as refused (``refusal``) so that the

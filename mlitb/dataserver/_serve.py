@@ -27,6 +27,7 @@ from hypercorn.utils import wrap_app
 
 from .._connections import (
     DEFAULT_CONNECTION_LIMITS,
+    REFUSAL_TIMEOUT,
     ConnectionCaps,
     ConnectionLimits,
     open_capped_listeners,
@@ -49,7 +50,7 @@ from ._ingest import DEFAULT_LIMITS, UploadLimits
 from ._pending import RETRY_AFTER
 
 DEFAULT_PORT = 8001
-BUSY_TIMEOUT = 2.0
+BUSY_TIMEOUT = REFUSAL_TIMEOUT
 """Seconds a connection over a cap is given to send its request head and read the 503."""
 MAX_BUSY_READ = 64 * 1024
 """Bytes read from a connection over a cap: its request head, then what it sends until it
@@ -125,7 +126,6 @@ async def serve_data_server(
     # Starlette's ASGI types are looser than hypercorn's.
     app = wrap_app(cast(ASGIFramework, server.app), config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
-    listeners = await open_capped_listeners(port, caps, host=host, ssl_context=ssl_context)
 
     async def handle(stream: trio.abc.Stream) -> None:
         reason = caps.refusal_of(stream)
@@ -137,6 +137,8 @@ async def serve_data_server(
         await TCPServer(app, config, context, {}, cast(Any, stream))
 
     async with trio.open_nursery() as nursery:
+        listeners = await open_capped_listeners(port, caps, nursery, host=host,
+                                                ssl_context=ssl_context)
         await nursery.start(partial(trio.serve_listeners, handle, listeners))
         task_status.started(listeners[0].port)
 
