@@ -33,7 +33,6 @@ from .._connections import (
     open_capped_listeners,
 )
 from .._tls import server_context
-
 from ._app import (
     BODY_TIMEOUT,
     MAX_BATCH_BYTES,
