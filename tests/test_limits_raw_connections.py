@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,48 @@ async def test_the_data_servers_cap_answers_503_and_batches_are_served_meanwhile
             assert data_caps.refused >= 3
             assert project.parameter_version - start >= 3
             assert not [e for e in master._events if e.kind in ("lost", "left", "error")]
+
+
+@pytest.mark.trio
+async def test_the_data_servers_default_caps_let_a_classroom_behind_one_address_in(
+        tmp_path: Path) -> None:
+    """600 keep-alive connections from one address at once (100 machines behind a NAT, each
+    browser holding its 6 to the data port), every one answered."""
+    import resource
+
+    from mlitb.dataserver import serve_data_server
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * 600 + 512  # both ends of every connection live in this process
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"600 connections need {needed} file descriptors here; the hard limit "
+                        f"is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    caps = ConnectionCaps(server="the data server")
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(partial(
+                    serve_data_server, open_store(tmp_path / "data"), "127.0.0.1", 0,
+                    connection_limits=caps))
+                streams = [await raw(port, "127.0.0.1") for _ in range(600)]
+                answers: list[bytes] = []
+
+                async def ask(stream: trio.SocketStream) -> None:
+                    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    answers.append(await stream.receive_some(65536))
+
+                async with trio.open_nursery() as asking:
+                    for stream in streams:
+                        asking.start_soon(ask, stream)
+                assert len(answers) == 600 and caps.refused == 0
+                assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
+                assert caps.total == 600  # all held at once, kept alive
+                for stream in streams:
+                    await stream.aclose()
+                while caps.total:
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
