@@ -14,13 +14,20 @@ import secrets
 import ssl
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    Endpoint,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+)
 
 from .. import __version__
 from .. import _websocket
+from .._connections import open_capped_listeners
 from ..closure import (
     Closure,
     Zoo,
@@ -62,7 +69,7 @@ from ..protocol import (
 )
 from ..training import LabelConflictError, Member, Project, TrainingError, check_training
 from ._access import Access, AccessTable
-from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits, address_key
+from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits
 from ._connection import OUTBOX_SIZE, Connection, RequestError
 from ._dataservers import DataServerTable
 from ._loop import run_project_loop, send_ids
@@ -115,7 +122,8 @@ class Master:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._wakeups: dict[str, trio.Event] = {}
         self.connections: dict[int, Connection] = {}
-        self.caps = ConnectionCaps(connection_limits)  # every socket, hello said or not
+        # Every TCP connection from its accept, upgraded or not, hello said or not.
+        self.caps = ConnectionCaps(connection_limits, server="the master")
         self._ids = itertools.count(1)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._event_count = 0
@@ -149,18 +157,25 @@ class Master:
                 self._nursery = nursery
                 for name in self.projects:
                     self._start_loop(name)
-                server = await nursery.start(lambda task_status: serve_websocket(
-                    self._handle, host, port, ssl_context, handler_nursery=nursery,
+                # Every TCP connection counts from its accept (``CappedListener``), so strangers
+                # that never finish the upgrade are capped as well as those that never say hello.
+                listeners = await open_capped_listeners(port, self.caps, nursery, host=host,
+                                                        ssl_context=ssl_context)
+                server = WebSocketServer(
+                    self._handle,
+                    # trio-websocket's annotation names trio's own listeners; it serves any.
+                    cast(Any, listeners), handler_nursery=nursery,
                     # Strangers get a small limit until their hello (``_welcome`` raises it).
                     max_message_size=MAX_HELLO_FRAME, receive_buffer_size=64 * 1024,
                     # A socket that never completes the HTTP upgrade is dropped as soon as one
                     # that never says hello (trio-websocket's default is 60 s).
                     connect_timeout=HELLO_TIMEOUT,
-                    message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
-                self.port = server.port
+                    message_queue_size=4, disconnect_timeout=2.0)
+                await nursery.start(server.run)
+                self.port = listeners[0].port
                 log.info("master listening on %s://%s:%d", "wss" if ssl_context else "ws",
-                         host, server.port)
-                task_status.started(server.port)
+                         host, self.port)
+                task_status.started(self.port)
         finally:
             self._nursery = None
             await self.aclose()  # the last word on disk: every project as it is now
@@ -528,22 +543,19 @@ class Master:
 
     # -- connections --------------------------------------------------------------------------------
     async def _handle(self, request: WebSocketRequest) -> None:
-        key = address_key(request.remote)
-        refused = self.caps.admit(key)
-        if refused is not None:
-            await self._refuse(request, key, refused)
+        remote = request.remote
+        # The listener counted the connection at its accept, or let it through over a cap to
+        # be told why (``mlitb._connections``).
+        reason = (self.caps.refusal(remote.address, remote.port)
+                  if isinstance(remote, Endpoint) else None)
+        if reason is not None:
+            await self._refuse(request, reason)
             return
-        try:
-            await self._serve_connection(request)
-        finally:
-            self.caps.release(key)
+        await self._serve_connection(request)
 
-    async def _refuse(self, request: WebSocketRequest, key: str, reason: str) -> None:
+    async def _refuse(self, request: WebSocketRequest, reason: str) -> None:
         """Over a cap: complete the upgrade only to close with a code a browser can read (a
-        refused HTTP upgrade reaches a page as a bare 1006)."""
-        if self.caps.refused % 1000 == 1:  # a flood logs one line per 1,000 refusals
-            log.warning("refused a connection from %s: %s (%d refused so far)", key, reason,
-                        self.caps.refused)
+        refused HTTP upgrade reaches a page as a bare 1006). The listener logs refusals."""
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 ws = await request.accept()
