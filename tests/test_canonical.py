@@ -1,0 +1,73 @@
+"""RFC 8785 canonical JSON: the ``rfc8785`` library writes byte for byte what mlitb's hand-written
+serializer wrote, over every kind of value a closure holds, so no closure's ``content_sha256``
+changes with the library (or with an upgrade of it: these tests would fail first)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlitb.closure._canonical import MAX_SAFE_INTEGER
+from mlitb.closure._canonical import canonical_json as reference
+from mlitb.errors import ClosureError
+
+# Unicode without lone surrogates (which UTF-8 cannot hold); the default alphabet reaches
+# control characters and the astral planes, whose UTF-16 surrogate pairs sort below U+E000-U+FFFF
+# although their code points are larger.
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+_KEYS = st.one_of(_TEXT, st.sampled_from(["", "a", "\ufb33", "\U0001f600", "\u00e9", "\x7f",
+                                          "\x00", "\ufffd", "\U0010ffff", "\ue000"]))
+_CONTROL = st.text(st.characters(max_codepoint=0x24), max_size=8)
+_FLOATS = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(min_value=-1e-300, max_value=1e-300, allow_nan=False),  # subnormals, tiny
+    st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER).map(float),  # integers as floats
+    st.sampled_from([0.0, -0.0, 5e-324, 1.7976931348623157e308, 1e21, 1e-7, 1e-6, 9.999e20,
+                     123e-20, 0.1 + 0.2, 2.0**53, -(2.0**60), 1e16, 1.5e16]))
+_INTS = st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
+_SCALARS = st.one_of(st.none(), st.booleans(), _INTS, _FLOATS, _TEXT, _CONTROL)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=6), st.dictionaries(_KEYS, inner, max_size=6)), max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_VALUES)
+def test_rfc8785_writes_what_the_hand_written_serializer_wrote(value) -> None:
+    assert rfc8785.dumps(value) == reference(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_FLOATS, max_size=20))
+def test_numbers_in_lists_alike(values) -> None:
+    assert rfc8785.dumps(values) == reference(values)
+
+
+def test_every_decade_and_shortest_digits_alike() -> None:
+    """Number formatting switches between fixed and exponent forms at 1e-7 and 1e21; the
+    mantissas below take every length of shortest round-trip digits, 1 to 17."""
+    mantissas = [1.0, 1.5, 2.5, 9.999999999999998, 1.2345678901234567, 3.3333333333333335,
+                 7.000000000000001, 4.9406564584124654]
+    values = [m * 10.0**e for m in mantissas for e in range(-323, 308)]
+    values += [math.nextafter(v, math.inf) for v in values]
+    values = [v for v in values if math.isfinite(v)]
+    values += [-v for v in values]
+    assert rfc8785.dumps(values) == reference(values)
+
+
+def test_astral_keys_sort_by_utf16_code_units() -> None:
+    value = {"\ufb33": 1, "\U0001f600": 2, "\ue000": 3, "\U00010000": 4, "z": 5, "": 6}
+    assert rfc8785.dumps(value) == reference(value)
+    assert rfc8785.dumps(value).startswith('{"":6,"z":5,"\U00010000":4,"\U0001f600":2'.encode())
+
+
+@pytest.mark.parametrize("value", [2**53, -(2**53), math.nan, math.inf, -math.inf, "\ud800",
+                                   {"\udfff": 1}, b"bytes", {1: 2}])
+def test_both_refuse_what_json_cannot_hold(value) -> None:
+    with pytest.raises((ClosureError, AttributeError)):  # AttributeError: a key that is no str
+        reference(value)
+    with pytest.raises((rfc8785.CanonicalizationError, UnicodeEncodeError)):
+        rfc8785.dumps(value)
