@@ -4,13 +4,16 @@ changes with the library (or with an upgrade of it: these tests would fail first
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlitb.closure import load_closure
 from mlitb.closure._canonical import MAX_SAFE_INTEGER
 from mlitb.closure._canonical import canonical_json as reference
 from mlitb.errors import ClosureError
@@ -71,3 +74,15 @@ def test_both_refuse_what_json_cannot_hold(value) -> None:
         reference(value)
     with pytest.raises((rfc8785.CanonicalizationError, UnicodeEncodeError)):
         rfc8785.dumps(value)
+
+
+GOLDEN = Path(__file__).parent / "vectors" / "golden.closure.json"
+
+
+def test_a_closure_written_before_the_library_still_verifies() -> None:
+    """tests/vectors/golden.closure.json was written by the hand-written serializer (non-ASCII
+    and astral labels, a data manifest, fractional times): its content hash must still hold."""
+    closure = load_closure(GOLDEN)  # checks content_sha256 last
+    stated = json.loads(GOLDEN.read_text(encoding="utf-8"))["content_sha256"]
+    assert stated == "84c8a686f0c4a519038048c426d29f2c36ffdf71b1a05b225cef78bc63876ea9"
+    assert closure.content_sha256() == stated
