@@ -1,6 +1,7 @@
-"""RFC 8785 canonical JSON: the ``rfc8785`` library writes byte for byte what mlitb's hand-written
-serializer wrote, over every kind of value a closure holds, so no closure's ``content_sha256``
-changes with the library (or with an upgrade of it: these tests would fail first)."""
+"""RFC 8785 canonical JSON: the ``rfc8785`` library, which ``canonical_json`` calls, writes byte
+for byte what mlitb's hand-written serializer wrote (kept in bench/_closure_old.py), over every
+kind of value a closure holds, so no closure's ``content_sha256`` changes with the library (or
+with an upgrade of it: these tests would fail first)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlitb.closure import load_closure
+from mlitb.bench._closure_old import canonical_json as reference
+from mlitb.closure import canonical_json, load_closure
 from mlitb.closure._canonical import MAX_SAFE_INTEGER
-from mlitb.closure._canonical import canonical_json as reference
 from mlitb.errors import ClosureError
 
 # Unicode without lone surrogates (which UTF-8 cannot hold); the default alphabet reaches
@@ -40,7 +41,7 @@ _VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(_VALUES)
 def test_rfc8785_writes_what_the_hand_written_serializer_wrote(value) -> None:
-    assert rfc8785.dumps(value) == reference(value)
+    assert canonical_json(value) == rfc8785.dumps(value) == reference(value)
 
 
 @settings(max_examples=200, deadline=None)
@@ -86,3 +87,19 @@ def test_a_closure_written_before_the_library_still_verifies() -> None:
     stated = json.loads(GOLDEN.read_text(encoding="utf-8"))["content_sha256"]
     assert stated == "84c8a686f0c4a519038048c426d29f2c36ffdf71b1a05b225cef78bc63876ea9"
     assert closure.content_sha256() == stated
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (2**53, r"an integer is too large for portable JSON \(at most ±9007199254740991\): "
+            r"9007199254740992"),
+    ([1, {"a": -(2**53)}], "an integer is too large"),
+    (math.nan, "a number is not finite, which JSON cannot hold: nan"),
+    ({"x": [-math.inf]}, "a number is not finite"),
+    ("a\ud800", "a string holds a lone surrogate"),
+    ({"\udfff": 1}, "an object key holds a lone surrogate"),
+    (b"bytes", "cannot be written in JSON: unsupported type: <class 'bytes'>"),
+    ({1: 2}, "cannot be written in JSON: object keys must be strings"),
+])
+def test_canonical_json_refuses_with_a_closure_error(value, message) -> None:
+    with pytest.raises(ClosureError, match=message):
+        canonical_json(value)
