@@ -660,15 +660,22 @@ def test_the_first_error_in_document_order_is_reported(closure_dict):
 _LEAVES = [{"type": "string", "pattern": "^[0-9a-f]{2}$"},
            {"type": "integer", "minimum": 0, "maximum": 9},
            {"$ref": "#/$defs/hex", "minLength": 1, "maxLength": 3},
-           {"$ref": "#/$defs/small", "minimum": 1}]
+           {"$ref": "#/$defs/small", "minimum": 1},
+           {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+           {"type": "object", "required": ["a"], "additionalProperties": False,
+            "properties": {"a": {"$ref": "#/$defs/small"},
+                           "b": {"type": ["number", "null"], "minimum": 0, "maximum": 1}}},
+           {"type": "object", "properties": {"b": {"type": "boolean"}}}]
 _DEFS = {"hex": {"type": "string", "pattern": "^[0-9a-f]+$"},
          "small": {"type": "integer", "maximum": 5}}
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(_LEAVES), st.lists(st.one_of(
-    st.integers(-2, 11), st.floats(-2, 11), st.booleans(), st.none(),
-    st.text("0123456789abcdefxF\n", max_size=4)), max_size=8))
+@given(st.sampled_from(_LEAVES), st.lists(st.recursive(st.one_of(
+    st.integers(-2, 11), st.floats(-2, 11), st.floats(), st.booleans(), st.none(),
+    st.text("0123456789abcdefxF\n", max_size=4)),
+    lambda inner: st.dictionaries(st.sampled_from("abc"), inner, max_size=3), max_leaves=4),
+    max_size=8))
 def test_the_long_list_shortcut_agrees_with_the_library_item_by_item(leaf, values):
     """The shortcut for lists (one tight loop) must never pass what the library refuses, and a
     refused list names the same item and problem as that item checked on its own."""
