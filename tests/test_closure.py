@@ -639,6 +639,17 @@ def test_schema_fast_path_for_long_lists_reports_like_the_slow_one():
         validate([0, 1, 4], ints)
     with pytest.raises(ClosureError, match=r"\[0\]: must be an integer, got true"):
         validate([True], ints)
+    pairs = {"type": "array", "items": {"type": "object", "required": ["p"], "properties": {
+        "p": {"type": "array", "minItems": 1, "items": {
+            "type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "integer"}}}}}}
+    validate([{"p": [[0, 1], [2, 3]]}, {"p": [[4, 5]]}], pairs)
+    for bad, message in [([{"p": [[0, 1]]}, {"p": [[0, 1, 2]]}], r"^\[1\].p\[0\]: holds at most 2"),
+                         ([{"p": [[0]]}], r"^\[0\].p\[0\]: needs at least 2 items, got 1"),
+                         ([{"p": []}], r"^\[0\].p: needs at least 1 items, got 0"),
+                         ([{"p": [[0, 1.5]]}], r"^\[0\].p\[0\]\[1\]: must be an integer"),
+                         ([{"p": [(0, 1)]}, {}], r"^\[1\].p: required field is missing")]:
+        with pytest.raises(ClosureError, match=message):
+            validate(bad, pairs)
 
 
 def test_the_first_error_in_document_order_is_reported(closure_dict):
@@ -665,7 +676,11 @@ _LEAVES = [{"type": "string", "pattern": "^[0-9a-f]{2}$"},
            {"type": "object", "required": ["a"], "additionalProperties": False,
             "properties": {"a": {"$ref": "#/$defs/small"},
                            "b": {"type": ["number", "null"], "minimum": 0, "maximum": 1}}},
-           {"type": "object", "properties": {"b": {"type": "boolean"}}}]
+           {"type": "object", "properties": {"b": {"type": "boolean"}}},
+           {"type": "object", "required": ["p"], "properties": {"p": {
+               "type": "array", "minItems": 1, "items": {
+                   "type": "array", "minItems": 2, "maxItems": 2,
+                   "items": {"$ref": "#/$defs/small"}}}}}]
 _DEFS = {"hex": {"type": "string", "pattern": "^[0-9a-f]+$"},
          "small": {"type": "integer", "maximum": 5}}
 
@@ -674,8 +689,8 @@ _DEFS = {"hex": {"type": "string", "pattern": "^[0-9a-f]+$"},
 @given(st.sampled_from(_LEAVES), st.lists(st.recursive(st.one_of(
     st.integers(-2, 11), st.floats(-2, 11), st.floats(), st.booleans(), st.none(),
     st.text("0123456789abcdefxF\n", max_size=4)),
-    lambda inner: st.dictionaries(st.sampled_from("abc"), inner, max_size=3), max_leaves=4),
-    max_size=8))
+    lambda inner: st.dictionaries(st.sampled_from("abcp"), inner, max_size=3) |
+    st.lists(inner, max_size=3), max_leaves=6), max_size=8))
 def test_the_long_list_shortcut_agrees_with_the_library_item_by_item(leaf, values):
     """The shortcut for lists (one tight loop) must never pass what the library refuses, and a
     refused list names the same item and problem as that item checked on its own."""
