@@ -52,7 +52,8 @@ def _closure(spec: list[dict[str, Any]], labels: list[str], manifest: DataManife
     project.iteration = project.parameter_version = points
     for i in range(points):
         project.history.append(HistoryPoint(iteration=i, samples=1000 * (i + 1),
-                                            loss=2.3 / (1 + i / 50), accuracy=min(0.99, i / points)))
+                                            loss=2.3 / (1 + i / 50),
+                                            accuracy=min(0.99, i / points)))
         if i % 10 == 9:
             project.test_error.append(StatsPoint(iteration=i, parameter_version=i,
                                                  samples=1000, error=max(0.01, 1 - i / points)))

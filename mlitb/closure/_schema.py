@@ -19,10 +19,11 @@ What this module adds to the library:
   ``jsonschema`` uses, also matches before a final newline: ``"name\\n"`` would pass);
 - the dicts, lists and tuples Python code builds count as JSON objects and arrays;
 - a shortcut for long lists of simple items (a manifest's hashes and label indices, history
-  points): one tight loop passes the list when every item certainly matches, else the library's
-  own ``items`` decides and names the problem. Without it a CIFAR-10-sized closure took 3 s to
-  validate, with it about as long as with the hand-written validator (docs/performance.md,
-  *Closures*); tests/test_closure.py checks that it never passes what the library refuses;
+  points, replay steps): one tight loop passes the list when every item certainly matches, else
+  the library's own ``items`` decides and names the problem. Without it a CIFAR-10-sized closure
+  took 3 s to validate, with it no longer than with the hand-written validator
+  (docs/performance.md, *Closures*); tests/test_closure.py checks that it never passes what the
+  library refuses;
 - errors: ``ClosureError`` naming the first offending field in document order (what a reader
   meets first, reading the file top to bottom; of many bad hashes, the first) by its path, e.g.
   ``data.train.sha256[3]: must match ^[0-9a-f]{64}$, got 'xyz'``. Keywords without a message of
@@ -149,7 +150,8 @@ def _quick_test(schema: Any, root: Mapping[str, Any]) -> Callable[[Any], bool] |
     return tests[0] if len(tests) == 1 else lambda x: all(test(x) for test in tests)
 
 
-def _object_test(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Callable[[Any], bool] | None:
+def _object_test(schema: Mapping[str, Any],
+                 root: Mapping[str, Any]) -> Callable[[Any], bool] | None:
     maybe = {k: _quick_test(v, root) for k, v in schema.get("properties", {}).items()}
     fields = {k: test for k, test in maybe.items() if test is not None}
     closed = schema.get("additionalProperties", True)
@@ -163,7 +165,8 @@ def _object_test(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Callable
     return test
 
 
-def _array_test(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Callable[[Any], bool] | None:
+def _array_test(schema: Mapping[str, Any],
+                root: Mapping[str, Any]) -> Callable[[Any], bool] | None:
     each = _quick_test(schema["items"], root) if "items" in schema else (lambda x: True)
     if each is None:
         return None
