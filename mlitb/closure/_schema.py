@@ -284,6 +284,9 @@ def _message(error: ValidationError) -> str:
     if kind == "maxItems":
         return f"{where}: holds at most {bound} items, got {len(value)}"
     if error.schema is False:
+        # jsonschema 4.26 drops the path of a false subschema's error (descend() yields it
+        # before adding one); the closure schema has no false subschema, only
+        # additionalProperties: false, whose error has its path.
         return f"{where}: is not allowed here"
     return f"{where}: {error.message}"
 
