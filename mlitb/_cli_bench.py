@@ -138,3 +138,15 @@ def nets(ctx: typer.Context) -> None:
     from mlitb.bench import nets as bench_nets
 
     raise typer.Exit(bench_nets.main(ctx.args))
+
+
+@bench_app.command()
+def closure(
+    seconds: Annotated[float, typer.Option(
+        min=0.001, max=60, help="Seconds per figure (the best of three runs counts).")] = 0.5,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Schema check and RFC 8785 form of a closure, next to the hand-written code they replaced."""
+    from mlitb.bench import closure as bench_closure
+
+    bench_closure.run(seconds, as_json=json)

@@ -25,8 +25,9 @@ from ._cli_common import cli_errors
 from ._cli_project import DEFAULT_MASTER, MasterOption, TokenOption
 from .errors import MlitbError
 
-# mlitb.master._caps's defaults, written out so that `mlitb --help` does not import the master
-# (tests/test_limits_connections.py checks they agree).
+# mlitb._connections's defaults (the master's and the data server's caps alike), written out
+# so that `mlitb --help` does not import the servers (tests/test_limits_connections.py checks
+# they agree).
 DEFAULT_MAX_CONNECTIONS = 16_384
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 4_096
 # ...and mlitb.dataserver.UploadLimits's.
@@ -48,6 +49,13 @@ MaxPendingOption = Annotated[int, typer.Option(
 MaxPendingPerAddressOption = Annotated[int, typer.Option(
     "--max-pending-uploads-per-address", min=1, help="As --max-pending-uploads, from one "
     "address (over it: 429; a NAT or a reverse proxy is one address).")]
+MaxDataConnectionsOption = Annotated[int, typer.Option(
+    "--max-data-connections", min=1, help="HTTP connections the data server holds at once, "
+    "idle ones included (over it: 503 with Retry-After, or closed at once in a flood; lowered "
+    "to what the file-descriptor limit allows).")]
+MaxDataConnectionsPerAddressOption = Annotated[int, typer.Option(
+    "--max-data-connections-per-address", min=1, help="As --max-data-connections, from one "
+    "remote address (an IPv6 /64); a NAT or a reverse proxy is one address.")]
 
 
 def parse_size(text: str) -> int:
@@ -135,12 +143,16 @@ def register_master(app: typer.Typer) -> None:
             "--no-data-server", help="Run no data server here: announce the separate ones "
             "(mlitb data-server) that register with this master.")] = False,
         max_connections: Annotated[int, typer.Option(
-            "--max-connections", min=1, help="WebSocket connections the master serves at once "
-            "(over it: close code 4008; lowered to what the file-descriptor limit allows).")]
+            "--max-connections", min=1, help="Connections the master port holds at once, "
+            "upgraded to a WebSocket or not (over it: close code 4008, or closed at once in a "
+            "flood; lowered to what the file-descriptor limit allows).")]
         = DEFAULT_MAX_CONNECTIONS,
         max_connections_per_address: Annotated[int, typer.Option(
-            "--max-connections-per-address", min=1, help="WebSocket connections from one "
-            "remote address (an IPv6 /64) at once; a NAT or a reverse proxy is one address.")]
+            "--max-connections-per-address", min=1, help="As --max-connections, from one "
+            "remote address (an IPv6 /64); a NAT or a reverse proxy is one address.")]
+        = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        max_data_connections: MaxDataConnectionsOption = DEFAULT_MAX_CONNECTIONS,
+        max_data_connections_per_address: MaxDataConnectionsPerAddressOption
         = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         max_upload_entries: MaxEntriesOption = DEFAULT_MAX_UPLOAD_ENTRIES,
         max_upload_size: MaxSizeOption = DEFAULT_MAX_UPLOAD_SIZE,
@@ -159,7 +171,7 @@ def register_master(app: typer.Typer) -> None:
         from .cluster import open_store, project_files, serve_cluster, serve_master_alone
         from .dataserver._backend import redact
         from .master import Master
-        from .master._caps import ConnectionLimits, fit_to_fd_limit
+        from ._connections import ConnectionLimits, fit_to_fd_limit
 
         if keyfile is not None and certfile is None:
             raise MlitbError("--keyfile needs --certfile")
@@ -177,11 +189,19 @@ def register_master(app: typer.Typer) -> None:
         files = project_files(data_dir)
         from .closure import Zoo
 
-        caps, fd_limit = fit_to_fd_limit(ConnectionLimits(
-            max_connections=max_connections, max_per_address=max_connections_per_address))
+        wanted = ConnectionLimits(max_connections=max_connections,
+                                  max_per_address=max_connections_per_address)
+        wanted_data = ConnectionLimits(max_connections=max_data_connections,
+                                       max_per_address=max_data_connections_per_address)
+        # One descriptor per connection, the master's and the data server's together.
+        fitted, fd_limit = fit_to_fd_limit(*([wanted] if no_data_server else [wanted, wanted_data]))
+        caps, data_caps = fitted[0], fitted[-1]
         if caps.max_connections < max_connections:
-            out.print(f"[yellow]at most {caps.max_connections} connections[/]: the process may "
-                      f"open {fd_limit} files (ulimit -n; each connection needs about two)")
+            shown_caps = (f"{caps.max_connections} connections" if no_data_server else
+                          f"{caps.max_connections} connections and {data_caps.max_connections} "
+                          "data connections")
+            out.print(f"[yellow]at most {shown_caps}[/]: the process may open {fd_limit} files "
+                      "(ulimit -n; each connection needs one)")
         m = Master(operator_token=operator_token, files=files, autosave_every=autosave_every,
                    data_url=None, zoo=Zoo(zoo if zoo is not None else data_dir / "zoo"),
                    connection_limits=caps)
@@ -212,6 +232,7 @@ def register_master(app: typer.Typer) -> None:
                 else:
                     address = await nursery.start(lambda task_status: serve_cluster(
                         m, store, host, port, data_port, public_host=public_host, limits=limits,
+                        data_connection_limits=data_caps,
                         certfile=str(certfile) if certfile else None,
                         keyfile=str(keyfile) if keyfile else None, task_status=task_status))
                 out.print(f"master      {address.master_url}")
@@ -262,6 +283,9 @@ def register_master(app: typer.Typer) -> None:
         max_pending_uploads: MaxPendingOption = DEFAULT_MAX_PENDING_UPLOADS,
         max_pending_uploads_per_address: MaxPendingPerAddressOption
         = DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS,
+        max_data_connections: MaxDataConnectionsOption = DEFAULT_MAX_CONNECTIONS,
+        max_data_connections_per_address: MaxDataConnectionsPerAddressOption
+        = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         cafile: Annotated[str | None, typer.Option(
             "--cafile", envvar="MLITB_CAFILE", show_default=False,
             help="A CA certificate (PEM) to verify a wss:// master against.")] = None,
@@ -271,16 +295,23 @@ def register_master(app: typer.Typer) -> None:
 
         It registers itself with the master, which announces it to workers (run the master
         with --no-data-server, or give both the same shared --store)."""
+        from ._connections import ConnectionLimits, fit_to_fd_limit
         from .cluster import open_store
 
         limits = upload_limits(max_upload_entries, max_upload_size, max_pending_uploads,
                                max_pending_uploads_per_address)
+        (caps,), fd_limit = fit_to_fd_limit(ConnectionLimits(
+            max_connections=max_data_connections,
+            max_per_address=max_data_connections_per_address))
+        if caps.max_connections < max_data_connections:
+            out.print(f"[yellow]at most {caps.max_connections} connections[/]: the process may "
+                      f"open {fd_limit} files (ulimit -n; each connection needs one)")
         _logging(verbose)
         store = open_store(data_dir, store_url)
         shown = public_host or ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host)
         try:
             trio.run(partial(_standalone_data_server, store, master, token, host, port, shown,
-                             limits=limits, cafile=cafile))
+                             limits=limits, connection_limits=caps, cafile=cafile))
         except KeyboardInterrupt:
             out.print("data server stopped")
         except BaseException as exc:  # trio may wrap what ends it in exception groups
@@ -292,7 +323,7 @@ def register_master(app: typer.Typer) -> None:
 
 async def _standalone_data_server(store: Any, url: str, token: str | None, host: str,
                                   port: int, shown: str, *, limits: Any,
-                                  cafile: str | None) -> None:
+                                  connection_limits: Any, cafile: str | None) -> None:
     import signal
 
     from .dataserver import serve_data_server
@@ -312,9 +343,9 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
         bound = await nursery.start(lambda task_status: serve_data_server(
             store, host, port, task_status=task_status, on_registered=registrar.register,
             check_upload=registrar.check_upload, client_config={"master_url": url},
-            upload_token=token, limits=limits,  # writes need the operator token,
+            upload_token=token,  # writes need the operator token,
             may_contribute=registrar.may_contribute,  # or the project's contributor token
-            may_read=registrar.may_read))
+            may_read=registrar.may_read, limits=limits, connection_limits=connection_limits))
         announced = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}"
         await nursery.start(partial(registrar.run, announced))
         out.print(f"data server http://{host}:{bound}, registering with {url} "

@@ -24,6 +24,7 @@ from .dataserver import (
 )
 from .dataserver import LabelConflictError
 from .dataserver._app import CheckUpload, PlanLabels
+from ._connections import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits
 from ._tls import server_context
 from .errors import UploadError
 from .master import Master, ProjectFiles, RequestError
@@ -66,13 +67,16 @@ async def serve_cluster(master: Master, store: DataStore, host: str = "127.0.0.1
                         port: int = 8000, data_port: int = 8001, *,
                         public_host: str | None = None,
                         limits: UploadLimits = DEFAULT_LIMITS,
+                        data_connection_limits: ConnectionLimits | ConnectionCaps
+                        = DEFAULT_CONNECTION_LIMITS,
                         certfile: str | None = None, keyfile: str | None = None,
                         task_status: trio.TaskStatus[ClusterAddress] = trio.TASK_STATUS_IGNORED,
                         ) -> None:
     """Run ``master`` and a data server over ``store`` until cancelled; reports the URLs.
 
     Data already in the store (from an earlier run) is registered again for projects the master
-    knows (``limits``: the data server's upload limits); data whose labels contradict the project's is left unregistered with an ``error``
+    knows (``limits``: the data server's upload limits; ``data_connection_limits``: its
+    connection caps, ``serve_data_server``'s ``connection_limits``); data whose labels contradict the project's is left unregistered with an ``error``
     event (the master starts all the same). Uploads are stored under the label list the
     master's model numbers (``Master.plan_labels``), so their registration cannot conflict. ``public_host``: the host name workers should use (default: ``host``).
     """
@@ -86,7 +90,8 @@ async def serve_cluster(master: Master, store: DataStore, host: str = "127.0.0.1
         bound_data = await nursery.start(lambda task_status: serve_data_server(
             store, host, data_port, task_status=task_status, on_registered=on_registered,
             check_upload=check_upload, plan_labels=plan_labels, client_config=client_config,
-            limits=limits, upload_token=master.operator_token,
+            limits=limits, connection_limits=data_connection_limits,
+            upload_token=master.operator_token,
             may_contribute=master.may_contribute, may_read=master.may_read,
             is_upload_token=master.is_operator_token,
             certfile=certfile, keyfile=keyfile))

@@ -417,13 +417,45 @@ def test_schema_matches_the_code():
         set(s["properties"]) - {"replay"}
 
 
-def test_schema_subset_validator_semantics():
+def test_schema_is_valid_draft_2020_12_with_no_unknown_keywords():
+    """Any validator checks a closure against the shipped schema; a keyword no vocabulary defines
+    (a misspelt ``"minimun"``) would be ignored by every one of them, so none may be there."""
+    from jsonschema import Draft202012Validator
+
+    s = schema()
+    Draft202012Validator.check_schema(s)
+    known = set(Draft202012Validator.VALIDATORS) | {
+        "$schema", "$id", "$defs", "$comment", "title", "description", "format", "examples",
+        "default", "deprecated", "readOnly", "writeOnly"}
+    seen: set[str] = set()
+
+    def walk(sub):
+        if isinstance(sub, dict):
+            seen.update(sub)
+            for key, value in sub.items():
+                if key in ("properties", "$defs", "patternProperties"):
+                    for item in value.values():
+                        walk(item)
+                elif isinstance(value, (dict, list)) and key not in ("const", "enum", "examples",
+                                                                    "default", "required"):
+                    walk(value)
+        elif isinstance(sub, list):
+            for item in sub:
+                walk(item)
+
+    walk(s)
+    assert seen - known == set()
+
+
+def test_schema_validator_semantics():
     sch = {"type": "object", "properties": {
         "n": {"type": "integer"}, "s": {"type": "string", "pattern": "^a+$"},
         "b": {"type": "number"}, "x": {"type": ["integer", "null"], "minimum": 1}}}
     validate({"n": 1.0, "s": "aa", "b": 2, "x": None}, sch)  # 1.0 is an integer in JSON Schema
     for bad, message in [({"n": True}, "n: must be an integer, got true"),
-                         ({"s": "aa\n"}, "s: must match"),
+                         ({"s": "aa\n"}, "s: must match"),  # ECMA-262's $: no final newline
+                         ({"s": 1.5, "n": "1"}, "s: must be a string, got 1.5"),
+                         ({"b": math.nan}, "b: must be a finite number, got nan"),
                          ({"b": math.inf}, "b: must be a finite number"),
                          ({"x": 0}, "x: must be >= 1")]:
         with pytest.raises(ClosureError, match=message.replace("(", r"\(")):
@@ -607,3 +639,69 @@ def test_schema_fast_path_for_long_lists_reports_like_the_slow_one():
         validate([0, 1, 4], ints)
     with pytest.raises(ClosureError, match=r"\[0\]: must be an integer, got true"):
         validate([True], ints)
+    pairs = {"type": "array", "items": {"type": "object", "required": ["p"], "properties": {
+        "p": {"type": "array", "minItems": 1, "items": {
+            "type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "integer"}}}}}}
+    validate([{"p": [[0, 1], [2, 3]]}, {"p": [[4, 5]]}], pairs)
+    for bad, message in [([{"p": [[0, 1]]}, {"p": [[0, 1, 2]]}], r"^\[1\].p\[0\]: holds at most 2"),
+                         ([{"p": [[0]]}], r"^\[0\].p\[0\]: needs at least 2 items, got 1"),
+                         ([{"p": []}], r"^\[0\].p: needs at least 1 items, got 0"),
+                         ([{"p": [[0, 1.5]]}], r"^\[0\].p\[0\]\[1\]: must be an integer"),
+                         ([{"p": [(0, 1)]}, {}], r"^\[1\].p: required field is missing")]:
+        with pytest.raises(ClosureError, match=message):
+            validate(bad, pairs)
+
+
+def test_the_first_error_in_document_order_is_reported(closure_dict):
+    closure_dict.pop("content_sha256")
+    closure_dict["data"]["train"]["sha256"][3] = "xyz"
+    closure_dict["data"]["train"]["sha256"][1] = "F" * 64
+    closure_dict["history"]["train"][0]["accuracy"] = 2.0
+    assert error_of(closure_dict).startswith(
+        "data.train.sha256[1]: must match ^[0-9a-f]{64}$, got 'FFFFFFFFFFFFFFFF")
+    closure_dict["data"]["train"]["surprise"] = 1  # after sha256 in the file: still [1]
+    assert error_of(closure_dict).startswith("data.train.sha256[1]: must match")
+    del closure_dict["data"]["train"]["count"]
+    assert error_of(closure_dict) == "data.train.count: required field is missing"
+    closure_dict["name"] = "a name\n"  # before data
+    assert error_of(closure_dict) == r"name: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$, got " \
+        "'a name\\n'"
+
+
+_LEAVES = [{"type": "string", "pattern": "^[0-9a-f]{2}$"},
+           {"type": "integer", "minimum": 0, "maximum": 9},
+           {"$ref": "#/$defs/hex", "minLength": 1, "maxLength": 3},
+           {"$ref": "#/$defs/small", "minimum": 1},
+           {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+           {"type": "object", "required": ["a"], "additionalProperties": False,
+            "properties": {"a": {"$ref": "#/$defs/small"},
+                           "b": {"type": ["number", "null"], "minimum": 0, "maximum": 1}}},
+           {"type": "object", "properties": {"b": {"type": "boolean"}}},
+           {"type": "object", "required": ["p"], "properties": {"p": {
+               "type": "array", "minItems": 1, "items": {
+                   "type": "array", "minItems": 2, "maxItems": 2,
+                   "items": {"$ref": "#/$defs/small"}}}}}]
+_DEFS = {"hex": {"type": "string", "pattern": "^[0-9a-f]+$"},
+         "small": {"type": "integer", "maximum": 5}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_LEAVES), st.lists(st.recursive(st.one_of(
+    st.integers(-2, 11), st.floats(-2, 11), st.floats(), st.booleans(), st.none(),
+    st.text("0123456789abcdefxF\n", max_size=4)),
+    lambda inner: st.dictionaries(st.sampled_from("abcp"), inner, max_size=3) |
+    st.lists(inner, max_size=3), max_leaves=6), max_size=8))
+def test_the_long_list_shortcut_agrees_with_the_library_item_by_item(leaf, values):
+    """The shortcut for lists (one tight loop) must never pass what the library refuses, and a
+    refused list names the same item and problem as that item checked on its own."""
+    def outcome(value, sch):
+        try:
+            validate(value, {"$defs": _DEFS, **sch})
+        except ClosureError as exc:
+            return str(exc)
+        return None
+
+    alone = [outcome({"x": v}, {"type": "object", "properties": {"x": leaf}}) for v in values]
+    first = next(((i, m) for i, m in enumerate(alone) if m is not None), None)
+    whole = outcome(values, {"type": "array", "items": leaf})
+    assert whole == (None if first is None else f"[{first[0]}]" + first[1][1:])

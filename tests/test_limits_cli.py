@@ -175,3 +175,108 @@ def test_the_cli_defaults_are_the_data_servers() -> None:
         _cli_master.DEFAULT_MAX_UPLOAD_ENTRIES, _cli_master.DEFAULT_MAX_UPLOAD_SIZE,
         _cli_master.DEFAULT_MAX_PENDING_UPLOADS,
         _cli_master.DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS) == DEFAULT_LIMITS
+
+
+@pytest.mark.parametrize("command", ["master", "data-server"])
+def test_the_connection_options_are_in_the_help(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from mlitb.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--max-data-connections ", "--max-data-connections-per-address"):
+        assert option in result.output, (option, result.output)
+    if command == "master":
+        assert "--max-connections " in result.output
+        assert "--max-connections-per-address" in result.output
+
+
+@pytest.mark.parametrize("command", ["master", "data-server"])
+@pytest.mark.parametrize("option", ["--max-data-connections",
+                                    "--max-data-connections-per-address"])
+@pytest.mark.parametrize("bad", ["0", "-3", "many", "1.5"])
+def test_a_bad_connection_cap_is_a_usage_error(command: str, option: str, bad: str,
+                                               tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mlitb.cli import app
+
+    result = CliRunner().invoke(app, [command, "--data-dir", str(tmp_path), option, bad],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output, result.output
+    assert not (tmp_path / "store").exists()  # refused before anything started
+
+
+async def data_answer(port: int, source: str) -> bytes:
+    """``GET /healthz`` from ``source``: the whole answer (the connection asks to be closed)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
+    async with stream:
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Connection: close\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    return answer
+
+
+async def check_data_caps(port: int) -> None:
+    """At most 2 connections per address, 3 in all (the options both tests give)."""
+    held = [await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.1")
+            for _ in range(2)]
+    over = await data_answer(port, "127.0.0.1")
+    assert over.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 5\r\n" in over, over
+    assert b"at most 2 connections per address" in over
+    assert (await data_answer(port, "127.0.0.2")).startswith(b"HTTP/1.1 200 ")
+    held.append(await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2"))
+    full = await data_answer(port, "127.0.0.3")
+    assert b"the data server serves 3 connections at most" in full, full
+    for stream in held:
+        await stream.aclose()
+    with trio.fail_after(10):  # the server notices the closes
+        while not (await data_answer(port, "127.0.0.1")).startswith(b"HTTP/1.1 200 "):
+            await trio.sleep(0.1)
+
+
+@pytest.mark.trio
+async def test_mlitb_master_caps_its_data_servers_connections(tmp_path: Path) -> None:
+    log = tmp_path / "master.log"
+    with open(log, "ab") as f:
+        master = subprocess.Popen(
+            [sys.executable, "-m", "mlitb", "master", "--port", "0", "--data-port", "0",
+             "--data-dir", str(tmp_path / "data"), "--operator-token", TOKEN,
+             "--max-data-connections", "3", "--max-data-connections-per-address", "2"],
+            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        with trio.fail_after(120):
+            data_port = int((await wait_for_line(log, r"data server\s+http://\S+:(\d+)"))[1])
+            await check_data_caps(data_port)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(master.pid, signal.SIGKILL)
+        master.wait()
+
+
+@pytest.mark.trio
+async def test_mlitb_data_server_caps_its_connections(lone_master_in_thread,
+                                                      tmp_path: Path) -> None:
+    m = lone_master_in_thread
+    log = tmp_path / "data-server.log"
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlitb", "data-server", "--master", m.url, "--token",
+             m.token, "--port", "0", "--data-dir", str(tmp_path / "data"),
+             "--max-data-connections", "3", "--max-data-connections-per-address", "2"],
+            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        with trio.fail_after(120):
+            data_port = int((await wait_for_line(log, r"data server http://\S+:(\d+),"))[1])
+            await check_data_caps(data_port)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -234,3 +234,58 @@ async def test_a_standalone_data_server_registers_with_a_wss_master_given_the_ca
                 with suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.mark.trio
+async def test_the_connection_caps_count_before_tls_and_refuse_over_it(tmp_path: Path) -> None:
+    """Through the capped listeners TLS still works (the key in the certificate file, too),
+    a socket that never starts its handshake holds its place, and over the caps a wss://
+    client hears 4008 and an https:// one 503."""
+    from trio_websocket import ConnectionClosed, connect_websocket
+
+    from mlitb._connections import ConnectionCaps, ConnectionLimits
+    from mlitb._tls import client_context
+    from mlitb.cluster import open_store, serve_cluster
+    from mlitb.dataserver import DataClient, DataServerError
+    from mlitb.master import Master
+    from mlitb.protocol import CloseCode
+
+    ca, cert, _ = make_ca(tmp_path)
+    master = Master(operator_token=TOKEN, connection_limits=ConnectionLimits(4, 1))
+    data_caps = ConnectionCaps(ConnectionLimits(4, 1), server="the data server")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(lambda task_status: serve_cluster(
+                master, open_store(tmp_path / "data"), "127.0.0.1", 0, 0,
+                data_connection_limits=data_caps, certfile=str(cert),
+                task_status=task_status))
+            assert address.master_url.startswith("wss://")
+            assert address.data_url.startswith("https://")
+            client = DataClient(address.data_url, cafile=ca)
+            assert (await trio.to_thread.run_sync(client.health))["status"] == "ok"
+            async with open_operator(address.master_url, TOKEN, cafile=ca) as op:
+                assert op is not None
+
+            assert master.port is not None
+            data_port = int(address.data_url.rsplit(":", 1)[1])
+            held = [await trio.open_tcp_stream("127.0.0.1", master.port),
+                    await trio.open_tcp_stream("127.0.0.1", data_port)]
+            while master.caps.total < 1 or data_caps.total < 1:
+                await trio.sleep(0.01)
+            ws = await connect_websocket(nursery, "127.0.0.1", master.port, "/",
+                                         use_ssl=client_context(ca))
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+            assert closed.value.reason.code == CloseCode.TOO_MANY_CONNECTIONS
+            with pytest.raises(DataServerError) as busy:
+                await trio.to_thread.run_sync(client.health)
+            assert busy.value.status == 503 and "per address" in str(busy.value)
+
+            for stream in held:
+                await stream.aclose()
+            while master.caps.total or data_caps.total:
+                await trio.sleep(0.01)
+            assert (await trio.to_thread.run_sync(client.health))["status"] == "ok"
+            async with open_operator(address.master_url, TOKEN, cafile=ca) as op:
+                assert op is not None
+            nursery.cancel_scope.cancel()

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
 
 from .. import __version__, _websocket
 from ..protocol import (
@@ -42,7 +42,7 @@ from ..protocol import (
     encode_text,
 )
 from ..training import Member, Project
-from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits, address_key
+from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits
 from ._connection import OUTBOX_SIZE, Connection, RequestError
 from ._loop import send_ids
 from ._requests import answer_request
@@ -68,7 +68,8 @@ class ConnectionHub:
                  connection_limits: ConnectionLimits = DEFAULT_CONNECTION_LIMITS) -> None:
         self.master = master
         self.connections: dict[int, Connection] = {}
-        self.caps = ConnectionCaps(connection_limits)  # every socket, hello said or not
+        # Every TCP connection from its accept, upgraded or not, hello said or not.
+        self.caps = ConnectionCaps(connection_limits, server="the master")
         self._ids = itertools.count(1)
 
     def register_data_server(self, conn: Connection, url: str, store: str | None) -> None:
@@ -102,22 +103,19 @@ class ConnectionHub:
 
     async def handle(self, request: WebSocketRequest) -> None:
         """Serve one WebSocket connection (the server's handler), within the caps."""
-        key = address_key(request.remote)
-        refused = self.caps.admit(key)
-        if refused is not None:
-            await self._refuse(request, key, refused)
+        remote = request.remote
+        # The listener counted the connection at its accept, or let it through over a cap to
+        # be told why (``mlitb._connections``).
+        reason = (self.caps.refusal(remote.address, remote.port)
+                  if isinstance(remote, Endpoint) else None)
+        if reason is not None:
+            await self._refuse(request, reason)
             return
-        try:
-            await self._serve_connection(request)
-        finally:
-            self.caps.release(key)
+        await self._serve_connection(request)
 
-    async def _refuse(self, request: WebSocketRequest, key: str, reason: str) -> None:
+    async def _refuse(self, request: WebSocketRequest, reason: str) -> None:
         """Over a cap: complete the upgrade only to close with a code a browser can read (a
-        refused HTTP upgrade reaches a page as a bare 1006)."""
-        if self.caps.refused % 1000 == 1:  # a flood logs one line per 1,000 refusals
-            log.warning("refused a connection from %s: %s (%d refused so far)", key, reason,
-                        self.caps.refused)
+        refused HTTP upgrade reaches a page as a bare 1006). The listener logs refusals."""
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
                 ws = await request.accept()

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import trio
-from trio_websocket import serve_websocket
+from trio_websocket import WebSocketServer
 
+from .._connections import open_capped_listeners
 from ..closure import Zoo
 from ..protocol import MAX_HELLO_FRAME
 from ..training import Project
@@ -94,18 +95,25 @@ class Master(ProjectRegistry):
                 self._nursery = nursery
                 for name in self.projects:
                     self._start_loop(name)
-                server = await nursery.start(lambda task_status: serve_websocket(
-                    self.hub.handle, host, port, ssl_context, handler_nursery=nursery,
+                # Every TCP connection counts from its accept (``CappedListener``), so strangers
+                # that never finish the upgrade are capped as well as those that never say hello.
+                listeners = await open_capped_listeners(port, self.caps, nursery, host=host,
+                                                        ssl_context=ssl_context)
+                server = WebSocketServer(
+                    self.hub.handle,
+                    # trio-websocket's annotation names trio's own listeners; it serves any.
+                    cast(Any, listeners), handler_nursery=nursery,
                     # Strangers get a small limit until their hello (``_welcome`` raises it).
                     max_message_size=MAX_HELLO_FRAME, receive_buffer_size=64 * 1024,
                     # A socket that never completes the HTTP upgrade is dropped as soon as one
                     # that never says hello (trio-websocket's default is 60 s).
                     connect_timeout=HELLO_TIMEOUT,
-                    message_queue_size=4, disconnect_timeout=2.0, task_status=task_status))
-                self.port = server.port
+                    message_queue_size=4, disconnect_timeout=2.0)
+                await nursery.start(server.run)
+                self.port = listeners[0].port
                 log.info("master listening on %s://%s:%d", "wss" if ssl_context else "ws",
-                         host, server.port)
-                task_status.started(server.port)
+                         host, self.port)
+                task_status.started(self.port)
         finally:
             self._nursery = None
             await self.aclose()  # the last word on disk: every project as it is now
