@@ -55,7 +55,7 @@ const pacer = { rate: null, update(samples, seconds) {
 const status = {
   phase: "starting", workerId: null, project: null, iteration: null, parameterVersion: null,
   allocated: 0, cached: 0, results: 0, samplesPerS: null, loss: null, testError: null,
-  message: "", simd: null, dataUrl: null, algorithm: null, steps: null,
+  message: "", simd: null, dataUrl: null, algorithm: null, steps: null, wire: null,
   // What it gave: samples in all (this page's session), in its last result and for which
   // iteration, that result's accuracy, and [iteration, samples] of its last GIVEN_KEPT results.
   samples: 0, lastSamples: null, lastIteration: null, accuracy: null, given: [],
@@ -219,7 +219,8 @@ function onWelcome(s, welcome) {
     `(${welcome.project.parameter_count} parameters, T=${welcome.project.iteration_time} s)`);
   post({ phase: phase(), workerId: welcome.worker_id, project: welcome.project.name,
     iteration: welcome.project.iteration, parameterVersion: null, results: 0, message: "",
-    simd: net.simd, dataUrl: s.dataUrl, algorithm: trainingOf(info).algorithm, steps: null });
+    simd: net.simd, dataUrl: s.dataUrl, algorithm: trainingOf(info).algorithm, steps: null,
+    wire: trainingOf(info).wire });
 }
 
 /** The data servers the master announces (the one to use first), as this browser reaches them;

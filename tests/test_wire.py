@@ -326,3 +326,29 @@ def test_encoded_is_what_encode_result_sends() -> None:
     assert isinstance(e, Encoded) and e.count == V.size
     assert encode_result(e, parameter_version=3, samples=10, loss_sum=1.5,
                          encoding=Encoding.INT8) == INT8
+
+
+# -- closures --------------------------------------------------------------------------------------
+def test_a_closure_keeps_the_wire_and_an_old_one_loads_as_float32() -> None:
+    from mlitb.closure import closure_from_dict, closure_from_project, closure_to_dict, \
+        project_from_closure
+
+    data = closure_to_dict(closure_from_project(project("int8")))
+    assert data["loop"]["training"]["wire"] == "int8"
+    assert project_from_closure(closure_from_dict(data), "q").training.wire == "int8"
+    # A closure written before the field (its hash, optional, covered what it had).
+    del data["loop"]["training"]["wire"]
+    data.pop("content_sha256", None)
+    assert project_from_closure(closure_from_dict(data), "q").training.wire == "float32"
+
+
+def test_a_deterministic_closure_with_a_compressed_wire_is_refused() -> None:
+    from mlitb.closure import closure_from_dict, closure_from_project, \
+        closure_to_dict, project_from_closure
+    from mlitb.errors import ClosureError
+
+    data = closure_to_dict(closure_from_project(project("float32", samples_per_iteration=8)))
+    data["loop"]["training"]["wire"] = "float16"
+    data.pop("content_sha256", None)
+    with pytest.raises((ClosureError, TrainingError), match="float32 results only"):
+        project_from_closure(closure_from_dict(data), "q")
