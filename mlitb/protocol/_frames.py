@@ -149,16 +149,16 @@ def _vector(vector: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
 
 
 def _encoded(vector: npt.ArrayLike | Encoded, encoding: Encoding, name: str) -> Encoded:
-    if isinstance(vector, Encoded):
-        if vector.encoding is not Encoding(encoding):
-            raise _bad(f"{name}.encoding: the vector is encoded as {vector.encoding.name}, the "
-                       f"frame asks for {Encoding(encoding).name}")
-        _vector(vector.decoded, name)
-        return vector
     try:
         kind = Encoding(encoding)
     except ValueError:
         raise _bad(f"{name}.encoding: unknown encoding {encoding!r:.40}") from None
+    if isinstance(vector, Encoded):
+        if vector.encoding is not kind:
+            raise _bad(f"{name}.encoding: the vector is encoded as {vector.encoding.name}, the "
+                       f"frame asks for {kind.name}")
+        _vector(vector.decoded, name)  # the size limit
+        return vector
     return encode_vector(_vector(vector, name), kind)
 
 
