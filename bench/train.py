@@ -90,6 +90,9 @@ class Curve:
     results: int = 0
     """Results the master took (not refused)."""
     num_params: int = 0
+    point_samples: list[int] = field(default_factory=list)
+    """Samples trained at each point of the curve: accuracy per sample does not depend on how
+    fast a shared machine lets the workers compute."""
     load: tuple[float, float] = (0.0, 0.0)
     """The machine's 1-minute load average before and after the run."""
 
@@ -100,6 +103,10 @@ class Curve:
 
     def time_to(self, target: float) -> float | None:
         return next((t for t, acc in self.points if acc >= target), None)
+
+    def samples_to(self, target: float) -> int | None:
+        return next((n for (_, acc), n in zip(self.points, self.point_samples)
+                     if acc >= target), None)
 
     @property
     def best(self) -> float:
@@ -134,14 +141,14 @@ def _accuracy(params: np.ndarray, x: np.ndarray, y: np.ndarray,
 
 # -- the real system -------------------------------------------------------------------------------
 async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, train_zip: Path,
-                      log: Any) -> tuple[list[tuple[float, np.ndarray]], int, dict[str, int]]:
+                      log: Any) -> tuple[list[tuple[float, np.ndarray, int]], int, dict[str, int]]:
     from mlitb.cluster import open_store, serve_cluster
     from mlitb.dataserver import DataClient
     from mlitb.master import Master
 
     master = Master()
     store = open_store(folder / f"store-{nodes}")
-    snapshots: list[tuple[float, np.ndarray]] = []
+    snapshots: list[tuple[float, np.ndarray, int]] = []
     async with trio.open_nursery() as nursery:
         address = await nursery.start(lambda task_status: serve_cluster(
             master, store, "127.0.0.1", 0, 0, task_status=task_status))
@@ -183,7 +190,8 @@ async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, tra
             while (now := trio.current_time() - start) < seconds:
                 if project.parameter_version != version:
                     version = project.parameter_version
-                    snapshots.append((now, project.net.params.copy()))
+                    snapshots.append((now, project.net.params.copy(),
+                                      project.samples_trained))
                 if now - last_print >= 10:
                     last_print = now
                     print(f"  {now:5.0f} s  iteration {project.iteration}  "
@@ -217,13 +225,14 @@ def run_system(nodes: int, rec: Recipe, seconds: float, train_zip: Path,
                   load=(load_before, os.getloadavg()[0]))
     print(f"  evaluating {len(snapshots)} steps' parameters on {len(test[1]):,} test images",
           file=log, flush=True)
-    chosen: list[tuple[float, np.ndarray]] = []
-    for t, params in snapshots:
-        if not chosen or t - chosen[-1][0] >= EVERY:
-            chosen.append((t, params))
+    chosen: list[tuple[float, np.ndarray, int]] = []
+    for snapshot in snapshots:
+        if not chosen or snapshot[0] - chosen[-1][0] >= EVERY:
+            chosen.append(snapshot)
     if snapshots and chosen[-1][0] != snapshots[-1][0]:
         chosen.append(snapshots[-1])
-    curve.points = [(t, _accuracy(p, *test, rec.spec)) for t, p in chosen]
+    curve.points = [(t, _accuracy(p, *test, rec.spec)) for t, p, _ in chosen]
+    curve.point_samples = [n for _, _, n in chosen]
     return curve
 
 
@@ -324,6 +333,8 @@ def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: floa
                   "samples": c.samples, "samples_per_s": c.samples / c.seconds if c.seconds
                   else None, "curve": c.points}
                  | ({"wire": c.wire, "rounds": c.rounds, "results": c.results,
+                     "samples_to_target": c.samples_to(target),
+                     "curve_samples": c.point_samples,
                      "parameters": c.num_params, "bytes_per_round_per_trainer":
                      c.bytes_per_round, "load_average": list(c.load)}
                     if c.num_params else {})
@@ -356,13 +367,14 @@ def _print(result: dict[str, Any], target: float) -> None:
         for t, acc in run_["curve"]:
             table.add_row(f"{t:.1f}", f"{acc:.1%}")
         out.print(table)
-    summary = Table("run", f"time to {target:.0%}", "best", "samples/s", "bytes/round/trainer",
-                    "rounds", "load")
+    summary = Table("run", f"time to {target:.0%}", f"samples to {target:.0%}", "best",
+                    "samples/s", "bytes/round/trainer", "rounds", "load")
     for run_ in result["runs"]:
         ttt = run_["time_to_target"]
         wire = run_.get("bytes_per_round_per_trainer")
+        sto = run_.get("samples_to_target")
         summary.add_row(run_["label"], "not reached" if ttt is None else f"{ttt:.1f} s",
-                        f"{run_['best']:.1%}", f"{run_['samples_per_s'] or 0:,.0f}",
+                        "–" if sto is None else f"{sto:,}", f"{run_['best']:.1%}", f"{run_['samples_per_s'] or 0:,.0f}",
                         f"{wire['total']:,}" if wire else "–", str(run_.get("rounds", "–")),
                         " → ".join(f"{x:.1f}" for x in run_.get("load_average", [])) or "–")
     out.print(summary)
