@@ -258,9 +258,9 @@ def test_a_python_node_and_a_browser_trainer_train_one_int8_project(chromium: An
     assert box["refused"] == [] or all("stale" in r for *_, r in box["refused"]), box["refused"]
     assert not any("refused something (bad_frame)" in entry["text"] for entry in logs), logs
     assert errors == []
-    assert box["version"] >= 6
-    losses = [h.loss for h in box["history"] if h.samples > 0]
-    assert len(losses) >= 6
+    # Three int8 results taken from each worker: at least three steps of the model.
+    assert box["version"] >= 3
+    assert len([h for h in box["history"] if h.samples > 0]) >= 3
     assert "Traceback" not in box["node"].text
 
 
