@@ -1,7 +1,8 @@
 """What the protocol costs per message: encode and decode, in microseconds, for the messages
 the master handles every round (a work order and a result frame per worker), a hello, a cache
-report, a status snapshot and a result frame in each wire encoding, next to plain ``json.dumps`` / ``json.loads`` of the same text in
-the same process (the floor any validating codec pays for JSON).
+report, a status snapshot and a result frame in each wire encoding, next to plain
+``json.dumps`` / ``json.loads`` of the same text in the same process (the floor any validating
+codec pays for JSON).
 
 The master's per-round cost grows with workers mostly per message (bench/loop.py); this is the
 protocol's share of it, and the figure to compare when the codec changes (e.g. a library

@@ -374,7 +374,8 @@ def _print(result: dict[str, Any], target: float) -> None:
         wire = run_.get("bytes_per_round_per_trainer")
         sto = run_.get("samples_to_target")
         summary.add_row(run_["label"], "not reached" if ttt is None else f"{ttt:.1f} s",
-                        "–" if sto is None else f"{sto:,}", f"{run_['best']:.1%}", f"{run_['samples_per_s'] or 0:,.0f}",
+                        "–" if sto is None else f"{sto:,}", f"{run_['best']:.1%}",
+                        f"{run_['samples_per_s'] or 0:,.0f}",
                         f"{wire['total']:,}" if wire else "–", str(run_.get("rounds", "–")),
                         " → ".join(f"{x:.1f}" for x in run_.get("load_average", [])) or "–")
     out.print(summary)
