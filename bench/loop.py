@@ -141,8 +141,8 @@ async def _simulated_workers(url: str, n: int) -> None:
     from trio_websocket import ConnectionClosed, open_websocket_url
 
     from mlitb.protocol import (
-        MAX_LARGE_TEXT_FRAME, Hello, ParametersFrame, Welcome, Work, decode_frame, decode_text,
-        encode_result, encode_text,
+        MAX_LARGE_TEXT_FRAME, Encoding, Hello, ParametersFrame, Welcome, Work, decode_frame,
+        decode_text, encode_result, encode_text, result_encoding,
     )
 
     async def worker(i: int) -> None:
@@ -150,6 +150,7 @@ async def _simulated_workers(url: str, n: int) -> None:
             await ws.send_message(encode_text(Hello(role="trainer", client="python",
                                                     host=f"sim-{i}", project=PROJECT)))
             grad = None
+            encoding = Encoding.FLOAT32
             try:
                 while True:
                     data = await ws.get_message()
@@ -161,10 +162,13 @@ async def _simulated_workers(url: str, n: int) -> None:
                     msg = decode_text(data, max_size=MAX_LARGE_TEXT_FRAME)
                     if isinstance(msg, Welcome):
                         grad = np.full(msg.project.parameter_count, 1e-3, np.float32)
+                        # The project's wire kind (the master refuses any other).
+                        encoding = result_encoding(msg.project.training.wire)
                     elif isinstance(msg, Work) and grad is not None:
                         await ws.send_message(encode_result(
                             grad, parameter_version=msg.parameter_version, samples=100,
-                            loss_sum=230.0, correct=10, compute_seconds=0.01))
+                            loss_sum=230.0, correct=10, compute_seconds=0.01,
+                            encoding=encoding))
             except ConnectionClosed:
                 return
 

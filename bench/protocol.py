@@ -1,7 +1,8 @@
 """What the protocol costs per message: encode and decode, in microseconds, for the messages
 the master handles every round (a work order and a result frame per worker), a hello, a cache
-report and a status snapshot, next to plain ``json.dumps`` / ``json.loads`` of the same text in
-the same process (the floor any validating codec pays for JSON).
+report, a status snapshot and a result frame in each wire encoding, next to plain
+``json.dumps`` / ``json.loads`` of the same text in the same process (the floor any validating
+codec pays for JSON).
 
 The master's per-round cost grows with workers mostly per message (bench/loop.py); this is the
 protocol's share of it, and the figure to compare when the codec changes (e.g. a library
@@ -26,6 +27,7 @@ from mlitb.protocol import (
     MAX_LARGE_TEXT_FRAME,
     CacheReport,
     DataCounts,
+    Encoding,
     Hello,
     ProjectStatus,
     Status,
@@ -86,16 +88,21 @@ def run(seconds: float = 0.3, as_json: bool = False) -> dict[str, Any]:
             "json_dumps_us": _per_call(lambda p=plain: json.dumps(p, separators=(",", ":")),
                                        seconds),
             "json_loads_us": _per_call(lambda t=text: json.loads(t), seconds)})
-    grad = np.full(Net(DEMO_NET, seed=0).num_params, 1e-3, np.float32)
-    frame = encode_result(grad, parameter_version=120, samples=1200, loss_sum=2.3e3,
-                          correct=400, compute_seconds=1.6)
-    rows.append({
-        "message": f"result frame ({grad.size:,} floats)", "bytes": len(frame),
-        "encode_us": _per_call(lambda: encode_result(
-            grad, parameter_version=120, samples=1200, loss_sum=2.3e3, correct=400,
-            compute_seconds=1.6), seconds),
-        "decode_us": _per_call(lambda: decode_frame(frame), seconds),
-        "json_dumps_us": None, "json_loads_us": None})
+    rng = np.random.default_rng(0)
+    grad = (rng.standard_normal(Net(DEMO_NET, seed=0).num_params) * 1e-2).astype(np.float32)
+    # One row per wire encoding (training.wire): what a trainer's encode and the master's
+    # decode of one result cost.
+    for encoding in Encoding:
+        frame = encode_result(grad, parameter_version=120, samples=1200, loss_sum=2.3e3,
+                              correct=400, compute_seconds=1.6, encoding=encoding)
+        suffix = "" if encoding is Encoding.FLOAT32 else f", {encoding.name.lower()}"
+        rows.append({
+            "message": f"result frame ({grad.size:,} floats{suffix})", "bytes": len(frame),
+            "encode_us": _per_call(lambda e=encoding: encode_result(
+                grad, parameter_version=120, samples=1200, loss_sum=2.3e3, correct=400,
+                compute_seconds=1.6, encoding=e), seconds),
+            "decode_us": _per_call(lambda f=frame: decode_frame(f), seconds),
+            "json_dumps_us": None, "json_loads_us": None})
     result = {"seconds_per_figure": seconds, "messages": rows}
     if as_json:
         print(json.dumps(result, indent=2))

@@ -13,14 +13,20 @@ the paper's AdaGrad recipe for comparison. With PyTorch installed, the same net 
 thread with a good recipe (SGD-Nesterov, batch 64, the same schedule and augmentation) in the
 same invocation, its clock paused while it is evaluated, and the ratio is printed.
 
+``--wire float32,float16,int8`` runs each node count once per wire kind (``training.wire``:
+how results and parameters travel) in the same invocation and reports each run's bytes per
+round: a PARAMETERS frame and a RESULT frame per trainer, sizes exact by the protocol
+(WebSocket framing aside), and the rounds and results the master took.
+
 Data: ../shared/data/cifar10-{train,test}.zip (skips with a reason when missing).
 
-    python bench/train.py [--nodes 2,1] [--seconds 60] [--target 0.7] [--json]
+    python bench/train.py [--nodes 2,1] [--seconds 60] [--target 0.7] [--wire float32] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -38,7 +44,7 @@ import trio
 
 from mlitb.bench.engine import blas_info, one_thread, torch_model
 from mlitb.datasets import CIFAR10_NETS
-from mlitb.protocol import Training
+from mlitb.protocol import Training, parameters_encoding, payload_size, result_encoding
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROJECT = "cifar"
@@ -78,13 +84,40 @@ class Curve:
     points: list[tuple[float, float]] = field(default_factory=list)
     samples: int = 0
     seconds: float = 0.0
+    wire: str = "float32"
+    rounds: int = 0
+    """Iterations whose work orders went out (each broadcast one PARAMETERS frame)."""
+    results: int = 0
+    """Results the master took (not refused)."""
+    num_params: int = 0
+    point_samples: list[int] = field(default_factory=list)
+    """Samples trained at each point of the curve: accuracy per sample does not depend on how
+    fast a shared machine lets the workers compute."""
+    load: tuple[float, float] = (0.0, 0.0)
+    """The machine's 1-minute load average before and after the run."""
+
+    @property
+    def bytes_per_round(self) -> dict[str, int]:
+        """Per trainer and round: the PARAMETERS frame it receives and the RESULT it sends."""
+        return wire_bytes(self.wire, self.num_params)
 
     def time_to(self, target: float) -> float | None:
         return next((t for t, acc in self.points if acc >= target), None)
 
+    def samples_to(self, target: float) -> int | None:
+        return next((n for (_, acc), n in zip(self.points, self.point_samples)
+                     if acc >= target), None)
+
     @property
     def best(self) -> float:
         return max((acc for _, acc in self.points), default=0.0)
+
+
+def wire_bytes(wire: str, num_params: int) -> dict[str, int]:
+    """The exact frame sizes of one round for one trainer in ``wire`` (headers 24 and 40)."""
+    parameters = 24 + payload_size(parameters_encoding(wire), num_params)
+    result = 40 + payload_size(result_encoding(wire), num_params)
+    return {"parameters": parameters, "result": result, "total": parameters + result}
 
 
 def _decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -108,14 +141,14 @@ def _accuracy(params: np.ndarray, x: np.ndarray, y: np.ndarray,
 
 # -- the real system -------------------------------------------------------------------------------
 async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, train_zip: Path,
-                      log: Any) -> tuple[list[tuple[float, np.ndarray]], int]:
+                      log: Any) -> tuple[list[tuple[float, np.ndarray, int]], int, dict[str, int]]:
     from mlitb.cluster import open_store, serve_cluster
     from mlitb.dataserver import DataClient
     from mlitb.master import Master
 
     master = Master()
     store = open_store(folder / f"store-{nodes}")
-    snapshots: list[tuple[float, np.ndarray]] = []
+    snapshots: list[tuple[float, np.ndarray, int]] = []
     async with trio.open_nursery() as nursery:
         address = await nursery.start(lambda task_status: serve_cluster(
             master, store, "127.0.0.1", 0, 0, task_status=task_status))
@@ -123,6 +156,20 @@ async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, tra
                                         optimizer=rec.optimizer,
                                         hyperparameters=rec.hyperparameters, seed=0,
                                         training=rec.training)
+        counts = {"rounds": 0, "results": 0, "refused": 0, "num_params": project.net.num_params}
+        accept, plan = project.accept_result, project.plan_iteration
+
+        def counting_accept(worker_id: int, frame: Any, now: float) -> Any:
+            refused = accept(worker_id, frame, now)
+            counts["refused" if refused is not None else "results"] += 1
+            return refused
+
+        def counting_plan(now: float) -> Any:
+            counts["rounds"] += 1
+            return plan(now)
+
+        project.accept_result = counting_accept  # type: ignore[method-assign]
+        project.plan_iteration = counting_plan  # type: ignore[method-assign]
         print(f"  uploading {train_zip.name} (not timed)", file=log, flush=True)
         await trio.to_thread.run_sync(lambda: DataClient(
             address.data_url, token=master.operator_token).upload(PROJECT,
@@ -137,18 +184,21 @@ async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, tra
                 while project.current is None:
                     await trio.sleep(0.005)
             start = trio.current_time()
+            counts.update(rounds=1, results=0, refused=0)  # from the first work order on
             version = project.parameter_version
             last_print = 0.0
             while (now := trio.current_time() - start) < seconds:
                 if project.parameter_version != version:
                     version = project.parameter_version
-                    snapshots.append((now, project.net.params.copy()))
+                    snapshots.append((now, project.net.params.copy(),
+                                      project.samples_trained))
                 if now - last_print >= 10:
                     last_print = now
                     print(f"  {now:5.0f} s  iteration {project.iteration}  "
                           f"{project.samples_trained:,} samples", file=log, flush=True)
                 await trio.sleep(0.02)
             samples = project.samples_trained
+            taken = dict(counts)  # what the clock covered, not the shutdown
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             try:
@@ -157,26 +207,32 @@ async def _run_system(nodes: int, rec: Recipe, seconds: float, folder: Path, tra
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             nursery.cancel_scope.cancel()
-    return snapshots, samples
+    return snapshots, samples, taken
 
 
 def run_system(nodes: int, rec: Recipe, seconds: float, train_zip: Path,
                test: tuple[np.ndarray, np.ndarray], log: Any) -> Curve:
     """Train with ``nodes`` trainer processes for ``seconds``; the curve of every ``EVERY`` s."""
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mlitb-bench-train-") as tmp:
-        snapshots, samples = trio.run(_run_system, nodes, rec, seconds, Path(tmp), train_zip,
-                                      log)
-    curve = Curve(f"mlitb, {nodes} node{'s' if nodes > 1 else ''}", samples=samples,
-                  seconds=seconds)
+        snapshots, samples, counts = trio.run(_run_system, nodes, rec, seconds, Path(tmp),
+                                              train_zip, log)
+    wire = rec.training.wire
+    curve = Curve(f"mlitb, {nodes} node{'s' if nodes > 1 else ''}"
+                  + (f", {wire}" if wire != "float32" else ""), samples=samples,
+                  seconds=seconds, wire=wire, rounds=counts["rounds"],
+                  results=counts["results"], num_params=counts["num_params"],
+                  load=(load_before, os.getloadavg()[0]))
     print(f"  evaluating {len(snapshots)} steps' parameters on {len(test[1]):,} test images",
           file=log, flush=True)
-    chosen: list[tuple[float, np.ndarray]] = []
-    for t, params in snapshots:
-        if not chosen or t - chosen[-1][0] >= EVERY:
-            chosen.append((t, params))
+    chosen: list[tuple[float, np.ndarray, int]] = []
+    for snapshot in snapshots:
+        if not chosen or snapshot[0] - chosen[-1][0] >= EVERY:
+            chosen.append(snapshot)
     if snapshots and chosen[-1][0] != snapshots[-1][0]:
         chosen.append(snapshots[-1])
-    curve.points = [(t, _accuracy(p, *test, rec.spec)) for t, p in chosen]
+    curve.points = [(t, _accuracy(p, *test, rec.spec)) for t, p, _ in chosen]
+    curve.point_samples = [n for _, _, n in chosen]
     return curve
 
 
@@ -242,7 +298,8 @@ def run_torch(seconds: float, target: float, train: tuple[np.ndarray, np.ndarray
 # -- report ----------------------------------------------------------------------------------------
 def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: float = 0.7,
         algorithm: str = "local", with_torch: bool = True, torch_seconds: float = 120.0,
-        as_json: bool = False, net: str = "fast") -> dict[str, Any]:
+        as_json: bool = False, net: str = "fast",
+        wires: Sequence[str] = ("float32",)) -> dict[str, Any]:
     train_zip, test_zip = DATA / "cifar10-train.zip", DATA / "cifar10-test.zip"
     if not (train_zip.exists() and test_zip.exists()):
         print(f"skipped: the CIFAR-10 zips are not at {DATA} (see ../shared/data/README.md)")
@@ -253,8 +310,12 @@ def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: floa
     rec = recipe(algorithm, seconds, net)
     curves: list[Curve] = []
     for n in node_counts:
-        print(f"mlitb with {n} node(s), {algorithm}, {seconds:g} s", file=log, flush=True)
-        curves.append(run_system(n, rec, seconds, train_zip, test, log))
+        for wire in wires:
+            print(f"mlitb with {n} node(s), {algorithm}, {wire} wire, {seconds:g} s", file=log,
+                  flush=True)
+            wired = dataclasses.replace(rec, training=dataclasses.replace(rec.training,
+                                                                          wire=wire))
+            curves.append(run_system(n, wired, seconds, train_zip, test, log))
     torch_curve = None
     if with_torch:
         print(f"PyTorch, one thread, {torch_seconds:g} s", file=log, flush=True)
@@ -270,10 +331,19 @@ def run(node_counts: Sequence[int] = (2, 1), seconds: float = 60.0, target: floa
         "blas": blas_info(),
         "runs": [{"label": c.label, "time_to_target": c.time_to(target), "best": c.best,
                   "samples": c.samples, "samples_per_s": c.samples / c.seconds if c.seconds
-                  else None, "curve": c.points} for c in curves + ([torch_curve]
-                                                                    if torch_curve else [])],
+                  else None, "curve": c.points}
+                 | ({"wire": c.wire, "rounds": c.rounds, "results": c.results,
+                     "samples_to_target": c.samples_to(target),
+                     "curve_samples": c.point_samples,
+                     "parameters": c.num_params, "bytes_per_round_per_trainer":
+                     c.bytes_per_round, "load_average": list(c.load)}
+                    if c.num_params else {})
+                 for c in curves + ([torch_curve] if torch_curve else [])],
     }
-    first, second = (c.time_to(target) for c in curves[:2]) if len(curves) >= 2 else (None, None)
+    # The speedup compares node counts at the first wire kind.
+    by_wire = [c for c in curves if c.wire == wires[0]]
+    first, second = (c.time_to(target) for c in by_wire[:2]) if len(by_wire) >= 2 \
+        else (None, None)
     if first and second:
         result["speedup"] = second / first
     ours = curves[0].time_to(target) if curves else None
@@ -297,16 +367,33 @@ def _print(result: dict[str, Any], target: float) -> None:
         for t, acc in run_["curve"]:
             table.add_row(f"{t:.1f}", f"{acc:.1%}")
         out.print(table)
-    summary = Table("run", f"time to {target:.0%}", "best", "samples/s")
+    summary = Table("run", f"time to {target:.0%}", f"samples to {target:.0%}", "best",
+                    "samples/s", "bytes/round/trainer", "rounds", "load")
     for run_ in result["runs"]:
         ttt = run_["time_to_target"]
+        wire = run_.get("bytes_per_round_per_trainer")
+        sto = run_.get("samples_to_target")
         summary.add_row(run_["label"], "not reached" if ttt is None else f"{ttt:.1f} s",
-                        f"{run_['best']:.1%}", f"{run_['samples_per_s'] or 0:,.0f}")
+                        "–" if sto is None else f"{sto:,}", f"{run_['best']:.1%}",
+                        f"{run_['samples_per_s'] or 0:,.0f}",
+                        f"{wire['total']:,}" if wire else "–", str(run_.get("rounds", "–")),
+                        " → ".join(f"{x:.1f}" for x in run_.get("load_average", [])) or "–")
     out.print(summary)
     if "speedup" in result:
         out.print(f"speedup of the first node count over the second: {result['speedup']:.2f}x")
     if "torch_over_mlitb" in result:
         out.print(f"PyTorch's time to {target:.0%} / mlitb's: {result['torch_over_mlitb']:.2f}")
+
+
+def wire_kinds(text: str) -> list[str]:
+    """``float32,int8`` -> the wire kinds, checked (``ValueError`` names a wrong one)."""
+    kinds = [w.strip() for w in text.split(",") if w.strip()]
+    for kind in kinds:
+        if kind not in ("float32", "float16", "int8"):
+            raise ValueError(f"--wire: {kind!r} is not float32, float16 or int8")
+    if not kinds:
+        raise ValueError("--wire: name at least one of float32, float16, int8")
+    return kinds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,13 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--algorithm", choices=("local", "gradient"), default="local")
     parser.add_argument("--net", choices=sorted(CIFAR10_NETS), default="fast",
                         help="the demo's net (fast, default) or the paper's ConvNetJS net")
+    parser.add_argument("--wire", default="float32",
+                        help="comma-separated wire kinds: float32, float16, int8")
     parser.add_argument("--torch-seconds", type=float, default=120.0)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.nodes.split(",") if n.strip()]
     run(counts, args.seconds, args.target, args.algorithm, not args.no_torch,
-        args.torch_seconds, args.json, args.net)
+        args.torch_seconds, args.json, args.net, wire_kinds(args.wire))
     return 0
 
 

@@ -312,7 +312,8 @@ function renderTrainers() {
       : [h("dt", {}, "loss"), h("dd", {}, fmt.num(s.loss)),
         h("dt", {}, "training"), h("dd", { class: "algorithm" }, s.algorithm === "local"
           ? `local steps${s.steps === null || s.steps === undefined ? "" : ` (${fmt.int(s.steps)} last round)`}`
-          : s.algorithm === "gradient" ? "gradient sums" : "–")];
+          : s.algorithm === "gradient" ? "gradient sums" : "–"),
+        ...(s.wire && s.wire !== "float32" ? [h("dt", {}, "wire"), h("dd", { class: "wire" }, s.wire)] : [])];
     return h("article", { class: "card worker", "data-key": w.key, "data-phase": phase },
       h("header", {}, h("h3", {}, title), h("span", { class: `badge ${phase}` }, phase)),
       h("div", { class: "rate" }, h("strong", {}, fmt.rate(s.samplesPerS)), " samples/s"),

@@ -422,7 +422,7 @@ export function initDesign(ctx) {
 
   let shownLive = null;
   /** T, the hyperparameters and the training settings a running project may change (not its
-   * algorithm); each placeholder is the value now, an empty field leaves it as it is. */
+   * algorithm or wire); each placeholder is the value now, an empty field leaves it as it is. */
   function renderLive(st) {
     const key = st ? JSON.stringify([st.name, st.optimizer, st.hyperparameters, st.iteration_time, st.training]) : null;
     if (key === shownLive) return;
@@ -434,7 +434,8 @@ export function initDesign(ctx) {
       h("input", { type: "text", size: 8, name, "data-live": name, placeholder: String(current), value: keep[name] || "" }));
     const training = st.training || {};
     const algorithm = training.algorithm || "gradient";
-    const settings = TRAINING_FIELDS.filter((f) => f.key !== "algorithm" && (!f.only || f.only === algorithm))
+    const settings = TRAINING_FIELDS.filter((f) => !["algorithm", "wire"].includes(f.key) &&
+      (!f.only || f.only === algorithm))
       .map((f) => {
         const name = `training.${f.key}`, current = training[f.key] ?? "none";
         if (!f.choices) return field(name, f.label, current);

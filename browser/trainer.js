@@ -21,8 +21,9 @@
 import { Net, Random, augment, makeOptimizer } from "./engine/index.js";
 import { DataCache } from "./lib/cache.js";
 import {
-  CLOSE, FINAL_CLOSE_CODES, MAX_STEPS, RESULT_KIND, decodeDataBatch, decodeParameters,
-  describeClose, encodeResult, formatIds, hello, reachable, sameServer,
+  CLOSE, ErrorFeedback, FINAL_CLOSE_CODES, MAX_STEPS, RESULT_KIND, decodeDataBatch,
+  decodeParameters, describeClose, encodeResult, formatIds, hello, reachable, resultEncoding,
+  sameServer,
 } from "./lib/protocol.js";
 
 const MAX_BATCH = 32; // as mlitb/training/_compute.py: big enough for the engine, small enough for a budget
@@ -41,6 +42,9 @@ let net = null, info = null, cache = null, cacheKey = null; // kept across conne
 // worker (re)joins, when the project's optimizer or the parameter count changes, and in every
 // deterministic round.
 let inner = null, innerKey = null;
+// Compressed results (training.wire float16 / int8): what encoding lost goes out with the next
+// result, as on the Python node (mlitb/training/_feedback.py). Reset when this worker (re)joins.
+const feedback = new ErrorFeedback();
 const augmentRandom = new Random(); // augmentation draws under time budgets (seeded at random)
 let attempt = 0, lastReason = "";
 const pacer = { rate: null, update(samples, seconds) {
@@ -51,7 +55,7 @@ const pacer = { rate: null, update(samples, seconds) {
 const status = {
   phase: "starting", workerId: null, project: null, iteration: null, parameterVersion: null,
   allocated: 0, cached: 0, results: 0, samplesPerS: null, loss: null, testError: null,
-  message: "", simd: null, dataUrl: null, algorithm: null, steps: null,
+  message: "", simd: null, dataUrl: null, algorithm: null, steps: null, wire: null,
   // What it gave: samples in all (this page's session), in its last result and for which
   // iteration, that result's accuracy, and [iteration, samples] of its last GIVEN_KEPT results.
   samples: 0, lastSamples: null, lastIteration: null, accuracy: null, given: [],
@@ -59,7 +63,8 @@ const status = {
 const GIVEN_KEPT = 50;
 
 /** The project's training settings (older masters send none: the paper's gradient algorithm). */
-const DEFAULT_TRAINING = { algorithm: "gradient", batch_size: 32, shift: 0, flip: false };
+const DEFAULT_TRAINING = { algorithm: "gradient", batch_size: 32, shift: 0, flip: false,
+  wire: "float32" };
 const trainingOf = (p) => ({ ...DEFAULT_TRAINING, ...(p && p.training) });
 
 // -- talking to the page ------------------------------------------------------------------------
@@ -207,13 +212,15 @@ function onWelcome(s, welcome) {
     : welcome.data_url ? [welcome.data_url] : []);
   applyProject(welcome.project);
   inner = null; innerKey = null; // a joiner's inner optimizer starts from zero
+  feedback.reset(); // another worker id: a new stream of results
   cache.clearAllocation();
   s.maxIds = null;
   log("info", `joined project ${welcome.project.name} as ${options.role} ${welcome.worker_id} ` +
     `(${welcome.project.parameter_count} parameters, T=${welcome.project.iteration_time} s)`);
   post({ phase: phase(), workerId: welcome.worker_id, project: welcome.project.name,
     iteration: welcome.project.iteration, parameterVersion: null, results: 0, message: "",
-    simd: net.simd, dataUrl: s.dataUrl, algorithm: trainingOf(info).algorithm, steps: null });
+    simd: net.simd, dataUrl: s.dataUrl, algorithm: trainingOf(info).algorithm, steps: null,
+    wire: trainingOf(info).wire });
 }
 
 /** The data servers the master announces (the one to use first), as this browser reaches them;
@@ -407,11 +414,15 @@ function answerWork(s) {
     // Orders that piled up behind a long computation are stale: each still gets one (empty)
     // result, and the newest is computed.
     const result = s.work.length ? emptyResult(0) : compute(s, order);
-    const local = trainingOf(info).algorithm === "local";
-    send(s, encodeResult(result.vector, { parameterVersion: order.parameter_version,
+    const training = trainingOf(info), local = training.algorithm === "local";
+    const encoding = resultEncoding(training.wire);
+    // A result of nothing (0 samples) is the zero vector as it is, and keeps the residual.
+    const vector = result.samples
+      ? feedback.encode(result.vector, encoding, order.parameter_version) : result.vector;
+    send(s, encodeResult(vector, { parameterVersion: order.parameter_version,
       samples: result.samples, correct: result.correct, lossSum: result.lossSum,
       computeSeconds: result.computeSeconds, steps: result.steps,
-      kind: local ? RESULT_KIND.PARAMETER_DELTA : RESULT_KIND.GRADIENT_SUM }));
+      kind: local ? RESULT_KIND.PARAMETER_DELTA : RESULT_KIND.GRADIENT_SUM, encoding }));
     // What this trainer gave: the page shows it beside the master's totals per iteration.
     const given = [...status.given, [order.iteration, result.samples]].slice(-GIVEN_KEPT);
     const changes = { results: status.results + 1, iteration: order.iteration, phase: phase(),

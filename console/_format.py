@@ -120,7 +120,9 @@ def training_line(project: ProjectStatus) -> str:
     if t.schedule != "constant" and t.horizon is not None:
         text += f" · {t.schedule} over {t.horizon:g} {t.horizon_unit}"
     augment = [f"shift {t.shift}"] * bool(t.shift) + ["flip"] * t.flip
-    return text + (f" · {' + '.join(augment)}" if augment else "")
+    text += f" · {' + '.join(augment)}" if augment else ""
+    # float32 is the paper's wire: only a compressed one is worth a word.
+    return text + (f" · {t.wire} wire" if t.wire != "float32" else "")
 
 
 NEUTRAL = {"l1_decay": 0.0, "l2_decay": 0.0, "lr_decay": 1.0, "lr_min": 0.0}

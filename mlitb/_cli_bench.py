@@ -89,16 +89,23 @@ def train(
     json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     net: Annotated[str, typer.Option(help="fast (the demo's net) or paper (the paper's "
                                           "ConvNetJS net).")] = "fast",
+    wire: Annotated[str, typer.Option(
+        help="Comma-separated wire kinds (training.wire): float32, float16, int8; each node "
+        "count runs once per kind, with its bytes per round.")] = "float32",
 ) -> None:
     """Time to a CIFAR-10 test accuracy through master, data server and local nodes."""
     from mlitb.bench import train as bench_train
 
     counts = _node_counts(nodes)
+    try:
+        wires = bench_train.wire_kinds(wire)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--wire") from None
     if algorithm not in ("local", "gradient"):
         raise typer.BadParameter("local or gradient", param_hint="--algorithm")
     if net not in ("fast", "paper"):
         raise typer.BadParameter("fast or paper", param_hint="--net")
-    bench_train.run(counts, seconds, target, algorithm, torch, torch_seconds, json, net)
+    bench_train.run(counts, seconds, target, algorithm, torch, torch_seconds, json, net, wires)
 
 
 @bench_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,

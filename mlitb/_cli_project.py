@@ -71,8 +71,8 @@ def _hyperparameters(pairs: list[str]) -> dict[str, float]:
 TRAINING_HELP = ("Training setting NAME=VALUE (repeatable): algorithm=local|gradient, "
                  "batch_size, outer_optimizer=average|nesterov, outer_learning_rate, "
                  "outer_momentum, schedule=constant|cosine|linear, horizon, "
-                 "horizon_unit=samples|seconds, warmup, final_lr, shift, flip=true|false "
-                 "(docs/protocol.md).")
+                 "horizon_unit=samples|seconds, warmup, final_lr, shift, flip=true|false, "
+                 "aggregation, wire=float32|float16|int8 (docs/protocol.md).")
 
 
 def _training(pairs: list[str], base: dict[str, Any] | None = None) -> Training:
@@ -131,6 +131,10 @@ def create(
         "of seconds, so the run can be replayed bit for bit from its closure.")] = None,
     training: Annotated[list[str] | None, typer.Option("--training", help=TRAINING_HELP)]
     = None,
+    wire: Annotated[str | None, typer.Option(
+        "--wire", help="How results travel: float32 (default), float16, or int8 blocks, with "
+        "error feedback on the workers; parameters go as float16 for both compressed kinds. "
+        "The same as --training wire=KIND; chosen for good (docs/protocol.md).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new project as JSON (the "
                                           "row `project list --json` gives).")] = False,
     join_token: Annotated[bool, typer.Option(
@@ -152,7 +156,8 @@ def create(
     join, contribute = _new_tokens(join_token, join_token_value, contributor_token,
                                    contributor_token_value)
     spec = read_spec(model)
-    settings = _training(training) if training else None
+    pairs = list(training or []) + ([f"wire={wire}"] if wire is not None else [])
+    settings = _training(pairs) if pairs else None
     hp = _hyperparameters(set_ or [])
     if learning_rate is not None:
         hp["learning_rate"] = learning_rate

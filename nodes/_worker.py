@@ -64,10 +64,12 @@ from mlitb.protocol import (
     decode_text,
     encode_result,
     encode_text,
+    result_encoding,
 )
 from mlitb.training import (
     ComputeResult,
     DataCache,
+    ErrorFeedback,
     Evaluation,
     IdArray,
     Pacer,
@@ -232,6 +234,8 @@ class Worker:
         self.inner: Optimizer | None = None
         """A ``local`` project's inner optimizer: its state carries over between rounds."""
         self._inner_key: tuple[str, int] | None = None
+        self.feedback = ErrorFeedback()
+        """Compressed results: what encoding lost, sent with the next result."""
         self.passes = Passes(self.rng)
         """The worker's passes over its cache (time budgets): kept between rounds."""
         self.cache: DataCache | None = None
@@ -447,6 +451,7 @@ class Worker:
                       f"node {__version__}")
         self._apply_project(info)
         self.inner, self._inner_key = None, None  # a joiner's inner optimizer starts from zero
+        self.feedback.reset()  # another worker id: a new stream of results
         self.passes = Passes(self.rng)  # and its first pass from the start
         assert self.cache is not None
         self.cache.clear_allocation()
@@ -749,12 +754,20 @@ class Worker:
         return self.inner
 
     def _send_result(self, order: Work, result: ComputeResult) -> None:
-        local = self.info is not None and self.info.training.algorithm == "local"
+        training = self.info.training if self.info is not None else None
+        local = training is not None and training.algorithm == "local"
+        encoding = result_encoding(training.wire if training is not None else "float32")
+        # Error feedback: what this encoding loses goes out with the next result. A result of
+        # nothing (0 samples) is the zero vector as it is, and keeps the residual.
+        vector = self.feedback.encode(result.vector, encoding,
+                                      parameter_version=order.parameter_version) \
+            if result.samples else result.vector
         self._send(encode_result(
-            result.vector, parameter_version=order.parameter_version, samples=result.samples,
+            vector, parameter_version=order.parameter_version, samples=result.samples,
             correct=result.correct, loss_sum=result.loss_sum,
             compute_seconds=result.compute_seconds, steps=result.steps,
-            kind=ResultKind.PARAMETER_DELTA if local else ResultKind.GRADIENT_SUM))
+            kind=ResultKind.PARAMETER_DELTA if local else ResultKind.GRADIENT_SUM,
+            encoding=encoding))
         self.results_sent += 1
         changes: dict[str, object] = {"results": self.results_sent, "iteration": order.iteration,
                                       "phase": self._phase()}

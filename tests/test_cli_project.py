@@ -123,6 +123,27 @@ def test_training_settings_at_creation_and_live(master_in_thread, tmp_path):
     assert "bad" not in m.master.projects
 
 
+def test_the_wire_is_chosen_at_creation(master_in_thread, tmp_path):
+    m = master_in_thread
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    result = invoke(["project", "create", "w8", "--model", str(spec), "--wire", "int8"], m)
+    assert result.exit_code == 0, result.output
+    project = m.master.projects["w8"]
+    assert project.training.wire == "int8"
+    # live changes keep it; changing it is refused in one clear line
+    assert invoke(["project", "set", "w8", "--training", "flip=true"], m).exit_code == 0
+    assert project.training.wire == "int8" and project.training.flip
+    result = invoke(["project", "set", "w8", "--training", "wire=float32"], m)
+    assert result.exit_code == 1 and "the wire is chosen at creation" in result.output
+    result = invoke(["project", "create", "w4", "--model", str(spec), "--wire", "int4"], m)
+    assert result.exit_code == 1 and "training.wire" in result.output, result.output
+    result = invoke(["project", "create", "wd", "--model", str(spec), "--wire", "float16",
+                     "--samples-per-iteration", "64"], m)
+    assert result.exit_code == 1 and "float32 results only" in result.output, result.output
+    assert "w4" not in m.master.projects and "wd" not in m.master.projects
+
+
 def test_list_is_readable_at_80_columns(master_in_thread, tmp_path):
     """No cell cut (``proje…``, ``itera…``) and no data cell wrapped over lines; a terminal too
     narrow for the table gets a block per project instead."""

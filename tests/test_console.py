@@ -616,6 +616,7 @@ def test_the_curve_tells_the_whole_test_set_from_a_subset_and_the_summary_the_al
     assert training_line(local) == ("local steps (batch 16, outer average) · cosine over 60 "
                                     "seconds · shift 4 + flip")
     assert training_line(status) == "gradient"
+    assert training_line(replace(status, training=Training(wire="int8"))) == "gradient · int8 wire"
 
 
 # -- what a new user tripped on (issue 14) -------------------------------------------------------

@@ -230,7 +230,8 @@ export function checkHyperparameters(optimizer, hyperparameters) {
 }
 
 /** The training settings the designer offers (mlitb.protocol.Training; the master checks them):
- * `algorithm` is fixed at creation, the rest may change later with set_hyperparameters. */
+ * `algorithm` and `wire` are fixed at creation, the rest may change later with
+ * set_hyperparameters. */
 export const TRAINING_FIELDS = [
   { key: "algorithm", label: "algorithm", choices: ["", "gradient", "local"] },
   { key: "batch_size", label: "batch size (local)", placeholder: "32", only: "local" },
@@ -245,6 +246,7 @@ export const TRAINING_FIELDS = [
   { key: "shift", label: "shift (pixels)", placeholder: "0" },
   { key: "flip", label: "flip left-right", choices: ["", "false", "true"] },
   { key: "aggregation", label: "aggregation", choices: ["", "mean", "median", "trimmed_mean", "centered_clip"] },
+  { key: "wire", label: "wire (results)", choices: ["", "float32", "float16", "int8"] },
 ];
 
 /** The training settings from the fields' texts ({key: text}); null when none is set (the

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..protocol import MAX_IDS_PER_MESSAGE, Allocation, Work, encode_parameters
+from ..protocol import (
+    MAX_IDS_PER_MESSAGE,
+    Allocation,
+    Work,
+    encode_parameters,
+    parameters_encoding,
+)
 from ..training import Project
 from ._connection import Connection
 
@@ -61,9 +67,11 @@ async def run_iteration(master: Master, name: str, project: Project) -> None:
             await wakeup.wait()
         return
     it = project.plan_iteration(start)
+    # Encoded once per round, in the project's wire kind; the model itself stays float32.
     frame = encode_parameters(project.net.params,
                               parameter_version=project.parameter_version,
-                              iteration=project.iteration)
+                              iteration=project.iteration,
+                              encoding=parameters_encoding(project.training.wire))
     for w, order in it.orders.items():
         conn = master.connections[w]
         conn.send(frame)

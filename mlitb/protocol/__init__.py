@@ -10,6 +10,17 @@ field and says which error code and close code answer it. docs/protocol.md docum
 
 from __future__ import annotations
 
+from ._codec import (
+    BLOCK,
+    WIRE_OF_ENCODING,
+    Encoded,
+    Encoding,
+    Wire,
+    encode_vector,
+    parameters_encoding,
+    payload_size,
+    result_encoding,
+)
 from ._errors import WireError
 from ._frames import (
     MAGIC,
@@ -146,4 +157,6 @@ __all__ = [
     "WorkerRole", "WorkerState", "WorkerStatus", "ZooEntry", "ZooList", "ListZoo",
     "check_sender", "decode_data_batch", "decode_frame", "decode_text", "encode_data_batch",
     "encode_frame", "encode_parameters", "encode_result", "encode_text",
+    "BLOCK", "WIRE_OF_ENCODING", "Encoded", "Encoding", "Wire", "encode_vector", "parameters_encoding",
+    "payload_size", "result_encoding",
 ]

@@ -6,10 +6,12 @@ Every frame starts with the same 8 bytes::
     2  version       uint8    PROTOCOL_VERSION
     3  kind          uint8    FrameKind
     4  header_length uint16   bytes before the payload (24 or 40; a multiple of 8)
-    6  flags         uint16   0 in this version
+    6  encoding      uint16   how the vector is encoded (``Encoding``: 0 float32, 1 float16,
+                              2 int8 blocks; ``mlitb.protocol._codec``); 0 for DATA_BATCH
 
 Headers are multiples of 8 bytes, so payloads are aligned for ``Float32Array`` / ``np.frombuffer``.
-Decoding returns numpy views onto the frame's bytes (no copy); encoding copies the vector once.
+Decoding float32 returns numpy views onto the frame's bytes (no copy), the other encodings
+decoded float32 copies; encoding copies the vector once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from ._codec import (
+    ENCODING_VALUES,
+    Encoded,
+    Encoding,
+    decode_vector,
+    encode_vector,
+    payload_size,
+)
 from ._errors import WireError
 from ._limits import (
     MAX_BINARY_FRAME,
@@ -80,6 +90,8 @@ class ParametersFrame:
     parameter_version: int
     iteration: int
     vector: npt.NDArray[np.float32]
+    encoding: Encoding = Encoding.FLOAT32
+    """How the vector travelled (the values are the decoded ones)."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -97,6 +109,8 @@ class ResultFrame:
     vector: npt.NDArray[np.float32]
     steps: int = 0
     """Inner optimizer steps taken (``PARAMETER_DELTA``; 0 for gradient sums)."""
+    encoding: Encoding = Encoding.FLOAT32
+    """How the vector travelled: the master takes only its project's ``training.wire``."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -134,19 +148,35 @@ def _vector(vector: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
     return array
 
 
-def encode_parameters(vector: npt.ArrayLike, *, parameter_version: int, iteration: int) -> bytes:
-    """A PARAMETERS frame. Pass a contiguous float32 vector to avoid a conversion copy."""
-    array = _vector(vector, "parameters")
+def _encoded(vector: npt.ArrayLike | Encoded, encoding: Encoding, name: str) -> Encoded:
+    try:
+        kind = Encoding(encoding)
+    except ValueError:
+        raise _bad(f"{name}.encoding: unknown encoding {encoding!r:.40}") from None
+    if isinstance(vector, Encoded):
+        if vector.encoding is not kind:
+            raise _bad(f"{name}.encoding: the vector is encoded as {vector.encoding.name}, the "
+                       f"frame asks for {kind.name}")
+        _vector(vector.decoded, name)  # the size limit
+        return vector
+    return encode_vector(_vector(vector, name), kind)
+
+
+def encode_parameters(vector: npt.ArrayLike | Encoded, *, parameter_version: int, iteration: int,
+                      encoding: Encoding = Encoding.FLOAT32) -> bytes:
+    """A PARAMETERS frame with its vector in ``encoding`` (or already encoded: ``Encoded``).
+    Pass a contiguous float32 vector to avoid a conversion copy."""
+    encoded = _encoded(vector, encoding, "parameters")
     header = _PARAMETERS.pack(
-        MAGIC, PROTOCOL_VERSION, FrameKind.PARAMETERS, _PARAMETERS.size, 0,
+        MAGIC, PROTOCOL_VERSION, FrameKind.PARAMETERS, _PARAMETERS.size, encoded.encoding,
         _u32(parameter_version, "parameters.parameter_version"),
-        _u32(iteration, "parameters.iteration"), array.size,
+        _u32(iteration, "parameters.iteration"), encoded.count,
     )
-    return b"".join((header, array.data))
+    return b"".join((header, encoded.payload))
 
 
 def encode_result(
-    vector: npt.ArrayLike,
+    vector: npt.ArrayLike | Encoded,
     *,
     parameter_version: int,
     samples: int,
@@ -155,9 +185,12 @@ def encode_result(
     compute_seconds: float = 0.0,
     kind: ResultKind = ResultKind.GRADIENT_SUM,
     steps: int = 0,
+    encoding: Encoding = Encoding.FLOAT32,
 ) -> bytes:
-    """A RESULT frame. The vector is not scanned for NaN/Inf here; the receiver does that."""
-    array = _vector(vector, "result")
+    """A RESULT frame with its vector in ``encoding``; pass an ``Encoded`` vector (error
+    feedback's) to send exactly those bytes. The vector is not scanned for NaN/Inf here; the
+    receiver does that."""
+    encoded = _encoded(vector, encoding, "result")
     samples = _u32(samples, "result.samples")
     correct = _u32(correct, "result.correct")
     if correct > samples:
@@ -170,12 +203,12 @@ def encode_result(
             not 0 <= steps <= MAX_STEPS:
         raise _bad(f"result.steps: must be an integer between 0 and {MAX_STEPS}, got {steps!r:.40}")
     header = _RESULT.pack(
-        MAGIC, PROTOCOL_VERSION, FrameKind.RESULT, _RESULT.size, 0,
+        MAGIC, PROTOCOL_VERSION, FrameKind.RESULT, _RESULT.size, encoded.encoding,
         _u32(parameter_version, "result.parameter_version"), ResultKind(kind), int(steps),
         samples, correct,
-        float(loss_sum), float(compute_seconds), array.size,
+        float(loss_sum), float(compute_seconds), encoded.count,
     )
-    return b"".join((header, array.data))
+    return b"".join((header, encoded.payload))
 
 
 def encode_data_batch(ids: npt.ArrayLike, labels: npt.ArrayLike, pixels: npt.ArrayLike) -> bytes:
@@ -202,18 +235,19 @@ def encode_frame(frame: ParametersFrame | ResultFrame | DataBatchFrame) -> bytes
     """Encode any frame dataclass (the inverse of the decoders)."""
     if isinstance(frame, ParametersFrame):
         return encode_parameters(frame.vector, parameter_version=frame.parameter_version,
-                                 iteration=frame.iteration)
+                                 iteration=frame.iteration, encoding=frame.encoding)
     if isinstance(frame, ResultFrame):
         return encode_result(frame.vector, parameter_version=frame.parameter_version,
                              samples=frame.samples, loss_sum=frame.loss_sum, correct=frame.correct,
                              compute_seconds=frame.compute_seconds, kind=frame.kind,
-                             steps=frame.steps)
+                             steps=frame.steps, encoding=frame.encoding)
     return encode_data_batch(frame.ids, frame.labels, frame.pixels)
 
 
 # -- decoding --------------------------------------------------------------------------------------
-def _header(data: bytes | bytearray | memoryview, max_size: int) -> tuple[FrameKind, int]:
-    """Check the common header; return the kind and the frame's size."""
+def _header(data: bytes | bytearray | memoryview, max_size: int) -> tuple[FrameKind, int, int]:
+    """Check the common header; return the kind, the frame's size and its encoding field
+    (checked by the payload's decoder)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise _bad(f"frame: must be bytes, got {type(data).__name__}")
     size = memoryview(data).nbytes
@@ -223,7 +257,7 @@ def _header(data: bytes | bytearray | memoryview, max_size: int) -> tuple[FrameK
     if size < _COMMON.size:
         raise _bad(f"frame.header: truncated: {size} bytes, the common header alone is "
                    f"{_COMMON.size}", field="header")
-    magic, version, kind_byte, header_length, flags = _COMMON.unpack_from(data)
+    magic, version, kind_byte, header_length, encoding = _COMMON.unpack_from(data)
     if magic != MAGIC:
         raise _bad(f"frame.magic: must be {MAGIC!r}, got {bytes(magic)!r}", field="magic")
     if version != PROTOCOL_VERSION:
@@ -240,24 +274,22 @@ def _header(data: bytes | bytearray | memoryview, max_size: int) -> tuple[FrameK
     if size < expected:
         raise _bad(f"{_NAMES[kind]}.header: truncated: {size} bytes, the header is {expected}",
                    field="header")
-    if flags != 0:
-        raise _bad(f"{_NAMES[kind]}.flags: must be 0, got {flags}", field="flags")
-    return kind, size
+    if kind is FrameKind.DATA_BATCH and encoding != 0:
+        raise _bad(f"data_batch.encoding: must be 0, got {encoding}", field="encoding")
+    return kind, size, encoding
 
 
 def _floats(data: bytes | bytearray | memoryview, name: str, header: int, size: int, count: int,
-            expected_length: int | None) -> npt.NDArray[np.float32]:
+            expected_length: int | None, encoding: int) -> npt.NDArray[np.float32]:
     payload = size - header
-    if payload % 4:
+    if encoding == Encoding.FLOAT32 and payload % 4:
         raise _bad(f"{name}.payload: {payload} bytes is not a whole number of float32 values",
                    field="payload")
-    if count * 4 != payload:
-        raise _bad(f"{name}.count: header says {count} values, the payload holds {payload // 4}",
-                   field="count")
-    if expected_length is not None and count != expected_length:
+    if expected_length is not None and count != expected_length and \
+            encoding in ENCODING_VALUES and payload == payload_size(Encoding(encoding), count):
         raise _bad(f"{name}.vector: expected {expected_length} values (the project's parameter "
                    f"count), got {count}", field="vector")
-    return np.frombuffer(data, dtype=F32, count=count, offset=header)
+    return decode_vector(data, name, header, size, count, encoding)
 
 
 def decode_frame(
@@ -266,16 +298,19 @@ def decode_frame(
     expected_length: int | None = None,
     max_size: int = MAX_BINARY_FRAME,
 ) -> ParametersFrame | ResultFrame:
-    """Validate a binary WebSocket frame; its vector is a read-only float32 view onto ``data``.
+    """Validate a binary WebSocket frame; its vector is read-only float32: a view onto
+    ``data`` (float32 frames) or the decoded values (float16, int8).
 
     ``expected_length``: the project's parameter count, checked when given. Result vectors must be
     finite. Raises ``WireError`` (a ``ProtocolError``) naming the frame kind and field.
     """
-    kind, size = _header(data, max_size)
+    kind, size, encoding = _header(data, max_size)
     if kind is FrameKind.PARAMETERS:
         _, _, _, _, _, version, iteration, count = _PARAMETERS.unpack_from(data)
-        vector = _floats(data, "parameters", _PARAMETERS.size, size, count, expected_length)
-        return ParametersFrame(parameter_version=version, iteration=iteration, vector=vector)
+        vector = _floats(data, "parameters", _PARAMETERS.size, size, count, expected_length,
+                         encoding)
+        return ParametersFrame(parameter_version=version, iteration=iteration, vector=vector,
+                               encoding=Encoding(encoding))
     if kind is FrameKind.RESULT:
         (_, _, _, _, _, version, result_kind, steps, samples, correct, loss_sum, seconds,
          count) = _RESULT.unpack_from(data)
@@ -288,14 +323,15 @@ def decode_frame(
             if not (math.isfinite(value) and value >= 0):
                 raise _bad(f"result.{field}: must be a finite number >= 0, got {value}",
                            field=field)
-        vector = _floats(data, "result", _RESULT.size, size, count, expected_length)
+        vector = _floats(data, "result", _RESULT.size, size, count, expected_length, encoding)
         if not math.isfinite(float(vector.sum(dtype=np.float64))):
             bad = int(np.flatnonzero(~np.isfinite(vector))[0])
             raise _bad(f"result.vector: value {bad} is {vector[bad]} (results must be finite)",
                        field="vector")
         return ResultFrame(parameter_version=version, kind=ResultKind(result_kind),
                            samples=samples, correct=correct, loss_sum=loss_sum,
-                           compute_seconds=seconds, vector=vector, steps=steps)
+                           compute_seconds=seconds, vector=vector, steps=steps,
+                           encoding=Encoding(encoding))
     raise _bad("data_batch.kind: data batches come over HTTP from the data server, not over the "
                "WebSocket; use decode_data_batch", field="kind")
 
@@ -311,7 +347,7 @@ def decode_data_batch(
 
     ``shape``: the project's input ``(depth, height, width)``; ``num_labels``: its label count.
     """
-    kind, size = _header(data, max_size)
+    kind, size, _ = _header(data, max_size)
     if kind is not FrameKind.DATA_BATCH:
         raise _bad(f"data_batch.kind: expected a data batch, got a {_NAMES[kind]} frame",
                    field="kind")

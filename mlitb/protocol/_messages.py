@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
+from ._codec import Wire
 from ._limits import (
     MAX_DATA_SERVERS,
     MAX_EVENTS_PER_STATUS,
@@ -154,6 +155,10 @@ class Training:
     max_strikes: Annotated[int, Range(0, 1000)] = 3
     """Robust reducers: a trainer whose results are refused this many rounds in a row is
     dropped (0: never)."""
+    wire: Wire = "float32"
+    """How results travel (``mlitb.protocol._codec``): ``float32`` (the paper's), ``float16``
+    or ``int8`` blocks, with error feedback on the workers; parameters travel as float16 in
+    both compressed kinds. Chosen at creation; deterministic projects are float32 only."""
 
     def _check(self) -> None:
         if self.schedule != "constant" and self.horizon is None:

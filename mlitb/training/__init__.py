@@ -17,7 +17,8 @@ never a socket, a server, the nodes, closures or a web stack (``tests/test_layer
 - ``_project``: one project's state (``Project``): net, optimizer, members, iterations, history;
 - ``_cache``: a worker's data cache (``DataCache``, ``CacheView`` snapshots);
 - ``_compute``: what a worker computes for a work order (``compute_gradient``,
-  ``compute_local``, ``evaluate``) under an injected clock.
+  ``compute_local``, ``evaluate``) under an injected clock;
+- ``_feedback``: a worker's error feedback for compressed results (``ErrorFeedback``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ._compute import (
     evaluate,
 )
 from ._deterministic import Recorder, parameters_sha256
+from ._feedback import ErrorFeedback
 from ._project import LabelConflictError, Member, Project
 from ._record import ReplayOrigin, ReplayRecord, ReplayStep, format_share, parse_share
 from ._reduce import (
@@ -70,7 +72,8 @@ from ._settings import (
 
 __all__ = [
     "AllocationChange", "AllocationError", "Allocator", "BudgetConfig", "BudgetError",
-    "BudgetPolicy", "CacheView", "ComputeResult", "DataCache", "Evaluation", "IdArray",
+    "BudgetPolicy", "CacheView", "ComputeResult", "DataCache", "ErrorFeedback", "Evaluation",
+    "IdArray",
     "LabelConflictError", "Member", "Pacer", "Passes", "Project", "Recorder", "ReduceSummary",
     "ReplayOrigin", "ReplayRecord", "ReplayStep", "Shape", "StepRefused", "Training",
     "TrainingError", "UnknownDataError", "UnknownWorkerError", "WorkerAlreadyJoinedError",

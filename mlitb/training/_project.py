@@ -23,6 +23,7 @@ from ..optim import Optimizer
 from ..protocol import (
     MAX_HISTORY_POINTS,
     MAX_U32,
+    WIRE_OF_ENCODING,
     DataCounts,
     HistoryPoint,
     ProjectInfo,
@@ -34,6 +35,7 @@ from ..protocol import (
     Timing,
     Training,
     WorkerStatus,
+    result_encoding,
 )
 from ._allocator import Allocator
 from ._budget import BudgetConfig, BudgetPolicy
@@ -139,6 +141,12 @@ class Project:
         self.iteration_time = iteration_time
         self.samples_per_iteration = samples_per_iteration
         self.training = check_training(training) if training is not None else Training()
+        if samples_per_iteration is not None and self.training.wire != "float32":
+            # A replay re-runs each share's result exactly; a compressed result depends on the
+            # worker's residual, i.e. on which worker computed which shares before.
+            raise TrainingError(f"training.wire: deterministic projects (samples per "
+                                f"iteration) send float32 results only, got "
+                                f"{self.training.wire!r}")
         self.outer: Optimizer | None = None
         if self.training.algorithm == "local":
             self.outer = make_outer(self.training, net.num_params)
@@ -212,6 +220,11 @@ class Project:
         if training.algorithm != self.training.algorithm:
             raise TrainingError(f"training.algorithm: project {self.name} trains with "
                                 f"{self.training.algorithm!r}; the algorithm is chosen at "
+                                "creation (start a new project from its closure to change it)")
+        if training.wire != self.training.wire:
+            # Results in flight and the workers' residuals belong to one encoding.
+            raise TrainingError(f"training.wire: project {self.name} sends "
+                                f"{self.training.wire!r} results; the wire is chosen at "
                                 "creation (start a new project from its closure to change it)")
         return training
 
@@ -380,6 +393,11 @@ class Project:
 
     def accept_result(self, worker_id: int, frame: ResultFrame, now: float) -> Refusal | None:
         """Record a trainer's result; returns why it was refused, or None."""
+        wire = self.training.wire
+        if frame.encoding is not result_encoding(wire):
+            return Refusal(f"result.encoding: project {self.name} takes {wire} results, this "
+                           f"one is {WIRE_OF_ENCODING[frame.encoding]}; the result was dropped",
+                           "bad_frame")
         it = self.current
         if it is None or frame.parameter_version != it.parameter_version:
             return Refusal(f"result for parameter version {frame.parameter_version} is stale "
