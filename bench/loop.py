@@ -18,7 +18,8 @@ master's CPU per round does not.
 Data: the CIFAR-10 test split from ../shared/data (10,000 images) when present, else random
 images of the same shape (the figures are about speed, not accuracy).
 
-    python bench/loop.py [--iterations 6] [--nodes 1,2] [--simulated 100,250,500,1000] [--json]
+    python bench/loop.py [--iterations 6] [--nodes 1,2] [--simulated 100,250,500,1000]
+        [--wire float32,int8] [--json]
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class LoopFigures:
 @dataclass
 class MasterFigures:
     workers: int
+    wire: str
+    """The project's ``training.wire``: how parameters and results travel."""
     rounds: int
     round_ms: float
     """First work order sent -> last result received (median)."""
@@ -190,8 +193,9 @@ def _rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-async def _measure_master(n: int, rounds: int) -> MasterFigures:
+async def _measure_master(n: int, rounds: int, wire: str = "float32") -> MasterFigures:
     from mlitb.master import Master
+    from mlitb.protocol import Training
     from mlitb.training import reduce_gradient_sums
 
     master = Master()
@@ -200,7 +204,8 @@ async def _measure_master(n: int, rounds: int) -> MasterFigures:
     cpu: list[float] = []
     async with trio.open_nursery() as nursery:
         port = await nursery.start(master.serve, "127.0.0.1", 0)
-        project = master.create_project(PROJECT, DEMO_NET, iteration_time=MASTER_T, seed=0)
+        project = master.create_project(PROJECT, DEMO_NET, iteration_time=MASTER_T, seed=0,
+                                        training=Training(wire=wire))  # type: ignore[arg-type]
         project.allocator.add_data(range(10 * n))
         shares = [min(PER_PROCESS, n - k) for k in range(0, n, PER_PROCESS)]
         procs = [subprocess.Popen([sys.executable, __file__, "--simulate", str(k),
@@ -236,19 +241,21 @@ async def _measure_master(n: int, rounds: int) -> MasterFigures:
             nursery.cancel_scope.cancel()
     per_round = [b - a for a, b in zip(cpu, cpu[1:])]
     cpu_ms = 1e3 * statistics.median(per_round)
-    return MasterFigures(n, rounds, 1e3 * statistics.median(round_times or [float("nan")]),
+    return MasterFigures(n, wire, rounds, 1e3 * statistics.median(round_times or [float("nan")]),
                          1e3 * statistics.median(reduce_times), cpu_ms,
                          cpu_ms / (1e3 * MASTER_T), rss)
 
 
 def run(iterations: int = 6, simulated: Sequence[int] = (100, 250, 500, 1000),
-        node_counts: Sequence[int] = (1, 2), as_json: bool = False) -> dict[str, Any]:
+        node_counts: Sequence[int] = (1, 2), as_json: bool = False,
+        wires: Sequence[str] = ("float32",)) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
     with tempfile.TemporaryDirectory(prefix="mlitb-bench-") as tmp:
         loops = [trio.run(_measure_loop, n, iterations, 2.0, Path(tmp)) for n in node_counts]
-    masters = [trio.run(_measure_master, n, iterations) for n in simulated]
+    masters = [trio.run(_measure_master, n, iterations, wire) for wire in wires
+               for n in simulated]
     result = {"data": str(SHARED) if SHARED.exists() else "random images",
               "loop": [asdict(x) for x in loops], "master": [asdict(x) for x in masters]}
     if as_json:
@@ -265,12 +272,12 @@ def run(iterations: int = 6, simulated: Sequence[int] = (100, 250, 500, 1000),
     if table is not None:
         out.print(table)
     if masters:
-        t2 = Table("simulated workers", "rounds", "round (send -> last result)", "reduce",
+        t2 = Table("simulated workers", "wire", "rounds", "round (send -> last result)", "reduce",
                    "master CPU per round", "share of T", "master memory",
                    title=f"Master: reduce + broadcast + results, T = {MASTER_T:g} s "
                    "(target: < 10% of T)", title_justify="left")
         for m in masters:
-            t2.add_row(str(m.workers), str(m.rounds), f"{m.round_ms:.0f} ms",
+            t2.add_row(str(m.workers), m.wire, str(m.rounds), f"{m.round_ms:.0f} ms",
                        f"{m.reduce_ms:.1f} ms", f"{m.cpu_ms_per_round:.0f} ms",
                        f"{m.cpu_share_of_t:.1%}", f"{m.rss_mb:.0f} MB")
         out.print(t2)
@@ -286,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated counts of simulated workers for the master's "
                         "figures (empty: skip)")
     parser.add_argument("--nodes", default="1,2", help="comma-separated node counts")
+    parser.add_argument("--wire", default="float32",
+                        help="comma-separated wire kinds for the master's figures (float32, "
+                        "float16, int8: the project's training.wire)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--simulate", nargs=2, metavar=("N", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -299,7 +309,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--simulated and --nodes take comma-separated whole numbers")
     if any(n < 1 for n in simulated + nodes):
         parser.error("--simulated and --nodes take counts of at least 1")
-    run(args.iterations, simulated, nodes, args.json)
+    from mlitb.protocol import WIRE_OF_ENCODING
+
+    wires = [w for w in args.wire.split(",") if w]
+    known = sorted(WIRE_OF_ENCODING.values())
+    if not wires or any(w not in known for w in wires):
+        parser.error(f"--wire takes comma-separated wire kinds of {', '.join(known)}, "
+                     f"got {args.wire!r}")
+    run(args.iterations, simulated, nodes, args.json, wires)
 
 
 if __name__ == "__main__":
