@@ -405,6 +405,16 @@ def _replay_step_json(s: ReplayStep) -> dict[str, Any]:
     return out
 
 
+def _training_json(training: Training) -> dict[str, Any]:
+    """``loop.training`` as written: ``wire`` only when it is not float32, so that a closure
+    written before the field existed serializes, and hashes, as it did (its reader takes a
+    missing ``wire`` as float32)."""
+    out = training_to_json(training)
+    if out.get("wire") == "float32":
+        del out["wire"]
+    return out
+
+
 def closure_to_dict(closure: Closure) -> dict[str, Any]:
     """The closure as a JSON-ready dict, with its ``content_sha256``. A replay record is
     written only together with a data manifest (its shares index the training samples)."""
@@ -438,7 +448,7 @@ def closure_to_dict(closure: Closure) -> dict[str, Any]:
                  "deterministic": loop.deterministic, "allocation": loop.allocation,
                  "budget": {"policy": loop.budget_policy, "config": dict(loop.budget_config)},
                  "seeds": dict(loop.seeds), "paused": loop.paused,
-                 "training": training_to_json(loop.training),
+                 "training": _training_json(loop.training),
                  "progress": {"samples": loop.samples_trained,
                               "seconds": loop.seconds_trained}},
         "iteration": c.iteration, "parameter_version": c.parameter_version,
