@@ -135,6 +135,10 @@ def register_demo(app: typer.Typer) -> None:
                                                       "(the workers' inner one with local).")]
         = None,
         learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
+        wire: Annotated[str, typer.Option(
+            help="How results travel: float32, float16, or int8 blocks with error feedback "
+                 "on the workers; parameters go as float16 with either compressed kind "
+                 "(docs/protocol.md).")] = "float32",
     ) -> None:
         """Run master, data server and nodes on this machine and train until the target."""
         from .datasets import CIFAR10_FAST_SPEC, DIGITS_SPEC
@@ -148,6 +152,8 @@ def register_demo(app: typer.Typer) -> None:
             target = 0.95 if data is None else 0.7
         if algorithm not in ("local", "gradient"):
             raise typer.BadParameter("local or gradient", param_hint="--algorithm")
+        if wire not in ("float32", "float16", "int8"):
+            raise typer.BadParameter("float32, float16 or int8", param_hint="--wire")
         if model is not None:
             spec = read_spec(model)
         else:  # the digits, or the CIFAR-10 demo net for --data
@@ -168,6 +174,7 @@ def register_demo(app: typer.Typer) -> None:
             opt, hp = optimizer, {}
         if learning_rate is not None:
             hp = {**hp, "learning_rate": learning_rate}
+        training = dataclasses.replace(training, wire=wire)  # type: ignore[arg-type]
         with tempfile.TemporaryDirectory(prefix="mlitb-demo-") as tmp:
             folder = Path(tmp)
             if data is None:

@@ -40,19 +40,21 @@ def test_console_script_runs_as_a_process():
     assert proc.returncode == 0 and proc.stdout.strip() == f"mlitb {__version__}"
 
 
-@pytest.mark.parametrize(("algorithm", "target"), [("local", 0.95), ("gradient", 0.9)])
-def test_demo_trains_digits_with_two_node_processes(tmp_path, algorithm, target):
+@pytest.mark.parametrize(("algorithm", "target", "wire"),
+                         [("local", 0.95, None), ("gradient", 0.9, None), ("local", 0.95, "int8")])
+def test_demo_trains_digits_with_two_node_processes(tmp_path, algorithm, target, wire):
     """The README's main job, as a newcomer runs it: master, data server and real node
     processes on loopback; two trainers take digits to the target test accuracy (local steps,
-    the default, to 95%; the paper's algorithm to 90%), and the model and its research
-    closure are saved."""
+    the default, to 95%; the paper's algorithm to 90%; local steps with int8 results), and the
+    model and its research closure are saved."""
     from mlitb.closure import load_closure
     from mlitb.datasets import digits, to_input
     from mlitb.nn import load_model
 
     out = tmp_path / "model.json"
     proc = subprocess.run([sys.executable, "-m", "mlitb", "demo", "--minutes", "3",
-                           "--algorithm", algorithm, "--target", str(target), "-o", str(out)],
+                           "--algorithm", algorithm, "--target", str(target), "-o", str(out),
+                           *(["--wire", wire] if wire else [])],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "started 2 trainer process(es) and a stats worker" in proc.stdout
@@ -64,6 +66,7 @@ def test_demo_trains_digits_with_two_node_processes(tmp_path, algorithm, target)
     assert accuracy >= target - 0.05  # the stats worker saw the target a moment before
     closure = load_closure(tmp_path / "model.closure.json")
     assert closure.loop.training.algorithm == algorithm
+    assert closure.loop.training.wire == (wire or "float32")
     assert str(tmp_path / "model.closure.json") in proc.stdout.replace("\n", "")
     assert np.array_equal(closure.parameters, net.params)
 
@@ -81,6 +84,8 @@ def test_demo_checks_its_options(tmp_path):
     spec.write_text("[]")
     result = runner.invoke(app, ["demo", "--model", str(spec)])
     assert result.exit_code == 1 and "--test and --model go with --data" in result.output
+    result = runner.invoke(app, ["demo", "--wire", "float8"])
+    assert result.exit_code == 2 and "float32, float16 or int8" in result.output
 
 
 def test_digits_split_is_stratified_and_fixed():
