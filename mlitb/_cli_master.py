@@ -185,6 +185,21 @@ def register_master(app: typer.Typer) -> None:
         if no_data_server and store_url is not None:
             raise MlitbError("--store is for the data server: with --no-data-server the "
                              "master has none")
+        if no_data_server:
+            # The data server's limits would be silently ignored: say so instead.
+            given = [name for name, value, default in (
+                ("--max-data-connections", max_data_connections, DEFAULT_MAX_CONNECTIONS),
+                ("--max-data-connections-per-address", max_data_connections_per_address,
+                 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+                ("--max-upload-entries", max_upload_entries, DEFAULT_MAX_UPLOAD_ENTRIES),
+                ("--max-upload-size", max_upload_size, DEFAULT_MAX_UPLOAD_SIZE),
+                ("--max-pending-uploads", max_pending_uploads, DEFAULT_MAX_PENDING_UPLOADS),
+                ("--max-pending-uploads-per-address", max_pending_uploads_per_address,
+                 DEFAULT_MAX_PENDING_UPLOADS_PER_ADDRESS)) if value != default]
+            if given:
+                raise MlitbError(f"{', '.join(given)}: limits of the data server, and with "
+                                 "--no-data-server the master has none (set them on each "
+                                 "`mlitb data-server`)")
         store = None if no_data_server else open_store(data_dir, store_url)
         files = project_files(data_dir)
         from .closure import Zoo

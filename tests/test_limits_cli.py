@@ -150,6 +150,22 @@ def test_mlitb_data_server_takes_the_upload_options(lone_master_in_thread,
         proc.wait(10)
 
 
+@pytest.mark.parametrize("option", [["--max-data-connections", "9"],
+                                    ["--max-upload-entries", "100"],
+                                    ["--max-upload-size", "2M"],
+                                    ["--max-pending-uploads-per-address", "2"]])
+def test_data_server_limits_without_a_data_server_are_an_error(option: list[str],
+                                                              tmp_path: Path) -> None:
+    """With --no-data-server the master has no data server to set them on: saying so beats
+    ignoring them."""
+    done = subprocess.run([sys.executable, "-m", "mlitb", "master", "--data-dir",
+                           str(tmp_path), "--no-data-server", *option], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{option[0]}: limits of the data server" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("bad", ["12X", "0", "-1G", "", "1.5G", "9" * 20])
 def test_a_bad_upload_size_is_one_line(bad: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "mlitb", "master", "--data-dir",
