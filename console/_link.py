@@ -23,6 +23,7 @@ from textual.app import App
 from textual.message import Message as TextualMessage
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from mlitb._backoff import Backoff
 from mlitb.client import (
     MasterUnreachableError,
     OperatorClient,
@@ -32,7 +33,6 @@ from mlitb.client import (
     reply_as,
     upload_failure,
 )
-from mlitb.client import backoff as _backoff
 from mlitb.errors import AuthError, MlitbError, ProtocolError, UploadError
 from mlitb.protocol import (
     Bye,
@@ -68,11 +68,6 @@ class _Pending:
     error: MlitbError | None = None
 
 
-def backoff(failures: int, first: float = BACKOFF_FIRST, most: float = BACKOFF_MAX) -> float:
-    """The console's reconnect delays: ``mlitb.client.backoff`` from 0.5 s to at most 8 s."""
-    return _backoff(failures, first, most)
-
-
 class MasterLink:
     """One operator session at a time, re-opened whenever it ends (trio side)."""
 
@@ -96,6 +91,7 @@ class MasterLink:
     async def run(self) -> None:
         """Connect, read, reconnect: until cancelled, or until the master refuses the token."""
         failures = 0
+        reconnect = Backoff(self.first_backoff, max(BACKOFF_MAX, self.first_backoff))
         was_connected = False
         self._set(LinkState("connecting", self.url))
         while True:
@@ -104,6 +100,7 @@ class MasterLink:
                 async with open_operator(self.url, self.token, cafile=self.cafile) as op:
                     ws = op.ws
                     failures = 0
+                    reconnect.reset()
                     was_connected = True
                     reason = await self._session(op)
             except AuthError as exc:
@@ -121,7 +118,7 @@ class MasterLink:
                 if ws is not None:
                     await close_stream(ws)
             failures += 1
-            delay = backoff(failures, self.first_backoff)
+            delay = reconnect.next()
             self._set(LinkState("lost" if was_connected else "unreachable", self.url, reason,
                                 attempt=failures, retry_in=delay))
             await trio.sleep(delay)

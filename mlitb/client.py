@@ -54,12 +54,6 @@ CONNECT_TIMEOUT = 10.0
 _websocket.install()  # every frame a client sends is masked (mlitb/_websocket.py)
 
 
-def backoff(failures: int, first: float = 1.0, most: float = 30.0) -> float:
-    """Seconds to wait before reconnect attempt ``failures + 1``: doubling from ``first``, at
-    most ``most``."""
-    return float(min(most, first * 2 ** max(0, failures - 1)))
-
-
 class MasterUnreachableError(MlitbError):
     """The master could not be reached at the URL given (nothing listens, or not a master)."""
 

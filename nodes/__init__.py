@@ -12,10 +12,12 @@ the modules here wire it to the master and the data servers:
 - ``_supervisor``: ``run_node``, the worker processes, the live status line and signals.
 """
 
+from mlitb._backoff import Backoff
+
 from ._data import DataError, DataSource, HttpDataSource
 from ._events import ExitCode, LogLine, WorkerEnded, WorkerStatus
 from ._supervisor import NodeConfig, run_node
-from ._worker import Backoff, Worker, WorkerOptions
+from ._worker import Worker, WorkerOptions
 
 __all__ = [
     "Backoff", "DataError", "DataSource", "ExitCode", "HttpDataSource", "LogLine", "NodeConfig",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ from trio_websocket import (
 
 from mlitb import __version__
 from mlitb import _websocket
+from mlitb._backoff import Backoff
 from mlitb._tls import client_context
 from mlitb.errors import MlitbError
 from mlitb.nn import Net
@@ -157,25 +157,6 @@ class WorkerOptions:
     keep_inactive: int = 1_000_000
     """Ids no longer allocated stay cached (re-allocation prefers workers that cached an id) up to
     this many; beyond it the oldest are evicted and reported."""
-
-
-class Backoff:
-    """Exponential backoff with jitter: ``initial`` doubling up to ``maximum``, each delay drawn
-    uniformly from [delay/2, delay]. ``reset()`` after a successful connection."""
-
-    def __init__(self, initial: float, maximum: float,
-                 rng: random.Random | None = None) -> None:
-        self.initial, self.maximum = initial, maximum
-        self.attempt = 0
-        self.rng = rng or random.Random()
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 62))
-        self.attempt += 1
-        return delay * (0.5 + 0.5 * self.rng.random())
 
 
 class _SessionEnd(Exception):

@@ -23,7 +23,6 @@ from mlitb.console._events import EventStore
 from mlitb.console._form_field import FormField
 from mlitb.console._format import describe_error, hyperparameter_line, number, seconds
 from mlitb.console._hyperparameters_dialog import HyperparametersDialog
-from mlitb.console._link import backoff
 from mlitb.console._link_bar import LinkBar, describe_link
 from mlitb.console._messages import StatusReceived
 from mlitb.console._metric_plot import MetricPlot
@@ -131,8 +130,18 @@ def test_formatting() -> None:
     assert "operator token" in describe_error(RequestRefusedError("forbidden", "pause: no"))
 
 
-def test_backoff_doubles_up_to_a_ceiling() -> None:
-    assert [backoff(n, 0.5, 4.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+def test_the_console_reconnects_with_the_clients_backoff() -> None:
+    """One reconnect policy for every client (mlitb/_backoff.py): the console's from 0.5 s to
+    at most 8 s, jittered to [delay/2, delay]."""
+    import random
+
+    from mlitb._backoff import Backoff
+    from mlitb.console._link import BACKOFF_FIRST, BACKOFF_MAX
+
+    backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX, random.Random(0))
+    ceilings = [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    delays = [backoff.next() for _ in ceilings]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True)), delays
 
 
 def test_link_texts_say_what_happens_next() -> None:

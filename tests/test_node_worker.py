@@ -22,7 +22,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.nn import Net, normalize
 from mlitb.nodes._events import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerStatus
-from mlitb.nodes._worker import Backoff, Worker, WorkerOptions
+from mlitb._backoff import Backoff
+from mlitb.nodes._worker import Worker, WorkerOptions
 from mlitb.protocol import (
     Allocation,
     Bye,

@@ -18,7 +18,8 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed
 
-from ..client import MasterUnreachableError, OperatorClient, backoff, open_operator
+from .._backoff import Backoff
+from ..client import MasterUnreachableError, OperatorClient, open_operator
 from .._tokens import matches
 from ..errors import MlitbError, UploadError
 from ..protocol import (
@@ -36,6 +37,8 @@ from ._store import SPLITS, Registration, Split
 from ._ingest import InputShape
 
 REFRESH_EVERY = 2.0
+MAX_BACKOFF = 30.0
+"""The longest wait between reconnect attempts (seconds)."""
 """Seconds between two looks at the master's projects (uploads are checked against them)."""
 
 
@@ -72,6 +75,7 @@ class Registrar:
         connection must succeed (``MasterUnreachableError`` otherwise); a refusal
         (``MlitbError``: a wrong token, a store the master will not share) always ends it."""
         failures = 0
+        reconnect = Backoff(self.first_backoff, MAX_BACKOFF)
         started = False
         while True:
             try:
@@ -94,6 +98,7 @@ class Registrar:
                     elif failures:
                         self.say(f"registered again with the master at {self.url}")
                     failures = 0
+                    reconnect.reset()
                     while True:
                         await trio.sleep(REFRESH_EVERY)
                         await self._refresh()
@@ -103,9 +108,9 @@ class Registrar:
                     raise MasterUnreachableError(str(exc)) from None
                 why = str(exc) if isinstance(exc, MlitbError) else "the connection closed"
                 failures += 1
-                delay = backoff(failures, self.first_backoff)
+                delay = reconnect.next()
                 self.say(f"lost the master ({why}); still serving what is stored, "
-                         f"reconnecting in {delay:g} s")
+                         f"reconnecting in {delay:.1f} s")
                 await trio.sleep(delay)
             finally:
                 self._op = None
