@@ -19,6 +19,11 @@ workers"), the master spends its rounds in the WebSocket layer, not in the reduc
   ``WebSocketConnection`` that are not public API (``_wsproto``, ``_stream``, ``_stream_lock``,
   ``_close_reason``, ``_abort_web_socket``); where they are missing it falls back to ``send_message`` per message, and
   tests/test_websocket.py fails if the fast path is not taken with the trio-websocket installed.
+- **No Pong after our Close.** trio-websocket answers a Ping even after the connection sent its
+  Close frame; wsproto refuses that (``LocalProtocolError``), and the error escapes the
+  connection's nursery (trio-websocket issue #184, unfixed in 0.12). A master that pings an
+  idle client at the moment the client closes hit it. RFC 6455 §5.5.2 owes no Pong once a Close
+  was sent, so ``install()`` makes the ping handler answer only while the connection is open.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
-from wsproto.events import BytesMessage, TextMessage
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, Ping, TextMessage
 
 _installed = False
 replaced: type | None = None
@@ -61,10 +67,12 @@ class NumpyXorMasker:
 
 
 def install() -> bool:
-    """Make wsproto mask and unmask with ``NumpyXorMasker``; True if it is in place."""
+    """Make wsproto mask and unmask with ``NumpyXorMasker`` (True if it is in place), and
+    trio-websocket answer pings only while the connection is open."""
     global _installed, replaced
     if _installed:
         return True
+    _answer_pings_only_while_open()
     from wsproto import frame_protocol
 
     original = getattr(frame_protocol, "XorMaskerSimple", None)
@@ -74,6 +82,21 @@ def install() -> bool:
     frame_protocol.XorMaskerSimple = NumpyXorMasker  # type: ignore[misc,assignment]
     _installed = True
     return True
+
+
+def _answer_pings_only_while_open() -> None:
+    handler = getattr(WebSocketConnection, "_handle_ping_event", None)
+    if handler is None or getattr(handler, "_mlitb", False):
+        return
+
+    async def handle_ping(self: WebSocketConnection, event: Ping) -> None:
+        protocol = getattr(self, "_wsproto", None)
+        if protocol is not None and protocol.state is not ConnectionState.OPEN:
+            return  # our Close is sent (or theirs came): no Pong is owed, wsproto would refuse
+        await handler(self, event)
+
+    handle_ping._mlitb = True  # type: ignore[attr-defined]
+    WebSocketConnection._handle_ping_event = handle_ping  # type: ignore[method-assign]
 
 
 _INTERNALS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")

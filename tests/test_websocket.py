@@ -5,6 +5,7 @@ one write arrives as the same messages in the same order."""
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import pytest
 import trio
@@ -175,3 +176,49 @@ def test_the_masker_is_used_for_what_a_client_sends(n: int) -> None:
     finally:
         _websocket.NumpyXorMasker.process = original  # type: ignore[method-assign]
     assert calls == [n]
+
+
+def test_a_ping_that_crosses_our_close_is_not_answered() -> None:
+    """trio-websocket issue #184: a Ping that arrives after the client sent its Close used to
+    be answered, wsproto refused the Pong and the client's nursery failed. A raw wsproto
+    server here sends exactly that: a Ping after it read the client's Close, then its own."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+
+    _websocket.install()
+    pinged = trio.Event()
+
+    async def server(stream: trio.SocketStream) -> None:
+        protocol = WSConnection(ConnectionType.SERVER)
+        closing = None
+        while closing is None:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            protocol.receive_data(data)
+            for event in protocol.events():
+                if isinstance(event, Request):
+                    await stream.send_all(protocol.send(AcceptConnection()))
+                elif isinstance(event, CloseConnection):
+                    closing = event
+        # A Ping frame (FIN, opcode 9, unmasked) written by hand: wsproto, having read the
+        # Close, would refuse to send one, which is the race this test stands for.
+        await stream.send_all(b"\x89\x04late")
+        pinged.set()
+        await trio.sleep(0.2)  # the client reads the Ping before the Close answer
+        await stream.send_all(protocol.send(closing.response()))
+        await stream.aclose()
+
+    closed: list[bool] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            async with open_websocket("127.0.0.1", port, "/", use_ssl=False) as ws:
+                await ws.send_message("hello")
+            closed.append(pinged.is_set())  # (the failure ended the run without reaching here)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert closed == [True]
