@@ -3,7 +3,7 @@
 Every TCP connection to the master port counts from its accept until it is closed, upgraded to
 a WebSocket or not, hello said or not: ``Master.serve`` listens through ``CappedListener``.
 Over a cap, a connection is closed at once, or (while few are being refused) let through for
-``Master._handle`` to close it with ``CloseCode.TOO_MANY_CONNECTIONS`` after the upgrade, a
+``ConnectionHub.handle`` to close it with ``CloseCode.TOO_MANY_CONNECTIONS`` after the upgrade, a
 reason a browser can read; clients reconnect with backoff, as after any close that is not
 final.
 
