@@ -103,7 +103,8 @@ class Master(ProjectRegistry):
                     self.hub.handle,
                     # trio-websocket's annotation names trio's own listeners; it serves any.
                     cast(Any, listeners), handler_nursery=nursery,
-                    # Strangers get a small limit until their hello (``_welcome`` raises it).
+                    # Strangers get a small limit until their hello (the hub's ``_welcome``
+                    # raises it).
                     max_message_size=MAX_HELLO_FRAME, receive_buffer_size=64 * 1024,
                     # A socket that never completes the HTTP upgrade is dropped as soon as one
                     # that never says hello (trio-websocket's default is 60 s).
