@@ -17,8 +17,9 @@ workers"), the master spends its rounds in the WebSocket layer, not in the reduc
   wsproto state and writes them all with one ``send_all`` under the connection's send lock, which
   is what ``send_message`` does message by message. It needs five attributes of trio-websocket's
   ``WebSocketConnection`` that are not public API (``_wsproto``, ``_stream``, ``_stream_lock``,
-  ``_close_reason``, ``_abort_web_socket``); where they are missing it falls back to ``send_message`` per message, and
-  tests/test_websocket.py fails if the fast path is not taken with the trio-websocket installed.
+  ``_close_reason``, ``_abort_web_socket``); where they are missing it falls back to
+  ``send_message`` per message, and tests/test_websocket.py fails if the fast path is not taken
+  with the trio-websocket installed.
 - **No Pong after our Close.** trio-websocket answers a Ping even after the connection sent its
   Close frame; wsproto refuses that (``LocalProtocolError``), and the error escapes the
   connection's nursery (trio-websocket issue #184, unfixed in 0.12). A master that pings an
