@@ -85,6 +85,9 @@ def test_int8_round_trip_is_within_half_a_scale(v: np.ndarray) -> None:
         x = v[b * BLOCK:(b + 1) * BLOCK].astype(np.float64)
         d = frame.vector[b * BLOCK:(b + 1) * BLOCK].astype(np.float64)
         assert scales[b] == np.float32(np.abs(v[b * BLOCK:(b + 1) * BLOCK]).max() / np.float32(127))
+        if scales[b] == 0:  # absmax / 127 underflows float32: the block travels as zeros
+            assert not d.any() and np.abs(x).max() <= 127 * 2.0 ** -150
+            continue
         # scale/2 from rounding, plus the float32 rounding of q * scale.
         bound = scales[b] / 2 * (1 + 1e-6) + np.abs(x) * 2.0 ** -24 + 1e-45
         assert (np.abs(d - x) <= bound).all()

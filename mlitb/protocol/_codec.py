@@ -9,7 +9,9 @@
 - ``INT8`` (2): blocks of ``BLOCK`` (256) values, the last one shorter; first one float32 scale
   per block, ``scale = float32(absmax / 127)``, then ``n`` int8 values
   ``q = clip(round_half_even(x / scale), -127, 127)`` (the division in float64), the receiver's
-  value ``float32(q * scale)``; ``4 * ceil(n / 256) + n`` bytes. A block of zeros has scale 0.
+  value ``float32(q * scale)``; ``4 * ceil(n / 256) + n`` bytes. A block of zeros has scale 0,
+  and so has a block whose ``absmax / 127`` underflows float32 (absmax at most 127 * 2**-150,
+  ~9e-44): it travels as zeros (a worker's error feedback keeps what it held).
 
 Every rule is one IEEE operation in float32 or float64 (float32 division equals float64
 division rounded to float32: 53 >= 2 * 24 + 2 bits), so the browser's ``browser/lib/protocol.js``
