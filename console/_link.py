@@ -16,35 +16,34 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import trio
 from textual.app import App
 from textual.message import Message as TextualMessage
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed
 
 from mlitb._backoff import Backoff
 from mlitb.client import (
     MasterUnreachableError,
     OperatorClient,
     check_master_url,
-    close_stream,
     open_operator,
     reply_as,
     upload_failure,
 )
-from mlitb.errors import AuthError, MlitbError, ProtocolError, UploadError
+from mlitb.errors import AuthError, MlitbError, ProtocolError
 from mlitb.protocol import (
-    Bye,
+    Answered,
     ClientMessage,
     DataServers,
     ListProjects,
     Message,
     ProjectList,
+    Pushed,
     Split,
     Status,
     Subscribe,
-    encode_text,
 )
 
 from ._backend import Progress
@@ -69,7 +68,9 @@ class _Pending:
 
 
 class MasterLink:
-    """One operator session at a time, re-opened whenever it ends (trio side)."""
+    """One operator session at a time, re-opened whenever it ends (trio side). The session
+    (``mlitb.protocol.ClientSession``) matches answers to requests; this link reads, so that
+    several requests may wait at once."""
 
     def __init__(self, url: str, token: str | None, post: Post, *, interval: float = 1.0,
                  first_backoff: float = BACKOFF_FIRST, cafile: str | None = None) -> None:
@@ -95,10 +96,8 @@ class MasterLink:
         was_connected = False
         self._set(LinkState("connecting", self.url))
         while True:
-            ws: WebSocketConnection | None = None
             try:
                 async with open_operator(self.url, self.token, cafile=self.cafile) as op:
-                    ws = op.ws
                     failures = 0
                     reconnect.reset()
                     was_connected = True
@@ -108,15 +107,11 @@ class MasterLink:
                 return
             except MasterUnreachableError as exc:
                 reason = str(exc)
-            except ConnectionClosed:
-                reason = "the master closed the connection"
             except ProtocolError as exc:
                 reason = f"the master sent something unexpected: {exc}"
             finally:
                 self._op = None
                 self._fail_pending()
-                if ws is not None:
-                    await close_stream(ws)
             failures += 1
             delay = reconnect.next()
             self._set(LinkState("lost" if was_connected else "unreachable", self.url, reason,
@@ -125,35 +120,38 @@ class MasterLink:
 
     async def _session(self, op: OperatorClient) -> str:
         """Subscribe and read until the connection ends; returns why it ended."""
-        bye: Bye | None = None
         self._op = op
-        await self._send(op, encode_text(Subscribe(request_id=op.next_request_id(),
-                                                   interval=self.interval)))
+        _, text = op.session.request(Subscribe(request_id="-", interval=self.interval))
+        await self._send(op, text)
         self._set(LinkState("connected", self.url, authorized=op.authorized,
                             data_url=op.welcome.data_url))
         while True:
             try:
-                message = await op.receive()
-            except MasterUnreachableError as exc:
-                if bye is not None:
-                    return f"the master said goodbye ({bye.reason}{': ' if bye.message else ''}" \
-                           f"{bye.message})"
-                return str(exc)
+                data = await op.ws.get_message()
+            except ConnectionClosed as exc:
+                closed = op.session.closed(exc.reason.code if exc.reason else None,
+                                           exc.reason.reason if exc.reason else None)
+                if closed.bye is not None:
+                    bye = closed.bye
+                    return f"the master said goodbye ({bye.reason}" \
+                           f"{': ' if bye.message else ''}{bye.message})"
+                return f"the master closed the connection ({closed.description})"
+            try:
+                event = op.session.receive(data)
             except ProtocolError:
                 continue  # a bad frame from the master: skip it, keep the session
-            if isinstance(message, Status):
-                self._post(StatusReceived(message))
-            elif isinstance(message, DataServers):  # one registered or went away
-                self._set(replace(self.state, data_url=message.data_urls[0]
-                                  if message.data_urls else None))
-            elif isinstance(message, Bye):
-                bye = message
-            else:
-                request_id = getattr(message, "request_id", None)
-                pending = self._pending.get(request_id) if request_id else None
+            if isinstance(event, Answered):
+                pending = self._pending.get(event.request_id)
                 if pending is not None:
-                    pending.reply = message
+                    pending.reply = event.message
                     pending.done.set()
+            elif isinstance(event, Pushed):
+                message = event.message
+                if isinstance(message, Status):
+                    self._post(StatusReceived(message))
+                elif isinstance(message, DataServers):  # one registered or went away
+                    self._set(replace(self.state, data_url=message.data_urls[0]
+                                      if message.data_urls else None))
 
     async def _send(self, op: OperatorClient, text: str) -> None:
         async with self._send_lock:
@@ -176,8 +174,7 @@ class MasterLink:
             raise MasterUnreachableError(f"not connected to the master at {self.url}"
                                          + (f" ({self.state.message})"
                                             if self.state.message else ""))
-        request_id = op.next_request_id()
-        text = encode_text(replace(cast(Any, message), request_id=request_id))
+        request_id, text = op.session.request(message)
         pending = self._pending[request_id] = _Pending()
         try:
             await self._send(op, text)
@@ -188,6 +185,7 @@ class MasterLink:
                                          f"{REQUEST_TIMEOUT:g} s") from None
         finally:
             self._pending.pop(request_id, None)
+            op.session.abandon(request_id)
         if pending.error is not None:
             raise pending.error
         if pending.reply is None:

@@ -8,33 +8,31 @@ Used by the CLI (``mlitb project ...``, ``mlitb model download``), the demo and 
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
-import ssl
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, TypeVar
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from . import _websocket
-from ._tls import client_context
-from .errors import AuthError, MlitbError, ProtocolError, UploadError
+from ._transport import (
+    CONNECT_TIMEOUT,
+    check_master_url,
+    close_stream,
+    describe_connect_failure,
+    open_master,
+    tls_probe,
+)
+from .errors import AuthError, MasterUnreachableError, MlitbError, ProtocolError, UploadError
 from .protocol import (
-    MAX_LARGE_TEXT_FRAME,
     Ack,
-    Error,
+    Answered,
+    ClientSession,
+    FrameArrived,
     GetModel,
     Hello,
     ListProjects,
@@ -42,110 +40,21 @@ from .protocol import (
     Model,
     ProjectList,
     ProjectSummary,
-    Status,
-    Welcome,
-    decode_text,
-    encode_text,
+    Refused,
+    RequestRefusedError,
+    SessionEvent,
+    as_answer,
 )
 
+__all__ = ["CONNECT_TIMEOUT", "MasterUnreachableError", "OperatorClient", "RequestRefusedError",
+           "check_master_url", "close_stream", "describe_connect_failure", "open_operator",
+           "reply_as", "tls_probe", "upload_failure"]
+
 M = TypeVar("M")
-CONNECT_TIMEOUT = 10.0
+MAX_PUSHED = 256
+"""Messages the master pushed while a request waited (status snapshots), kept for ``receive``."""
 
-_websocket.install()  # every frame a client sends is masked (mlitb/_websocket.py)
-
-
-class MasterUnreachableError(MlitbError):
-    """The master could not be reached at the URL given (nothing listens, or not a master)."""
-
-
-class RequestRefusedError(MlitbError):
-    """The master answered a request with an error; ``code`` is the protocol's error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _describe(exc: ConnectionClosed) -> str:
-    reason = exc.reason
-    if reason is None:
-        return "no close code"
-    return f"code {reason.code}" + (f": {reason.reason}" if reason.reason else "")
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc``, its causes and contexts, and the exceptions inside groups, depth first."""
-    found: list[BaseException] = []
-    stack = [exc]
-    while stack:
-        current = stack.pop()
-        if current in found:
-            continue
-        found.append(current)
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(reversed(current.exceptions))
-        for inner in (current.__context__, current.__cause__):
-            if inner is not None:
-                stack.append(inner)
-    return found
-
-
-TLS_NOTE = ("a master started with --certfile/--keyfile serves wss://, one without them plain "
-            "ws://; a self-signed certificate needs its CA in --cafile (or MLITB_CAFILE)")
-
-
-async def tls_probe(url: str, cafile: str | None = None) -> BaseException | None:
-    """After a ``wss://`` connection failed: the TLS handshake alone, to find its real cause
-    (trio-websocket reports a failed handshake as a timeout). None if it succeeds or hangs."""
-    parts = urlsplit(url)
-    try:
-        with trio.move_on_after(min(3.0, CONNECT_TIMEOUT)):
-            stream = await trio.open_ssl_over_tcp_stream(parts.hostname or "", parts.port or 443,
-                                                         https_compatible=True,
-                                                         ssl_context=client_context(cafile))
-            try:
-                await stream.do_handshake()
-            finally:
-                await trio.aclose_forcefully(stream)
-    except (OSError, trio.BrokenResourceError) as exc:
-        return exc
-    return None
-
-
-def describe_connect_failure(url: str, exc: BaseException,
-                             tls_failure: BaseException | None = None) -> str:
-    """Why connecting to the master at ``url`` failed, in one line that says what to check;
-    ``tls_failure``: what ``tls_probe`` found."""
-    tls = url.startswith("wss://")
-    where = f"cannot reach the master at {url}"
-    causes = _causes(exc) + (_causes(tls_failure) if tls_failure is not None else [])
-    rejected = next((c for c in causes if isinstance(c, ConnectionRejected)), None)
-    if rejected is not None:
-        return (f"{where}: it answered HTTP {rejected.status_code} instead of a WebSocket "
-                f"handshake, so it is a web server but not the master (the data server? the "
-                f"master's URL is the ws:// one `mlitb master` prints)")
-    tls_error = next((c for c in causes if isinstance(c, ssl.SSLError)), None)
-    if tls_error is not None:
-        reason = getattr(tls_error, "verify_message", None) or tls_error.reason or tls_error
-        if reason == "WRONG_VERSION_NUMBER":  # a plain (ws://, http://) server answered
-            reason = "the server does not speak TLS"
-        elif getattr(tls_error, "verify_message", None):
-            reason = f"certificate verify failed: {reason}"
-        return f"{where}: the TLS handshake failed ({reason}); {TLS_NOTE}"
-    if any(isinstance(c, ConnectionTimeout | trio.TooSlowError) for c in causes):
-        text = f"{where}: no answer within {CONNECT_TIMEOUT:g} s"
-        return f"{text}; {TLS_NOTE}" if tls else f"{text} (is it the master's host and port?)"
-    refused = next((c for c in causes if isinstance(c, ConnectionRefusedError)), None)
-    if refused is not None:
-        return f"{where}: nothing listens there (connection refused); is `mlitb master` running?"
-    if isinstance(exc, socket.gaierror) or any(isinstance(c, socket.gaierror) for c in causes):
-        gai = next(c for c in causes if isinstance(c, socket.gaierror))
-        return f"{where}: unknown host ({gai.strerror or gai})"
-    for cause in causes:  # the first exception that says something
-        text = str(cause.strerror if isinstance(cause, OSError) and cause.strerror else cause)
-        if text:
-            return f"{where}: {text}"
-    return f"{where}: {type(exc).__name__}"
+reply_as = as_answer
 
 
 def upload_failure(exc: BaseException, archive: Path, data_url: str) -> BaseException:
@@ -176,76 +85,56 @@ def upload_failure(exc: BaseException, archive: Path, data_url: str) -> BaseExce
     return exc
 
 
-def reply_as(reply: Message, expect: type[M]) -> M:
-    """The master's answer to a request: ``expect``, or ``RequestRefusedError`` for an error."""
-    if isinstance(reply, Error):
-        raise RequestRefusedError(reply.code, reply.message)
-    if not isinstance(reply, expect):
-        raise ProtocolError(f"expected {expect.__name__} from the master, got "
-                            f"{type(reply).__name__}")
-    return reply
-
-
-async def close_stream(ws: WebSocketConnection) -> None:
-    """trio-websocket 0.12 keeps the TCP stream of an abnormally closed connection open until
-    garbage collection: close it now (a master that restarts sees no stale socket)."""
-    stream = getattr(ws, "_stream", None)
-    if stream is None:
-        return
-    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-        try:
-            await stream.aclose()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-
-def check_master_url(url: str) -> str:
-    """Refuse anything but ws:// and wss:// URLs, with a clear message."""
-    if not url.startswith(("ws://", "wss://")) or len(url) < 6:
-        raise MlitbError(f"the master URL must start with ws:// or wss://, got {url!r}")
-    return url
-
-
 class OperatorClient:
-    """One operator session. Requests are answered in order; status snapshots are kept aside."""
+    """One operator session: ``request`` sends and reads until its answer; what the master
+    pushes meanwhile (status snapshots) waits for ``receive``. One request at a time."""
 
-    def __init__(self, ws: WebSocketConnection, welcome: Welcome) -> None:
+    def __init__(self, ws: WebSocketConnection, session: ClientSession) -> None:
+        assert session.welcome is not None
         self.ws = ws
-        self.welcome = welcome
-        self._ids = itertools.count(1)
-        self.statuses: list[Status] = []
+        self.session = session
+        self.welcome = session.welcome
+        self._pushed: deque[Message] = deque(maxlen=MAX_PUSHED)
 
     @property
     def authorized(self) -> bool:
         return self.welcome.authorized
 
-    def next_request_id(self) -> str:
-        return f"r{next(self._ids)}"
+    async def _event(self) -> SessionEvent:
+        while True:
+            try:
+                data = await self.ws.get_message()
+            except ConnectionClosed as exc:
+                reason = exc.reason
+                closed = self.session.closed(reason.code if reason else None,
+                                             reason.reason if reason else None)
+                raise MasterUnreachableError(f"the master closed the connection "
+                                             f"({closed.description})") from None
+            event = self.session.receive(data)
+            if isinstance(event, FrameArrived):
+                raise ProtocolError("the master sent a binary frame to an operator")
+            if event is not None:
+                return event
 
     async def receive(self) -> Message:
-        try:
-            data = await self.ws.get_message()
-        except ConnectionClosed as exc:
-            raise MasterUnreachableError(f"the master closed the connection "
-                                         f"({_describe(exc)})") from None
-        if not isinstance(data, str):
-            raise ProtocolError("the master sent a binary frame to an operator")
-        return decode_text(data, max_size=MAX_LARGE_TEXT_FRAME)
+        """The next message the master pushed (oldest first)."""
+        if self._pushed:
+            return self._pushed.popleft()
+        event = await self._event()
+        return event.message  # type: ignore[union-attr]
 
     async def request(self, message: Any, expect: type[M] = Ack) -> M:  # type: ignore[assignment]
         """Send a request (its request_id is filled in) and wait for its answer."""
-        from dataclasses import replace
-
-        message = replace(message, request_id=self.next_request_id())
-        await self.ws.send_message(encode_text(message))
+        request_id, text = self.session.request(message)
+        try:
+            await self.ws.send_message(text)
+        except ConnectionClosed:
+            raise MasterUnreachableError("the connection to the master was lost") from None
         while True:
-            reply = await self.receive()
-            if isinstance(reply, Status):
-                self.statuses.append(reply)
-                continue
-            if getattr(reply, "request_id", None) != message.request_id:
-                continue
-            return reply_as(reply, expect)
+            event = await self._event()
+            if isinstance(event, Answered) and event.request_id == request_id:
+                return as_answer(event.message, expect)  # type: ignore[type-var]
+            self._pushed.append(event.message)  # type: ignore[union-attr]
 
     async def list_projects(self) -> tuple[ProjectSummary, ...]:
         reply = await self.request(ListProjects(request_id="-"), ProjectList)
@@ -257,6 +146,11 @@ class OperatorClient:
         return reply.model
 
 
+def operator_hello(token: str | None) -> Hello:
+    return Hello(role="operator", client="python", host=socket.gethostname()[:128] or "?",
+                 token=token or None)
+
+
 @asynccontextmanager
 async def open_operator(url: str, token: str | None = None, *,
                         need_token: bool = False,
@@ -264,43 +158,28 @@ async def open_operator(url: str, token: str | None = None, *,
     """Connect to the master at ``url`` as an operator; raises ``MasterUnreachableError`` or
     ``AuthError`` with a clear message. ``wss://`` is verified against ``cafile`` (else
     ``MLITB_CAFILE``, else the system's CAs)."""
-    check_master_url(url)
-    ssl_context = client_context(cafile) if url.startswith("wss://") else None
-    connected = False  # errors from the caller's block pass through unchanged
-    try:
-        async with open_websocket_url(url, ssl_context=ssl_context,
-                                      max_message_size=MAX_LARGE_TEXT_FRAME,
-                                      connect_timeout=CONNECT_TIMEOUT,
-                                      disconnect_timeout=2.0) as ws:
+    session = ClientSession(operator_hello(token))
+    async with open_master(url, cafile=cafile) as ws:
+        try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                await ws.send_message(encode_text(Hello(
-                    role="operator", client="python", host=socket.gethostname()[:128] or "?",
-                    token=token or None)))
-                data = await ws.get_message()
-                if not isinstance(data, str):
-                    raise ProtocolError("the master answered the hello with a binary frame")
-                first = decode_text(data, max_size=MAX_LARGE_TEXT_FRAME)
-            if isinstance(first, Error):
-                await close_stream(ws)  # the master closes right after its error
-                if first.code == "bad_token":
-                    raise AuthError("the master refused the operator token (check --token / "
-                                    "MLITB_OPERATOR_TOKEN)")
-                raise MasterUnreachableError(f"the master refused the connection: "
-                                             f"{first.message}")
-            if not isinstance(first, Welcome):
-                raise ProtocolError(f"expected a welcome, got {type(first).__name__}")
-            if need_token and not first.authorized:
-                raise AuthError("this action needs the operator token: pass --token or set "
-                                "MLITB_OPERATOR_TOKEN")
-            connected = True
-            yield OperatorClient(ws, first)
-    except (OSError, HandshakeError, trio.TooSlowError) as exc:
-        if connected:
-            raise
-        probe = await tls_probe(url, cafile) if url.startswith("wss://") else None
-        raise MasterUnreachableError(describe_connect_failure(url, exc, probe)) from None
-    except ConnectionClosed as exc:
-        if connected:
-            raise
-        raise MasterUnreachableError(f"the master at {url} closed the connection "
-                                     f"({_describe(exc)})") from None
+                await ws.send_message(session.start())
+                event = session.receive(await ws.get_message())
+        except trio.TooSlowError:
+            raise MasterUnreachableError(f"cannot reach the master at {url}: no welcome "
+                                         f"within {CONNECT_TIMEOUT:g} s") from None
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            closed = session.closed(reason.code if reason else None,
+                                    reason.reason if reason else None)
+            raise MasterUnreachableError(f"the master at {url} closed the connection "
+                                         f"({closed.description})") from None
+        if isinstance(event, Refused):
+            if event.error.code == "bad_token":
+                raise AuthError("the master refused the operator token (check --token / "
+                                "MLITB_OPERATOR_TOKEN)")
+            raise MasterUnreachableError(f"the master refused the connection: "
+                                         f"{event.error.message}")
+        if need_token and not session.welcome.authorized:  # type: ignore[union-attr]
+            raise AuthError("this action needs the operator token: pass --token or set "
+                            "MLITB_OPERATOR_TOKEN")
+        yield OperatorClient(ws, session)

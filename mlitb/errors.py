@@ -36,3 +36,8 @@ class ClosureError(MlitbError):
 
 class OptimizerError(MlitbError):
     """An optimizer was configured with unknown names or out-of-range hyperparameters."""
+
+
+class MasterUnreachableError(MlitbError):
+    """The master could not be reached at the URL given (nothing listens, or not a master), or
+    the connection to it was lost."""

@@ -123,10 +123,7 @@ def project_status(url: str, token: str, project: str) -> Any:
 
     async def call(op: Any) -> Any:
         await op.request(Subscribe(request_id="-", project=project, interval=0.1))
-        for message in op.statuses:  # a snapshot may come before the ack
-            if message.projects:
-                return message.projects[0]
-        while True:
+        while True:  # snapshots that came before the ack wait in the session first
             message = await op.receive()
             if isinstance(message, Status) and message.projects:
                 return message.projects[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import mlitb.client
+import mlitb._transport
 from mlitb.cli import app
 from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import write_archive
@@ -83,7 +83,7 @@ def test_the_master_url_pointing_at_the_data_server_says_so(digits_project):
 
 def test_wss_at_a_plain_master_says_it_serves_plain_ws(digits_project, monkeypatch):
     c, archive = digits_project
-    monkeypatch.setattr(mlitb.client, "CONNECT_TIMEOUT", 1.0)  # the master never answers TLS
+    monkeypatch.setattr(mlitb._transport, "CONNECT_TIMEOUT", 1.0)  # the master never answers TLS
     url = c.url.replace("ws://", "wss://")
     line = one_line(run("project", "list", "-m", url))
     assert line.startswith(f"error: cannot reach the master at {url}: the TLS handshake "
@@ -94,7 +94,7 @@ def test_wss_at_a_plain_master_says_it_serves_plain_ws(digits_project, monkeypat
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a "
                     "self-signed certificate")
 def test_wss_with_a_failing_tls_handshake_names_the_cause(tmp_path, monkeypatch):
-    monkeypatch.setattr(mlitb.client, "CONNECT_TIMEOUT", 2.0)  # trio-websocket waits it out
+    monkeypatch.setattr(mlitb._transport, "CONNECT_TIMEOUT", 2.0)  # trio-websocket waits it out
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],

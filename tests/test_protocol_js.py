@@ -1,5 +1,5 @@
 """browser/lib/protocol.js keeps copies of the protocol's numbers (docs/protocol.md): each must
-equal the Python one in ``mlitb.protocol`` (and the Python node's final close codes). The JS is
+equal the Python one in ``mlitb.protocol`` (and the final close codes of `mlitb.protocol.ClientSession`). The JS is
 read with regular expressions; a constant that moved or changed its shape fails here too."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_the_browser_knows_every_close_code_the_master_sends() -> None:
 
 
 def test_the_browser_stops_after_the_close_codes_the_python_node_stops_after() -> None:
-    from mlitb.nodes._worker import FINAL_CLOSE_CODES
+    from mlitb.protocol import FINAL_CLOSE_CODES
 
     found = re.search(r"export const FINAL_CLOSE_CODES = new Set\(\[(.*?)\]\);",
                       SOURCE.read_text(), re.S)

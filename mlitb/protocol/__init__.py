@@ -135,6 +135,22 @@ from ._messages import (
     ZooEntry,
     ZooList,
 )
+from ._session import (
+    FINAL_CLOSE_CODES,
+    Answered,
+    ClientSession,
+    Closed,
+    Finality,
+    FrameArrived,
+    Pushed,
+    Refused,
+    RequestRefusedError,
+    SessionError,
+    SessionEvent,
+    Welcomed,
+    as_answer,
+    describe_close,
+)
 from ._text import check_sender, decode_text, encode_text
 
 __all__ = [
@@ -159,4 +175,7 @@ __all__ = [
     "encode_frame", "encode_parameters", "encode_result", "encode_text",
     "BLOCK", "WIRE_OF_ENCODING", "Encoded", "Encoding", "Wire", "encode_vector", "parameters_encoding",
     "payload_size", "result_encoding",
+    "FINAL_CLOSE_CODES", "Answered", "ClientSession", "Closed", "Finality", "FrameArrived",
+    "Pushed", "Refused", "RequestRefusedError", "SessionError", "SessionEvent", "Welcomed",
+    "as_answer", "describe_close",
 ]
