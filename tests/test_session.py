@@ -184,3 +184,17 @@ def test_every_answer_reaches_the_request_it_belongs_to_and_nothing_else(steps) 
                 assert event is None  # answered before, or abandoned
         assert set(session.pending) == waiting
     assert set(session.closed(CloseCode.GOING_AWAY).unanswered) == waiting
+
+
+def test_the_master_reads_a_hello_first_and_nothing_else() -> None:
+    from mlitb.protocol import read_hello
+
+    assert read_hello(encode_text(OPERATOR)) == OPERATOR
+    for first in (b"\x00", encode_text(Ack(request_id="r1"))):
+        with pytest.raises(WireError) as refused:
+            read_hello(first)
+        assert refused.value.code == "hello_required"
+        assert refused.value.close_code == CloseCode.HELLO_REQUIRED
+    with pytest.raises(WireError) as refused:
+        read_hello('{"type": "hello", "protocol": 999}')
+    assert refused.value.close_code == CloseCode.VERSION_MISMATCH

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import trio
 from trio_websocket import WebSocketConnection
 
+from .._transport import Outbox
 from ..errors import MlitbError
 from ..protocol import BYE_CLOSE_CODES, Bye, ByeReason, CloseCode, Message, encode_text
 
@@ -41,17 +42,13 @@ class Connection:
     peer_close_code: int | None = None  # how the client ended it (1006: it just vanished)
 
     def __post_init__(self) -> None:
-        self.outbox_send, self.outbox_receive = trio.open_memory_channel[str | bytes](OUTBOX_SIZE)
+        self.outbox = Outbox(OUTBOX_SIZE)
 
     def send(self, message: Message | bytes) -> None:
         """Queue without waiting; a client that falls this far behind is dropped."""
         data = message if isinstance(message, bytes) else encode_text(message)
-        try:
-            self.outbox_send.send_nowait(data)
-        except trio.WouldBlock:
+        if not self.outbox.put(data):
             self.drop(CloseCode.INTERNAL_ERROR, "too slow: outbox full")
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
 
     def say_bye(self, reason: ByeReason, message: str = "") -> None:
         self.send(Bye(reason=reason, message=message))
@@ -60,4 +57,4 @@ class Connection:
     def drop(self, code: int, reason: str) -> None:
         """End this connection: flush what is queued (briefly), then close with ``code``."""
         self.close_code, self.close_reason = code, reason[:120]
-        self.outbox_send.close()
+        self.outbox.close()

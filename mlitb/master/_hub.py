@@ -18,6 +18,7 @@ import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
 
 from .. import __version__, _websocket
+from .._transport import keepalive
 from ..protocol import (
     MAX_BINARY_FRAME,
     MAX_LARGE_TEXT_FRAME,
@@ -40,10 +41,11 @@ from ..protocol import (
     decode_text,
     encode_parameters,
     encode_text,
+    read_hello,
 )
 from ..training import Member, Project
 from ._caps import DEFAULT_CONNECTION_LIMITS, ConnectionCaps, ConnectionLimits
-from ._connection import OUTBOX_SIZE, Connection, RequestError
+from ._connection import Connection, RequestError
 from ._loop import send_ids
 from ._requests import answer_request
 
@@ -137,7 +139,7 @@ class ConnectionHub:
                 with conn.cancel:
                     await self._reader(conn)
                 keepalive.cancel()
-                conn.outbox_send.close()  # the sender flushes what is queued (a bye), then ends
+                conn.outbox.close()  # the sender flushes what is queued (a bye), then ends
                 nursery.cancel_scope.deadline = self.master.now() + 2.0
         except ConnectionClosed:
             pass
@@ -160,14 +162,7 @@ class ConnectionHub:
             text = await ws.get_message()
             break_reason = None
             try:
-                if not isinstance(text, str):
-                    raise WireError("the first message must be a hello text frame",
-                                    code="hello_required", close_code=CloseCode.HELLO_REQUIRED)
-                hello = decode_text(text)
-                if not isinstance(hello, Hello):
-                    raise WireError(f"the first message must be a hello, got {hello.TYPE}",
-                                    code="hello_required", close_code=CloseCode.HELLO_REQUIRED)
-                return await self._welcome(ws, hello)
+                return await self._welcome(ws, read_hello(text))
             except WireError as exc:
                 break_reason = exc
             await ws.send_message(encode_text(Error(code=break_reason.code,
@@ -255,40 +250,29 @@ class ConnectionHub:
 
     async def _sender(self, conn: Connection) -> None:
         try:
-            async for data in conn.outbox_receive:
-                # What queued up meanwhile (a round's parameters frame and work order) goes
-                # out in the same write (mlitb/_websocket.py).
-                batch = [data]
-                while len(batch) < OUTBOX_SIZE:
-                    try:
-                        batch.append(conn.outbox_receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await _websocket.send_messages(conn.ws, batch)
+            # What queued up meanwhile (a round's parameters frame and work order) goes out
+            # in the same write (mlitb/_websocket.py).
+            await conn.outbox.run(conn.ws)
         except ConnectionClosed as exc:
             conn.peer_close_code = exc.reason.code if exc.reason else None
         conn.cancel.cancel()  # the outbox was closed or the peer went away: the reader stops
 
     async def _keepalive(self, conn: Connection, scope: trio.CancelScope) -> None:
         """Ping clients we have not heard from lately; close those that do not answer."""
+        def heard() -> None:
+            conn.last_heard = self.master.now()
+
         with scope:
-            while True:
-                await trio.sleep(PING_INTERVAL)
-                if self.master.now() - conn.last_heard < PING_INTERVAL:
-                    continue
-                with trio.move_on_after(PING_TIMEOUT):
-                    try:
-                        await conn.ws.ping()
-                    except ConnectionClosed as exc:
-                        conn.peer_close_code = exc.reason.code if exc.reason else None
-                        conn.cancel.cancel()
-                        return
-                    conn.last_heard = self.master.now()
-                    continue
-                conn.close_code, conn.close_reason = CloseCode.TIMED_OUT, "no answer to ping"
-                self.forget(conn)
+            try:
+                await keepalive(conn.ws, interval=PING_INTERVAL, timeout=PING_TIMEOUT,
+                                quiet=lambda: self.master.now() - conn.last_heard, heard=heard)
+            except ConnectionClosed as exc:
+                conn.peer_close_code = exc.reason.code if exc.reason else None
                 conn.cancel.cancel()
                 return
+            conn.close_code, conn.close_reason = CloseCode.TIMED_OUT, "no answer to ping"
+            self.forget(conn)
+            conn.cancel.cancel()
 
     async def _reader(self, conn: Connection) -> None:
         errors = 0

@@ -150,6 +150,7 @@ from ._session import (
     Welcomed,
     as_answer,
     describe_close,
+    read_hello,
 )
 from ._text import check_sender, decode_text, encode_text
 
@@ -177,5 +178,5 @@ __all__ = [
     "payload_size", "result_encoding",
     "FINAL_CLOSE_CODES", "Answered", "ClientSession", "Closed", "Finality", "FrameArrived",
     "Pushed", "Refused", "RequestRefusedError", "SessionError", "SessionEvent", "Welcomed",
-    "as_answer", "describe_close",
+    "as_answer", "describe_close", "read_hello",
 ]

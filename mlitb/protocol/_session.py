@@ -27,6 +27,7 @@ from enum import Enum
 from typing import Literal, TypeVar
 
 from ..errors import MlitbError, ProtocolError
+from ._errors import WireError
 from ._limits import MAX_LARGE_TEXT_FRAME, CloseCode
 from ._messages import Bye, Error, Hello, Message, Welcome
 from ._text import decode_text, encode_text
@@ -239,6 +240,20 @@ class ClientSession:
         final = FINAL_CLOSE_CODES.get(code) if code is not None else None  # type: ignore[call-overload]
         return Closed(code=code, reason=why or None, final=final, bye=self.bye,
                       unanswered=unanswered)
+
+
+def read_hello(data: str | bytes) -> Hello:
+    """The master's side of the handshake: the first frame of a connection must be a hello
+    text frame. Raises ``WireError`` (code ``hello_required``, close code 4001, or what the
+    hello's own check says: a version mismatch is 4000)."""
+    if not isinstance(data, str):
+        raise WireError("the first message must be a hello text frame",
+                        code="hello_required", close_code=CloseCode.HELLO_REQUIRED)
+    hello = decode_text(data)
+    if not isinstance(hello, Hello):
+        raise WireError(f"the first message must be a hello, got {hello.TYPE}",
+                        code="hello_required", close_code=CloseCode.HELLO_REQUIRED)
+    return hello
 
 
 def as_answer(message: Message, expect: type[M]) -> M:
