@@ -24,6 +24,7 @@ from textual.message import Message as TextualMessage
 from trio_websocket import ConnectionClosed
 
 from mlitb._backoff import Backoff
+from mlitb._transport import keepalive
 from mlitb.client import (
     MasterUnreachableError,
     OperatorClient,
@@ -56,6 +57,9 @@ Post = Callable[[TextualMessage], object]
 REQUEST_TIMEOUT = 60.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 8.0
+PING_INTERVAL = 10.0
+"""A master quiet this long is pinged; one that does not answer within as long again is gone
+(it may have vanished without closing): the link reconnects."""
 
 
 @dataclass
@@ -84,6 +88,7 @@ class MasterLink:
         self._op: OperatorClient | None = None
         self._pending: dict[str, _Pending] = {}
         self._send_lock = trio.Lock()
+        self._heard = 0.0  # when the master was last heard from (the keepalive reads it)
 
     def _set(self, state: LinkState) -> None:
         self.state = state
@@ -125,9 +130,37 @@ class MasterLink:
         await self._send(op, text)
         self._set(LinkState("connected", self.url, authorized=op.authorized,
                             data_url=op.welcome.data_url))
+        async with trio.open_nursery() as nursery:
+            ended: list[str] = []
+
+            async def watch() -> None:
+                ended.append(await self._read(op))
+                nursery.cancel_scope.cancel()
+
+            async def ping() -> None:
+                self._hear()
+                try:
+                    await keepalive(op.ws, interval=PING_INTERVAL, timeout=PING_INTERVAL,
+                                    quiet=lambda: trio.current_time() - self._heard,
+                                    heard=self._hear)
+                except ConnectionClosed:
+                    return  # the reader says why
+                ended.append(f"the master did not answer a ping within {PING_INTERVAL:g} s")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            nursery.start_soon(ping)
+        return ended[0]
+
+    def _hear(self) -> None:
+        self._heard = trio.current_time()
+
+    async def _read(self, op: OperatorClient) -> str:
+        """Read until the connection ends; returns why it ended."""
         while True:
             try:
                 data = await op.ws.get_message()
+                self._hear()
             except ConnectionClosed as exc:
                 closed = op.session.closed(exc.reason.code if exc.reason else None,
                                            exc.reason.reason if exc.reason else None)

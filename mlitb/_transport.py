@@ -27,6 +27,7 @@ import trio
 from trio_websocket import (
     ConnectionRejected,
     ConnectionTimeout,
+    DisconnectionTimeout,
     HandshakeError,
     WebSocketConnection,
     open_websocket_url,
@@ -150,13 +151,24 @@ async def open_master(url: str, *, cafile: str | None = None,
     timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
     ssl_context = client_context(cafile) if url.startswith("wss://") else None
     opened: WebSocketConnection | None = None
+    raised: BaseException | None = None
     try:
         async with open_websocket_url(url, ssl_context=ssl_context,
                                       max_message_size=max_message_size,
                                       connect_timeout=timeout,
                                       disconnect_timeout=close_timeout) as ws:
             opened = ws
-            yield ws
+            try:
+                yield ws
+            except BaseException as exc:
+                raised = exc
+                raise
+    except DisconnectionTimeout:
+        # The peer did not answer our close within close_timeout (a master that vanished):
+        # the connection is over all the same. trio-websocket raises this in place of the
+        # block's own error, which is the one that says what happened.
+        if raised is not None:
+            raise raised from None
     except (OSError, HandshakeError, trio.TooSlowError) as exc:
         if opened is not None:
             raise

@@ -46,11 +46,14 @@ from .protocol import (
     as_answer,
 )
 
-__all__ = ["CONNECT_TIMEOUT", "MasterUnreachableError", "OperatorClient", "RequestRefusedError",
+__all__ = ["CONNECT_TIMEOUT", "REQUEST_TIMEOUT", "MasterUnreachableError", "OperatorClient",
+           "RequestRefusedError",
            "check_master_url", "close_stream", "describe_connect_failure", "open_operator",
            "reply_as", "tls_probe", "upload_failure"]
 
 M = TypeVar("M")
+REQUEST_TIMEOUT = 60.0
+"""How long a request waits for its answer by default (seconds)."""
 MAX_PUSHED = 256
 """Messages the master pushed while a request waited (status snapshots), kept for ``receive``."""
 
@@ -123,18 +126,25 @@ class OperatorClient:
         event = await self._event()
         return event.message  # type: ignore[union-attr]
 
-    async def request(self, message: Any, expect: type[M] = Ack) -> M:  # type: ignore[assignment]
-        """Send a request (its request_id is filled in) and wait for its answer."""
+    async def request(self, message: Any, expect: type[M] = Ack, *,  # type: ignore[assignment]
+                      timeout: float = REQUEST_TIMEOUT) -> M:
+        """Send a request (its request_id is filled in) and wait for its answer, at most
+        ``timeout`` seconds (then ``MasterUnreachableError``: a master that stopped answering
+        is as good as gone)."""
         request_id, text = self.session.request(message)
         try:
             await self.ws.send_message(text)
         except ConnectionClosed:
             raise MasterUnreachableError("the connection to the master was lost") from None
-        while True:
-            event = await self._event()
-            if isinstance(event, Answered) and event.request_id == request_id:
-                return as_answer(event.message, expect)  # type: ignore[type-var]
-            self._pushed.append(event.message)  # type: ignore[union-attr]
+        with trio.move_on_after(timeout):
+            while True:
+                event = await self._event()
+                if isinstance(event, Answered) and event.request_id == request_id:
+                    return as_answer(event.message, expect)  # type: ignore[type-var]
+                self._pushed.append(event.message)  # type: ignore[union-attr]
+        self.session.abandon(request_id)
+        raise MasterUnreachableError(f"the master did not answer {type(message).TYPE} within "
+                                     f"{timeout:g} s")
 
     async def list_projects(self) -> tuple[ProjectSummary, ...]:
         reply = await self.request(ListProjects(request_id="-"), ProjectList)
