@@ -393,8 +393,21 @@ async def test_health_projects_and_static_files(tmp_path: Path) -> None:
             assert headers["content-type"].startswith("text/html")
             status, body, headers = await server.request("GET", "/js/app.js")
             assert status == 200 and "javascript" in headers["content-type"]
-            for path in ("/.secret", "/js/../index.html", "/js/", "/missing.css"):
-                assert (await server.request("GET", path))[0] == 404, path
+            for path in ("/.secret", "/js/../index.html", "/js/", "/missing.css", "//js/app.js"):
+                status, body, _ = await server.request("GET", path)
+                assert status == 404 and "not found" in body["error"], path
+            # Starlette's StaticFiles: a page reloaded fetches only what changed.
+            status, _, headers = await server.request("GET", "/js/app.js")
+            etag = headers["etag"]
+            status, body, _ = await server.request("GET", "/js/app.js",
+                                                   headers={"If-None-Match": etag})
+            assert status == 304 and body == b""
+            (site / "js" / "app.js").write_text("export const x = 2;  // changed")
+            status, body, headers = await server.request("GET", "/js/app.js",
+                                                         headers={"If-None-Match": etag})
+            assert status == 200 and b"changed" in body and headers["etag"] != etag
+            status, body, headers = await server.request("HEAD", "/index.html")
+            assert status == 200 and body == b"" and int(headers["content-length"]) > 0
 
 
 @pytest.mark.trio

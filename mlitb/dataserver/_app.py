@@ -12,7 +12,6 @@ import hmac
 import importlib.resources
 import inspect
 import logging
-import mimetypes
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from mlitb._addresses import address_key
 from mlitb.errors import AuthError, MlitbError, UploadError
@@ -61,6 +60,7 @@ from ._ingest import (
     nfc,
 )
 from ._backend import DataStore
+from ._static import BrowserFiles
 from ._store import SPLITS, Registration, Split, check_project_name
 
 OnRegistered = Callable[[Registration], Awaitable[None] | None]
@@ -236,8 +236,7 @@ class DataServer:
             Route("/projects/{project}/images", self.upload_image, methods=["POST"]),
             Route("/projects/{project}/batch", self.batch, methods=["GET", "POST"]),
             Route("/config.json", self.config),
-            Route("/", self.static),
-            Route("/{path:path}", self.static),
+            Mount("/", app=BrowserFiles(str(self.static_root))),
         ]
         self.app = Starlette(routes=routes, middleware=[Middleware(ReadableFromAnyOrigin)],
                              exception_handlers={HTTPException: _error_response,
@@ -544,21 +543,6 @@ class DataServer:
         body = await trio.to_thread.run_sync(self._batch_body, project, ids)
         self.batches_served += 1
         return Response(body, media_type="application/octet-stream")
-
-    async def static(self, request: Request) -> Response:
-        """The browser client: files of ``static_root`` (the package ``mlitb.browser`` unless
-        given); ``/`` is index.html. Hidden, ``_private`` and Python files are never served."""
-        path = request.path_params.get("path", "") or "index.html"
-        parts = path.split("/")
-        if any(p in ("", "..") or p.startswith((".", "_")) for p in parts) or \
-                path.endswith((".py", ".pyc")):
-            raise HTTPException(404, f"not found: /{path}")
-        resource = self.static_root.joinpath(*parts)
-        if not await trio.to_thread.run_sync(resource.is_file):
-            raise HTTPException(404, f"not found: /{path}")
-        data = await trio.to_thread.run_sync(resource.read_bytes)
-        media_type = mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
-        return Response(data, media_type=media_type)
 
 
 def decode_image(data: bytes, label: str, shape: InputShape, limits: UploadLimits = DEFAULT_LIMITS,
