@@ -9,7 +9,8 @@ the bytes:
   garbage collection).
 - ``Outbox``: what one connection sends, in order, written by one sender task; what queued
   meanwhile goes out in one write (``mlitb._websocket.send_messages``).
-- ``keepalive``: ping a peer not heard from lately; return when it does not answer.
+- ``ping`` and ``keepalive``: ping a peer not heard from lately; return when it does not
+  answer.
 
 Reconnect delays are ``mlitb._backoff.Backoff``.
 """
@@ -217,17 +218,25 @@ class Outbox:
             await _websocket.send_messages(ws, batch)
 
 
+async def ping(ws: WebSocketConnection, timeout: float) -> bool:
+    """Ping the peer: True when its pong came within ``timeout`` s. Raises
+    ``ConnectionClosed`` when the connection closes meanwhile."""
+    with trio.move_on_after(timeout):
+        await ws.ping()
+        return True
+    return False
+
+
 async def keepalive(ws: WebSocketConnection, *, interval: float, timeout: float,
                     quiet: Callable[[], float], heard: Callable[[], None]) -> None:
-    """Every ``interval`` s, ping a peer that has been ``quiet()`` for at least ``interval`` s;
-    ``heard()`` when it answers. Returns when a ping goes unanswered for ``timeout`` s; raises
-    ``ConnectionClosed`` when the connection closes meanwhile."""
+    """A client's keepalive: every ``interval`` s, ping a peer that has been ``quiet()`` for at
+    least ``interval`` s; ``heard()`` when it answers. Returns when a ping goes unanswered for
+    ``timeout`` s; raises ``ConnectionClosed`` when the connection closes meanwhile. (The
+    master pings its many clients from one task: ``ConnectionHub.keep_alive``.)"""
     while True:
         await trio.sleep(interval)
         if quiet() < interval:
             continue
-        with trio.move_on_after(timeout):
-            await ws.ping()
-            heard()
-            continue
-        return
+        if not await ping(ws, timeout):
+            return
+        heard()

@@ -352,3 +352,43 @@ def test_a_net_over_the_parameter_limit_is_refused_before_it_is_allocated() -> N
     assert refused.value.code == "invalid_value"
     assert f"at most {MAX_PARAMETERS:,}" in str(refused.value)
     assert "huge" not in Master().projects
+
+
+@pytest.mark.trio
+async def test_a_client_that_stops_answering_pings_is_dropped_and_a_busy_one_is_not():
+    """One keep_alive task pings every connection quiet for 2 s; a silent client (a raw
+    WebSocket that never reads again, so never answers) is closed with 4006 within a few
+    seconds, while a tracker that keeps answering stays."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    async with running_master() as (master, port):
+        await make_project(port)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+        events: list[object] = []
+        while not any(isinstance(e, AcceptConnection) for e in events):
+            ws.receive_data(await stream.receive_some(1 << 16))
+            events.extend(ws.events())
+        await stream.send_all(ws.send(TextMessage(data=encode_text(Hello(
+            role="tracker", client="python", host="silent", project="p")))))
+        async with client(port, role="tracker", project="p") as answering:
+            await answering.expect(Welcome)
+            with trio.fail_after(15):
+                while not any("no answer to ping" in e.message
+                              for e in master.events.since(0, 10_000)):
+                    await trio.sleep(0.2)
+            with trio.move_on_after(5):
+                while not any(isinstance(e, CloseConnection) for e in events):
+                    data = await stream.receive_some(1 << 20)
+                    if not data:
+                        break
+                    ws.receive_data(data)
+                    events.extend(ws.events())
+            assert any(isinstance(e, AcceptConnection) for e in events)
+            closes = [e for e in events if isinstance(e, CloseConnection)]
+            assert closes and closes[0].code == CloseCode.TIMED_OUT
+            members = master.projects["p"].members
+            assert [m.host for m in members.values()] == ["test"]  # the answering one
+        await stream.aclose()

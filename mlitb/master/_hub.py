@@ -1,11 +1,11 @@
 """The master's connection hub: every client connection, from the upgrade to the close.
 
 ``ConnectionHub.handle`` serves one WebSocket: the caps, the hello (``_greet``, ``_welcome``:
-project, token, role, the frame limit after it), then three tasks in one nursery: the reader
-(frames and messages, each error answered and counted), the sender (the bounded outbox; what
-queued goes out in one write) and the keepalive (ping a client not heard from). It also sends
-status snapshots to subscribers and announces data servers. Like the project loops and the
-request handlers, it uses only ``Master``'s public methods.
+project, token, role, the frame limit after it), then two tasks in one nursery: the reader
+(frames and messages, each error answered and counted) and the sender (the bounded outbox; what
+queued goes out in one write). One ``keep_alive`` task pings the clients not heard from. The
+hub also sends status snapshots to subscribers and announces data servers. Like the project
+loops and the request handlers, it uses only ``Master``'s public methods.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
 
 from .. import __version__, _websocket
-from .._transport import keepalive
+from .._transport import ping
 from ..protocol import (
     MAX_BINARY_FRAME,
     MAX_LARGE_TEXT_FRAME,
@@ -73,6 +73,7 @@ class ConnectionHub:
         # Every TCP connection from its accept, upgraded or not, hello said or not.
         self.caps = ConnectionCaps(connection_limits, server="the master")
         self._ids = itertools.count(1)
+        self._pinging: set[int] = set()  # worker ids with a ping on its way
 
     def register_data_server(self, conn: Connection, url: str, store: str | None) -> None:
         """A separate data server at ``url`` (serving ``store``) joins the announcement until
@@ -134,11 +135,8 @@ class ConnectionHub:
                 return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender, conn)
-                keepalive = trio.CancelScope()
-                nursery.start_soon(self._keepalive, conn, keepalive)
                 with conn.cancel:
                     await self._reader(conn)
-                keepalive.cancel()
                 conn.outbox.close()  # the sender flushes what is queued (a bye), then ends
                 nursery.cancel_scope.deadline = self.master.now() + 2.0
         except ConnectionClosed:
@@ -257,22 +255,34 @@ class ConnectionHub:
             conn.peer_close_code = exc.reason.code if exc.reason else None
         conn.cancel.cancel()  # the outbox was closed or the peer went away: the reader stops
 
-    async def _keepalive(self, conn: Connection, scope: trio.CancelScope) -> None:
-        """Ping clients we have not heard from lately; close those that do not answer."""
-        def heard() -> None:
-            conn.last_heard = self.master.now()
+    async def keep_alive(self) -> None:
+        """Ping the clients not heard from for ``PING_INTERVAL`` s; drop those that do not
+        answer within ``PING_TIMEOUT`` s. One task looks at every connection: a sleeping task
+        per connection would wake a thousand times per round at a thousand workers, for
+        trainers that were heard from a moment ago."""
+        while True:
+            await trio.sleep(PING_INTERVAL / 2)
+            now = self.master.now()
+            for conn in list(self.connections.values()):
+                if now - conn.last_heard >= PING_INTERVAL and conn.worker_id not in self._pinging:
+                    self._pinging.add(conn.worker_id)
+                    self.master.start_soon(self._ping, conn)
 
-        with scope:
-            try:
-                await keepalive(conn.ws, interval=PING_INTERVAL, timeout=PING_TIMEOUT,
-                                quiet=lambda: self.master.now() - conn.last_heard, heard=heard)
-            except ConnectionClosed as exc:
-                conn.peer_close_code = exc.reason.code if exc.reason else None
-                conn.cancel.cancel()
-                return
-            conn.close_code, conn.close_reason = CloseCode.TIMED_OUT, "no answer to ping"
-            self.forget(conn)
+    async def _ping(self, conn: Connection) -> None:
+        try:
+            answered = await ping(conn.ws, PING_TIMEOUT)
+        except ConnectionClosed as exc:
+            conn.peer_close_code = exc.reason.code if exc.reason else None
             conn.cancel.cancel()
+            return
+        finally:
+            self._pinging.discard(conn.worker_id)
+        if answered:
+            conn.last_heard = self.master.now()
+            return
+        conn.close_code, conn.close_reason = CloseCode.TIMED_OUT, "no answer to ping"
+        self.forget(conn)
+        conn.cancel.cancel()
 
     async def _reader(self, conn: Connection) -> None:
         errors = 0

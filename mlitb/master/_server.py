@@ -111,6 +111,7 @@ class Master(ProjectRegistry):
                     connect_timeout=HELLO_TIMEOUT,
                     message_queue_size=4, disconnect_timeout=2.0)
                 await nursery.start(server.run)
+                nursery.start_soon(self.hub.keep_alive)
                 self.port = listeners[0].port
                 log.info("master listening on %s://%s:%d", "wss" if ssl_context else "ws",
                          host, self.port)
