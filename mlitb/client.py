@@ -140,7 +140,7 @@ class OperatorClient:
             while True:
                 event = await self._event()
                 if isinstance(event, Answered) and event.request_id == request_id:
-                    return as_answer(event.message, expect)  # type: ignore[type-var]
+                    return as_answer(event.message, expect)
                 self._pushed.append(event.message)  # type: ignore[union-attr]
         self.session.abandon(request_id)
         raise MasterUnreachableError(f"the master did not answer {type(message).TYPE} within "

@@ -24,7 +24,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from ..errors import MlitbError, ProtocolError
 from ._errors import WireError
@@ -33,6 +33,7 @@ from ._messages import Bye, Error, Hello, Message, Welcome
 from ._text import decode_text, encode_text
 
 M = TypeVar("M", bound=Message)
+A = TypeVar("A")
 
 
 class Finality(Enum):
@@ -182,7 +183,7 @@ class ClientSession:
         if self.state != "open":
             raise RuntimeError(f"requests need an open session (it is {self.state})")
         request_id = f"r{next(self._ids)}"
-        text = encode_text(dataclasses.replace(message, request_id=request_id))  # type: ignore[type-var]
+        text = encode_text(dataclasses.replace(cast(Any, message), request_id=request_id))
         self._pending[request_id] = None
         return request_id, text
 
@@ -256,7 +257,7 @@ def read_hello(data: str | bytes) -> Hello:
     return hello
 
 
-def as_answer(message: Message, expect: type[M]) -> M:
+def as_answer(message: Message, expect: type[A]) -> A:
     """An answer as the type the request expects; ``RequestRefusedError`` for the master's
     ``Error``, ``ProtocolError`` for anything else."""
     if isinstance(message, Error):
