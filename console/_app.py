@@ -24,9 +24,9 @@ from mlitb.protocol import Status
 from ._backend import Backend
 from ._events import EventStore
 from ._messages import LinkChanged, LinkState, ProjectChosen, StatusReceived
-from ._project_screen import ProjectScreen
-from ._projects_screen import ProjectsScreen
-from ._screen_base import ConsoleScreen
+from .screens._base import ConsoleScreen
+from .screens._project import ProjectScreen
+from .screens._projects import ProjectsScreen
 
 
 class ConsoleApp(App[None]):

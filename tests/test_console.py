@@ -18,21 +18,21 @@ import pytest
 import typer
 from mlitb.console import ConsoleApp, LinkState, ReplayBackend, sample_status
 from mlitb.console._bridge import TrioGuest
-from mlitb.console._create_dialog import CreateProjectDialog
+from mlitb.console.dialogs._create import CreateProjectDialog
 from mlitb.console._events import EventStore
-from mlitb.console._form_field import FormField
+from mlitb.console.dialogs._form_field import FormField
 from mlitb.console._format import describe_error, hyperparameter_line, number, seconds
-from mlitb.console._hyperparameters_dialog import HyperparametersDialog
-from mlitb.console._link_bar import LinkBar, describe_link
+from mlitb.console.dialogs._hyperparameters import HyperparametersDialog
+from mlitb.console.widgets._link_bar import LinkBar, describe_link
 from mlitb.console._messages import StatusReceived
-from mlitb.console._metric_plot import MetricPlot
-from mlitb.console._project_screen import ProjectScreen
-from mlitb.console._projects_screen import ProjectsScreen
+from mlitb.console.widgets._metric_plot import MetricPlot
+from mlitb.console.screens._project import ProjectScreen
+from mlitb.console.screens._projects import ProjectsScreen
 from mlitb.console._sample import sample_project
-from mlitb.console._save_dialog import SaveModelDialog
-from mlitb.console._upload_dialog import UploadDialog
-from mlitb.console._validate import field_of, parse_iteration_time, parse_number, read_model_file
-from mlitb.console._workers_table import WorkersTable
+from mlitb.console.dialogs._save import SaveModelDialog
+from mlitb.console.dialogs._upload import UploadDialog
+from mlitb.console.dialogs._validate import field_of, parse_iteration_time, parse_number, read_model_file
+from mlitb.console.widgets._workers_table import WorkersTable
 from textual.pilot import Pilot
 from typer.testing import CliRunner
 
@@ -474,7 +474,7 @@ async def test_upload_shows_progress_and_the_result(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_closing_the_upload_dialog_abandons_the_upload(tmp_path: Path) -> None:
-    from mlitb.console._upload_dialog import UploadCancelledError
+    from mlitb.console.dialogs._upload import UploadCancelledError
 
     async with asyncio.timeout(DEADLINE):
         app, backend = replay_app()

@@ -25,17 +25,17 @@ from typing import Any, TypeVar
 import pytest
 import trio
 from mlitb.console import ConsoleApp, LiveBackend
-from mlitb.console._create_dialog import CreateProjectDialog
-from mlitb.console._form_field import FormField
-from mlitb.console._hyperparameters_dialog import HyperparametersDialog
-from mlitb.console._link_bar import LinkBar
-from mlitb.console._metric_plot import MetricPlot
-from mlitb.console._project_screen import ProjectScreen
-from mlitb.console._projects_screen import ProjectsScreen
-from mlitb.console._projects_table import ProjectsTable
-from mlitb.console._save_dialog import SaveModelDialog
-from mlitb.console._upload_dialog import UploadDialog
-from mlitb.console._workers_table import WorkersTable
+from mlitb.console.dialogs._create import CreateProjectDialog
+from mlitb.console.dialogs._form_field import FormField
+from mlitb.console.dialogs._hyperparameters import HyperparametersDialog
+from mlitb.console.widgets._link_bar import LinkBar
+from mlitb.console.widgets._metric_plot import MetricPlot
+from mlitb.console.screens._project import ProjectScreen
+from mlitb.console.screens._projects import ProjectsScreen
+from mlitb.console.widgets._projects_table import ProjectsTable
+from mlitb.console.dialogs._save import SaveModelDialog
+from mlitb.console.dialogs._upload import UploadDialog
+from mlitb.console.widgets._workers_table import WorkersTable
 from textual.pilot import Pilot
 
 from mlitb.datasets import DIGITS_SPEC, digits

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from mlitb.console import ConsoleApp, LinkState, ReplayBackend, sample_status
-from mlitb.console._form_field import FormField
+from mlitb.console.dialogs._form_field import FormField
 from textual.pilot import Pilot
 
 URL = "ws://lab-pc:8000"

@@ -132,8 +132,8 @@ async def test_the_console_over_wss_lists_and_uploads_over_https(tmp_path: Path)
     from test_auth_browser import OPERATOR, run_cluster
 
     from mlitb.console import ConsoleApp, LiveBackend
-    from mlitb.console._form_field import FormField
-    from mlitb.console._upload_dialog import UploadDialog
+    from mlitb.console.dialogs._form_field import FormField
+    from mlitb.console.dialogs._upload import UploadDialog
 
     ca, cert, key = make_ca(tmp_path)
     train, _, names = digits()

@@ -7,9 +7,8 @@ parameter counts, or the engine's own refusal, show under the field before anyth
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import asyncio
+from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
@@ -25,9 +24,9 @@ from mlitb.errors import MlitbError, ProtocolError
 from mlitb.optim import OPTIMIZERS
 from mlitb.protocol import MAX_PARAMETERS, Ack, CreateProject, ListZoo, ZooEntry, ZooList
 
-from ._backend import Backend
+from .._backend import Backend
+from .._format import describe_error
 from ._form_field import FormField
-from ._format import describe_error
 from ._validate import (
     check_learning_rate,
     check_model,

@@ -22,11 +22,10 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
 from mlitb.errors import MlitbError
 
-from ._backend import Backend
+from .._backend import Backend
+from .._format import describe_error
+from .._messages import UploadProgress
 from ._form_field import FormField
-from ._format import describe_error
-from ._messages import UploadProgress
-
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 

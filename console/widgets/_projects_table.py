@@ -14,10 +14,9 @@ from textual.widgets import DataTable
 
 from mlitb.protocol import ProjectStatus
 
-from ._format import clip, count, latest_loss, latest_test_error, number, percent, state_text
+from .._format import clip, count, latest_loss, latest_test_error, number, percent, state_text
+from .._messages import ProjectChosen
 from ._keyed_table import Cell, Column, KeyedTable
-from ._messages import ProjectChosen
-
 
 NAME_MIN = 16
 """Names are cut to this many characters at least (an 80-column terminal)."""

@@ -17,16 +17,16 @@ from textual.widgets import Footer, Header, Tab, Tabs
 from mlitb.errors import MlitbError
 from mlitb.protocol import Ack, RemoveWorker, Status
 
-from ._allocation_view import AllocationView
-from ._confirm_dialog import ConfirmDialog
-from ._event_log import EventLog
-from ._format import describe_error, loss_series, test_error_series, train_error_series
-from ._link_bar import LinkBar
-from ._metric_plot import MetricPlot, Series
-from ._project_summary import ProjectSummary
-from ._screen_base import ConsoleScreen
-from ._timing_view import TimingView
-from ._workers_table import WorkersTable
+from .._format import describe_error, loss_series, test_error_series, train_error_series
+from ..dialogs._confirm import ConfirmDialog
+from ..widgets._allocation_view import AllocationView
+from ..widgets._event_log import EventLog
+from ..widgets._link_bar import LinkBar
+from ..widgets._metric_plot import MetricPlot, Series
+from ..widgets._project_summary import ProjectSummary
+from ..widgets._timing_view import TimingView
+from ..widgets._workers_table import WorkersTable
+from ._base import ConsoleScreen
 
 PANELS = ("workers", "curves", "data", "events")
 

@@ -10,10 +10,10 @@ from textual.widgets import Footer, Header, Static
 
 from mlitb.protocol import Status
 
-from ._link_bar import LinkBar
-from ._messages import LinkState, ProjectChosen
-from ._projects_table import ProjectsTable
-from ._screen_base import ConsoleScreen
+from .._messages import LinkState, ProjectChosen
+from ..widgets._link_bar import LinkBar
+from ..widgets._projects_table import ProjectsTable
+from ._base import ConsoleScreen
 
 
 class ProjectsScreen(ConsoleScreen):

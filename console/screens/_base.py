@@ -17,18 +17,18 @@ from textual.screen import Screen
 from mlitb.errors import MlitbError
 from mlitb.protocol import Ack, DeleteProject, Pause, ProjectStatus, Resume, Status
 
-from ._backend import Backend
-from ._confirm_dialog import ConfirmDialog
-from ._create_dialog import CreateProjectDialog
-from ._format import describe_error
-from ._hyperparameters_dialog import HyperparametersDialog
-from ._link_bar import LinkBar
-from ._messages import LinkState
-from ._save_dialog import SaveModelDialog
-from ._upload_dialog import UploadDialog
+from .._backend import Backend
+from .._format import describe_error
+from .._messages import LinkState
+from ..dialogs._confirm import ConfirmDialog
+from ..dialogs._create import CreateProjectDialog
+from ..dialogs._hyperparameters import HyperparametersDialog
+from ..dialogs._save import SaveModelDialog
+from ..dialogs._upload import UploadDialog
+from ..widgets._link_bar import LinkBar
 
 if TYPE_CHECKING:
-    from ._app import ConsoleApp
+    from .._app import ConsoleApp
 
 
 class ConsoleScreen(Screen[None]):

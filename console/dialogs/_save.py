@@ -21,9 +21,9 @@ from textual.widgets import Button, Input, Label, Select, Static
 from mlitb.errors import MlitbError
 from mlitb.protocol import GetModel, Model
 
-from ._backend import Backend
+from .._backend import Backend
+from .._format import describe_error
 from ._form_field import FormField
-from ._format import describe_error
 
 FORMATS = (("model (spec, parameters, labels)", "model"),
            ("research closure (+ optimizer state, data manifest)", "closure"),
