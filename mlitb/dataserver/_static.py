@@ -23,7 +23,9 @@ class BrowserFiles(StaticFiles):
     """``directory``'s files at the root of the data server; ``/`` is ``index.html``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        super().__init__(directory=directory, html=True)
+        # Symlinks inside the directory are followed (an install may link its files in); the
+        # path itself still cannot leave the directory.
+        super().__init__(directory=directory, html=True, follow_symlink=True)
 
     def get_path(self, scope: Scope) -> str:
         path = scope["path"].removeprefix(scope.get("root_path", "")).removeprefix("/")
