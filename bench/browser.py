@@ -104,12 +104,12 @@ def browser_unavailable() -> str | None:
 
 
 @contextlib.contextmanager
-def open_chromium() -> Iterator[Any]:
-    """A Playwright ``Browser``: Debian's headless Chromium."""
+def open_chromium(extra_args: Sequence[str] = ()) -> Iterator[Any]:
+    """A Playwright ``Browser``: Debian's headless Chromium (``CHROMIUM_ARGS`` + ``extra_args``)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:

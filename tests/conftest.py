@@ -1,4 +1,5 @@
-"""Shared fixtures: servers started for sync tests (CLI, console) in a thread of their own."""
+"""Shared fixtures: servers started for sync tests (CLI, console) in a thread of their own, and
+the headless Chromium of the browser tests."""
 
 from __future__ import annotations
 
@@ -133,3 +134,20 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
     with redis_server(tmp_path / "redis") as url:
         yield url
+
+
+FAKE_MEDIA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+"""A fake camera, so the browser client's camera path runs too."""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's headless Chromium through Playwright, one per test module; skips, saying why,
+    where it cannot run."""
+    from mlitb.bench.browser import browser_unavailable, open_chromium
+
+    reason = browser_unavailable()
+    if reason:
+        pytest.skip(f"no headless browser: {reason}")
+    with open_chromium(FAKE_MEDIA) as chromium:
+        yield chromium

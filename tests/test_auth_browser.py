@@ -14,12 +14,11 @@ from urllib.parse import urlencode
 
 import pytest
 import trio
-from test_browser_client import (  # noqa: F401 (browser: the module-scoped Chromium fixture)
+from test_browser_client import (
     LABELS,
     PROJECT,
     WAIT_MS,
     Page,
-    browser,
     digit_png,
     upload_digits,
     wait_until,
@@ -97,7 +96,7 @@ def trainers(c: Cluster) -> list[Any]:
     return [w for w in c.master.statistics()[PROJECT].workers if w.role == "trainer"]
 
 
-def test_the_page_over_https_trains_over_wss(browser: Any, tmp_path: Path,  # noqa: F811
+def test_the_page_over_https_trains_over_wss(browser: Any, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     trustme = pytest.importorskip("trustme", reason="needs the trustme package (test extras)")
     ca = trustme.CA()
@@ -128,7 +127,7 @@ def test_the_page_over_https_trains_over_wss(browser: Any, tmp_path: Path,  # no
             page.close()
 
 
-def test_a_join_link_is_read_once_and_lets_the_tab_train(browser: Any,  # noqa: F811
+def test_a_join_link_is_read_once_and_lets_the_tab_train(browser: Any,
                                                           tmp_path: Path) -> None:
     with run_cluster(tmp_path) as c:
         c.run(lambda: c.master.set_access(PROJECT, join_token=JOIN,  # type: ignore[attr-defined]

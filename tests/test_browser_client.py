@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
-from mlitb.bench.browser import CHROMIUM, CHROMIUM_ARGS, browser_unavailable
 
 from mlitb.dataserver import DataClient, InputShape, write_archive
 from mlitb.datasets import DIGITS_SPEC, digits
@@ -39,24 +38,6 @@ WAIT_MS = 20_000
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    reason = browser_unavailable()
-    if reason:
-        pytest.skip(f"no headless browser: {reason}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        # A fake camera, so the camera path runs too.
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
-            *CHROMIUM_ARGS, "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 class Page:
     """A page of the client with its console errors collected."""
 

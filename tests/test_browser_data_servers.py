@@ -13,9 +13,8 @@ from urllib.parse import urlencode
 
 from _procs import Proc, digits_zips, operator_call, project_status, start_data_server, \
     start_master, wait_until
-from test_browser_client import (  # noqa: F401 (browser: the module-scoped Chromium fixture)
+from test_browser_client import (  # noqa: F401 (open_page: a fixture of the client tests)
     Page,
-    browser,
     open_page,
 )
 

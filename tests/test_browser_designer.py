@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser_client import (  # noqa: F401 (browser: the module-scoped Chromium fixture)
+from test_browser_client import (  # noqa: F401 (open_page: a fixture of the client tests)
     Page,
-    browser,
     open_page,
     page_url,
     wait_until,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mlitb.bench.browser import browser_unavailable, open_chromium, serve_static
+from mlitb.bench.browser import serve_static
 
 from mlitb.nn import LAYER_TYPES, Net
 from mlitb.nn._vectors import DEFAULT_PATH, TOLERANCE, decode, generate
@@ -117,18 +117,15 @@ def test_vectors_agree_with_the_public_api(committed: dict[str, Any]) -> None:
 
 # -- (b) the JavaScript engine in Chromium ---------------------------------------------------------
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[tuple[Any, str]]:
+def site(browser: Any) -> Iterator[tuple[Any, str]]:
     """Headless Chromium and the base URL of a static server of browser/ and the vectors."""
-    reason = browser_unavailable()
-    if reason:
-        pytest.skip(f"no headless browser: {reason}")
-    with serve_static() as base, open_chromium() as browser:
+    with serve_static() as base:
         yield browser, base
 
 
 @pytest.fixture(scope="module")
-def page(chromium: tuple[Any, str]) -> Iterator[Any]:
-    browser, base = chromium
+def page(site: tuple[Any, str]) -> Iterator[Any]:
+    browser, base = site
     pg = browser.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -344,7 +341,7 @@ def test_parameters_written_in_place_take_effect(page: Any) -> None:
     assert got == [True, True]
 
 
-def test_benchmark_measures_the_engine(chromium: tuple[Any, str]) -> None:
+def test_benchmark_measures_the_engine(site: tuple[Any, str]) -> None:
     """bench/browser.py's measurement runs (briefly; ConvNetJS only where npm installed it)."""
     from mlitb.bench.browser import CONVNETJS_DIR, measure
 
@@ -352,7 +349,7 @@ def test_benchmark_measures_the_engine(chromium: tuple[Any, str]) -> None:
     if (CONVNETJS_DIR / "convnet.js").exists():
         engines.append("convnetjs")
     rows, env = measure([2], seconds=0.05, rounds=1, engines=engines, chunk=8, with_numpy=False,
-                        browser=chromium[0], base=chromium[1])
+                        browser=site[0], base=site[1])
     assert env["simd"] is True and env["chromium"]
     assert set(rows[0].rates) == set(engines) and all(r > 0 for r in rows[0].rates.values())
 

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import trio
-from mlitb.bench.browser import BROWSER_DIR, CHROMIUM, CHROMIUM_ARGS, browser_unavailable
+from mlitb.bench.browser import BROWSER_DIR
 from trio_websocket import WebSocketConnection, serve_websocket
 
 from mlitb.dataserver import Decoded, Store, serve_data_server
@@ -265,20 +264,7 @@ class LocalScenario(Scenario):
         self.done.set()
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Any:
-    reason = browser_unavailable()
-    if reason:
-        pytest.skip(f"no headless browser: {reason}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def run_worker(chromium: Any, tmp_path: Path, make: type[Scenario]) -> tuple[Scenario, Any]:
+def run_worker(browser: Any, tmp_path: Path, make: type[Scenario]) -> tuple[Scenario, Any]:
     """Serve the data, play ``make``'s scenario as the master and start one trainer worker in a
     page; returns the finished scenario and the page (its ``statuses``, ``logs``, ``errors``)."""
     rng = np.random.default_rng(2)
@@ -315,7 +301,7 @@ def run_worker(chromium: Any, tmp_path: Path, make: type[Scenario]) -> tuple[Sce
     thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
     thread.start()
     assert ready.wait(10)
-    page = chromium.new_page()
+    page = browser.new_page()
     page.errors = errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -341,8 +327,8 @@ def run_worker(chromium: Any, tmp_path: Path, make: type[Scenario]) -> tuple[Sce
     return scenario, page
 
 
-def test_trainer_worker_follows_the_protocol(chromium: Any, tmp_path: Path) -> None:
-    scenario, page = run_worker(chromium, tmp_path, Scenario)
+def test_trainer_worker_follows_the_protocol(browser: Any, tmp_path: Path) -> None:
+    scenario, page = run_worker(browser, tmp_path, Scenario)
     try:
         assert scenario.log == ["empty result", "reconnected", "cached", "gradient matches numpy",
                                 "time budget kept", "rebuilt", "removed"], scenario.log
@@ -358,8 +344,8 @@ def test_trainer_worker_follows_the_protocol(chromium: Any, tmp_path: Path) -> N
         page.close()
 
 
-def test_trainer_worker_takes_local_steps(chromium: Any, tmp_path: Path) -> None:
-    scenario, page = run_worker(chromium, tmp_path, LocalScenario)
+def test_trainer_worker_takes_local_steps(browser: Any, tmp_path: Path) -> None:
+    scenario, page = run_worker(browser, tmp_path, LocalScenario)
     try:
         assert scenario.log == ["empty result", "reconnected", "cached",
                                 "deterministic delta matches numpy", "time budget: steps",

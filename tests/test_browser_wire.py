@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
-from mlitb.bench.browser import BROWSER_DIR, CHROMIUM, CHROMIUM_ARGS, browser_unavailable, \
-    serve_static
+from mlitb.bench.browser import BROWSER_DIR, serve_static
 
 from mlitb.protocol import (
     Encoding,
@@ -37,22 +36,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Any:
-    reason = browser_unavailable()
-    if reason:
-        pytest.skip(f"no headless browser: {reason}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def page(chromium: Any) -> Any:
+def page(browser: Any) -> Any:
     with serve_static({"/": BROWSER_DIR}) as url:
-        page = chromium.new_page()
+        page = browser.new_page()
         page.goto(url + "/index.html")
         page.evaluate("async () => { window.P = await import('/lib/protocol.js'); }")
         yield page
@@ -164,7 +150,7 @@ def test_js_refuses_bad_compressed_frames(page: Any, patch: Any, message: str) -
 
 # -- end to end ------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_python_node_and_a_browser_trainer_train_one_int8_project(chromium: Any,
+def test_a_python_node_and_a_browser_trainer_train_one_int8_project(browser: Any,
                                                                     tmp_path: Path) -> None:
     from test_node_integration import PROJECT, make_zips, node_command, start_node, wait_for
 
@@ -235,7 +221,7 @@ def test_a_python_node_and_a_browser_trainer_train_one_int8_project(chromium: An
     thread = threading.Thread(target=_run, args=(main, box), daemon=True)
     thread.start()
     assert ready.wait(60), "the master did not start"
-    page = chromium.new_page()
+    page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:

@@ -78,7 +78,7 @@ def test_the_keepalive_goes_on_while_pings_are_answered_and_skips_a_peer_just_he
 
     async def main() -> bool:
         async def handler(request: object) -> None:
-            ws = await request.accept()  # type: ignore[attr-defined]
+            await request.accept()  # type: ignore[attr-defined]
             await trio.sleep_forever()  # trio-websocket answers pings by itself
 
         async with trio.open_nursery() as nursery:
