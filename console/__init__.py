@@ -8,10 +8,10 @@ snapshots instead (tests, screenshots, offline demos).
 from __future__ import annotations
 
 from ._app import ConsoleApp
+from ._app_messages import LinkState
 from ._backend import Backend
 from ._link import LiveBackend
-from ._messages import LinkState
-from ._replay import ReplayBackend
+from ._replay_backend import ReplayBackend
 from ._sample import sample_status
 
 __all__ = ["Backend", "ConsoleApp", "LinkState", "LiveBackend", "ReplayBackend", "sample_status"]

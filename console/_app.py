@@ -21,9 +21,9 @@ from textual.timer import Timer
 
 from mlitb.protocol import Status
 
+from ._app_messages import LinkChanged, LinkState, ProjectChosen, StatusReceived
 from ._backend import Backend
-from ._events import EventStore
-from ._messages import LinkChanged, LinkState, ProjectChosen, StatusReceived
+from ._event_store import EventStore
 from .screens._base import ConsoleScreen
 from .screens._project import ProjectScreen
 from .screens._projects import ProjectsScreen

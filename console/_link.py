@@ -47,9 +47,9 @@ from mlitb.protocol import (
     Subscribe,
 )
 
+from ._app_messages import LinkChanged, LinkState, StatusReceived
 from ._backend import Progress
 from ._bridge import TrioGuest
-from ._messages import LinkChanged, LinkState, StatusReceived
 
 M = TypeVar("M")
 Post = Callable[[TextualMessage], object]

@@ -41,7 +41,7 @@ from mlitb.training import (
     make_inner,
 )
 
-from ._events import WorkerPhase
+from ._reports import WorkerPhase
 
 if TYPE_CHECKING:
     from ._worker import Worker

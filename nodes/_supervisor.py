@@ -33,7 +33,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.text import Text
 
-from ._events import (
+from ._reports import (
     ROLE_OF_TASK,
     ExitCode,
     LogLine,

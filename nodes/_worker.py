@@ -72,7 +72,7 @@ from ._data import (
     HttpDataSource,
     reachable_data_url,
 )
-from ._events import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerPhase, WorkerStatus
+from ._reports import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerPhase, WorkerStatus
 from ._roles import ROLES
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,12 @@ import typer
 from mlitb.console import ConsoleApp, LinkState, ReplayBackend, sample_status
 from mlitb.console._bridge import TrioGuest
 from mlitb.console.dialogs._create import CreateProjectDialog
-from mlitb.console._events import EventStore
+from mlitb.console._event_store import EventStore
 from mlitb.console.dialogs._form_field import FormField
-from mlitb.console._format import describe_error, hyperparameter_line, number, seconds
+from mlitb.console._display import describe_error, hyperparameter_line, number, seconds
 from mlitb.console.dialogs._hyperparameters import HyperparametersDialog
 from mlitb.console.widgets._link_bar import LinkBar, describe_link
-from mlitb.console._messages import StatusReceived
+from mlitb.console._app_messages import StatusReceived
 from mlitb.console.widgets._metric_plot import MetricPlot
 from mlitb.console.screens._project import ProjectScreen
 from mlitb.console.screens._projects import ProjectsScreen
@@ -611,7 +611,7 @@ async def test_typing_in_a_dialog_never_triggers_key_bindings() -> None:
 
 
 def test_the_curve_tells_the_whole_test_set_from_a_subset_and_the_summary_the_algorithm():
-    from mlitb.console._format import test_error_series, training_line
+    from mlitb.console._display import test_error_series, training_line
     from mlitb.protocol import StatsPoint, Training
 
     points = tuple(StatsPoint(iteration=i, parameter_version=i, samples=n, error=e)

@@ -95,7 +95,7 @@ async def filled_create(pilot: Pilot[None]) -> None:
 
 async def lost_connection(pilot: Pilot[None]) -> None:
     """Data on screen, then the master goes away: the console says it reconnects by itself."""
-    from mlitb.console._messages import LinkChanged
+    from mlitb.console._app_messages import LinkChanged
 
     await _settle(pilot)
     pilot.app.post_message(LinkChanged(LinkState(

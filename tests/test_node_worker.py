@@ -21,7 +21,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.nn import Net, normalize
-from mlitb.nodes._events import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerStatus
+from mlitb.nodes._reports import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerStatus
 from mlitb._backoff import Backoff
 from mlitb.nodes._worker import Worker, WorkerOptions
 from mlitb.protocol import (

@@ -155,7 +155,7 @@ def test_open_master_names_what_is_wrong_and_lets_the_blocks_errors_through() ->
 def test_a_node_notices_a_master_gone_silent_and_connects_again() -> None:
     from mlitb.nn import Net
     from mlitb.nodes import Worker, WorkerOptions
-    from mlitb.nodes._events import LogLine
+    from mlitb.nodes._reports import LogLine
 
     spec = [{"type": "input", "out_sx": 2, "out_sy": 2, "out_depth": 1},
             {"type": "softmax", "num_classes": 2}]

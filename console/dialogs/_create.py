@@ -25,7 +25,7 @@ from mlitb.optim import OPTIMIZERS
 from mlitb.protocol import MAX_PARAMETERS, Ack, CreateProject, ListZoo, ZooEntry, ZooList
 
 from .._backend import Backend
-from .._format import describe_error
+from .._display import describe_error
 from ._form_field import FormField
 from ._validate import (
     check_learning_rate,

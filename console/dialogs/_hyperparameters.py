@@ -16,7 +16,7 @@ from mlitb.errors import MlitbError, ProtocolError
 from mlitb.protocol import Ack, ProjectStatus, SetHyperparameters
 
 from .._backend import Backend
-from .._format import describe_error, number
+from .._display import describe_error, number
 from ._form_field import FormField
 from ._validate import field_of, parse_iteration_time, parse_number
 

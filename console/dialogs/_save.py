@@ -22,7 +22,7 @@ from mlitb.errors import MlitbError
 from mlitb.protocol import GetModel, Model
 
 from .._backend import Backend
-from .._format import describe_error
+from .._display import describe_error
 from ._form_field import FormField
 
 FORMATS = (("model (spec, parameters, labels)", "model"),

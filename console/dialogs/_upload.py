@@ -22,9 +22,9 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
 from mlitb.errors import MlitbError
 
+from .._app_messages import UploadProgress
 from .._backend import Backend
-from .._format import describe_error
-from .._messages import UploadProgress
+from .._display import describe_error
 from ._form_field import FormField
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"

@@ -17,9 +17,9 @@ from textual.screen import Screen
 from mlitb.errors import MlitbError
 from mlitb.protocol import Ack, DeleteProject, Pause, ProjectStatus, Resume, Status
 
+from .._app_messages import LinkState
 from .._backend import Backend
-from .._format import describe_error
-from .._messages import LinkState
+from .._display import describe_error
 from ..dialogs._confirm import ConfirmDialog
 from ..dialogs._create import CreateProjectDialog
 from ..dialogs._hyperparameters import HyperparametersDialog

@@ -17,7 +17,7 @@ from textual.widgets import Footer, Header, Tab, Tabs
 from mlitb.errors import MlitbError
 from mlitb.protocol import Ack, RemoveWorker, Status
 
-from .._format import describe_error, loss_series, test_error_series, train_error_series
+from .._display import describe_error, loss_series, test_error_series, train_error_series
 from ..dialogs._confirm import ConfirmDialog
 from ..widgets._allocation_view import AllocationView
 from ..widgets._event_log import EventLog

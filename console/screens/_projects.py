@@ -10,7 +10,7 @@ from textual.widgets import Footer, Header, Static
 
 from mlitb.protocol import Status
 
-from .._messages import LinkState, ProjectChosen
+from .._app_messages import LinkState, ProjectChosen
 from ..widgets._link_bar import LinkBar
 from ..widgets._projects_table import ProjectsTable
 from ._base import ConsoleScreen

@@ -14,7 +14,7 @@ from textual.widget import Widget
 
 from mlitb.protocol import DataCounts, WorkerStatus
 
-from .._format import clip, count
+from .._display import clip, count
 
 SEGMENT_COLORS = ("green", "cyan", "magenta", "yellow", "blue", "bright_green", "bright_cyan",
                   "bright_magenta")

@@ -9,7 +9,7 @@ from textual.widgets import RichLog
 
 from mlitb.protocol import Event
 
-from .._format import clock
+from .._display import clock
 
 KIND_STYLES = {
     "created": "green", "deleted": "red", "paused": "yellow", "resumed": "green",

@@ -6,8 +6,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from .._format import seconds
-from .._messages import LinkState
+from .._app_messages import LinkState
+from .._display import seconds
 
 
 def describe_link(state: LinkState) -> Text:

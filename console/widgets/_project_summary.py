@@ -8,7 +8,7 @@ from textual.widget import Widget
 
 from mlitb.protocol import ProjectStatus
 
-from .._format import count, hyperparameter_line, seconds, state_text, training_line
+from .._display import count, hyperparameter_line, seconds, state_text, training_line
 
 
 def summary_text(p: ProjectStatus) -> Text:

@@ -14,8 +14,8 @@ from textual.widgets import DataTable
 
 from mlitb.protocol import ProjectStatus
 
-from .._format import clip, count, latest_loss, latest_test_error, number, percent, state_text
-from .._messages import ProjectChosen
+from .._app_messages import ProjectChosen
+from .._display import clip, count, latest_loss, latest_test_error, number, percent, state_text
 from ._keyed_table import Cell, Column, KeyedTable
 
 NAME_MIN = 16

@@ -8,7 +8,7 @@ from textual.widget import Widget
 
 from mlitb.protocol import Timing
 
-from .._format import seconds
+from .._display import seconds
 
 PHASES = (("compute", "green"), ("wait", "yellow"), ("reduce", "magenta"),
           ("broadcast", "cyan"))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from mlitb.protocol import WorkerStatus
 
-from .._format import clip, count, millis, rate, state_text
+from .._display import clip, count, millis, rate, state_text
 from ._keyed_table import Cell, Column, KeyedTable
 
 

@@ -20,7 +20,7 @@ from typing import Any
 # The replay record is the training core's: a closure carries it, mlitb.training writes it.
 from ..training import ReplayOrigin, ReplayRecord, ReplayStep, format_share, parse_share
 from ._canonical import canonical_json
-from ._format import (
+from ._convert import (
     FORMAT,
     VERSION,
     Closure,

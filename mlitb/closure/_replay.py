@@ -47,7 +47,7 @@ from ..training import (
     make_outer,
     parameters_sha256,
 )
-from ._format import Closure
+from ._convert import Closure
 from ._manifest import SplitManifest, match_manifest
 
 

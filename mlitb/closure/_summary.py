@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._format import FORMAT, VERSION, Closure
+from ._convert import FORMAT, VERSION, Closure
 
 
 def summary(closure: Closure) -> dict[str, Any]:

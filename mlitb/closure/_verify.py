@@ -6,7 +6,7 @@ import os
 from typing import Literal
 
 from ..errors import ClosureError
-from ._format import Closure
+from ._convert import Closure
 from ._manifest import ManifestMatch, match_manifest, split_from_zip
 
 

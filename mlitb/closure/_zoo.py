@@ -16,7 +16,7 @@ from typing import Final
 
 from .._files import atomic_write
 from ..errors import ClosureError
-from ._format import Closure, closure_from_dict, load_closure, parse_closure_json, save_closure
+from ._convert import Closure, closure_from_dict, load_closure, parse_closure_json, save_closure
 
 SUFFIX: Final = ".closure.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -20,7 +20,7 @@ from typing import Final
 
 from .._files import atomic_write
 from ..closure import Closure, closure_from_dict, closure_to_dict, load_closure
-from ..closure._format import parse_closure_json
+from ..closure._convert import parse_closure_json
 from ..errors import ClosureError
 
 log = logging.getLogger("mlitb.master")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._convnetjs import from_convnetjs, to_convnetjs
-from ._format import load_any, load_model, model_from_dict, model_to_dict, save_model
+from ._model_file import load_any, load_model, model_from_dict, model_to_dict, save_model
 from ._net import DEFAULT_CHUNK, NEW_CLASS_BIAS, BatchStats, Net, layer_table
 from ._spec import LAYER_TYPES, LOSS_TYPES, desugar, normalize
 

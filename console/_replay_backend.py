@@ -42,8 +42,8 @@ from mlitb.protocol import (
     encode_text,
 )
 
+from ._app_messages import LinkChanged, LinkState, StatusReceived
 from ._backend import Progress
-from ._messages import LinkChanged, LinkState, StatusReceived
 
 M = TypeVar("M")
 REPLAY_URL = "ws://replay.invalid:8000"
