@@ -180,6 +180,8 @@ class Hello(MessageBase):
 
     TYPE = "hello"
     FROM = _ANYONE
+    WIRE_REQUIRED: ClassVar[frozenset[str]] = frozenset({"protocol"})
+    """A hello always says its version on the wire (the default is for building one)."""
     protocol: Annotated[int, Range(0, 255)] = PROTOCOL_VERSION
     role: Role
     client: ClientKind
