@@ -771,3 +771,16 @@ def test_set_access_keeps_a_token_only_when_none_is_given_for_it() -> None:
         with pytest.raises(WireError) as refused:
             decode_text(base + tail)
         assert str(refused.value).startswith(f"set_access.{where}:"), refused.value
+
+
+def test_encoding_accepts_str_and_int_subclasses() -> None:
+    class Reason(str):
+        code = "stale_result"
+
+    class Count(int):
+        pass
+
+    reply = Error(code="stale_result", message=Reason("computed on version 3"))
+    assert decode_text(encode_text(reply)) == Error(code="stale_result",
+                                                    message="computed on version 3")
+    assert decode_text(encode_text(Allocation(total=Count(3)))) == Allocation(total=3)

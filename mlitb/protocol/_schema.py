@@ -16,7 +16,6 @@ nothing invalid is sent or accepted. ``explain`` turns msgspec's ``ValidationErr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 import re
@@ -167,11 +166,11 @@ def wire_type(tp: Any) -> Any:
         metas = [m for m in (_meta(args[0], c) for c in tp.__metadata__) if m is not None]
         ranged = any(isinstance(c, Range) for c in tp.__metadata__)
         base = float if args[0] is float and ranged else wire_type(args[0])
-        return Annotated[(base, *metas)] if metas else base  # type: ignore[misc]
+        return Annotated[(base, *metas)] if metas else base
     if tp is float:
         return _FINITE
     if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(wire_type(a) for a in args)]  # type: ignore[misc]
+        return typing.Union[tuple(wire_type(a) for a in args)]
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return tuple[wire_type(args[0]), ...]  # type: ignore[misc]
     if origin is dict:
@@ -265,19 +264,28 @@ def _post_check(tp: Any) -> Converter | None:
     return None  # scalars, literals, nested dataclasses (their wire struct checks itself)
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+_STRUCTS: dict[type, type[msgspec.Struct]] = {}
+
+
 def hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=True)
+    """The annotations of dataclass ``cls``, with their metadata."""
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls, include_extras=True)
+    return found
 
 
-@functools.cache
 def wire_struct(cls: type) -> type[msgspec.Struct]:
     """The ``msgspec.Struct`` that carries dataclass ``cls`` on the wire: the same fields and
     defaults (but the fields named in ``cls.WIRE_REQUIRED`` have none), tagged by ``cls.TYPE``
     if it is a message, unknown fields refused."""
+    found = _STRUCTS.get(cls)
+    if found is not None:
+        return found
     fields: list[Any] = []
     checks: list[tuple[str, Converter]] = []
-    required = getattr(cls, "WIRE_REQUIRED", frozenset())
+    required: frozenset[str] = getattr(cls, "WIRE_REQUIRED", frozenset())
     for f in dataclasses.fields(cls):
         tp = hints(cls)[f.name]
         if f.name in required:
@@ -304,11 +312,14 @@ def wire_struct(cls: type) -> type[msgspec.Struct]:
             cross(self)  # written for the dataclass: it reads the same attribute names
 
     kind = getattr(cls, "TYPE", None)
-    tag = {"tag_field": "type", "tag": kind} if isinstance(kind, str) else {}
+    tagged = isinstance(kind, str)
     namespace = {"__post_init__": __post_init__} if checks or cross is not None else {}
-    return msgspec.defstruct(cls.__name__, fields, kw_only=True, frozen=True,
-                             forbid_unknown_fields=True, module=cls.__module__,
-                             namespace=namespace, **tag)
+    struct = msgspec.defstruct(cls.__name__, fields, kw_only=True, frozen=True,
+                               forbid_unknown_fields=True, module=cls.__module__,
+                               namespace=namespace, tag_field="type" if tagged else None,
+                               tag=kind if tagged else None)
+    _STRUCTS[cls] = struct
+    return struct
 
 
 # -- msgspec's errors in words ---------------------------------------------------------------------
@@ -365,7 +376,8 @@ def explain(error: msgspec.ValidationError, cls: type, source: Any) -> Invalid:
         base, _ = _strip(tp)
         if name:
             path.append(name)
-            tp = hints(base)[name] if dataclasses.is_dataclass(base) else Any
+            known = isinstance(base, type) and dataclasses.is_dataclass(base)
+            tp = hints(base).get(name, Any) if known else Any
             value = _child(value, name)
         elif index != "...":
             path.append(f"[{index}]")

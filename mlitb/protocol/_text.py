@@ -10,6 +10,7 @@ message type and field as it always did.
 from __future__ import annotations
 
 import json
+import numbers
 import typing
 from typing import Any, NoReturn
 
@@ -28,17 +29,18 @@ from ._messages import MESSAGE_TYPES, Hello, Message, RequestId
 from ._schema import Invalid, explain, from_wire, to_wire, wire_struct, wire_type
 
 _CLASS_OF: dict[type, type[Message]] = {wire_struct(cls): cls for cls in MESSAGE_TYPES.values()}
-_DECODER = msgspec.json.Decoder(typing.Union[tuple(_CLASS_OF)])  # type: ignore[misc]
+_DECODER = msgspec.json.Decoder(typing.Union[tuple(_CLASS_OF)])
 _LARGE_DECODER = msgspec.json.Decoder(
-    typing.Union[tuple(s for s, cls in _CLASS_OF.items() if cls.LARGE)])  # type: ignore[misc]
+    typing.Union[tuple(s for s, cls in _CLASS_OF.items() if cls.LARGE)])
 """For frames over MAX_TEXT_FRAME: only the large types may be that big."""
 _REQUEST_ID = wire_type(RequestId)
 
 
-def _plain_number(value: Any) -> Any:
-    """msgspec's ``enc_hook``: numpy numbers in free-form JSON (checked finite before)."""
-    import numbers
-
+def _plain_value(value: Any) -> Any:
+    """msgspec's ``enc_hook``: str subclasses, numpy numbers (in free-form JSON; checked finite
+    before)."""
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
@@ -46,7 +48,7 @@ def _plain_number(value: Any) -> Any:
     raise NotImplementedError(f"no JSON form for {type(value).__name__}")
 
 
-_ENCODER = msgspec.json.Encoder(enc_hook=_plain_number)
+_ENCODER = msgspec.json.Encoder(enc_hook=_plain_value)
 
 
 def _utf8_size(text: str, limit: int) -> int:
@@ -170,7 +172,7 @@ def decode_text(text: str, *, max_size: int = MAX_TEXT_FRAME) -> Message:
     except (msgspec.DecodeError, RecursionError, UnicodeError) as e:
         raise _refusal(text, size, e) from None
     cls = _CLASS_OF[type(wire)]
-    if cls is Hello and wire.protocol != PROTOCOL_VERSION:  # type: ignore[attr-defined]
+    if cls is Hello and getattr(wire, "protocol") != PROTOCOL_VERSION:
         raise _refusal(text, size, None)
     message: Message = from_wire(wire, cls)
     return message
