@@ -402,6 +402,8 @@ def explain(error: msgspec.ValidationError, cls: type, source: Any) -> Invalid:
         key_tp = get_args(_strip(tp)[0])[0] if get_origin(_strip(tp)[0]) is dict else Any
         bad = next((k for k in (value if isinstance(value, Mapping) else ())
                     if _fails(k, key_tp)), None)
+        if bad is not None and not isinstance(bad, str):
+            return Invalid(f"object keys must be strings, got {_show(bad)}", *path)
         if bad is not None:
             path.append(str(bad))
             tp, value = key_tp, bad
