@@ -1,8 +1,9 @@
 """Every control message: one frozen dataclass per JSON ``type``, its fields typed and bounded.
 
-Field annotations are the specification: ``_schema`` reads them to decode and encode, and
-docs/protocol.md describes the same fields. Fields with a default may be omitted on the wire (the
-encoder always writes them). ``FROM`` says who may send a message: roles, or ``"master"``;
+Field annotations are the specification: ``_schema`` turns each dataclass into the msgspec Struct
+that decodes and encodes it (its wire struct), and docs/protocol.md describes the same fields.
+Fields with a default may be omitted on the wire (the encoder always writes them), except those in
+``WIRE_REQUIRED``. ``FROM`` says who may send a message: roles, or ``"master"``;
 ``TOKEN`` marks operator actions that need the operator token; ``LARGE`` marks the types allowed up
 to ``MAX_LARGE_TEXT_FRAME``.
 """
