@@ -293,7 +293,10 @@ def wire_struct(cls: type) -> type[msgspec.Struct]:
         elif f.default is not dataclasses.MISSING:
             fields.append((f.name, wire_type(tp), f.default))
         elif f.default_factory is not dataclasses.MISSING:
-            fields.append((f.name, wire_type(tp), msgspec.field(default_factory=f.default_factory)))
+            factory = f.default_factory
+            if dataclasses.is_dataclass(factory) and isinstance(factory, type):
+                factory = wire_struct(factory)  # e.g. Training(): its wire struct's defaults
+            fields.append((f.name, wire_type(tp), msgspec.field(default_factory=factory)))
         else:
             fields.append((f.name, wire_type(tp)))
         check = _post_check(tp)
@@ -386,8 +389,9 @@ def explain(error: msgspec.ValidationError, cls: type, source: Any) -> Invalid:
         else:  # "[...]": a value in an object; msgspec does not say which one
             entries = value.items() if isinstance(value, Mapping) else ()
             item_tp = get_args(base)[1] if get_origin(base) is dict else Any
-            culprit = next(((k, v) for k, v in entries if _fails(v, item_tp)), None)
-            if item_tp is Any or culprit is None:  # free-form JSON: its own check finds it
+            culprit = None if item_tp is Any else next(
+                ((k, v) for k, v in entries if _fails(v, item_tp)), None)
+            if culprit is None:  # free-form JSON: its own check finds it
                 try:
                     _json(value)
                 except Invalid as e:
