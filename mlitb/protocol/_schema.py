@@ -450,7 +450,7 @@ def _reason(msg: str, tp: Any, meta: list[Any], value: Any) -> str:
     expected = re.match(r"Expected `([^`]*)`, got `([^`]*)`$", msg)
     if expected:
         kinds = " or ".join(_KINDS.get(k, k) for k in expected[1].split(" | "))
-        if _kind(value) == "null" or value is None:
+        if value is None:
             return f"must be {kinds}, got null"
         return f"must be {kinds}, got {_kind(value)} {_show(value)}"
     return msg[:1].lower() + msg[1:]
@@ -494,8 +494,8 @@ def to_wire(obj: Any) -> msgspec.Struct:
 
 
 def from_wire(struct: msgspec.Struct, cls: type) -> Any:
-    """The dataclass ``cls`` of a checked wire struct (no check again: the annotations' own
-    metadata is not msgspec's)."""
+    """The dataclass ``cls`` of a checked wire struct (msgspec checks the types again, cheaply,
+    not the constraints: the dataclass's markers are not ``msgspec.Meta``)."""
     return msgspec.convert(struct, cls, from_attributes=True)
 
 
