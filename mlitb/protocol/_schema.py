@@ -367,6 +367,13 @@ def explain(error: msgspec.ValidationError, cls: type, source: Any) -> Invalid:
     """msgspec's ``error`` from decoding or converting into ``wire_struct(cls)``, as ``Invalid``
     naming the field and saying what is wrong in words. ``source``: the JSON object (or the
     dataclass) that failed, to quote the value and find the key of a failing object entry."""
+    try:
+        return _explain(error, cls, source)
+    except Exception:  # the wording is best effort: a refusal must never become a crash
+        return Invalid(str(error))
+
+
+def _explain(error: msgspec.ValidationError, cls: type, source: Any) -> Invalid:
     found = _AT.match(str(error))
     assert found is not None
     msg, at, key_of = found["msg"], found["at"], found["in"]
