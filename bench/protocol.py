@@ -1,12 +1,12 @@
 """What the protocol costs per message: encode and decode, in microseconds, for the messages
 the master handles every round (a work order and a result frame per worker), a hello, a cache
-report, a status snapshot and a result frame in each wire encoding, next to plain
-``json.dumps`` / ``json.loads`` of the same text in the same process (the floor any validating
-codec pays for JSON).
+report, a status snapshot and a result frame in each wire encoding, next to the hand-written
+codec msgspec replaced (bench/_protocol_old.py, ``encode_old_us`` / ``decode_old_us``) and plain
+``json.dumps`` / ``json.loads`` of the same text, all in the same process, each message's
+figures taken one after the other (on a shared machine, the ratios are what to read).
 
 The master's per-round cost grows with workers mostly per message (bench/loop.py); this is the
-protocol's share of it, and the figure to compare when the codec changes (e.g. a library
-instead of ``mlitb/protocol/_schema.py``).
+protocol's share of it, and the figure to compare when the codec changes.
 
     python bench/protocol.py [--seconds 0.3] [--json]
 """
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mlitb.bench import _protocol_old as old
 from mlitb.bench.engine import DEMO_NET
 from mlitb.nn import Net
 from mlitb.protocol import (
@@ -80,11 +81,16 @@ def run(seconds: float = 0.3, as_json: bool = False) -> dict[str, Any]:
     for name, message in messages().items():
         text = encode_text(message)
         plain = json.loads(text)
+        assert old.decode_text(text, max_size=MAX_LARGE_TEXT_FRAME) == message  # the same wire
+        assert json.loads(old.encode_text(message)) == plain
         rows.append({
-            "message": name, "bytes": len(text),
+            "message": name, "bytes": len(text.encode()),
             "encode_us": _per_call(lambda m=message: encode_text(m), seconds),
+            "encode_old_us": _per_call(lambda m=message: old.encode_text(m), seconds),
             "decode_us": _per_call(lambda t=text: decode_text(t, max_size=MAX_LARGE_TEXT_FRAME),
                                    seconds),
+            "decode_old_us": _per_call(
+                lambda t=text: old.decode_text(t, max_size=MAX_LARGE_TEXT_FRAME), seconds),
             "json_dumps_us": _per_call(lambda p=plain: json.dumps(p, separators=(",", ":")),
                                        seconds),
             "json_loads_us": _per_call(lambda t=text: json.loads(t), seconds)})
@@ -102,6 +108,7 @@ def run(seconds: float = 0.3, as_json: bool = False) -> dict[str, Any]:
                 grad, parameter_version=120, samples=1200, loss_sum=2.3e3, correct=400,
                 compute_seconds=1.6, encoding=e), seconds),
             "decode_us": _per_call(lambda f=frame: decode_frame(f), seconds),
+            "encode_old_us": None, "decode_old_us": None,
             "json_dumps_us": None, "json_loads_us": None})
     result = {"seconds_per_figure": seconds, "messages": rows}
     if as_json:
@@ -110,15 +117,18 @@ def run(seconds: float = 0.3, as_json: bool = False) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("message", "bytes", "encode", "decode", "json.dumps", "json.loads",
-                  "decode / json.loads", title="Protocol cost per message (µs)",
+    def us(value: float | None) -> str:
+        return "–" if value is None else f"{value:.1f}"
+
+    table = Table("message", "bytes", "encode", "old", "decode", "old", "json.dumps",
+                  "json.loads", "decode / json.loads",
+                  title="Protocol cost per message (µs; old: the hand-written codec)",
                   title_justify="left")
     for r in rows:
-        ratio = (f"{r['decode_us'] / r['json_loads_us']:.1f}x" if r["json_loads_us"] else "–")
-        table.add_row(r["message"], f"{r['bytes']:,}", f"{r['encode_us']:.1f}",
-                      f"{r['decode_us']:.1f}",
-                      "–" if r["json_dumps_us"] is None else f"{r['json_dumps_us']:.1f}",
-                      "–" if r["json_loads_us"] is None else f"{r['json_loads_us']:.1f}", ratio)
+        ratio = (f"{r['decode_us'] / r['json_loads_us']:.2f}x" if r["json_loads_us"] else "–")
+        table.add_row(r["message"], f"{r['bytes']:,}", us(r["encode_us"]), us(r["encode_old_us"]),
+                      us(r["decode_us"]), us(r["decode_old_us"]), us(r["json_dumps_us"]),
+                      us(r["json_loads_us"]), ratio)
     Console().print(table)
     return result
 

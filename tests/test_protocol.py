@@ -29,6 +29,7 @@ from mlitb.protocol import (
     PROTOCOL_VERSION,
     Ack,
     Allocation,
+    Bye,
     CacheReport,
     CloseCode,
     CreateProject,
@@ -253,7 +254,7 @@ def test_every_message_round_trips(kind: str, data: st.DataObject) -> None:
     message = data.draw(dataclass_strategy(MESSAGE_TYPES[kind]))
     text = encode_text(message)
     assert json.loads(text)["type"] == kind
-    assert text.isascii()
+    assert text.startswith(f'{{"type":"{kind}",')  # compact, its type first (UTF-8, not ASCII)
     assert decode_text(text, max_size=MAX_LARGE_TEXT_FRAME) == message
 
 
@@ -771,3 +772,99 @@ def test_set_access_keeps_a_token_only_when_none_is_given_for_it() -> None:
         with pytest.raises(WireError) as refused:
             decode_text(base + tail)
         assert str(refused.value).startswith(f"set_access.{where}:"), refused.value
+
+
+def test_encoding_accepts_str_and_int_subclasses() -> None:
+    class Reason(str):
+        code = "stale_result"
+
+    class Count(int):
+        pass
+
+    reply = Error(code="stale_result", message=Reason("computed on version 3"))
+    assert decode_text(encode_text(reply)) == Error(code="stale_result",
+                                                    message="computed on version 3")
+    assert decode_text(encode_text(Allocation(total=Count(3)))) == Allocation(total=3)
+
+
+# == the wording of errors: msgspec's, translated to message.field and the reason in words =========
+_STATUS_PROJECT = {"name": "p", "state": "running", "iteration": 1, "parameter_version": 1,
+                   "iteration_time": 2, "optimizer": "adagrad",
+                   "data": {"total": 0, "allocated": 0, "cached": 0, "unallocated": 0}}
+_CREATE = {"type": "create_project", "request_id": "r", "name": "p", "spec": [{"type": "input"}]}
+
+
+@pytest.mark.parametrize("obj, said", [
+    ({**HELLO, "role": "boss"},
+     "hello.role: must be one of 'trainer', 'tracker', 'stats', 'operator', got 'boss'"),
+    ({**HELLO, "host": 17}, "hello.host: must be a string, got integer 17"),
+    ({**HELLO, "colour": "blue"}, "hello.colour: unknown field"),
+    ({k: v for k, v in HELLO.items() if k != "client"}, "hello.client: missing required field"),
+    ('{"type":"hello","protocol":2,"role":"trainer","client":"python","host":"a\\ud800"}',
+     "hello.host: must be valid Unicode (no lone surrogates)"),
+    ({"type": "work", "iteration": 2**32, "parameter_version": 1, "seconds": 1},
+     "work.iteration: must be between 0 and 4294967295, got 4294967296"),
+    ({"type": "work", "iteration": 1, "parameter_version": 1, "seconds": "2"},
+     "work.seconds: must be a number or null, got string '2'"),
+    ('{"type":"work","iteration":1,"parameter_version":1,"seconds":1e400}',
+     "work.seconds: must be a finite number, got inf"),
+    ({"type": "allocation", "added": [1, 2, -3], "total": 3},
+     "allocation.added[2]: must be between 0 and 4294967295, got -3"),
+    ({"type": "allocation", "added": list(range(MAX_IDS_PER_MESSAGE + 1)), "total": 1},
+     f"allocation.added: must have at most {MAX_IDS_PER_MESSAGE} items, got "
+     f"{MAX_IDS_PER_MESSAGE + 1}"),
+    ({**_CREATE, "hyperparameters": {"Learning Rate": 0.1}},
+     "create_project.hyperparameters.Learning Rate: must be a lower-case identifier "
+     "(a-z 0-9 _), got 'Learning Rate'"),
+    ({**_CREATE, "hyperparameters": {"momentum": 0.9, "learning_rate": "fast"}},
+     "create_project.hyperparameters.learning_rate: must be a number, got string 'fast'"),
+    ({**_CREATE, "labels": ["a", "b\tc"]},
+     "create_project.labels[1]: must not contain control characters, got 'b\\tc'"),
+    ({**_CREATE, "training": {"bogus": 2}}, "create_project.training.bogus: unknown field"),
+    ({**_CREATE, "training": {"schedule": "cosine"}},
+     "create_project.training.horizon: schedule 'cosine' needs a horizon"),
+    ({"type": "status", "time": 1, "projects": [{**_STATUS_PROJECT, "workers": [
+        {"worker_id": 1, "role": "trainer", "client": "python", "host": "h\n",
+         "state": "training"}]}]},
+     "status.projects[0].workers[0].host: must not contain control characters, got 'h\\n'"),
+    ('{"type":"model","request_id":"r","project":"p","format":"closure",'
+     '"model":{"a":[1],"w":{"x":-1e400}}}', "model.model.w.x: must be a finite number, got -inf"),
+    ({"type": "model", "request_id": "r", "project": "p", "format": "closure",
+      "model": {"a": json.loads("[" * 900 + "]" * 900)}}, "nests deeper than 32 levels"),
+])
+def test_errors_say_the_field_and_the_reason_in_words(obj: Any, said: str) -> None:
+    error = refused(obj, max_size=MAX_LARGE_TEXT_FRAME)
+    assert said in str(error), str(error)
+    assert str(error).split(":")[0] in said or said.startswith("nests")
+    assert error.code == "bad_message" and error.close_code is None
+
+
+def test_encoding_refuses_what_json_cannot_carry() -> None:
+    with pytest.raises(WireError, match=r"^work\.learning_rate: must be a finite number, got nan"):
+        encode_text(Work(iteration=1, parameter_version=1, seconds=1.0, learning_rate=math.nan))
+    with pytest.raises(WireError, match=r"^bye\.message: must be valid Unicode"):
+        encode_text(Bye(reason="removed", message="a\ud800"))
+    with pytest.raises(WireError, match=r"^model\.model\.w\[1\]: must be a finite number"):
+        encode_text(Model(request_id="m", project="p", format="closure",
+                          model={"w": [1.0, math.inf]}))
+    with pytest.raises(WireError, match=r"^model\.model: object keys must be strings"):
+        encode_text(Model(request_id="m", project="p", format="closure", model={1: 2}))
+    with pytest.raises(WireError, match=r"^model\.model\.s: must be a JSON value, got set"):
+        encode_text(Model(request_id="m", project="p", format="closure", model={"s": {1}}))
+    # numpy numbers in free-form JSON are numbers
+    model = Model(request_id="m", project="p", format="closure",
+                  model={"w": [np.float32(0.5), np.int64(2)]})
+    assert decode_text(encode_text(model), max_size=MAX_LARGE_TEXT_FRAME).model == {"w": [0.5, 2]}
+
+
+@FAST
+@given(data=st.data(), kind=st.sampled_from(sorted(MESSAGE_TYPES)))
+def test_random_values_of_the_types_own_fields_raise_only_wire_errors(data: st.DataObject,
+                                                                      kind: str) -> None:
+    names = [f.name for f in dataclasses.fields(MESSAGE_TYPES[kind])] + ["type", "x"]
+    fields = data.draw(st.dictionaries(st.sampled_from(names), JSON_VALUES, max_size=len(names)))
+    try:
+        message = decode_text(json.dumps({"type": kind, **fields}), max_size=MAX_LARGE_TEXT_FRAME)
+    except WireError:
+        return
+    assert decode_text(encode_text(message), max_size=MAX_LARGE_TEXT_FRAME) == message

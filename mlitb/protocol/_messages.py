@@ -1,8 +1,9 @@
 """Every control message: one frozen dataclass per JSON ``type``, its fields typed and bounded.
 
-Field annotations are the specification: ``_schema`` reads them to decode and encode, and
-docs/protocol.md describes the same fields. Fields with a default may be omitted on the wire (the
-encoder always writes them). ``FROM`` says who may send a message: roles, or ``"master"``;
+Field annotations are the specification: ``_schema`` turns each dataclass into the msgspec Struct
+that decodes and encodes it (its wire struct), and docs/protocol.md describes the same fields.
+Fields with a default may be omitted on the wire (the encoder always writes them), except those in
+``WIRE_REQUIRED``. ``FROM`` says who may send a message: roles, or ``"master"``;
 ``TOKEN`` marks operator actions that need the operator token; ``LARGE`` marks the types allowed up
 to ``MAX_LARGE_TEXT_FRAME``.
 """
@@ -180,6 +181,8 @@ class Hello(MessageBase):
 
     TYPE = "hello"
     FROM = _ANYONE
+    WIRE_REQUIRED: ClassVar[frozenset[str]] = frozenset({"protocol"})
+    """A hello always says its version on the wire (the default is for building one)."""
     protocol: Annotated[int, Range(0, 255)] = PROTOCOL_VERSION
     role: Role
     client: ClientKind
