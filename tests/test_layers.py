@@ -1,8 +1,9 @@
 """The layers of the package and the rule each keeps (docs/architecture.md, "Layers").
 
-- The training core (``mlitb.training`` and the layers below it: ``mlitb.nn``, ``mlitb.optim``,
-  ``mlitb.protocol``, ``mlitb.datasets``, ``mlitb.errors``) imports numpy and the standard library
-  only: importing it loads no web stack and none of the packages built on it.
+- The training core (``mlitb.training``) imports numpy, the standard library and the layers
+  below it (``mlitb.nn``, ``mlitb.optim``, ``mlitb.protocol`` — which also parses with msgspec —,
+  ``mlitb.datasets``, ``mlitb.errors``) only: importing any of them loads no web stack and none of
+  the packages built on it.
 - Closures depend on the core, never on the master or the nodes.
 - The modules of ``mlitb`` (every mapped directory: nodes, console, browser, bench) import each
   other without a cycle at module level.
