@@ -1,6 +1,6 @@
 """What mlitb adds to trio-websocket (and wsproto under it): two costs of the master's hot path.
 
-Measured at 1,000 simulated trainers (bench/loop.py; docs/performance.md, "The master at many
+Measured at 1,000 simulated trainers (mlitb/bench/loop.py; docs/performance.md, "The master at many
 workers"), the master spends its rounds in the WebSocket layer, not in the reduce:
 
 - **Masking.** Every frame a client sends is XOR-masked with a 4-byte key (RFC 6455 §5.3) and

@@ -25,7 +25,7 @@ def cifar10_recipe(algorithm: str = "local", seconds: float = 60.0, *,
     AdaGrad (0.01) on the averaged gradient, T = 1 s.
 
     Averaging costs accuracy per sample (two trainers averaged every 44 steps end ~2 points
-    below one trainer taking all the steps, in ``bench/recipe.py``): half the rounds' length
+    below one trainer taking all the steps, in ``mlitb/bench/recipe.py``): half the rounds' length
     and a heavier momentum at half the rate win back more than a point of it.
     """
     if net not in ("fast", "paper"):

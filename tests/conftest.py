@@ -16,7 +16,7 @@ pytest_plugins = ["skip_reasons"]  # a skip must say why (tests/skip_reasons.py)
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 """The data sets shared by tests and benchmarks: ``../shared/data`` relative to the checkout,
-where bench/ looks too (``../shared/data/README.md`` says what is there)."""
+where mlitb/bench/ looks too (``../shared/data/README.md`` says what is there)."""
 
 
 def shared_file(name: str) -> Path:

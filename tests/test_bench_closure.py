@@ -1,4 +1,4 @@
-"""bench/closure.py (``mlitb bench closure``): the libraries and the hand-written code they
+"""mlitb/bench/closure.py (``mlitb bench closure``): the libraries and the hand-written code they
 replaced, each measured on the same closures, which both accept and hash alike."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bench/loop.py's master figures with a few simulated workers in child processes: every round
+"""mlitb/bench/loop.py's master figures with a few simulated workers in child processes: every round
 reaches all of them, and the figures are the ones the table prints (no timing asserted)."""
 
 from __future__ import annotations

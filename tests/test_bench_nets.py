@@ -1,4 +1,4 @@
-"""bench/nets.py: the candidates are nets the engine builds, the cost and MAC counts are what
+"""mlitb/bench/nets.py: the candidates are nets the engine builds, the cost and MAC counts are what
 they say, the PyTorch twin learns a made-up task, and bad names are refused."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""bench/protocol.py measures every message it lists, each a real round trip of the codec, beside
-the hand-written codec msgspec replaced (bench/_protocol_old.py); the two accept and refuse the
+"""mlitb/bench/protocol.py measures every message it lists, each a real round trip of the codec, beside
+the hand-written codec msgspec replaced (mlitb/bench/_protocol_old.py); the two accept and refuse the
 same frames with the same error code."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bench/recipe.py on a small made-up dataset: simulated trainers drive a real Project, every
+"""mlitb/bench/recipe.py on a small made-up dataset: simulated trainers drive a real Project, every
 round trains exactly the samples asked for, and the net learns what it is shown."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bench/train.py end to end on a small made-up dataset: the real master, data server and a
+"""mlitb/bench/train.py end to end on a small made-up dataset: the real master, data server and a
 node process train, the curve is measured afterwards, and the report says what it measured."""
 
 from __future__ import annotations

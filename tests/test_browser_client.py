@@ -1,4 +1,4 @@
-"""The browser client (browser/index.html) in headless Chromium against a real master and data
+"""The browser client (mlitb/browser/index.html) in headless Chromium against a real master and data
 server (``cluster_in_thread``: ``serve_cluster`` in a daemon thread), which also serves the page.
 
 Each test has deadlines: every Playwright wait carries a timeout, and waits on the master poll its

@@ -1,4 +1,4 @@
-"""The operator view (Design tab, browser/design.js) in headless Chromium against a real master
+"""The operator view (Design tab, mlitb/browser/design.js) in headless Chromium against a real master
 and data server: the operator token typed once (a wrong one refused), a network designed layer
 by layer with the engine's shapes, parameter counts and refusals, a project created from it, a
 zip uploaded through the page (bytes, then the server's decoding stage), a real Python node

@@ -3,11 +3,11 @@
 tests/vectors/engine.json holds test vectors made by the numpy engine (``python -m
 mlitb.nn._vectors``). Here (a) Python checks that the committed file still matches the numpy
 engine, so a change of the engine's math that is not carried into the vectors fails; (b) headless
-Chromium runs every vector through browser/engine (browser/engine/test.html) and each output,
+Chromium runs every vector through mlitb/browser/engine (mlitb/browser/engine/test.html) and each output,
 loss, gradient and input gradient must agree within the file's tolerance (1e-5 relative to
 scale), and every bad spec must fail with Python's message; (c) the inner optimizers of a
-``local`` project (browser/engine/optim.js) take the steps mlitb.optim takes, state carried from
-the first step to the second, and the augmentation transform (browser/engine/augment.js) moves
+``local`` project (mlitb/browser/engine/optim.js) take the steps mlitb.optim takes, state carried from
+the first step to the second, and the augmentation transform (mlitb/browser/engine/augment.js) moves
 and mirrors as mlitb.training.augment does, its random draws in range and seeded.
 
 The browser half needs ``pip install playwright`` and Debian's Chromium at /usr/bin/chromium
@@ -118,7 +118,7 @@ def test_vectors_agree_with_the_public_api(committed: dict[str, Any]) -> None:
 # -- (b) the JavaScript engine in Chromium ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def site(browser: Any) -> Iterator[tuple[Any, str]]:
-    """Headless Chromium and the base URL of a static server of browser/ and the vectors."""
+    """Headless Chromium and the base URL of a static server of mlitb/browser/ and the vectors."""
     with serve_static() as base:
         yield browser, base
 
@@ -342,7 +342,7 @@ def test_parameters_written_in_place_take_effect(page: Any) -> None:
 
 
 def test_benchmark_measures_the_engine(site: tuple[Any, str]) -> None:
-    """bench/browser.py's measurement runs (briefly; ConvNetJS only where npm installed it)."""
+    """mlitb/bench/browser.py's measurement runs (briefly; ConvNetJS only where npm installed it)."""
     from mlitb.bench.browser import CONVNETJS_DIR, measure
 
     engines = ["mlitb", "mlitb-js"]

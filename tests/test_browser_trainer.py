@@ -1,4 +1,4 @@
-"""The browser's trainer Web Worker (browser/trainer.js) against a scripted master: every message
+"""The browser's trainer Web Worker (mlitb/browser/trainer.js) against a scripted master: every message
 it sends is decoded and validated with ``mlitb.protocol``, and its gradient is checked against
 the numpy engine's. A real data server (same origin as the page, as in production) serves the
 data; the "master" is a trio-websocket server in this test that plays one scenario:

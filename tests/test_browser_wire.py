@@ -1,9 +1,9 @@
-"""Compressed frames in the browser (browser/lib/protocol.js) and Python (mlitb.protocol) are
+"""Compressed frames in the browser (mlitb/browser/lib/protocol.js) and Python (mlitb.protocol) are
 one codec: headless Chromium encodes fixed vectors (every finite half, the ties between them,
 random float32 bit patterns, saturation, zero blocks) to the same bytes as Python, decodes
 Python's frames to the same floats, runs error feedback to the same frames round after round,
 and refuses the same bad frames. Then end to end: a real master, a real data server, a Python
-node process and a browser trainer (browser/trainer.js in a Web Worker) train one ``int8``
+node process and a browser trainer (mlitb/browser/trainer.js in a Web Worker) train one ``int8``
 project, and the master takes results from both kinds of worker.
 
 Needs Playwright and Debian's Chromium (skips and says why without them).

@@ -1,5 +1,5 @@
 """RFC 8785 canonical JSON: the ``rfc8785`` library, which ``canonical_json`` calls, writes byte
-for byte what mlitb's hand-written serializer wrote (kept in bench/_closure_old.py), over every
+for byte what mlitb's hand-written serializer wrote (kept in mlitb/bench/_closure_old.py), over every
 kind of value a closure holds, so no closure's ``content_sha256`` changes with the library (or
 with an upgrade of it: these tests would fail first)."""
 

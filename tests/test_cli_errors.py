@@ -155,7 +155,7 @@ def test_the_terminal_bar_turns_into_the_decoding_stage(monkeypatch):
 
     from rich.console import Console
 
-    import mlitb._cli_master as cli_master
+    import mlitb.cli._master as cli_master
 
     screen = StringIO()
     monkeypatch.setattr(cli_master, "out", Console(file=screen, force_terminal=True,

@@ -11,7 +11,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from mlitb._cli_closure import closure_app
+from mlitb.cli._closure import closure_app
 from mlitb.closure import closure_from_project, load_closure, manifest_from_zip, save_closure
 from mlitb.datasets import DIGITS_SPEC, digits, to_input
 from mlitb.nn import Net, from_convnetjs, load_model
@@ -21,7 +21,7 @@ from mlitb.training import Project
 
 runner = CliRunner()
 app = typer.Typer()
-app.add_typer(closure_app, name="closure")  # as mlitb/cli.py registers it
+app.add_typer(closure_app, name="closure")  # as mlitb/cli/__init__.py registers it
 
 
 def invoke(*args: str):

@@ -574,7 +574,7 @@ async def test_unreachable_and_refused_states_say_so_on_the_projects_screen() ->
 
 
 def test_cli_console_command_is_registered_and_checks_the_url() -> None:
-    from mlitb._cli_console import register_console
+    from mlitb.cli._console import register_console
 
     app = typer.Typer()
     register_console(app)

@@ -164,7 +164,7 @@ def test_copies_and_pickles_compute_like_the_original() -> None:
 
 
 def test_bench_engine_runs_and_reports_json(capsys: pytest.CaptureFixture[str]) -> None:
-    """``bench/engine.py`` end to end, with measurements too short to mean anything."""
+    """``mlitb/bench/engine.py`` end to end, with measurements too short to mean anything."""
     import json
 
     from mlitb.bench import engine as bench_engine

@@ -5,8 +5,8 @@
   ``mlitb.datasets``, ``mlitb.errors``) only: importing any of them loads no web stack and none of
   the packages built on it.
 - Closures depend on the core, never on the master or the nodes.
-- The modules of ``mlitb`` (every mapped directory: nodes, console, browser, bench) import each
-  other without a cycle at module level.
+- The modules of ``mlitb`` (nodes, console, browser and bench included) import each other
+  without a cycle at module level.
 
 The import graph is read from the source with ``ast`` (no module is imported to build it).
 """
@@ -33,23 +33,15 @@ SHELL_PACKAGES = ("mlitb.master", "mlitb.nodes", "mlitb.dataserver", "mlitb.clos
 """Packages built on the core: the core never imports them."""
 
 
-def package_dirs() -> dict[str, Path]:
-    """Package name -> directory, as pyproject's ``package-dir`` maps them."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return {name: ROOT / folder
-            for name, folder in config["tool"]["setuptools"]["package-dir"].items()}
-
-
 def modules() -> dict[str, Path]:
-    """Every module of the ``mlitb`` distribution (mapped directories included) -> its file."""
+    """Every module of the ``mlitb`` package (the tree matches the import names) -> its file."""
     found: dict[str, Path] = {}
-    for package, folder in package_dirs().items():
-        for path in sorted(folder.rglob("*.py")):
-            parts = path.relative_to(folder).with_suffix("").parts
-            if any(part.startswith(".") or part == "__pycache__" for part in parts):
-                continue
-            name = ".".join((package, *parts)).removesuffix(".__init__")
-            found[name] = path
+    for path in sorted((ROOT / "mlitb").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if any(part.startswith(".") or part == "__pycache__" for part in parts):
+            continue
+        name = ".".join(parts).removesuffix(".__init__")
+        found[name] = path
     return found
 
 
@@ -203,11 +195,22 @@ def test_closures_never_import_the_master_or_the_nodes() -> None:
 
 
 # -- the whole package ---------------------------------------------------------------------------
-def test_every_mapped_directory_is_in_the_graph() -> None:
+def test_the_tree_matches_the_import_names() -> None:
+    """No package-dir mapping: ``mlitb.nodes`` is ``mlitb/nodes/`` (and so on), so a checkout
+    imports what the installed package does."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "package-dir" not in setuptools
     found = modules()
-    for package in package_dirs():
-        assert package in found or any(m.startswith(package + ".") for m in found), package
-    assert "mlitb.nodes._worker" in found and "mlitb.bench.recipe" in found
+    for name in ("mlitb.nodes._worker", "mlitb.console._app", "mlitb.console.screens",
+                 "mlitb.browser", "mlitb.bench.recipe", "mlitb.cli"):
+        assert name in found, name
+    code = ("import mlitb.nodes, mlitb.console, mlitb.browser, mlitb.bench, mlitb.cli\n"
+            "for m in (mlitb.nodes, mlitb.console, mlitb.browser, mlitb.bench, mlitb.cli):\n"
+            "    print(m.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    names = ("nodes", "console", "browser", "bench", "cli")
+    assert [Path(f) for f in out] == [ROOT / "mlitb" / n / "__init__.py" for n in names]
 
 
 def test_the_import_graph_has_no_cycle() -> None:

@@ -176,7 +176,7 @@ def test_a_bad_upload_size_is_one_line(bad: str, tmp_path: Path) -> None:
 
 
 def test_upload_sizes_parse_in_binary_units() -> None:
-    from mlitb._cli_master import parse_size
+    from mlitb.cli._master import parse_size
 
     assert parse_size("1048576") == 1 << 20
     assert parse_size("64K") == parse_size("64KiB") == parse_size("64kb") == 64 << 10
@@ -184,7 +184,7 @@ def test_upload_sizes_parse_in_binary_units() -> None:
 
 
 def test_the_cli_defaults_are_the_data_servers() -> None:
-    from mlitb import _cli_master
+    from mlitb.cli import _master as _cli_master
     from mlitb.dataserver import DEFAULT_LIMITS
 
     assert _cli_master.upload_limits(

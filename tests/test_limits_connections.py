@@ -297,7 +297,7 @@ def test_fit_to_fd_limit_never_promises_more_connections_than_descriptors() -> N
 
 
 def test_mlitb_master_offers_the_masters_default_caps() -> None:
-    from mlitb import _cli_master
+    from mlitb.cli import _master as _cli_master
     from mlitb.master import _caps
 
     assert _cli_master.DEFAULT_MAX_CONNECTIONS == _caps.DEFAULT_MAX_CONNECTIONS

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mlitb._cli_node import Task, check_url, default_workers, node_app
+from mlitb.cli._node import Task, check_url, default_workers, node_app
 from mlitb.nodes._reports import LogLine, WorkerEnded, WorkerStatus
 from mlitb.nodes._supervisor import NodeConfig, NodeDisplay
 

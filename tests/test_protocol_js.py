@@ -1,4 +1,4 @@
-"""browser/lib/protocol.js keeps copies of the protocol's numbers (docs/protocol.md): each must
+"""mlitb/browser/lib/protocol.js keeps copies of the protocol's numbers (docs/protocol.md): each must
 equal the Python one in ``mlitb.protocol`` (and the final close codes of `mlitb.protocol.ClientSession`). The JS is
 read with regular expressions; a constant that moved or changed its shape fails here too."""
 
@@ -12,7 +12,7 @@ import pytest
 from mlitb.protocol import MAX_STEPS, PROTOCOL_VERSION, CloseCode, FrameKind, ResultKind
 from mlitb.protocol._frames import _HEADERS
 
-SOURCE = Path(__file__).parents[1] / "browser" / "lib" / "protocol.js"
+SOURCE = Path(__file__).parents[1] / "mlitb" / "browser" / "lib" / "protocol.js"
 JS_ONLY_CLOSE_CODES = {"ABNORMAL": 1006}
 """1006 is the browser's own (the connection dropped without a close frame), never sent."""
 

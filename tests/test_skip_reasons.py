@@ -1,5 +1,5 @@
 """Every skip in the suite says why (tests/skip_reasons.py), and the shared data is found
-where bench/ finds it: ../shared/data relative to the checkout."""
+where mlitb/bench/ finds it: ../shared/data relative to the checkout."""
 
 from __future__ import annotations
 

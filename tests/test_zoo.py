@@ -108,7 +108,7 @@ def test_an_unreadable_entry_is_listed_with_its_error(tmp_path: Path,
 
 
 def test_the_default_zoo_is_in_the_data_dir(tmp_path: Path) -> None:
-    from mlitb._cli_zoo import zoo_dir
+    from mlitb.cli._zoo import zoo_dir
 
     source = closure_file(tmp_path / "a.closure.json")
     result = CliRunner().invoke(app, ["zoo", "add", str(source)],

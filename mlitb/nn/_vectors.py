@@ -3,7 +3,7 @@
 ``python -m mlitb.nn._vectors [PATH]`` writes them (default ``tests/vectors/engine.json``). The
 file is committed; ``tests/test_browser_engine.py`` regenerates the vectors and fails when the
 committed file no longer matches the numpy engine, and runs every case in headless Chromium
-through ``browser/engine/test.html``.
+through ``mlitb/browser/engine/test.html``.
 
 One JSON object: ``cases`` (a small net per layer type and setting, and the CIFAR-10 demo net),
 each with the spec as written, the normalised spec, parameters, inputs ``x`` (N, C, H, W),

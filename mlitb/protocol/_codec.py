@@ -14,7 +14,7 @@
   ~9e-44): it travels as zeros (a worker's error feedback keeps what it held).
 
 Every rule is one IEEE operation in float32 or float64 (float32 division equals float64
-division rounded to float32: 53 >= 2 * 24 + 2 bits), so the browser's ``browser/lib/protocol.js``
+division rounded to float32: 53 >= 2 * 24 + 2 bits), so the browser's ``mlitb/browser/lib/protocol.js``
 writes the same bytes for the same vector; the tests compare them.
 """
 

@@ -15,7 +15,7 @@ does the I/O (``mlitb/_transport.py`` for WebSockets) and decides what to do wit
     ...
     closed = session.closed(code, reason)                # Closed: final or not, and why
 
-``browser/lib/protocol.js`` keeps the same final close codes (tests/test_protocol_js.py).
+``mlitb/browser/lib/protocol.js`` keeps the same final close codes (tests/test_protocol_js.py).
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class Passes:
     """A worker's passes over its cache, kept from one work order to the next: each pass takes
     every usable row once, in a random order, so rows are drawn without replacement across
     rounds. A fresh order per round (what a budget of ~700 samples out of a 25,000-row share
-    did before) draws some rows three times in a minute and others never. In ``bench/recipe.py``
+    did before) draws some rows three times in a minute and others never. In ``mlitb/bench/recipe.py``
     the effect is within what a seed moves (67.3-69.1% at 168,000 samples against 68.0%); kept
     for what it guarantees: every row once before any row twice (docs/performance.md).
 

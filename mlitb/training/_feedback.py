@@ -5,7 +5,7 @@ A project with ``training.wire`` ``float16`` or ``int8`` has its trainers encode
 what the master will decode, and adds it to its next result before encoding (Seide et al. 2014;
 Karimireddy et al. 2019, "EF-SGD"), so nothing is lost for good: after k results the sum of what
 was sent is the sum of the true vectors minus the last residual, which is at most one encoding's
-error. The browser's trainer does the same (``browser/trainer.js``).
+error. The browser's trainer does the same (``mlitb/browser/trainer.js``).
 
 The residual belongs to one worker's stream of results on one project: it is dropped when the
 stream breaks, i.e. on a new connection (another worker id), another parameter count, and

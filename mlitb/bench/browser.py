@@ -1,17 +1,17 @@
 """Training speed of the browser's JavaScript engine against ConvNetJS 0.3, in headless Chromium.
 
 Measures samples/s of a training step (forward + backward, ``Net.accumulateGradient`` in
-``browser/engine``) of the CIFAR-10 demo net at a few batch sizes, and the same for ConvNetJS 0.3
+``mlitb/browser/engine``) of the CIFAR-10 demo net at a few batch sizes, and the same for ConvNetJS 0.3
 (``net.forward`` + ``net.backward`` per sample, its only mode) in the same page, and the ratio.
-The two run in alternating rounds and each reports its best round, as ``bench/engine.py`` does;
+The two run in alternating rounds and each reports its best round, as ``mlitb/bench/engine.py`` does;
 with ``--numpy`` the numpy engine's figure (one BLAS thread) is printed beside them.
 
 Needs Playwright (``pip install playwright``) and Debian's Chromium at /usr/bin/chromium
 (Playwright cannot download its own browser here), and ConvNetJS from npm:
-``npm ci --prefix tests/js``. Run ``python bench/browser.py --help``.
+``npm ci --prefix tests/js``. Run ``python -m mlitb.bench.browser --help``.
 
 The static server and the Chromium launcher here are also what ``tests/test_browser_engine.py``
-uses: a ``http.server`` in a thread on 127.0.0.1, port 0, serving ``browser/`` at ``/``,
+uses: a ``http.server`` in a thread on 127.0.0.1, port 0, serving ``mlitb/browser/`` at ``/``,
 ``tests/vectors`` at ``/vectors/`` and ConvNetJS's build at ``/convnetjs/``.
 """
 
@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from mlitb.datasets import CIFAR10_SPEC
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout (tests/ is not in the wheel)
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests/ is not in the wheel)
 BROWSER_DIR = Path(str(importlib.resources.files("mlitb.browser")))
 VECTORS_DIR = ROOT / "tests" / "vectors"
 CONVNETJS_DIR = ROOT / "tests" / "js" / "node_modules" / "convnetjs" / "build"
@@ -78,7 +78,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def serve_static(mounts: Mapping[str, Path] | None = None) -> Iterator[str]:
     """Serve directories under URL prefixes on 127.0.0.1 (port 0) in a thread; yields the base
-    URL. For tests and benchmarks only: the product serves browser/ from its own server."""
+    URL. For tests and benchmarks only: the product serves mlitb/browser/ from its own server."""
     table = dict(sorted((mounts or DEFAULT_MOUNTS).items(), key=lambda kv: -len(kv[0])))
     handler = type("Handler", (_Handler,), {"mounts": table})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -211,7 +211,7 @@ def measure(batch_sizes: Sequence[int], seconds: float, rounds: int, engines: Se
 
 
 def _measure_numpy(rows: list[Row], seconds: float, rounds: int, env: dict[str, Any]) -> None:
-    """The numpy engine on one BLAS thread, as bench/engine.py measures it (no PyTorch)."""
+    """The numpy engine on one BLAS thread, as mlitb/bench/engine.py measures it (no PyTorch)."""
     from mlitb.bench.engine import blas_info, make_steps, one_thread, rate
 
     with one_thread() as how:

@@ -1,6 +1,6 @@
 // One worker of the browser client, run as a module Web Worker so the page never blocks: a
 // trainer (or a stats worker) with its own WebSocket to the master, its own network and its own
-// data cache. It follows docs/protocol.md exactly as the Python node does (nodes/_worker.py is
+// data cache. It follows docs/protocol.md exactly as the Python node does (mlitb/nodes/_worker.py is
 // the reference client):
 //
 //   hello(role, project) -> welcome(spec, labels, data_url) -> build the Net
@@ -452,7 +452,7 @@ function buffers(size, batch) {
   return scratch;
 }
 
-/** This round's inner optimizer (nodes/_worker.py _inner_optimizer): the one kept from the last
+/** This round's inner optimizer (mlitb/nodes/_roles.py, Trainer._inner_optimizer): the one kept from the last
  * round with the project's current hyperparameters, or a new one (first round, another optimizer
  * or parameter count, or `fresh`). The master's schedule sets each round's learning rate, so the
  * optimizer's own step decay (lr_decay) is left out. Throws OptimizerError. */

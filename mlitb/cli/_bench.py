@@ -1,4 +1,4 @@
-"""``mlitb bench``: the benchmarks of bench/, runnable from an installed package."""
+"""``mlitb bench``: the benchmarks of mlitb/bench/, runnable from an installed package."""
 
 from __future__ import annotations
 

@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_common import cli_errors
-from .client import OperatorClient, open_operator
-from .errors import MlitbError
-from .optim import OPTIMIZERS
-from .protocol import (
+from ._common import cli_errors
+from ..client import OperatorClient, open_operator
+from ..errors import MlitbError
+from ..optim import OPTIMIZERS
+from ..protocol import (
     MAX_ITERATION_TIME,
     MIN_ITERATION_TIME,
     CreateProject,
@@ -33,7 +33,7 @@ from .protocol import (
     SetHyperparameters,
     Training,
 )
-from .training import training_from_json
+from ..training import training_from_json
 
 MasterOption = Annotated[str, typer.Option("--master", "-m", envvar="MLITB_MASTER",
                                            help="The master's WebSocket URL.")]
@@ -435,8 +435,8 @@ def download(
     token: TokenOption = None,
 ) -> None:
     """Save a project's current model (spec, parameters, labels) to a JSON file."""
-    from .closure import closure_from_dict, save_closure
-    from .nn import load_any, save_model
+    from ..closure import closure_from_dict, save_closure
+    from ..nn import load_any, save_model
 
     if convnetjs and closure:
         raise MlitbError("choose one of --convnetjs and --closure")

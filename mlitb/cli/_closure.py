@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._cli_common import cli_errors
-from ._files import atomic_write
-from .closure import (
+from ._common import cli_errors
+from .._files import atomic_write
+from ..closure import (
     Closure,
     closure_from_dict,
     parse_closure_json,
@@ -21,8 +21,8 @@ from .closure import (
     summary,
     verify_manifest,
 )
-from .errors import ClosureError, MlitbError
-from .protocol import MAX_ITERATION_TIME, MIN_ITERATION_TIME
+from ..errors import ClosureError, MlitbError
+from ..protocol import MAX_ITERATION_TIME, MIN_ITERATION_TIME
 
 closure_app = typer.Typer(
     help="Inspect, verify, predict with, export, replay and resume research closures (one JSON "
@@ -244,7 +244,7 @@ def export(
         raise MlitbError("choose one of --convnetjs or --model")
     closure, _ = _read(file)
     if convnetjs:
-        from .nn import to_convnetjs
+        from ..nn import to_convnetjs
 
         text = json.dumps(to_convnetjs(closure.net()))
         what = "ConvNetJS Net.toJSON() (labels are not part of that format)"
@@ -276,7 +276,7 @@ def replay_command(
 ) -> None:
     """Re-run a deterministic run from its closure, in-process, and compare the parameters
     after every step with the recorded hashes. Exit 0 if bit-identical, 1 if not."""
-    from .closure import record_of, replay, training_data
+    from ..closure import record_of, replay, training_data
 
     closure, _ = _read(file)
     record = record_of(closure)
@@ -332,9 +332,9 @@ def resume(
     stopped once it has data and trainers."""
     import trio
 
-    from .client import open_operator
-    from .closure import closure_from_dict
-    from .protocol import CreateProject
+    from ..client import open_operator
+    from ..closure import closure_from_dict
+    from ..protocol import CreateProject
 
     closure, d = _read(file)
     project = name or closure.name

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._cli_common import cli_errors
-from .errors import MlitbError
+from ._common import cli_errors
+from ..errors import MlitbError
 
 zoo_app = typer.Typer(
     help="The model zoo: a directory of verified research closures to keep, share and start "
@@ -48,7 +48,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the zoo: name, model, iterations, test error, created."""
-    from .closure import Zoo, summary
+    from ..closure import Zoo, summary
 
     z = Zoo(zoo_dir(zoo))
     rows: list[dict[str, Any]] = []
@@ -95,7 +95,7 @@ def add(
     zoo: ZooOption = None,
 ) -> None:
     """Verify a closure and add it to the zoo (never twice, by name or by content)."""
-    from .closure import Zoo
+    from ..closure import Zoo
 
     z = Zoo(zoo_dir(zoo))
     try:
@@ -115,7 +115,7 @@ def remove(
     zoo: ZooOption = None,
 ) -> None:
     """Remove an entry from the zoo (its file is deleted)."""
-    from .closure import Zoo
+    from ..closure import Zoo
 
     try:
         path = Zoo(zoo_dir(zoo)).remove(name)

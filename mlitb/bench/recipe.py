@@ -1,6 +1,6 @@
 """What each ingredient of a training recipe buys, in samples rather than seconds.
 
-``bench/train.py`` measures the real system against the clock, where a busy machine moves the
+``mlitb/bench/train.py`` measures the real system against the clock, where a busy machine moves the
 figures by several points. This benchmark takes the clock out: simulated trainers drive a real
 ``Project`` (the master's functional core: allocation, work orders, the schedule, the reduce and
 the outer optimizer) with a simulated clock, each computing what a node computes
@@ -23,7 +23,7 @@ Variants (``--variants``, comma-separated; each one run after the other, the rec
 
 Data: ../shared/data/cifar10-{train,test}.zip (skips with a reason when missing).
 
-    python bench/recipe.py [--variants recipe,previous] [--rounds 60] [--json]
+    python -m mlitb.bench.recipe [--variants recipe,previous] [--rounds 60] [--json]
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ engine's layers: conv, max pool, fc, relu, softmax) this benchmark measures
 The horizon is ``--samples`` for every net, or with ``--budget N`` what N samples of the paper's
 net cost (``N / cost``): ``--budget 180000`` is what two nodes of this machine train of the paper's
 net in 60 s, so each net then trains for what a minute gives it. PyTorch is a reference only
-(``pip install torch==2.13.0``); one trainer stands for the averaged two (``bench/recipe.py``
+(``pip install torch==2.13.0``); one trainer stands for the averaged two (``mlitb/bench/recipe.py``
 measures what averaging costs).
 
 Data: ../shared/data/cifar10-{train,test}.zip (skips with a reason when missing).
 
-    python bench/nets.py [--nets fast,paper] [--samples 150000 | --budget 180000] [--json]
+    python -m mlitb.bench.nets [--nets fast,paper] [--samples 150000 | --budget 180000] [--json]
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ export const CLOSE = {
 const CLOSE_NAMES = Object.fromEntries(Object.entries(CLOSE).map(([k, v]) => [v, k]));
 CLOSE_NAMES[1005] = "NO_STATUS";
 
-/** Close codes after which reconnecting cannot help (as the Python node: nodes/_worker.py).
+/** Close codes after which reconnecting cannot help (as every Python client: mlitb/protocol/_session.py).
  * Everything else (1001 shutdown, 1006 dropped, 1011, 4006 timed out, ...) reconnects. */
 export const FINAL_CLOSE_CODES = new Set([
   CLOSE.VERSION_MISMATCH, CLOSE.HELLO_REQUIRED, CLOSE.NO_PROJECT, CLOSE.POLICY_VIOLATION,
@@ -306,7 +306,7 @@ const LOOPBACK = /^(localhost|127(\.\d+){3}|\[?::1\]?|0\.0\.0\.0|\[?::\]?)$/i;
 export const isLoopback = (host) => LOOPBACK.test(host);
 
 /** A URL announced as loopback (or 0.0.0.0) by a server on another machine means that server's
- * host: use the host we reached it at (nodes/_data.py reachable_data_url does the same). */
+ * host: use the host we reached it at (mlitb/nodes/_data.py reachable_data_url does the same). */
 export function reachable(url, viaHost) {
   let u;
   try { u = new URL(url); } catch { return url; }

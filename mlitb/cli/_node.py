@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from ._cli_common import cli_errors
+from ._common import cli_errors
 
 MAX_WORKERS = 256
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -1,7 +1,7 @@
 """What checking and sealing a research closure costs, in milliseconds: the JSON Schema check
 (``jsonschema``, mlitb.closure._schema) and the RFC 8785 canonical form behind ``content_sha256``
 (``rfc8785``, mlitb.closure._canonical), each next to the hand-written validator and serializer
-they replaced (bench/_closure_old.py), measured in the same process on the same closure; and a
+they replaced (mlitb/bench/_closure_old.py), measured in the same process on the same closure; and a
 whole ``closure_from_dict`` (every check of a load) beside them.
 
 Two closures: the digits net with a manifest of scikit-learn's 1,797 digits and 200 history points
@@ -9,7 +9,7 @@ Two closures: the digits net with a manifest of scikit-learn's 1,797 digits and 
 labels) and the 2,048 history points a master keeps, the size a long run autosaves and a resumed
 project loads.
 
-    python bench/closure.py [--seconds 0.5] [--json]
+    python -m mlitb.bench.closure [--seconds 0.5] [--json]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._cli_common import cli_errors
+from ._common import cli_errors
 
 DEFAULT_MASTER = "ws://127.0.0.1:8000"
 
@@ -36,7 +36,7 @@ def register_console(app: typer.Typer) -> None:
             "console without a master).")] = False,
     ) -> None:
         """Watch and steer training: projects, workers, curves, data, events (Textual)."""
-        from .console import ConsoleApp, LiveBackend, ReplayBackend, sample_status
+        from ..console import ConsoleApp, LiveBackend, ReplayBackend, sample_status
 
         backend = (ReplayBackend([sample_status()]) if replay
                    else LiveBackend(master, token, interval=interval, cafile=cafile))

@@ -1,5 +1,5 @@
 """The hand-written text-frame codec mlitb used before msgspec (``mlitb/protocol/_schema.py`` and
-``_text.py`` as of commit f3a3a1b), kept as a reference only: ``bench/protocol.py`` times it beside
+``_text.py`` as of commit f3a3a1b), kept as a reference only: ``mlitb/bench/protocol.py`` times it beside
 msgspec's in the same process on the same messages, and ``tests/test_bench_protocol.py`` checks that
 both accept and refuse alike. It reads the same message dataclasses and constraint markers
 (``mlitb.protocol._schema``). Nothing else imports it.

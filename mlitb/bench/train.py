@@ -20,7 +20,7 @@ round: a PARAMETERS frame and a RESULT frame per trainer, sizes exact by the pro
 
 Data: ../shared/data/cifar10-{train,test}.zip (skips with a reason when missing).
 
-    python bench/train.py [--nodes 2,1] [--seconds 60] [--target 0.7] [--wire float32] [--json]
+    python -m mlitb.bench.train [--nodes 2,1] [--seconds 60] [--target 0.7] [--wire float32] [--json]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from mlitb.bench.engine import blas_info, one_thread, torch_model
 from mlitb.datasets import CIFAR10_NETS
 from mlitb.protocol import Training, parameters_encoding, payload_size, result_encoding
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 PROJECT = "cifar"
 EVERY = 3.0
 """Seconds of training between two evaluated points of the curve."""

@@ -1,14 +1,14 @@
 """What the protocol costs per message: encode and decode, in microseconds, for the messages
 the master handles every round (a work order and a result frame per worker), a hello, a cache
 report, a status snapshot and a result frame in each wire encoding, next to the hand-written
-codec msgspec replaced (bench/_protocol_old.py, ``encode_old_us`` / ``decode_old_us``) and plain
+codec msgspec replaced (mlitb/bench/_protocol_old.py, ``encode_old_us`` / ``decode_old_us``) and plain
 ``json.dumps`` / ``json.loads`` of the same text, all in the same process, each message's
 figures taken one after the other (on a shared machine, the ratios are what to read).
 
-The master's per-round cost grows with workers mostly per message (bench/loop.py); this is the
+The master's per-round cost grows with workers mostly per message (mlitb/bench/loop.py); this is the
 protocol's share of it, and the figure to compare when the codec changes.
 
-    python bench/protocol.py [--seconds 0.3] [--json]
+    python -m mlitb.bench.protocol [--seconds 0.3] [--json]
 """
 
 from __future__ import annotations

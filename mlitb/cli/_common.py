@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import MlitbError
+from ..errors import MlitbError
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -18,7 +18,7 @@ master's CPU per round does not.
 Data: the CIFAR-10 test split from ../shared/data (10,000 images) when present, else random
 images of the same shape (the figures are about speed, not accuracy).
 
-    python bench/loop.py [--iterations 6] [--nodes 1,2] [--simulated 100,250,500,1000]
+    python -m mlitb.bench.loop [--iterations 6] [--nodes 1,2] [--simulated 100,250,500,1000]
         [--wire float32,int8] [--json]
 """
 
@@ -42,7 +42,7 @@ import trio
 
 from mlitb.bench.engine import DEMO_NET
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-test.zip"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-test.zip"
 PROJECT = "cifar"
 
 

@@ -1,7 +1,7 @@
 """The ``mlitb`` command: a typer app of sub-apps, one module per command group.
 
 Errors of the ``MlitbError`` tree become one clear line on stderr and exit code 1 (see
-``_cli_common.cli_errors``); usage errors are typer's (exit code 2).
+``_common.cli_errors``); usage errors are typer's (exit code 2).
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
-from ._cli_bench import bench_app
-from ._cli_demo import register_demo
-from ._cli_closure import closure_app
-from ._cli_console import register_console
-from ._cli_master import data_app, register_master
-from ._cli_node import node_app
-from ._cli_project import model_app, project_app, register_operator_token
-from ._cli_zoo import zoo_app
+from .. import __version__
+from ._bench import bench_app
+from ._demo import register_demo
+from ._closure import closure_app
+from ._console import register_console
+from ._master import data_app, register_master
+from ._node import node_app
+from ._project import model_app, project_app, register_operator_token
+from ._zoo import zoo_app
 
 app = typer.Typer(
     name="mlitb",

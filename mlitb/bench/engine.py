@@ -6,7 +6,7 @@ net in PyTorch (float32, ``torch.set_num_threads(1)``, forward + backward + ``ze
 ratio ours/PyTorch. The machine is shared and noisy, so the two engines are measured in alternating
 rounds and each reports its best round; only the ratio is meant to travel between machines.
 
-Run ``python bench/engine.py --help`` or ``mlitb bench engine --help``.
+Run ``python -m mlitb.bench.engine --help`` or ``mlitb bench engine --help``.
 
 BLAS threads are pinned to one with threadpoolctl (a dependency of scikit-learn, so normally
 present); without it, running this file as a script sets the usual thread variables before numpy
@@ -104,7 +104,7 @@ def one_thread() -> Iterator[str]:
     except ImportError:
         how = "env vars (threadpoolctl missing)"
         if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
-            how = "NOT pinned: install threadpoolctl or run bench/engine.py as a script"
+            how = "NOT pinned: install threadpoolctl or run mlitb/bench/engine.py as a script"
         yield how
         return
     with threadpool_limits(limits=1):
@@ -276,7 +276,7 @@ def report(rows: list[Row], env: dict[str, Any], as_json: bool) -> None:
 
 def run(batch_sizes: Sequence[int] = (1, 32), seconds: float = 1.0, rounds: int = 5,
         as_json: bool = False, with_torch: bool = True, clock: str = "wall") -> list[Row]:
-    """Measure and print; what ``mlitb bench engine`` and ``python bench/engine.py`` call."""
+    """Measure and print; what ``mlitb bench engine`` and ``python -m mlitb.bench.engine`` call."""
     with one_thread() as how:
         env = blas_info()
         if clock not in CLOCKS:

@@ -1,6 +1,6 @@
 """The hand-written closure validator and RFC 8785 serializer mlitb used before it moved to
 ``jsonschema`` and ``rfc8785`` (``mlitb/closure/_schema.py``, ``_canonical.py`` as of commit
-cf39642), kept unchanged as a reference only: ``bench/closure.py`` measures the libraries against
+cf39642), kept unchanged as a reference only: ``mlitb/bench/closure.py`` measures the libraries against
 it in the same process, and ``tests/test_canonical.py`` checks that ``rfc8785`` writes byte for
 byte what this serializer wrote, so no closure's ``content_sha256`` changes. Nothing else imports
 it.

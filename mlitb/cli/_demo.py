@@ -25,17 +25,17 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from ._cli_common import cli_errors
-from ._cli_project import read_spec
-from .errors import MlitbError
-from .protocol import MAX_ITERATION_TIME, MIN_ITERATION_TIME, Training
-from .recipes import cifar10_recipe, digits_recipe
+from ._common import cli_errors
+from ._project import read_spec
+from ..errors import MlitbError
+from ..protocol import MAX_ITERATION_TIME, MIN_ITERATION_TIME, Training
+from ..recipes import cifar10_recipe, digits_recipe
 
 
 
 def _write_digits(folder: Path) -> tuple[Path, Path]:
-    from .dataserver import write_archive
-    from .datasets import digits
+    from ..dataserver import write_archive
+    from ..datasets import digits
 
     train, test, _ = digits()
     paths = []
@@ -48,8 +48,8 @@ def _write_digits(folder: Path) -> tuple[Path, Path]:
 def _test_accuracy(net: Any, archive: Path) -> float:
     """The accuracy of ``net`` on every image of the test zip, decoded as the data server
     does (labels by name: the project's label map may order them differently)."""
-    from .dataserver._ingest import InputShape, decode_archive
-    from .datasets import pixels_to_input
+    from ..dataserver._ingest import InputShape, decode_archive
+    from ..datasets import pixels_to_input
 
     c, h, w = net.input_shape
     decoded = decode_archive(archive, InputShape(width=w, height=h, channels=c))
@@ -141,7 +141,7 @@ def register_demo(app: typer.Typer) -> None:
                  "(docs/protocol.md).")] = "float32",
     ) -> None:
         """Run master, data server and nodes on this machine and train until the target."""
-        from .datasets import CIFAR10_FAST_SPEC, DIGITS_SPEC
+        from ..datasets import CIFAR10_FAST_SPEC, DIGITS_SPEC
 
         if not output.parent.is_dir():  # fail now, not after minutes of training
             raise MlitbError(f"cannot save the model to {output}: no such directory "
@@ -187,11 +187,11 @@ async def _run_demo(folder: Path, spec: list[dict[str, Any]], data: Path, test: 
                     output: Path, minutes: float, target: float, workers: int,
                     iteration_time: float, optimizer: str, hyperparameters: dict[str, float],
                     training: Training) -> None:
-    from .cluster import open_store, serve_cluster
-    from .dataserver import DataClient, DataServerError
-    from .master import Master, RequestError
-    from .closure import closure_from_dict, save_closure
-    from .nn import save_model
+    from ..cluster import open_store, serve_cluster
+    from ..dataserver import DataClient, DataServerError
+    from ..master import Master, RequestError
+    from ..closure import closure_from_dict, save_closure
+    from ..nn import save_model
 
     out = Console()
     master = Master()

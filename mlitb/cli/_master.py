@@ -21,9 +21,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ._cli_common import cli_errors
-from ._cli_project import DEFAULT_MASTER, MasterOption, TokenOption
-from .errors import MlitbError
+from ._common import cli_errors
+from ._project import DEFAULT_MASTER, MasterOption, TokenOption
+from ..errors import MlitbError
 
 # mlitb._connections's defaults (the master's and the data server's caps alike), written out
 # so that `mlitb --help` does not import the servers (tests/test_limits_connections.py checks
@@ -71,7 +71,7 @@ def parse_size(text: str) -> int:
 
 def upload_limits(entries: int, size: str, pending: int, per_address: int) -> Any:
     """The ``UploadLimits`` the data-server options ask for."""
-    from .dataserver import UploadLimits
+    from ..dataserver import UploadLimits
 
     return UploadLimits(max_entries=entries, max_archive_bytes=parse_size(size),
                         max_pending=pending, max_pending_per_address=per_address)
@@ -168,15 +168,15 @@ def register_master(app: typer.Typer) -> None:
         """
         import signal
 
-        from .cluster import open_store, project_files, serve_cluster, serve_master_alone
-        from .dataserver._backend import redact
-        from .master import Master
-        from ._connections import ConnectionLimits, fit_to_fd_limit
+        from ..cluster import open_store, project_files, serve_cluster, serve_master_alone
+        from ..dataserver._backend import redact
+        from ..master import Master
+        from .._connections import ConnectionLimits, fit_to_fd_limit
 
         if keyfile is not None and certfile is None:
             raise MlitbError("--keyfile needs --certfile")
         if certfile is not None:  # a bad certificate is one line, before anything listens
-            from ._tls import server_context
+            from .._tls import server_context
 
             server_context(certfile, keyfile)
         limits = upload_limits(max_upload_entries, max_upload_size, max_pending_uploads,
@@ -202,7 +202,7 @@ def register_master(app: typer.Typer) -> None:
                                  "`mlitb data-server`)")
         store = None if no_data_server else open_store(data_dir, store_url)
         files = project_files(data_dir)
-        from .closure import Zoo
+        from ..closure import Zoo
 
         wanted = ConnectionLimits(max_connections=max_connections,
                                   max_per_address=max_connections_per_address)
@@ -310,8 +310,8 @@ def register_master(app: typer.Typer) -> None:
 
         It registers itself with the master, which announces it to workers (run the master
         with --no-data-server, or give both the same shared --store)."""
-        from ._connections import ConnectionLimits, fit_to_fd_limit
-        from .cluster import open_store
+        from .._connections import ConnectionLimits, fit_to_fd_limit
+        from ..cluster import open_store
 
         limits = upload_limits(max_upload_entries, max_upload_size, max_pending_uploads,
                                max_pending_uploads_per_address)
@@ -341,8 +341,8 @@ async def _standalone_data_server(store: Any, url: str, token: str | None, host:
                                   connection_limits: Any, cafile: str | None) -> None:
     import signal
 
-    from .dataserver import serve_data_server
-    from .dataserver._registrar import Registrar
+    from ..dataserver import serve_data_server
+    from ..dataserver._registrar import Registrar
 
     registrar = Registrar(url, token, store, cafile=cafile, say=out.print)
 
@@ -429,8 +429,8 @@ def upload(
         help="The project's contributor token, instead of the operator token.")] = None,
 ) -> None:
     """Upload a dataset zip to a project's data server, with a progress bar."""
-    from .client import open_operator, upload_failure
-    from .dataserver import DataClient, InputShape
+    from ..client import open_operator, upload_failure
+    from ..dataserver import DataClient, InputShape
 
     async def lookup() -> tuple[str | None, InputShape]:
         async with open_operator(master, token, cafile=cafile) as op:
@@ -485,8 +485,8 @@ def delete(
     Deleting a project keeps its data (a closure resumed under its name finds it again); this \
 removes it. The project must be deleted first: its workers would be left with ids the data \
 server no longer has."""
-    from .client import open_operator
-    from .dataserver import DataClient, DataServerError
+    from ..client import open_operator
+    from ..dataserver import DataClient, DataServerError
 
     async def lookup() -> tuple[str | None, bool]:
         async with open_operator(master, token, need_token=True, cafile=cafile) as op:

@@ -1,1 +1,0 @@
-"""Benchmarks: `python bench/NAME.py` or `mlitb bench NAME`."""

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m mlitb.bench.NAME` or `mlitb bench NAME`."""
