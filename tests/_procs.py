@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -140,6 +141,13 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float,
         value = condition()
         if value:
             return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}\n"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n"
                          + "\n".join(f"--- {p.args[0]}:\n{p.text[-4000:]}" for p in procs))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -14,16 +14,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _procs import free_port, wait_until
 import trio
 
 from mlitb.dataserver import DataClient, InputShape, write_archive
@@ -145,16 +144,6 @@ def page_url(c: Any, **query: str) -> str:
     from urllib.parse import urlencode
 
     return f"{c.data_url}/?{urlencode({'master': c.url, **query})}"
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def status(c: Any) -> Any:
@@ -465,9 +454,7 @@ def test_an_unreachable_master_is_shown_clearly(browser: Any, tmp_path: Path,
                                                 open_page: Callable[..., Page]) -> None:
     from mlitb.bench.browser import serve_static
 
-    with socket.socket() as s:  # a port where nothing listens
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     with serve_static() as base:
         page = open_page(f"{base}/?master=ws://127.0.0.1:{port}")
         page.page.wait_for_selector("#banner:not([hidden])")

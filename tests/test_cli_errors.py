@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from _procs import free_port
 from typer.testing import CliRunner
 
 import mlitb._transport
@@ -42,11 +43,6 @@ def one_line(result) -> str:
     assert len(errors) == 1 and len(lines) <= 2, result.output  # (a stage line may precede)
     return errors[0]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

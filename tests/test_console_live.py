@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from _procs import free_port
 from mlitb.console import ConsoleApp, LiveBackend
 from mlitb.console.dialogs._create import CreateProjectDialog
 from mlitb.console.dialogs._form_field import FormField
@@ -397,11 +397,6 @@ async def test_removing_a_worker_removes_it(live: Live) -> None:
 
 
 # -- connection troubles ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.asyncio
 async def test_a_wrong_token_gets_a_clear_message_and_no_retry() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from _procs import (
     Proc,
     digits_zips,
+    free_port,
     operator_call,
     project_status,
     start_data_server,
@@ -142,13 +143,6 @@ def test_two_data_servers_on_one_redis_and_a_node_training_from_both(
             proc.stop()
     assert "Traceback" not in node.text, node.text
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_data_server_outlives_a_master_restart_and_registers_again(tmp_path: Path) -> None:
