@@ -1,6 +1,7 @@
-"""mlitb/browser/lib/protocol.js keeps copies of the protocol's numbers (docs/protocol.md): each must
-equal the Python one in ``mlitb.protocol`` (and the final close codes of `mlitb.protocol.ClientSession`). The JS is
-read with regular expressions; a constant that moved or changed its shape fails here too."""
+"""mlitb/browser/lib/protocol.js keeps copies of the protocol's numbers (docs/protocol.md): each
+must equal the Python one in ``mlitb.protocol`` (and the final close codes every Python client
+follows, ``mlitb.protocol.FINAL_CLOSE_CODES``). The JS is read with regular expressions; a
+constant that moved or changed its shape fails here too."""
 
 from __future__ import annotations
 
