@@ -130,7 +130,7 @@ def cluster_in_thread(tmp_path: Path) -> Iterator[ThreadedCluster]:
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real ``redis-server`` on a free loopback port for this test (``redis://...:PORT/0``);
     skips with a reason when redis-server or redis-py is absent."""
-    from _redis import redis_server
+    from helpers.redis_server import redis_server
 
     with redis_server(tmp_path / "redis") as url:
         yield url

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_dataserver_http import dataset, png
+from helpers.dataserver import dataset, png
 
 from mlitb.cluster import ClusterAddress, open_store, serve_cluster
 from mlitb.dataserver import DataServer, Store

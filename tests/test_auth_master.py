@@ -19,8 +19,8 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from mlitb.cluster import open_store, project_files, serve_cluster
-from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import DataClient, DataServerError, write_archive
+from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.master import Master
 from mlitb.protocol import (
     CLIENT_MESSAGES,

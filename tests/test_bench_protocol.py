@@ -9,11 +9,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_protocol import JSON_VALUES, dataclass_strategy
 
 from mlitb.bench import _protocol_old as old
 from mlitb.bench import protocol as bench_protocol
 from mlitb.protocol import MAX_LARGE_TEXT_FRAME, MESSAGE_TYPES, WireError, decode_text, encode_text
-from test_protocol import JSON_VALUES, dataclass_strategy
 
 FAST = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

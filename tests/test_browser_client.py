@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _procs import free_port, wait_until
 import trio
+from helpers.procs import free_port, wait_until
 
 from mlitb.dataserver import DataClient, InputShape, write_archive
 from mlitb.datasets import DIGITS_SPEC, digits

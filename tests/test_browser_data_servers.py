@@ -11,15 +11,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from _procs import Proc, digits_zips, operator_call, project_status, start_data_server, \
-    start_master, wait_until
+from helpers.procs import (
+    Proc,
+    digits_zips,
+    operator_call,
+    project_status,
+    start_data_server,
+    start_master,
+    wait_until,
+)
 from test_browser_client import (  # noqa: F401 (open_page: a fixture of the client tests)
     Page,
     open_page,
 )
 
-from mlitb.datasets import DIGITS_SPEC
 from mlitb.dataserver import DataClient
+from mlitb.datasets import DIGITS_SPEC
 from mlitb.protocol import CreateProject
 
 TOKEN = "browser-data-servers-token"

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+from helpers.dataserver import SHAPE_QUERY, dataset, open_server, png
 from PIL import Image
-from test_dataserver_http import SHAPE_QUERY, dataset, open_server, png
 
 from mlitb.dataserver import InputShape, UploadLimits, decode_archive, decode_image
 from mlitb.errors import UploadError

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mlitb.bench.browser import serve_static
 
+from mlitb.bench.browser import serve_static
 from mlitb.nn import LAYER_TYPES, Net
 from mlitb.nn._vectors import DEFAULT_PATH, TOLERANCE, decode, generate
 

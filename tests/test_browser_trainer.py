@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import trio
-from mlitb.bench.browser import BROWSER_DIR
 from trio_websocket import WebSocketConnection, serve_websocket
 
+from mlitb.bench.browser import BROWSER_DIR
 from mlitb.dataserver import Decoded, Store, serve_data_server
 from mlitb.nn import Net, normalize
 from mlitb.optim import from_wire, make_optimizer

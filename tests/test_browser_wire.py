@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
-from mlitb.bench.browser import BROWSER_DIR, serve_static
 
+from mlitb.bench.browser import BROWSER_DIR, serve_static
 from mlitb.protocol import (
     Encoding,
     ResultKind,
@@ -152,7 +152,7 @@ def test_js_refuses_bad_compressed_frames(page: Any, patch: Any, message: str) -
 @pytest.mark.slow
 def test_a_python_node_and_a_browser_trainer_train_one_int8_project(browser: Any,
                                                                     tmp_path: Path) -> None:
-    from test_node_integration import PROJECT, make_zips, node_command, start_node, wait_for
+    from helpers.nodes import PROJECT, make_zips, node_command, start_node, wait_for
 
     from mlitb.dataserver import DataClient, InputShape, Store, serve_data_server
     from mlitb.datasets import DIGITS_SPEC

@@ -9,8 +9,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from mlitb.cli import app
-from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import write_archive
+from mlitb.datasets import DIGITS_SPEC, digits
 
 runner = CliRunner()
 

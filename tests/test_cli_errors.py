@@ -18,13 +18,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from _procs import free_port
+from helpers.procs import free_port
 from typer.testing import CliRunner
 
 import mlitb._transport
 from mlitb.cli import app
-from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import write_archive
+from mlitb.datasets import DIGITS_SPEC, digits
 
 runner = CliRunner()
 

@@ -16,27 +16,32 @@ from pathlib import Path
 
 import pytest
 import typer
-from mlitb.console import ConsoleApp, LinkState, ReplayBackend, sample_status
-from mlitb.console._bridge import TrioGuest
-from mlitb.console.dialogs._create import CreateProjectDialog
-from mlitb.console._event_store import EventStore
-from mlitb.console.dialogs._form_field import FormField
-from mlitb.console._display import describe_error, hyperparameter_line, number, seconds
-from mlitb.console.dialogs._hyperparameters import HyperparametersDialog
-from mlitb.console.widgets._link_bar import LinkBar, describe_link
-from mlitb.console._app_messages import StatusReceived
-from mlitb.console.widgets._metric_plot import MetricPlot
-from mlitb.console.screens._project import ProjectScreen
-from mlitb.console.screens._projects import ProjectsScreen
-from mlitb.console._sample import sample_project
-from mlitb.console.dialogs._save import SaveModelDialog
-from mlitb.console.dialogs._upload import UploadDialog
-from mlitb.console.dialogs._validate import field_of, parse_iteration_time, parse_number, read_model_file
-from mlitb.console.widgets._workers_table import WorkersTable
 from textual.pilot import Pilot
 from typer.testing import CliRunner
 
 from mlitb.client import MasterUnreachableError, RequestRefusedError
+from mlitb.console import ConsoleApp, LinkState, ReplayBackend, sample_status
+from mlitb.console._app_messages import StatusReceived
+from mlitb.console._bridge import TrioGuest
+from mlitb.console._display import describe_error, hyperparameter_line, number, seconds
+from mlitb.console._event_store import EventStore
+from mlitb.console._sample import sample_project
+from mlitb.console.dialogs._create import CreateProjectDialog
+from mlitb.console.dialogs._form_field import FormField
+from mlitb.console.dialogs._hyperparameters import HyperparametersDialog
+from mlitb.console.dialogs._save import SaveModelDialog
+from mlitb.console.dialogs._upload import UploadDialog
+from mlitb.console.dialogs._validate import (
+    field_of,
+    parse_iteration_time,
+    parse_number,
+    read_model_file,
+)
+from mlitb.console.screens._project import ProjectScreen
+from mlitb.console.screens._projects import ProjectsScreen
+from mlitb.console.widgets._link_bar import LinkBar, describe_link
+from mlitb.console.widgets._metric_plot import MetricPlot
+from mlitb.console.widgets._workers_table import WorkersTable
 from mlitb.datasets import DIGITS_SPEC
 from mlitb.protocol import CreateProject, Event, Pause, SetHyperparameters, Status
 

@@ -23,21 +23,21 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
-from _procs import free_port
+from helpers.procs import free_port
+from textual.pilot import Pilot
+
 from mlitb.console import ConsoleApp, LiveBackend
 from mlitb.console.dialogs._create import CreateProjectDialog
 from mlitb.console.dialogs._form_field import FormField
 from mlitb.console.dialogs._hyperparameters import HyperparametersDialog
-from mlitb.console.widgets._link_bar import LinkBar
-from mlitb.console.widgets._metric_plot import MetricPlot
-from mlitb.console.screens._project import ProjectScreen
-from mlitb.console.screens._projects import ProjectsScreen
-from mlitb.console.widgets._projects_table import ProjectsTable
 from mlitb.console.dialogs._save import SaveModelDialog
 from mlitb.console.dialogs._upload import UploadDialog
+from mlitb.console.screens._project import ProjectScreen
+from mlitb.console.screens._projects import ProjectsScreen
+from mlitb.console.widgets._link_bar import LinkBar
+from mlitb.console.widgets._metric_plot import MetricPlot
+from mlitb.console.widgets._projects_table import ProjectsTable
 from mlitb.console.widgets._workers_table import WorkersTable
-from textual.pilot import Pilot
-
 from mlitb.datasets import DIGITS_SPEC, digits
 
 pytestmark = pytest.mark.slow
@@ -573,7 +573,7 @@ async def test_an_upload_with_no_data_server_says_so_then_goes_to_one_that_regis
     """A master without a data server of its own (``--no-data-server``): the console's upload
     says none is announced (not "not connected"), and once a ``mlitb data-server`` registers
     the master tells the console, whose next upload goes there."""
-    from _procs import digits_zips, start_data_server
+    from helpers.procs import digits_zips, start_data_server
 
     from mlitb.dataserver import DataClient
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.pilot import Pilot
+
 from mlitb.console import ConsoleApp, LinkState, ReplayBackend, sample_status
 from mlitb.console.dialogs._form_field import FormField
-from textual.pilot import Pilot
 
 URL = "ws://lab-pc:8000"
 RunBefore = Callable[[Pilot[None]], Awaitable[None]]

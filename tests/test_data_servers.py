@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _procs import (
+from helpers.procs import (
     Proc,
     digits_zips,
     free_port,
@@ -16,8 +16,9 @@ from _procs import (
     start_master,
     wait_until,
 )
-from mlitb.datasets import DIGITS_SPEC
+
 from mlitb.dataserver import DataClient, DataServerError
+from mlitb.datasets import DIGITS_SPEC
 from mlitb.protocol import CreateProject
 
 TOKEN = "data-servers-test-token"

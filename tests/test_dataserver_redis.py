@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_dataserver_store import decoded
 
 from mlitb.dataserver import (
     LabelConflictError,
@@ -25,7 +26,6 @@ from mlitb.dataserver import (
     open_store,
 )
 from mlitb.protocol import MAX_LABELS
-from test_dataserver_store import decoded
 
 
 def redis_store(url: str) -> Any:
@@ -191,7 +191,7 @@ def test_data_servers_writing_at_once_get_disjoint_ids_and_readers_see_whole_upl
 
 
 def test_a_full_redis_refuses_the_upload_and_keeps_the_old_state(tmp_path: Path) -> None:
-    from _redis import redis_server
+    from helpers.redis_server import redis_server
 
     with redis_server(tmp_path / "small", "--maxmemory", "3mb",
                       "--maxmemory-policy", "noeviction") as url:
@@ -251,7 +251,7 @@ def test_without_redis_py_the_error_is_one_line(tmp_path: Path) -> None:
 def small_redis_url(tmp_path: Path) -> Iterator[str]:
     """A real redis-server with 4 MB of memory and no eviction. A fixture, so that its skip
     (no redis-server, no redis-py) keeps its reason: a skip inside a trio test loses it."""
-    from _redis import redis_server
+    from helpers.redis_server import redis_server
 
     with redis_server(tmp_path / "small", "--maxmemory", "4mb",
                       "--maxmemory-policy", "noeviction") as url:
@@ -264,9 +264,9 @@ async def test_the_http_api_over_redis_and_a_full_redis_is_a_500(tmp_path: Path,
     from functools import partial
 
     import trio
+    from helpers.dataserver import TEST_TOKEN, dataset
 
     from mlitb.dataserver import DataClient, DataServerError, InputShape, serve_data_server
-    from test_dataserver_http import TEST_TOKEN, dataset
 
     store = await trio.to_thread.run_sync(redis_store, small_redis_url)
     shape = InputShape(width=100, height=100, channels=3)  # 30 kB an image

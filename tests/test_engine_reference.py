@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mlitb.bench.engine import DEMO_NET, torch_loss, torch_model
 
+from mlitb.bench.engine import DEMO_NET, torch_loss, torch_model
 from mlitb.datasets import CIFAR10_FAST_SPEC
 from mlitb.nn import Net, _conv
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from test_dataserver_http import png
+from helpers.dataserver import png
 
 from mlitb.cluster import ClusterAddress, open_store, project_files, serve_cluster
 from mlitb.dataserver import DataClient, DataServerError, InputShape, Store, write_archive

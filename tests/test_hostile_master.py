@@ -8,16 +8,14 @@ import base64
 import os
 import resource
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import trio
+from helpers.master import N_PARAMS, SPEC, TOKEN, Client, client, make_project, running_master
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_master import N_PARAMS, SPEC, TOKEN, Client, client, make_project, running_master
-from trio_websocket import ConnectionClosed, open_websocket_url
 
 from mlitb.closure import closure_from_dict, closure_from_project, closure_to_dict, load_closure
 from mlitb.master import Master, ProjectFiles

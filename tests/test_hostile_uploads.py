@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_dataserver_http import RGB8, SHAPE_QUERY, TEST_TOKEN, dataset, open_server, png, zip_of
+from helpers.dataserver import RGB8, SHAPE_QUERY, TEST_TOKEN, dataset, open_server, png, zip_of
 
 from mlitb.cluster import open_store, serve_cluster
 from mlitb.dataserver import DEFAULT_LIMITS, UploadLimits, decode_archive

@@ -20,8 +20,8 @@ from test_limits_connections import refused
 from test_tls import mlitb, wait_for_line
 from trio_websocket import wrap_client_stream
 
-from mlitb.datasets import DIGITS_SPEC
 from mlitb.dataserver import write_archive
+from mlitb.datasets import DIGITS_SPEC
 
 TOKEN = "limits-operator-token"
 rng = np.random.default_rng(3)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_master import TOKEN, Client, running_master
+from helpers.master import TOKEN, Client, running_master
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from mlitb._connections import REFUSAL_TIMEOUT, REFUSALS_AT_ONCE
@@ -316,11 +316,11 @@ async def test_a_node_refused_over_the_cap_retries_and_trains_once_there_is_room
     import subprocess
     import sys
 
-    from test_replay import PROJECT, write_digits
+    from helpers.replay import PROJECT, write_digits
 
     from mlitb.cluster import open_store, serve_cluster
-    from mlitb.datasets import DIGITS_SPEC
     from mlitb.dataserver import DataClient
+    from mlitb.datasets import DIGITS_SPEC
 
     train_zip, _ = write_digits(tmp_path)
     master = Master(operator_token=TOKEN,

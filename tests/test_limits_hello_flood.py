@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-from test_replay import PROJECT, cluster, node, write_digits
+from helpers.replay import PROJECT, cluster, node, write_digits
 
 from mlitb.master._server import CLOSE_TIMEOUT, HELLO_TIMEOUT
 from mlitb.protocol import CloseCode

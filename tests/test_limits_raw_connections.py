@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers.replay import PROJECT, node, write_digits
 from test_limits_connections import HALF_AN_UPGRADE, closed_by_server, raw
-from test_replay import PROJECT, node, write_digits
 
 from mlitb._connections import REFUSAL_TIMEOUT, ConnectionCaps, ConnectionLimits
 from mlitb.cluster import ClusterAddress, open_store, serve_cluster
-from mlitb.datasets import DIGITS_SPEC
 from mlitb.dataserver import DataClient, DataServerError
+from mlitb.datasets import DIGITS_SPEC
 from mlitb.master import Master
 from mlitb.master._server import HELLO_TIMEOUT
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_dataserver_http import TEST_TOKEN, dataset, open_server, png
+from helpers.dataserver import TEST_TOKEN, dataset, open_server, png
 
 from mlitb.dataserver import UploadLimits
 

@@ -17,8 +17,8 @@ import pytest
 import trio
 
 from mlitb.cluster import ClusterAddress, open_store, serve_cluster
-from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import DataClient, write_archive
+from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.master import Master
 from mlitb.protocol import Training
 

@@ -8,8 +8,8 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+from helpers.master import make_project, running_master
 from test_hostile_master import next_work, operator, result, trainers_with_work
-from test_master import make_project, running_master
 
 T = 10.0
 """Long enough that waiting for T even once would blow the test's deadline."""

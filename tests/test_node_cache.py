@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mlitb.training import DataCache
 
 from mlitb.datasets import pixels_to_input as to_float
 from mlitb.datasets import to_input
+from mlitb.training import DataCache
 
 SHAPE = (3, 4, 5)
 

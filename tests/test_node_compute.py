@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from mlitb.datasets import DIGITS_SPEC, digits
-from mlitb.nn import BatchStats, Net
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlitb.datasets import DIGITS_SPEC, digits
+from mlitb.nn import BatchStats, Net
 from mlitb.training import CacheView, DataCache
 from mlitb.training._compute import (
     MAX_BATCH,

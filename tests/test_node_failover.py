@@ -7,10 +7,10 @@ import socket
 
 import numpy as np
 import pytest
+from helpers.procs import operator_call
 
-from _procs import operator_call
-from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import DataClient, InputShape, write_archive
+from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.nodes import HttpDataSource
 from mlitb.nodes._data import DataError, FailoverDataSource
 from mlitb.protocol import CreateProject

@@ -7,8 +7,6 @@ makes each node leave cleanly (exit 0, workers gone from the master)."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -17,67 +15,22 @@ from typing import Any
 import pytest
 import trio
 
-from mlitb.datasets import DIGITS_SPEC, digits
+from mlitb.datasets import DIGITS_SPEC
 
 dataserver = pytest.importorskip("mlitb.dataserver")
 if not hasattr(dataserver, "serve_data_server"):
     pytest.skip("the data server is not built yet", allow_module_level=True)
 
-from mlitb.dataserver import DataClient, InputShape, Store, serve_data_server, write_archive  # noqa: E402
+from helpers.nodes import (
+    PROJECT,
+    make_zips,
+    node_command,
+    start_node,
+    wait_for,
+)
+
+from mlitb.dataserver import DataClient, InputShape, Store, serve_data_server  # noqa: E402
 from mlitb.master import Master  # noqa: E402
-
-PROJECT = "digits"
-
-
-def node_command(port: int, *args: str) -> list[str]:
-    """``python -m mlitb node join`` once the sub-app is registered in the CLI, else the same
-    app through ``python -m mlitb.nodes``."""
-    from mlitb.cli import app
-
-    registered = any(group.name == "node" for group in app.registered_groups)
-    prefix = ["-m", "mlitb", "node"] if registered else ["-m", "mlitb.nodes"]
-    return [sys.executable, *prefix, "join", f"ws://127.0.0.1:{port}", "--project", PROJECT,
-            *args]
-
-
-class NodeProcess:
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.output = bytearray()
-
-    async def read_output(self) -> None:
-        assert self.process.stdout is not None
-        async for chunk in self.process.stdout:
-            self.output += chunk
-
-    @property
-    def text(self) -> str:
-        return self.output.decode("utf-8", "replace")
-
-
-async def start_node(nursery: trio.Nursery, command: list[str]) -> NodeProcess:
-    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT)
-    node = NodeProcess(process)
-    nursery.start_soon(node.read_output)
-    return node
-
-
-def make_zips(tmp_path: Path) -> tuple[Path, Path, list[str], int, int]:
-    train, test, names = digits()
-    zips = []
-    for split, data in (("train", train), ("test", test)):
-        samples = ((names[int(y)], image[..., 0]) for image, y in zip(data.images, data.labels))
-        zips.append(write_archive(tmp_path / f"digits-{split}.zip", samples))
-    return zips[0], zips[1], names, len(train.labels), len(test.labels)
-
-
-async def wait_for(condition: Any, what: str, timeout: float) -> None:
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.2)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.trio

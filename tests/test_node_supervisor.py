@@ -11,8 +11,8 @@ import time
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed
 from test_node_worker import PROJECT, Conn, fake_master, greet, parameters
+from trio_websocket import ConnectionClosed
 
 from mlitb.protocol import CloseCode, Error, Hello, ResultFrame, Work
 

@@ -19,10 +19,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from mlitb._backoff import Backoff
 from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.nn import Net, normalize
 from mlitb.nodes._reports import ExitCode, LogLine, WorkerEnded, WorkerEvent, WorkerStatus
-from mlitb._backoff import Backoff
 from mlitb.nodes._worker import Worker, WorkerOptions
 from mlitb.protocol import (
     Allocation,

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from mlitb.cli import app
 from mlitb.client import open_operator
 from mlitb.closure import closure_from_dict, closure_from_project, load_closure, save_closure
-from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import DataClient, write_archive
+from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.master import Master, ProjectFiles, RequestError
 from mlitb.protocol import CreateProject, HistoryPoint, StatsPoint, Training
 

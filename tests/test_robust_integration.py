@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trio
-from test_master import Client
-from test_replay import PROJECT, cluster, node, write_digits
+from helpers.master import Client
+from helpers.replay import PROJECT, cluster, node, write_digits
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from mlitb.datasets import digits, to_input

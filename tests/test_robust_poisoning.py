@@ -1,12 +1,12 @@
 """Poisoning (issue 11): 2 of 8 trainers send hostile results every round on the bundled digits,
 through the real ``Project`` (plan / accept / finish) with honest trainers computing real gradient
-sums with the node's ``compute_gradient`` (tests/_robust_sim.py). The plain mean is ruined; each
+sums with the node's ``compute_gradient`` (tests/helpers/robust_sim.py). The plain mean is ruined; each
 robust reducer ends within 2 points of a clean run. The figures are in docs/security.md."""
 
 from __future__ import annotations
 
 import pytest
-from _robust_sim import run
+from helpers.robust_sim import run
 
 from mlitb.protocol import Training
 

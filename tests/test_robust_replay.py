@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_replay import PROJECT, SAMPLES, cluster, node, write_digits
+from helpers.replay import PROJECT, SAMPLES, cluster, node, write_digits
 
 from mlitb.closure import closure_from_dict, record_of, replay, training_data
 from mlitb.protocol import Training

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from mlitb.datasets import DIGITS_SPEC, digits
 from mlitb.dataserver import DataClient, DataServerError, write_archive
+from mlitb.datasets import DIGITS_SPEC, digits
 
 
 def test_uploads_reach_the_master_through_a_standalone_data_server(master_in_thread, tmp_path):

@@ -21,8 +21,8 @@ trustme = pytest.importorskip("trustme", reason="the TLS tests need the trustme 
                               "(pip install -e '.[test]')")
 
 from mlitb.client import open_operator  # noqa: E402
-from mlitb.datasets import DIGITS_SPEC, digits  # noqa: E402
 from mlitb.dataserver import write_archive  # noqa: E402
+from mlitb.datasets import DIGITS_SPEC, digits  # noqa: E402
 
 TOKEN = "tls-operator-token"
 

@@ -9,7 +9,8 @@ import pytest
 import trio
 from trio_websocket import open_websocket, serve_websocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Message as WsMessage, Request, TextMessage
+from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import Message as WsMessage
 
 from mlitb._transport import Outbox, keepalive, open_master
 from mlitb.errors import MasterUnreachableError

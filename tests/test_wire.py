@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from mlitb.nn import Net
+from mlitb.optim import make_optimizer
 from mlitb.protocol import (
     BLOCK,
     Encoded,
@@ -34,8 +36,6 @@ from mlitb.protocol import (
     result_encoding,
 )
 from mlitb.training import ErrorFeedback, Project, TrainingError, training_from_json
-from mlitb.nn import Net
-from mlitb.optim import make_optimizer
 
 F16_MAX = 65504.0
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
@@ -272,7 +272,7 @@ def test_the_project_refuses_a_result_in_another_encoding() -> None:
 # -- the master ------------------------------------------------------------------------------------
 @pytest.mark.trio
 async def test_the_master_refuses_a_result_whose_encoding_is_not_the_projects() -> None:
-    from test_master import N_PARAMS, client, make_project, running_master
+    from helpers.master import N_PARAMS, client, make_project, running_master
 
     from mlitb.protocol import Allocation, CacheReport, Work
 
@@ -308,7 +308,8 @@ async def test_the_master_refuses_a_result_whose_encoding_is_not_the_projects() 
 
 @pytest.mark.trio
 async def test_the_master_refuses_a_deterministic_compressed_project() -> None:
-    from test_master import TOKEN, client, running_master, SPEC as MSPEC
+    from helpers.master import SPEC as MSPEC
+    from helpers.master import TOKEN, client, running_master
 
     from mlitb.protocol import CreateProject
 
@@ -333,8 +334,12 @@ def test_encoded_is_what_encode_result_sends() -> None:
 
 # -- closures --------------------------------------------------------------------------------------
 def test_a_closure_keeps_the_wire_and_an_old_one_loads_as_float32() -> None:
-    from mlitb.closure import closure_from_dict, closure_from_project, closure_to_dict, \
-        project_from_closure
+    from mlitb.closure import (
+        closure_from_dict,
+        closure_from_project,
+        closure_to_dict,
+        project_from_closure,
+    )
 
     data = closure_to_dict(closure_from_project(project("int8")))
     assert data["loop"]["training"]["wire"] == "int8"
@@ -346,8 +351,12 @@ def test_a_closure_keeps_the_wire_and_an_old_one_loads_as_float32() -> None:
 
 
 def test_a_deterministic_closure_with_a_compressed_wire_is_refused() -> None:
-    from mlitb.closure import closure_from_dict, closure_from_project, \
-        closure_to_dict, project_from_closure
+    from mlitb.closure import (
+        closure_from_dict,
+        closure_from_project,
+        closure_to_dict,
+        project_from_closure,
+    )
     from mlitb.errors import ClosureError
 
     data = closure_to_dict(closure_from_project(project("float32", samples_per_iteration=8)))

@@ -23,7 +23,7 @@ dataserver = pytest.importorskip("mlitb.dataserver")
     Training(wire="float16", algorithm="local", batch_size=16),
 ], ids=["int8-gradient", "float16-local"])
 async def test_a_node_trains_a_compressed_project(tmp_path: Path, training: Training) -> None:
-    from test_node_integration import PROJECT, make_zips, node_command, start_node, wait_for
+    from helpers.nodes import PROJECT, make_zips, node_command, start_node, wait_for
 
     from mlitb.dataserver import DataClient, InputShape, Store, serve_data_server
     from mlitb.datasets import DIGITS_SPEC
