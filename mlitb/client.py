@@ -19,14 +19,7 @@ from typing import Any, TypeVar
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ._transport import (
-    CONNECT_TIMEOUT,
-    check_master_url,
-    close_stream,
-    describe_connect_failure,
-    open_master,
-    tls_probe,
-)
+from ._transport import CONNECT_TIMEOUT, open_master
 from .errors import AuthError, MasterUnreachableError, MlitbError, ProtocolError, UploadError
 from .protocol import (
     Ack,
@@ -46,18 +39,14 @@ from .protocol import (
     as_answer,
 )
 
-__all__ = ["CONNECT_TIMEOUT", "REQUEST_TIMEOUT", "MasterUnreachableError", "OperatorClient",
-           "RequestRefusedError",
-           "check_master_url", "close_stream", "describe_connect_failure", "open_operator",
-           "reply_as", "tls_probe", "upload_failure"]
+__all__ = ["REQUEST_TIMEOUT", "MasterUnreachableError", "OperatorClient", "RequestRefusedError",
+           "open_operator", "upload_failure"]
 
 M = TypeVar("M")
 REQUEST_TIMEOUT = 60.0
 """How long a request waits for its answer by default (seconds)."""
 MAX_PUSHED = 256
 """Messages the master pushed while a request waited (status snapshots), kept for ``receive``."""
-
-reply_as = as_answer
 
 
 def upload_failure(exc: BaseException, archive: Path, data_url: str) -> BaseException:

@@ -5,41 +5,20 @@ the node exit 0, and a node whose workers are all refused exits non-zero with a 
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import trio
+from helpers.nodes import NodeProcess, node_command, start_node
 from test_node_worker import PROJECT, Conn, fake_master, greet, parameters
 from trio_websocket import ConnectionClosed
 
 from mlitb.protocol import CloseCode, Error, Hello, ResultFrame, Work
 
 
-class NodeProcess:
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.output = bytearray()
-
-    async def read_output(self) -> None:
-        assert self.process.stdout is not None
-        async for chunk in self.process.stdout:
-            self.output += chunk
-
-    @property
-    def text(self) -> str:
-        return self.output.decode("utf-8", "replace")
-
-
 async def open_node(nursery: trio.Nursery, port: int, *args: str) -> NodeProcess:
-    command = [sys.executable, "-m", "mlitb.nodes", "join", f"ws://127.0.0.1:{port}",
-               "--project", PROJECT, *args]
-    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT)
-    node = NodeProcess(process)
-    nursery.start_soon(node.read_output)
-    return node
+    return await start_node(nursery, node_command(port, *args))
 
 
 @pytest.mark.trio

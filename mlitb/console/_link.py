@@ -24,13 +24,11 @@ from textual.message import Message as TextualMessage
 from trio_websocket import ConnectionClosed
 
 from mlitb._backoff import Backoff
-from mlitb._transport import keepalive
+from mlitb._transport import check_master_url, keepalive
 from mlitb.client import (
     MasterUnreachableError,
     OperatorClient,
-    check_master_url,
     open_operator,
-    reply_as,
     upload_failure,
 )
 from mlitb.errors import AuthError, MlitbError, ProtocolError
@@ -45,6 +43,7 @@ from mlitb.protocol import (
     Split,
     Status,
     Subscribe,
+    as_answer,
 )
 
 from ._app_messages import LinkChanged, LinkState, StatusReceived
@@ -223,7 +222,7 @@ class MasterLink:
             raise pending.error
         if pending.reply is None:
             raise ProtocolError(f"the master gave no answer to {type(message).__name__}")
-        return reply_as(pending.reply, expect)
+        return as_answer(pending.reply, expect)
 
 
 async def run_in_daemon_thread(fn: Callable[[], M]) -> M:

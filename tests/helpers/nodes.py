@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from mlitb.dataserver import write_archive  # noqa: E402
+from mlitb.dataserver import write_archive
 from mlitb.datasets import digits
 
 PROJECT = "digits"
